@@ -1,0 +1,88 @@
+"""The ``fdbench`` command line: a click group whose commands live one per module in this package.
+
+Commands are imported lazily, so ``fdbench --version`` and ``fdbench make-dataset`` do not pay for
+importing the training or analysis engines.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+
+import click
+
+from fdbench import __version__
+from fdbench.errors import FdbenchError
+
+# command name -> (module, attribute). Order is the order shown by --help.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("fdbench.cli.demo", "demo"),
+    "pretrain": ("fdbench.cli.pretrain", "pretrain"),
+    "eval-corruptions": ("fdbench.cli.evaluate", "eval_corruptions"),
+    "frequency-analysis": ("fdbench.cli.frequency", "frequency_analysis"),
+    "compare": ("fdbench.cli.compare", "compare"),
+    "make-corruptions": ("fdbench.cli.corruptions", "make_corruptions"),
+    "corruption-fidelity": ("fdbench.cli.corruptions", "corruption_fidelity"),
+    "make-dataset": ("fdbench.cli.dataset", "make_dataset"),
+    "export": ("fdbench.cli.export", "export"),
+    "bench-train": ("fdbench.cli.bench", "bench_train"),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx):
+        return [name for name, (module, _) in COMMANDS.items() if importlib.util.find_spec(module)]
+
+    def get_command(self, ctx, name):
+        if name not in COMMANDS or not importlib.util.find_spec(COMMANDS[name][0]):
+            return None
+        module, attr = COMMANDS[name]
+        return getattr(importlib.import_module(module), attr)
+
+    def format_commands(self, ctx, formatter):
+        # keep our order (workflow order) instead of click's alphabetical one
+        rows = []
+        for name in self.list_commands(ctx):
+            cmd = self.get_command(ctx, name)
+            if cmd is not None and not cmd.hidden:
+                rows.append((name, cmd.get_short_help_str(limit=72)))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="fdbench")
+def cli():
+    """fdbench: pretrain DINOv2 / FastDINOv2 on your data and measure how robust it is.
+
+    \b
+    Main story:  fdbench demo
+    By hand:     fdbench pretrain --curriculum two-stage   (and --curriculum none)
+                 fdbench eval-corruptions runs/<name>/final.pt
+                 fdbench frequency-analysis
+                 fdbench compare runs/*
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: user errors become one line on stderr and exit code 2, never a traceback."""
+    try:
+        cli.main(args=argv, prog_name="fdbench", standalone_mode=False)
+    except FdbenchError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as err:
+        message = err.format_message().replace("\n", " ")
+        if isinstance(err, click.UsageError) and err.ctx is not None:
+            message += f" (see '{err.ctx.command_path} --help')"
+        click.echo(f"error: {message}", err=True)
+        sys.exit(err.exit_code if err.exit_code else 2)
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished work is saved; re-run the same command to resume", err=True)
+        sys.exit(130)
+    sys.exit(0)

@@ -1,0 +1,33 @@
+"""``fdbench make-dataset``: write the embedded synthetic dataset (or another built-in one)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fdbench.cli.common import config_option, echo, seed_option
+
+
+@click.command("make-dataset")
+@click.argument("kind", type=click.Choice(["synthetic"]), default="synthetic")
+@click.option("--classes", type=int, default=10, show_default=True, help="Number of classes (2-12).")
+@click.option("--train-per-class", type=int, default=300, show_default=True)
+@click.option("--val-per-class", type=int, default=50, show_default=True)
+@click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels (>= 32).")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Output folder [default: the cache folder every command uses when given no --data].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
+@seed_option
+@config_option
+def make_dataset(kind, classes, train_per_class, val_per_class, size, out, overwrite, seed):
+    """Write the embedded synthetic dataset as an ImageFolder (train/ and val/)."""
+    from fdbench.synthetic import SyntheticSpec, cache_dir, make_synthetic_dataset
+
+    spec = SyntheticSpec(classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
+                         size=size, seed=seed)
+    out = out or cache_dir() / spec.folder_name()
+    path = make_synthetic_dataset(out, spec, overwrite=overwrite)
+    n = classes * (train_per_class + val_per_class)
+    echo(f"synthetic dataset: {classes} classes, {n} images of {size} px")
+    click.echo(str(path))

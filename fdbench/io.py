@@ -1,0 +1,90 @@
+"""Atomic file writes and the progress helper: every writer and every long loop goes through here.
+
+Atomic means: write to a temporary file in the same folder, flush and fsync, then ``os.replace``.
+A crash at any point leaves either the old file or the new one, never a truncated mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+__all__ = [
+    "atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
+    "atomic_write_csv", "atomic_torch_save", "progress",
+]
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase]:
+    """Open a temp file next to ``path``; on clean exit it replaces ``path``, on error it vanishes."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, mode) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_open(path, "w") as fh:
+        fh.write(text)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and Paths show up in summaries; write them as plain JSON values
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_write_csv(path: str | os.PathLike, frame) -> None:
+    """Write a pandas DataFrame as CSV, atomically, without the index."""
+    with atomic_open(path, "w") as fh:
+        frame.to_csv(fh, index=False)
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    import torch
+
+    with atomic_open(path, "wb") as fh:
+        torch.save(obj, fh)
+
+
+def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
+             unit: str = "it", disable: bool | None = None, **kwargs):
+    """The one progress bar: tqdm on stderr, silent when stderr is not a terminal unless forced.
+
+    ``FDBENCH_PROGRESS=1`` forces bars on (e.g. in logs), ``FDBENCH_PROGRESS=0`` turns them off.
+    """
+    from tqdm.auto import tqdm
+
+    if disable is None:
+        env = os.environ.get("FDBENCH_PROGRESS")
+        disable = (env == "0") if env is not None else not sys.stderr.isatty()
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable,
+                dynamic_ncols=True, leave=False, **kwargs)

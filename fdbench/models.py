@@ -1,0 +1,126 @@
+"""Backbones: timm Vision Transformers that accept any crop size and can mask patch tokens.
+
+``build_backbone`` is the single entry point. Every backbone is a :class:`MaskableViT`: a timm
+``VisionTransformer`` built with ``dynamic_img_size=True`` (so one model takes 224, 112, 96 or 48 px
+crops, its positional embeddings resampled bicubically on the fly) plus the learnable mask token
+that iBOT's masked-image modelling needs and timm's ViT lacks.
+
+Positional embeddings cover the patch grid only (``no_embed_class=True``); the class token carries
+its own position. This is equivalent to DINOv2's layout (whose class-token position embedding is a
+constant that folds into the class token) and keeps register tokens position-free, as in DINOv2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+
+from fdbench.errors import FdbenchError
+
+# name -> (embed_dim, depth, num_heads). The first two are for CPU runs and tests.
+ARCHS: dict[str, tuple[int, int, int]] = {
+    "vit_pico": (64, 2, 2),      # unit tests: a few milliseconds per step
+    "vit_nano": (192, 4, 3),     # the cpu-tiny preset: trains in minutes on 2 cores
+    "vit_tiny": (192, 12, 3),
+    "vit_small": (384, 12, 6),
+    "vit_base": (768, 12, 12),
+    "vit_large": (1024, 24, 16),
+}
+PATCH_SIZES = (8, 14, 16)
+
+
+@dataclass
+class BackboneConfig:
+    """Everything needed to rebuild a backbone; stored inside every checkpoint."""
+
+    arch: str = "vit_small"
+    patch_size: int = 16
+    img_size: int = 224           # the size the positional-embedding table is stored at
+    reg_tokens: int = 0
+    drop_path_rate: float = 0.0
+    layerscale: float | None = 1e-5   # DINOv2 default; None disables LayerScale
+    mlp_ratio: float = 4.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "BackboneConfig":
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @property
+    def embed_dim(self) -> int:
+        return ARCHS[self.arch][0]
+
+
+class MaskableViT(VisionTransformer):
+    """A timm ViT whose forward takes optional boolean patch masks and returns (cls, patch tokens)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.mask_token = nn.Parameter(torch.zeros(1, self.embed_dim))
+        nn.init.normal_(self.mask_token, std=0.02)
+
+    def _embed(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+        x = self.patch_embed(x)  # [B, h, w, D] because dynamic_img_size=True
+        if masks is not None:
+            masks = masks.reshape(x.shape[:3]).to(torch.bool)
+            x = torch.where(masks.unsqueeze(-1), self.mask_token.to(x.dtype), x)
+        x = self._pos_embed(x)
+        x = self.patch_drop(x)
+        return self.norm_pre(x)
+
+    def forward(self, x: torch.Tensor, masks: torch.Tensor | None = None):
+        """Images [B,3,H,W] (H, W multiples of the patch size) and optional masks [B,h,w] or [B,h*w].
+
+        Returns ``(cls [B,D], patch_tokens [B,h*w,D])`` after the final norm.
+        """
+        x = self.blocks(self._embed(x, masks))
+        x = self.norm(x)
+        return x[:, 0], x[:, self.num_prefix_tokens:]
+
+    def forward_last_blocks(self, x: torch.Tensor, n: int = 1):
+        """(cls, patch) of each of the last ``n`` blocks, each through the final norm (DINOv2 eval)."""
+        x = self._embed(x, None)
+        outputs = []
+        for i, block in enumerate(self.blocks):
+            x = block(x)
+            if i >= len(self.blocks) - n:
+                y = self.norm(x)
+                outputs.append((y[:, 0], y[:, self.num_prefix_tokens:]))
+        return outputs
+
+
+def build_backbone(arch: str | BackboneConfig = "vit_small", img_size: int = 224, patch_size: int = 16,
+                   *, reg_tokens: int = 0, drop_path_rate: float = 0.0,
+                   layerscale: float | None = 1e-5, mlp_ratio: float = 4.0) -> MaskableViT:
+    """Build a backbone by name (see ``ARCHS``) or from a :class:`BackboneConfig`."""
+    cfg = arch if isinstance(arch, BackboneConfig) else BackboneConfig(
+        arch=arch, patch_size=patch_size, img_size=img_size, reg_tokens=reg_tokens,
+        drop_path_rate=drop_path_rate, layerscale=layerscale, mlp_ratio=mlp_ratio)
+    if cfg.arch not in ARCHS:
+        raise FdbenchError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}")
+    if cfg.patch_size not in PATCH_SIZES:
+        raise FdbenchError(f"unsupported patch size {cfg.patch_size}: choose one of {PATCH_SIZES}")
+    if cfg.img_size % cfg.patch_size:
+        raise FdbenchError(f"image size {cfg.img_size} is not a multiple of the patch size {cfg.patch_size}")
+    dim, depth, heads = ARCHS[cfg.arch]
+    model = MaskableViT(
+        img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=dim, depth=depth, num_heads=heads,
+        mlp_ratio=cfg.mlp_ratio, num_classes=0, global_pool="", reg_tokens=cfg.reg_tokens,
+        no_embed_class=True, dynamic_img_size=True, init_values=cfg.layerscale,
+        drop_path_rate=cfg.drop_path_rate)
+    model.config = cfg
+    return model
+
+
+def backbone_config(model: nn.Module) -> BackboneConfig:
+    """The config a backbone was built with (unwrapping DDP / torch.compile wrappers)."""
+    for attr in ("module", "_orig_mod"):
+        while hasattr(model, attr):
+            model = getattr(model, attr)
+    return model.config
