@@ -1,0 +1,65 @@
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fdbench.errors import FdbenchError
+from fdbench.synthetic import CLASS_NAMES, SyntheticSpec, make_synthetic_dataset, render_image
+
+SMALL = SyntheticSpec(classes=3, train_per_class=4, val_per_class=2, size=32, seed=7)
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_same_seed_same_bytes(tmp_path):
+    a = make_synthetic_dataset(tmp_path / "a", SMALL, workers=1)
+    b = make_synthetic_dataset(tmp_path / "b", SMALL, workers=2)
+    assert _digest(a) == _digest(b)
+    assert len([p for p in a.rglob("*.png")]) == 3 * (4 + 2)
+
+
+def test_other_seed_other_images(tmp_path):
+    a = make_synthetic_dataset(tmp_path / "a", SMALL, workers=1)
+    c = make_synthetic_dataset(tmp_path / "c", SyntheticSpec(**{**SMALL.__dict__, "seed": 8}), workers=1)
+    da, dc = _digest(a), _digest(c)
+    pngs = [k for k in da if k.endswith(".png")]
+    assert all(da[k] != dc[k] for k in pngs)
+
+
+def test_layout_and_modes(tmp_path):
+    root = make_synthetic_dataset(tmp_path / "d", SMALL, workers=1)
+    assert sorted(p.name for p in (root / "train").iterdir()) == sorted(CLASS_NAMES[:3])
+    img = Image.open(next((root / "val" / "disk").glob("*.png")))
+    assert img.size == (32, 32) and img.mode == "RGB"
+
+
+def test_class_is_low_frequency_and_colour_is_nuisance():
+    """Blurring keeps the class (shape) while mean colour carries no class information."""
+    from scipy.ndimage import gaussian_filter
+
+    size, n = 64, 40
+    masks, colours = {}, {}
+    for c in (0, 1):  # disk vs square
+        imgs = np.stack([render_image(c, np.random.default_rng([1, c, i]), size) for i in range(n)]).astype(float)
+        colours[c] = imgs.mean(axis=(1, 2))
+        # foreground mask from distance to the border colour, then heavy blur: shape survives
+        border = imgs[:, :1, :1, :]
+        fg = (np.abs(imgs - border).sum(-1) > 60).astype(float)
+        masks[c] = np.stack([gaussian_filter(m, 3) for m in fg])
+    # the two classes' mean colours overlap heavily ...
+    assert abs(colours[0].mean() - colours[1].mean()) < colours[0].std()
+    # ... while blurred shapes differ: a square fills its corners' diagonal band more than a disk
+    corner = lambda m: m[:, 14:20, 14:20].mean()
+    assert corner(masks[1]) > corner(masks[0]) + 0.1
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(FdbenchError, match="--classes"):
+        make_synthetic_dataset(tmp_path / "x", SyntheticSpec(classes=99))
+    with pytest.raises(FdbenchError, match="--size"):
+        make_synthetic_dataset(tmp_path / "x", SyntheticSpec(size=8))
