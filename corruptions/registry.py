@@ -1,0 +1,128 @@
+"""Names, groups and the one entry point ``corrupt``."""
+
+from __future__ import annotations
+
+import torch
+
+from fdbench.errors import FdbenchError
+
+COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
+          "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
+          "jpeg_compression")
+EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
+ALL = COMMON + EXTRA
+
+GROUPS: dict[str, tuple[str, ...]] = {
+    "common": COMMON,
+    "extra": EXTRA,
+    "all": ALL,
+    "noise": COMMON[0:3],
+    "blur": COMMON[3:7],
+    "weather": COMMON[7:10],
+    "digital": COMMON[10:15],
+}
+# the reference package calls the extra corruptions "validation"
+_SUBSET_ALIASES = {"validation": "extra"}
+BACKENDS = ("torch", "reference")
+SEVERITIES = (1, 2, 3, 4, 5)
+
+
+def names(subset: str = "all") -> list[str]:
+    """Corruption names of a subset: common (15, ImageNet-C order), extra (4), all (19), noise, blur,
+    weather, digital. A comma-separated list of subsets and/or names is also accepted."""
+    if not isinstance(subset, str):
+        raise FdbenchError(f"subset must be a string; valid: {', '.join(GROUPS)}")
+    out: list[str] = []
+    for part in (s.strip() for s in subset.split(",")):
+        key = _SUBSET_ALIASES.get(part, part)
+        if key in GROUPS:
+            found = GROUPS[key]
+        elif key in ALL:
+            found = (key,)
+        else:
+            raise FdbenchError(f"unknown corruption subset or name {part!r}; valid subsets: "
+                               f"{', '.join(GROUPS)}; valid names: {', '.join(ALL)}")
+        out.extend(n for n in found if n not in out)
+    return out
+
+
+def check_name(name: str) -> str:
+    if name not in ALL:
+        raise FdbenchError(f"unknown corruption {name!r}; valid: {', '.join(ALL)}")
+    return name
+
+
+def check_severity(severity) -> int:
+    if isinstance(severity, bool) or not isinstance(severity, int) or severity not in SEVERITIES:
+        raise FdbenchError(f"severity must be an integer in 1-5, got {severity!r}")
+    return int(severity)
+
+
+def _check_images(images) -> tuple[torch.Tensor, bool]:
+    """Validate and return ([N, 3, H, W] tensor, was_single_image)."""
+    if not isinstance(images, torch.Tensor):
+        raise FdbenchError(f"images must be a torch tensor, got {type(images).__name__}")
+    single = images.dim() == 3
+    x = images[None] if single else images
+    if x.dim() != 4 or x.shape[1] != 3:
+        raise FdbenchError(f"images must be [N, 3, H, W] or [3, H, W], got shape {tuple(images.shape)}")
+    if x.shape[-1] < 32 or x.shape[-2] < 32:
+        raise FdbenchError(f"images must be at least 32 x 32 pixels, got {x.shape[-2]} x {x.shape[-1]}")
+    if x.dtype != torch.uint8 and not x.is_floating_point():
+        raise FdbenchError(f"images must be uint8 (0-255) or float (0-1), got {x.dtype}")
+    return x, single
+
+
+def corrupt(images: torch.Tensor, name: str, severity: int, *, backend: str = "torch",
+            generator: torch.Generator | int | None = None, params: str = "auto") -> torch.Tensor:
+    """Apply corruption ``name`` at ``severity`` (1-5) to a batch of images.
+
+    ``images``: uint8 [N, 3, H, W] (0-255) or float [N, 3, H, W] (0-1), or one [3, H, W] image, on any
+    device, H, W >= 32. Returns the same dtype, shape and device. uint8 results are truncated to
+    integers like the reference's ``np.uint8(...)``; float results are not quantised.
+
+    ``backend``: ``torch`` (batched, CPU or CUDA) or ``reference`` (``imagecorruptions.corrupt`` per
+    image, numpy on CPU; ImageNet-C parameters only).
+    ``generator``: ``None`` (global RNG), an int seed or a ``torch.Generator``: a given seed gives the
+    same output on the same device; random parameters are drawn per image.
+    ``params``: ``auto`` (table nearest to the images' shorter side: CIFAR-10-C 32, Tiny-ImageNet-C 64,
+    ImageNet-C 224), or ``imagenet`` | ``tiny-imagenet`` | ``cifar10``.
+    """
+    from corruptions import params as ptab
+
+    check_name(name)
+    severity = check_severity(severity)
+    if backend not in BACKENDS:
+        raise FdbenchError(f"unknown backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    x, single = _check_images(images)
+    h, w = x.shape[-2:]
+    table = ptab.resolve_table(params, h, w)
+    if x.shape[0] == 0:
+        return images.clone()
+
+    from corruptions._rng import Rng
+
+    rng = Rng(generator, x.device)
+    if backend == "reference":
+        if params.strip().lower() not in ("auto", "imagenet"):
+            raise FdbenchError(f"the reference backend only has the ImageNet-C parameters; use params='imagenet' "
+                               f"(or 'auto') with backend='reference', or backend='torch' for {params!r}")
+        from corruptions.reference import corrupt_reference
+
+        u8 = x if x.dtype == torch.uint8 else torch.round(x.float().clamp(0, 1) * 255).to(torch.uint8)
+        out = corrupt_reference(u8, name, severity, rng.seeds(x.shape[0]))
+        out = out if x.dtype == torch.uint8 else (out.float() / 255).to(x.dtype)
+        return out[0] if single else out
+
+    from corruptions import torch_backend as tb
+
+    quantized = x.dtype == torch.uint8
+    xf = x.float() / 255 if quantized else x.float().clamp(0, 1)
+    ctx = tb.Context(rng=rng, table=table, style=ptab.STYLE[table], quantized=quantized)
+    y = tb.FUNCTIONS[name](xf, ptab.severity_params(table, name, severity), ctx)
+    if quantized:
+        # np.uint8(float) truncates; the tiny offset keeps exact integers (k/255*255) from dropping a level
+        y = torch.floor(y * 255 + 1e-3).clamp(0, 255).to(torch.uint8)
+    else:
+        y = y.to(x.dtype)
+    return y[0] if single else y
