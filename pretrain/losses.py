@@ -1,0 +1,212 @@
+"""The DINOv2 training objective: DINO (CLS), iBOT (masked patches) and the KoLeo regulariser.
+
+All loss arithmetic runs in float32 whatever the autocast dtype of the logits, because softmax
+cross-entropies over 65536 prototypes lose too much precision in bf16.
+
+Notation: ``K`` prototypes, ``B`` images per process, ``G`` global crops, ``L`` local crops.
+Batches are crop-major: rows ``[c*B:(c+1)*B]`` hold crop ``c`` of every image.
+
+Teacher targets are built by one of two centrings, both shared by the DINO and iBOT losses:
+
+- mean centring: ``p_t = softmax((z_t - c) / T_t)``, where the centre ``c`` is an EMA of the mean
+  teacher logit, ``c <- m c + (1 - m) mean_rows(z_t)`` with ``m = 0.9``, the mean taken over every
+  row of every process;
+- Sinkhorn-Knopp (SwAV / DINOv2): starting from ``Q = exp(z_t / T_t)`` (``K x B``), alternately
+  normalise the prototypes (rows) to total mass ``1/K`` and the samples (columns) to ``1/B``
+  (``B`` counted over all processes), 3 times, then rescale so every sample's distribution sums
+  to 1.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DINOLoss", "iBOTPatchLoss", "KoLeoLoss", "sinkhorn_knopp"]
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def _all_reduce(tensor: torch.Tensor, op=None) -> torch.Tensor:
+    """In-place all-reduce (sum by default) when running under torch.distributed; no-op otherwise."""
+    if _distributed():
+        dist.all_reduce(tensor, op=op if op is not None else dist.ReduceOp.SUM)
+    return tensor
+
+
+@torch.no_grad()
+def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iterations: int = 3,
+                   n_samples: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Sinkhorn-Knopp teacher targets ``[N, K]`` (each row sums to 1; prototypes get equal mass).
+
+    ``Q = exp(z / T)^T`` is normalised to total mass 1, then ``n_iterations`` times: each row
+    (prototype) is divided by its sum and by ``K``; each column (sample) by its sum and by ``B``.
+    Finally ``Q *= B`` so columns sum to 1. ``B`` is ``n_samples`` summed over processes (default:
+    the rows of ``teacher_logits`` summed over processes); row sums are all-reduced too, so the
+    result equals running the algorithm on the concatenation of every process's rows.
+
+    The global maximum logit is subtracted before ``exp``: this cancels exactly in the first
+    normalisation and keeps ``exp`` finite at low temperatures (the reference code can overflow).
+    """
+    z = teacher_logits.detach().float() / teacher_temp
+    n_local, n_protos = z.shape
+    # global max for a stable exp (-inf where this process holds no rows)
+    zmax = z.max() if z.numel() else torch.tensor(float("-inf"), device=z.device)
+    zmax = _all_reduce(zmax.reshape(1).clone(), dist.ReduceOp.MAX)
+    if n_samples is None:
+        n_samples = n_local
+    count = torch.as_tensor(n_samples, dtype=torch.float32, device=z.device).reshape(1).clone()
+    _all_reduce(count)
+    q = torch.exp(z - zmax).t()  # [K, N]
+    tiny = torch.finfo(q.dtype).tiny  # a prototype (or sample) whose mass underflowed stays at 0, not NaN
+    total = _all_reduce(q.sum().reshape(1))
+    q /= total.clamp_min(tiny)
+    for _ in range(n_iterations):
+        rows = _all_reduce(q.sum(dim=1, keepdim=True))
+        q /= rows.clamp_min(tiny)
+        q /= n_protos
+        q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
+        q /= count
+    q *= count
+    return q.t()
+
+
+class _TeacherCentring(nn.Module):
+    """Teacher post-processing shared by the DINO and iBOT losses: mean centring with an EMA centre."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.out_dim = int(out_dim)
+        self.student_temp = float(student_temp)
+        self.center_momentum = float(center_momentum)
+        # a buffer, so the centre travels with state_dict() into checkpoints and resumes exactly
+        self.register_buffer("center", torch.zeros(1, self.out_dim))
+
+    @torch.no_grad()
+    def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+        """``softmax((z_t - c) / T_t)`` in float32, over the last dimension."""
+        return F.softmax((teacher_logits.detach().float() - self.center) / teacher_temp, dim=-1)
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """``c <- m c + (1 - m) * mean of all teacher rows`` (rows of every process; m = momentum).
+
+        A batch without rows (e.g. no masked patch anywhere) leaves the centre unchanged.
+        """
+        z = teacher_logits.detach().float().reshape(-1, self.out_dim)
+        # one all-reduce carries both the row sum and the row count
+        stats = torch.cat([z.sum(dim=0), z.new_tensor([z.shape[0]])])
+        _all_reduce(stats)
+        count = stats[-1]
+        batch_center = (stats[:-1] / count.clamp_min(1)).unsqueeze(0)
+        updated = self.center * self.center_momentum + batch_center * (1.0 - self.center_momentum)
+        # torch.where instead of `if count == 0`: no host-device sync in the training step
+        self.center.copy_(torch.where(count > 0, updated, self.center))
+
+
+class DINOLoss(_TeacherCentring):
+    """DINO self-distillation loss on CLS-token prototype logits.
+
+    ``loss = (1 / |P|) sum_{(s, t) in P} (1 / B) sum_b  -sum_k p_t[b, k] log_softmax(z_s[b] / T_s)[k]``
+
+    where ``P`` holds every (student crop ``s``, teacher global crop ``t``) pair except the
+    same-view pairs ``s == t``: ``|P| = G (G - 1) + L G`` (18 for 2 global + 8 local crops), as in
+    DINOv2, which divides the summed terms by exactly this count.
+    """
+
+    def forward(self, student_global_logits: torch.Tensor, student_local_logits: torch.Tensor | None,
+                teacher_global_probs: torch.Tensor, *, n_global_crops: int = 2) -> torch.Tensor:
+        teacher = teacher_global_probs.detach().float()
+        rows, k = teacher.shape
+        if rows % n_global_crops:
+            raise ValueError(f"{rows} teacher rows are not {n_global_crops} global crops of equal batches")
+        b = rows // n_global_crops
+        teacher = teacher.view(n_global_crops, b, k)
+        # the loss is linear in the teacher target, so the sum over teacher crops t != s is
+        # (sum over all t) - t_s: one product per student crop instead of one per pair
+        teacher_sum = teacher.sum(dim=0, keepdim=True)
+        s_global = F.log_softmax(student_global_logits.float() / self.student_temp, dim=-1)
+        s_global = s_global.view(n_global_crops, b, k)
+        total = -((teacher_sum - teacher) * s_global).sum() / b
+        n_terms = n_global_crops * (n_global_crops - 1)
+        if student_local_logits is not None and student_local_logits.numel():
+            if student_local_logits.shape[0] % b:
+                raise ValueError(f"{student_local_logits.shape[0]} local rows are not crops of {b} images")
+            n_local = student_local_logits.shape[0] // b
+            s_local = F.log_softmax(student_local_logits.float() / self.student_temp, dim=-1)
+            total = total - (teacher_sum * s_local.view(n_local, b, k)).sum() / b
+            n_terms += n_local * n_global_crops
+        if n_terms == 0:
+            raise ValueError("the DINO loss needs a student crop that differs from the teacher's: "
+                             "use 2 global crops or at least one local crop")
+        return total / n_terms
+
+    @torch.no_grad()
+    def sinkhorn_knopp_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float,
+                               n_iterations: int = 3) -> torch.Tensor:
+        """Sinkhorn-Knopp targets over all teacher CLS rows (see :func:`sinkhorn_knopp`)."""
+        return sinkhorn_knopp(teacher_logits, teacher_temp, n_iterations)
+
+
+class iBOTPatchLoss(_TeacherCentring):  # noqa: N801 (the method's name)
+    """iBOT masked-image-modelling loss on the masked patch tokens of the global crops.
+
+    With ``CE(p) = -sum_k p_t[p, k] log_softmax(z_s[p] / T_s)[k]`` for masked patch ``p``:
+
+    ``loss = (1 / N) sum_{i=1..N} (1 / max(1, n_i)) sum_{masked p in image i} CE(p)``
+
+    where ``N`` counts every global crop (masked or not) and ``n_i`` is image ``i``'s masked count:
+    each masked image weighs the same however many patches it masks (DINOv2's weighting).
+    """
+
+    def forward(self, student_patch_logits: torch.Tensor, teacher_patch_probs: torch.Tensor,
+                masks: torch.Tensor) -> torch.Tensor:
+        masks = masks.reshape(masks.shape[0], -1).bool()
+        n_masked = int(masks.sum())
+        if student_patch_logits.shape[0] != n_masked or teacher_patch_probs.shape[0] != n_masked:
+            raise ValueError(f"iBOT loss got {student_patch_logits.shape[0]} student and "
+                             f"{teacher_patch_probs.shape[0]} teacher rows for {n_masked} masked patches")
+        per_image = masks.sum(dim=1).clamp(min=1).float()
+        # weight of each masked token, in masks.flatten().nonzero() order
+        weights = (1.0 / per_image).unsqueeze(1).expand_as(masks)[masks]
+        log_p = F.log_softmax(student_patch_logits.float() / self.student_temp, dim=-1)
+        ce = -(teacher_patch_probs.detach().float() * log_p).sum(dim=-1)
+        return (ce * weights).sum() / max(masks.shape[0], 1)
+
+    @torch.no_grad()
+    def sinkhorn_knopp_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float,
+                               n_masked_tokens: int | torch.Tensor | None = None,
+                               n_iterations: int = 3) -> torch.Tensor:
+        """Sinkhorn-Knopp targets over the masked teacher tokens; ``B`` = masked tokens of all processes."""
+        return sinkhorn_knopp(teacher_logits, teacher_temp, n_iterations,
+                              n_samples=teacher_logits.shape[0] if n_masked_tokens is None else n_masked_tokens)
+
+
+class KoLeoLoss(nn.Module):
+    """Kozachenko-Leonenko entropy regulariser: spreads a batch's embeddings over the sphere.
+
+    ``loss = -(1/B) sum_i log(min_{j != i} ||x^_i - x^_j||_2 + eps)``, ``x^ = x / ||x||_2``, in
+    float32 outside autocast. A batch of fewer than 2 rows has no neighbours: the loss is 0 there
+    (the reference code returns inf or NaN). The nearest neighbour is found with the diagonal set
+    to -inf, so a row is never its own neighbour even when all rows are antipodal.
+    """
+
+    def __init__(self, eps: float = 1e-8):
+        super().__init__()
+        self.eps = float(eps)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < 2:
+            return torch.zeros((), dtype=torch.float32, device=x.device)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            x = F.normalize(x.float(), p=2, dim=-1, eps=self.eps)
+            with torch.no_grad():
+                dots = x @ x.t()
+                dots.fill_diagonal_(float("-inf"))
+                neighbour = dots.argmax(dim=1)  # max cosine = min distance on the unit sphere
+            dist_nn = torch.linalg.vector_norm(x - x[neighbour], dim=-1)
+            return -torch.log(dist_nn + self.eps).mean()
