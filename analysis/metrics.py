@@ -109,7 +109,8 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     labels = labels.to(logits.device)
     kmax = min(max(ks), logits.shape[1])
     top = logits.topk(kmax, dim=1).indices == labels.view(-1, 1)         # [N, kmax]
-    return {k: top[:, :min(k, kmax)].any(dim=1).float().mean().item() if len(labels) else math.nan for k in ks}
+    # integer counts / n: exact fractions, no float32 rounding in results.csv
+    return {k: int(top[:, :min(k, kmax)].any(dim=1).sum()) / len(labels) if len(labels) else math.nan for k in ks}
 
 
 def corruption_error(errors: Sequence[float], baseline_errors: Sequence[float]) -> float:
@@ -210,7 +211,7 @@ def summarise(results, baseline: Baseline | Mapping[str, Baseline] | None = None
     """
     import pandas as pd
 
-    norm_name = _norm_name(baseline)
+    norm_name = normalisation_name(baseline)
     records, aggregates = [], {}
     for (ckpt, protocol), rows in results.groupby(["checkpoint", "protocol"], sort=False):
         base = baseline.get(protocol) if isinstance(baseline, Mapping) else baseline
@@ -242,7 +243,7 @@ def summarise(results, baseline: Baseline | Mapping[str, Baseline] | None = None
     return pd.DataFrame.from_records(records, columns=columns), aggregates
 
 
-def _norm_name(baseline) -> str:
+def normalisation_name(baseline) -> str:
     if baseline is None or (isinstance(baseline, Mapping) and not baseline):
         return UNNORMALISED
     if isinstance(baseline, Mapping):
