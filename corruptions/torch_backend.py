@@ -4,7 +4,8 @@ Every function takes ``x``: float32 [N, 3, H, W] in [0, 1], ``p``: the severity'
 ``corruptions.params`` and ``ctx``: a :class:`Context` (random generator, table style, whether the
 input was 8-bit), and returns float32 [N, 3, H, W] in [0, 1]. Each follows the reference
 ``imagecorruptions`` function step by step; the docstrings give the formula and where the torch
-version departs from it (only in how random numbers are drawn, and glass blur's pixel shuffle).
+version departs from it (only in how random numbers are drawn, and glass blur's pixel shuffle, which
+is the same random process resolved in parallel).
 Random parameters (angles, crops, frost pictures, noise fields) are drawn per image, as the
 reference does when called once per image.
 """
@@ -31,6 +32,7 @@ class Context:
     table: str
     style: dict
     quantized: bool  # input was uint8: steps the reference does on 8-bit images round to 1/255
+    frost_index: torch.Tensor | None = None  # fixed frost picture per image (fidelity checks only)
 
 
 # ---------------------------------------------------------------------------------------- noise
@@ -87,65 +89,51 @@ def zoom_blur(x, p, ctx):
     return (out / (len(zooms) + 1)).clamp(0, 1)
 
 
-@lru_cache(maxsize=32)
-def glass_offsets(delta: int, iterations: int, size: int = 192, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Distribution of where each pixel's final value comes from under the reference's pixel shuffle.
+def glass_sources(n: int, h: int, w: int, delta: int, rng: Rng, device) -> torch.Tensor:
+    """Flat source index [n, h * w] of every pixel after one pass of the reference's pixel shuffle.
 
-    The reference visits pixels in reverse raster order and swaps each with a random neighbour at
-    offset (dy, dx) in [-delta, delta)^2, ``iterations`` times; swaps chain, so values travel further
-    than ``delta`` (mostly downward-to-upward, the scan direction). That loop is sequential. We run it
-    once on a coordinate grid (``size`` px, fixed seed) and record the source offset of every
-    destination away from the borders: (offsets [K, 2], probabilities [K]). The torch backend then
-    draws every pixel's source offset independently from this distribution, which reproduces the
-    displacement statistics in one gather.
+    The reference visits (row, col) for row = H - delta .. delta + 1 and col = W - delta .. delta + 1
+    (descending) and runs ``x[h, w], x[h', w'] = x[h', w'], x[h, w]`` with (h', w') = (h + dy, w + dx),
+    dx, dy ~ randint(-delta, delta). On an [H, W, 3] array both sides are views, so this is not a swap:
+    x[h, w] receives x[h', w'] and x[h', w'] keeps its value. Hence the result at p is
+    x_orig[q] when q = p + offset was not visited yet (or q = p, or q outside the visited band), and
+    the result already written at q when q was visited before p (q later in raster order). Those
+    chains always move to later raster positions, so they end, and pointer jumping resolves all of
+    them at once in O(log chain length) gathers instead of a sequential loop over pixels.
     """
-    rs = np.random.RandomState(seed)
-    grid = np.arange(size * size).reshape(size, size)
-    for _ in range(iterations):
-        draws = rs.randint(-delta, delta, size=(size, size, 2))
-        for h in range(size - delta, delta, -1):
-            row = grid[h]
-            for w in range(size - delta, delta, -1):
-                dx, dy = draws[h, w]
-                hp, wp = h + dy, w + dx
-                if hp == h:
-                    row[w], row[wp] = row[wp], row[w]
-                else:
-                    grid[h, w], grid[hp, wp] = grid[hp, wp], grid[h, w]
-    sy, sx = np.divmod(grid, size)
-    yy, xx = np.mgrid[:size, :size]
-    margin = min(40, 6 * delta * iterations + 8)  # beyond the reach of most swap chains
-    oy = (sy - yy)[margin:-margin, margin:-margin].ravel()
-    ox = (sx - xx)[margin:-margin, margin:-margin].ravel()
-    pairs, counts = np.unique(np.stack([oy, ox], 1), axis=0, return_counts=True)
-    return pairs.astype(np.int64), (counts / counts.sum()).astype(np.float64)
+    yy = torch.arange(h, device=device).reshape(1, h, 1).expand(n, h, w)
+    xx = torch.arange(w, device=device).reshape(1, 1, w).expand(n, h, w)
+    draws = rng.randint(-delta, delta, (n, h, w, 2)).to(device)
+    band = (yy > delta) & (yy <= h - delta) & (xx > delta) & (xx <= w - delta)
+    qy = torch.where(band, yy + draws[..., 1], yy)
+    qx = torch.where(band, xx + draws[..., 0], xx)
+    p_idx = (yy * w + xx).reshape(n, -1)
+    q_idx = (qy * w + qx).reshape(n, -1)
+    band = band.reshape(n, -1)
+    # visited before p: q is in the band and later in raster order (the loop runs backwards)
+    q_band = band.gather(1, q_idx)
+    done = ~(band & q_band & (q_idx > p_idx))
+    ptr = q_idx
+    for step in range(64):
+        if step % 4 == 0 and bool(done.all()):
+            break
+        # a finished pixel keeps its source; an unfinished one jumps to its target's pointer
+        ptr, done = torch.where(done, ptr, ptr.gather(1, ptr)), done | done.gather(1, ptr)
+    return ptr
 
 
 def glass_blur(x, p, ctx):
-    """gaussian(sigma) -> 8-bit truncation -> local pixel shuffle (max offset delta, repeated) -> gaussian(sigma).
-
-    The shuffle is the one departure from the reference: instead of its sequential swap loop, each
-    pixel inside the band the loop visits (delta < row <= H - delta, same for columns) takes the
-    value at a source offset drawn from :func:`glass_offsets` (sources clamped to the image).
-    """
+    """gaussian(sigma) -> 8-bit truncation -> local pixel shuffle (``iterations`` passes, offsets in
+    [-delta, delta)) -> gaussian(sigma), all as the reference; the shuffle is :func:`glass_sources`."""
     sigma, delta, iterations = p
     n, c, h, w = x.shape
     y = flt.gaussian_filter(x, sigma)
     y = torch.floor(y * 255 + 1e-4).clamp(0, 255) / 255  # np.uint8(... * 255)
-    offs, probs = glass_offsets(int(delta), int(iterations))
-    cdf = torch.as_tensor(np.cumsum(probs), dtype=torch.float64, device=x.device)
-    u = ctx.rng.uniform((n, h, w)).double()
-    k = torch.searchsorted(cdf, u.reshape(-1)).clamp_max(len(probs) - 1).reshape(n, h, w)
-    offs_t = torch.as_tensor(offs, device=x.device)
-    oy, ox = offs_t[k, 0], offs_t[k, 1]
-    yy = torch.arange(h, device=x.device).reshape(1, h, 1)
-    xx = torch.arange(w, device=x.device).reshape(1, 1, w)
-    inside = (yy > delta) & (yy <= h - delta) & (xx > delta) & (xx <= w - delta)
-    sy = torch.where(inside, (yy + oy).clamp(0, h - 1), yy.expand(n, h, w))
-    sx = torch.where(inside, (xx + ox).clamp(0, w - 1), xx.expand(n, h, w))
-    flat = (sy * w + sx).reshape(n, 1, h * w).expand(n, c, h * w)
-    y = y.reshape(n, c, h * w).gather(2, flat).reshape(n, c, h, w)
-    return flt.gaussian_filter(y, sigma).clamp(0, 1)
+    y = y.reshape(n, c, h * w)
+    for _ in range(int(iterations)):
+        src = glass_sources(n, h, w, int(delta), ctx.rng, x.device)
+        y = y.gather(2, src[:, None, :].expand(n, c, h * w))
+    return flt.gaussian_filter(y.reshape(n, c, h, w), sigma).clamp(0, 1)
 
 
 # -------------------------------------------------------------------------------------- weather
@@ -249,7 +237,10 @@ def frost(x, p, ctx):
     a, b = p
     n, _, h, w = x.shape
     stack, sizes, count = _frost_stack(h, w, ctx.style["frost"], x.device)
-    idx = ctx.rng.randint(0, count, (n,)).to(x.device)
+    if ctx.frost_index is not None:
+        idx = ctx.frost_index.to(x.device).long() % count
+    else:
+        idx = ctx.rng.randint(0, count, (n,)).to(x.device)
     fh, fw = sizes[idx, 0], sizes[idx, 1]
     y0 = ctx.rng.randint(0, fh - h, (n,))
     x0 = ctx.rng.randint(0, fw - w, (n,))
