@@ -1,0 +1,423 @@
+"""Batched on-device DINOv2 multi-crop: every augmentation of a whole batch in a few tensor ops.
+
+CPU workers only decode images into uint8 tensors (:mod:`pretrain.decode`); this module turns a padded
+uint8 batch ``images [B,3,H,W]`` + true sizes ``sizes [B,2] (h, w)`` into the same batch dict as
+:func:`pretrain.augment.collate_multicrop`: ``global [2B,3,S,S]``, ``local [L*B,3,s,s]`` (crop-major:
+rows ``[c*B:(c+1)*B]`` are crop ``c``), ``masks [2B,(S/p)^2]`` and ``labels [B]``. It runs on any device,
+so the same code is tested on CPU tensors.
+
+Semantics follow DINOv2's CPU pipeline (torchvision transforms on PIL images), per crop:
+
+1. noise patching (optional, stage 2 of FastDINOv2), once per image on the whole image before any
+   crop: a square of side ``U{1..min(h,w)}`` at a uniform position gets ``x + N(0, sigma^2)``,
+   ``sigma ~ U(0, max_sigma)``, clamped to [0, 1];
+2. ``RandomResizedCrop``: torchvision's box sampler (10 tries of area ``U(scale) * h * w`` and
+   log-uniform aspect ratio in [3/4, 4/3], else the central fallback), then PIL's bicubic
+   antialiased resampling of the box (separable; kernel ``a = -0.5`` widened by the downscale factor),
+   written as two batched matrix products ``Wy @ crop @ Wx^T`` so every crop has its own box;
+3. horizontal flip p=0.5 (folded into ``Wx``);
+4. ``ColorJitter(0.4, 0.4, 0.2, 0.1)`` with p=0.8, the four ops in a random order per crop:
+   brightness ``f*x``, contrast ``f*x + (1-f)*mean(gray(x))``, saturation ``f*x + (1-f)*gray(x)``
+   (each clamped to [0, 1]) and hue ``H <- (H + f) mod 1`` in HSV; ``gray = .2989 R + .587 G + .114 B``;
+5. grayscale p=0.2;
+6. Gaussian blur, kernel 9, ``sigma ~ U(0.1, 2)``, reflect padding, p = 1.0 / 0.1 / 0.5 for global-1 /
+   global-2 / local crops (``inverted_blur``: ``1 - p``, as DINOv2's released code does);
+7. solarise (``x >= 128/255 -> 1 - x``) p=0.2 on global-2 only;
+8. normalise with the ImageNet mean and std.
+
+All random parameters of a batch are drawn up front by :meth:`GpuMultiCrop.sample_params` (on the
+device, from an optional ``torch.Generator``) and returned as :class:`AugParams`; :meth:`apply`
+is deterministic given them. Tests use that split to compare distributions with the CPU pipeline.
+No step reads a value back to the host, so a batch queues without synchronising.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn.functional as F
+
+from fdbench.errors import FdbenchError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
+RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
+RRC_ATTEMPTS = 10
+BLUR_KERNEL = 9
+BLUR_SIGMA = (0.1, 2.0)
+SOLARIZE_THRESHOLD = 128.0 / 255.0
+# op codes of the colour-jitter order (torchvision's fn_idx numbering)
+BRIGHTNESS, CONTRAST, SATURATION, HUE, IDENTITY = 0, 1, 2, 3, -1
+
+
+@dataclass
+class AugParams:
+    """Every random choice for one batch. Per-image fields have B rows; per-crop fields have
+    ``(2 + n_local) * B`` rows in crop-major order (global-1, global-2, local-1, ...)."""
+
+    # per image: noise patch
+    noise_apply: torch.Tensor    # bool [B]
+    noise_side: torch.Tensor     # long [B]  side in pixels of the original image
+    noise_top: torch.Tensor      # long [B]
+    noise_left: torch.Tensor     # long [B]
+    noise_sigma: torch.Tensor    # float [B]
+    # per crop: geometry (boxes in pixels of the original image, torchvision's (i, j, h, w))
+    top: torch.Tensor            # long [N]
+    left: torch.Tensor           # long [N]
+    height: torch.Tensor         # long [N]
+    width: torch.Tensor          # long [N]
+    flip: torch.Tensor           # bool [N]
+    # per crop: photometric
+    jitter_apply: torch.Tensor   # bool [N]
+    jitter_order: torch.Tensor   # long [N,4]  a permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue)
+    jitter_factors: torch.Tensor  # float [N,4] (brightness, contrast, saturation, hue) factors
+    gray: torch.Tensor           # bool [N]
+    blur_apply: torch.Tensor     # bool [N]
+    blur_sigma: torch.Tensor     # float [N]
+    solarize: torch.Tensor       # bool [N] (only ever True on global-2 rows)
+
+    def to(self, device) -> "AugParams":
+        return AugParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
+
+
+class GpuMultiCrop:
+    """DINOv2 multi-crop (+ FastDINOv2 noise patching) for a whole padded uint8 batch on its device.
+
+    The arguments mirror :class:`pretrain.augment.MultiCropAugmentation`; ``patch_size`` and the mask
+    settings mirror :func:`pretrain.augment.collate_multicrop`. ``noise_patching`` enables the noise
+    patch with ``noise_max_sigma`` and probability ``noise_p``. ``resample_dtype`` is the dtype of the
+    resampling matrix products: None = float16 on CUDA (tensor cores; 11-bit mantissa is ample for
+    8-bit pixels, accumulation is fp32) and float32 elsewhere.
+    """
+
+    def __init__(self, global_size: int = 224, local_size: int = 96, n_local: int = 8,
+                 global_scale=(0.32, 1.0), local_scale=(0.05, 0.32), blur_probs=(1.0, 0.1, 0.5),
+                 inverted_blur: bool = False, noise_patching: bool = False, noise_max_sigma: float = 0.5,
+                 noise_p: float = 1.0, patch_size: int = 16, mask_probability: float = 0.5,
+                 mask_ratio_range=(0.1, 0.5), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p: float = 0.8,
+                 gray_p: float = 0.2, solarize_p: float = 0.2, flip_p: float = 0.5,
+                 mean=IMAGENET_MEAN, std=IMAGENET_STD, resample_dtype: torch.dtype | None = None):
+        if global_size % patch_size:
+            raise FdbenchError(f"global crop size {global_size} is not a multiple of the patch size {patch_size}")
+        if local_size % patch_size and n_local:
+            raise FdbenchError(f"local crop size {local_size} is not a multiple of the patch size {patch_size}")
+        if n_local < 0:
+            raise FdbenchError(f"n_local must be >= 0, got {n_local}")
+        for name, (lo, hi) in (("global_scale", global_scale), ("local_scale", local_scale)):
+            if not 0 < lo <= hi <= 1:
+                raise FdbenchError(f"{name} must satisfy 0 < min <= max <= 1, got ({lo}, {hi})")
+        self.global_size, self.local_size, self.n_local = int(global_size), int(local_size), int(n_local)
+        self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
+        probs = tuple(float(p) for p in blur_probs)
+        self.blur_probs = tuple(1.0 - p for p in probs) if inverted_blur else probs
+        self.noise_patching, self.noise_max_sigma, self.noise_p = bool(noise_patching), float(noise_max_sigma), float(noise_p)
+        self.patch_size = int(patch_size)
+        self.mask_probability, self.mask_ratio_range = float(mask_probability), tuple(mask_ratio_range)
+        b, c, s, h = jitter
+        self.jitter_ranges = ((1 - b, 1 + b), (1 - c, 1 + c), (1 - s, 1 + s), (-h, h))
+        self.jitter_p, self.gray_p, self.solarize_p, self.flip_p = jitter_p, gray_p, solarize_p, flip_p
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.resample_dtype = resample_dtype
+
+    @classmethod
+    def from_stage(cls, stage, patch_size: int, **kwargs) -> "GpuMultiCrop":
+        """Build from a :class:`pretrain.curriculum.Stage` (sizes already multiples of the patch)."""
+        return cls(global_size=stage.global_size, local_size=stage.local_size, n_local=stage.n_local,
+                   global_scale=tuple(stage.global_scale), local_scale=tuple(stage.local_scale),
+                   noise_patching=stage.noise_patching, noise_max_sigma=stage.noise_max_sigma,
+                   patch_size=patch_size, **kwargs)
+
+    @property
+    def n_crops(self) -> int:
+        return 2 + self.n_local
+
+    # ------------------------------------------------------------------ parameters
+    def sample_params(self, sizes: torch.Tensor, generator: torch.Generator | None = None) -> AugParams:
+        """Draw every random choice for a batch whose true image sizes are ``sizes [B,2] (h, w)``."""
+        device = sizes.device
+        n_img, n_crop = sizes.shape[0], self.n_crops
+        n = n_img * n_crop
+
+        def rand(*shape):
+            return torch.rand(*shape, generator=generator, device=device)
+
+        h_img = sizes[:, 0].long()
+        w_img = sizes[:, 1].long()
+        # noise patch, per image: side ~ U{1..min(h,w)}, top ~ U{0..h-side}, left ~ U{0..w-side}
+        short = torch.minimum(h_img, w_img)
+        side = 1 + (rand(n_img) * short).long().clamp_max(short - 1)
+        top_n = (rand(n_img) * (h_img - side + 1)).long().clamp_max(h_img - side)
+        left_n = (rand(n_img) * (w_img - side + 1)).long().clamp_max(w_img - side)
+        sigma_n = rand(n_img) * self.noise_max_sigma
+        noise_apply = (rand(n_img) < self.noise_p) & self.noise_patching
+
+        # crops: crop-major, so image index of row r is r % B
+        h_rep = h_img.repeat(n_crop)
+        w_rep = w_img.repeat(n_crop)
+        scale = torch.tensor([self.global_scale] * 2 + [self.local_scale] * self.n_local,
+                             dtype=torch.float32, device=device).repeat_interleave(n_img, dim=0)
+        top, left, height, width = _sample_rrc_boxes(h_rep, w_rep, scale, rand)
+        flip = rand(n) < self.flip_p
+
+        jitter_apply = rand(n) < self.jitter_p
+        order = torch.argsort(rand(n, 4), dim=1)  # a uniform random permutation per crop
+        lo = torch.tensor([r[0] for r in self.jitter_ranges], device=device)
+        hi = torch.tensor([r[1] for r in self.jitter_ranges], device=device)
+        factors = lo + (hi - lo) * rand(n, 4)
+        gray = rand(n) < self.gray_p
+        blur_p = torch.tensor([self.blur_probs[0], self.blur_probs[1]] + [self.blur_probs[2]] * self.n_local,
+                              device=device).repeat_interleave(n_img)
+        blur_apply = rand(n) < blur_p
+        blur_sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * rand(n)
+        is_global2 = torch.zeros(n, dtype=torch.bool, device=device)
+        is_global2[n_img:2 * n_img] = True
+        solarize = (rand(n) < self.solarize_p) & is_global2
+        return AugParams(noise_apply, side, top_n, left_n, sigma_n, top, left, height, width, flip,
+                         jitter_apply, order, factors, gray, blur_apply, blur_sigma, solarize)
+
+    # ------------------------------------------------------------------ application
+    def apply(self, images: torch.Tensor, sizes: torch.Tensor, params: AugParams,
+              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Crops of a padded uint8 batch ``images [B,3,H,W]`` -> ``(global [2B,3,S,S], local [L*B,3,s,s] | None)``.
+
+        ``generator`` only feeds the Gaussian noise values of the noise patch.
+        """
+        if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
+            raise FdbenchError(f"expected a uint8 batch [B,3,H,W], got {tuple(images.shape)} {images.dtype}")
+        device = images.device
+        rdtype = self.resample_dtype or (torch.float16 if device.type == "cuda" else torch.float32)
+        n_img, _, canvas_h, canvas_w = images.shape
+        x = images.to(rdtype).div_(255.0)
+        if self.noise_patching:
+            x = _noise_patch(x, params, generator)
+
+        sizes_out = [self.global_size] * 2 + [self.local_size] * self.n_local
+        # horizontal pass: one matmul per image for all its crops: [B,3H,W] @ [B,W,sum S]
+        wx = torch.cat([_resample_matrix(self._rows(params.left, c, n_img), self._rows(params.width, c, n_img),
+                                         canvas_w, s, self._rows(params.flip, c, n_img), rdtype)
+                        for c, s in enumerate(sizes_out)], dim=1)            # [B, sum S, W]
+        xh = torch.matmul(x.reshape(n_img, 3 * canvas_h, canvas_w), wx.transpose(1, 2)).clamp_(0, 1)
+        xh = xh.reshape(n_img, 3, canvas_h, -1)
+        outputs, offset = [], 0
+        for first, count, size in ((0, 2, self.global_size), (2, self.n_local, self.local_size)):
+            if count == 0:
+                outputs.append(None)
+                continue
+            part = xh[..., offset:offset + count * size].reshape(n_img, 3, canvas_h, count, size)
+            part = part.permute(0, 3, 2, 1, 4).reshape(n_img, count, canvas_h, 3 * size)
+            offset += count * size
+            rows = slice(first * n_img, (first + count) * n_img)
+            wy = _resample_matrix(params.top[rows], params.height[rows], canvas_h, size, None, rdtype)
+            wy = wy.reshape(count, n_img, size, canvas_h).transpose(0, 1)  # [B, count, S, H]
+            crops = torch.matmul(wy, part).clamp_(0, 1)                     # [B, count, S, 3S]
+            crops = crops.reshape(n_img, count, size, 3, size).permute(1, 0, 3, 2, 4)
+            crops = crops.reshape(count * n_img, 3, size, size).float()
+            outputs.append(self._photometric(crops, params, rows))
+        return outputs[0], outputs[1]
+
+    @staticmethod
+    def _rows(t: torch.Tensor, crop: int, n_img: int) -> torch.Tensor:
+        return t[crop * n_img:(crop + 1) * n_img]
+
+    def _photometric(self, x: torch.Tensor, p: AugParams, rows: slice) -> torch.Tensor:
+        x = color_jitter(x, p.jitter_apply[rows], p.jitter_order[rows], p.jitter_factors[rows])
+        x = torch.where(p.gray[rows].view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+        x = gaussian_blur(x, p.blur_apply[rows], p.blur_sigma[rows])
+        x = torch.where(p.solarize[rows].view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD), 1.0 - x, x)
+        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        return (x - mean) / std
+
+    def masks(self, n_images: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """iBOT masks for the global crops via A's ``pretrain.masking.make_masks`` (CPU)."""
+        from pretrain.masking import make_masks
+
+        grid = self.global_size // self.patch_size
+        return make_masks(n_images, grid=(grid, grid), mask_probability=self.mask_probability,
+                          ratio_range=self.mask_ratio_range, generator=generator)
+
+    def __call__(self, batch: dict, generator: torch.Generator | None = None,
+                 mask_generator: torch.Generator | None = None) -> dict:
+        """A decoded batch (``images``, ``sizes``, ``labels``, optional ``masks``) -> a training batch.
+
+        ``images`` may still be on the CPU (pinned): it is moved to ``generator``'s device, or the
+        images' own device when no generator is given. Masks made by the decode workers are used as is.
+        """
+        images, sizes = batch["images"], batch["sizes"]
+        device = generator.device if generator is not None else images.device
+        images = images.to(device, non_blocking=True)
+        sizes = sizes.to(device, non_blocking=True)
+        params = self.sample_params(sizes, generator)
+        global_crops, local_crops = self.apply(images, sizes, params, generator)
+        masks = batch.get("masks")
+        if masks is None:
+            masks = self.masks(2 * images.shape[0], mask_generator)
+        return {"global": global_crops, "local": local_crops,
+                "masks": masks.to(device, non_blocking=True),
+                "labels": batch["labels"].to(device, non_blocking=True)}
+
+
+# ---------------------------------------------------------------------- building blocks
+def _sample_rrc_boxes(h: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, rand):
+    """torchvision ``RandomResizedCrop.get_params`` for many crops at once.
+
+    Ten tries per crop, all drawn up front: ``target = h*w*U(scale)``, ``ratio = exp(U(log 3/4, log 4/3))``,
+    ``cw = round(sqrt(target*ratio))``, ``ch = round(sqrt(target/ratio))``; the first try with
+    ``0 < cw <= w`` and ``0 < ch <= h`` wins, its top/left uniform over the valid positions; with
+    no valid try, the central crop with the ratio clamped to the range.
+    """
+    n = h.shape[0]
+    area = (h * w).float().unsqueeze(1)
+    lo, hi = scale[:, 0:1], scale[:, 1:2]
+    target = area * (lo + (hi - lo) * rand(n, RRC_ATTEMPTS))
+    log_lo, log_hi = math.log(RATIO_RANGE[0]), math.log(RATIO_RANGE[1])
+    ratio = torch.exp(log_lo + (log_hi - log_lo) * rand(n, RRC_ATTEMPTS))
+    cw = torch.round(torch.sqrt(target * ratio)).long()
+    ch = torch.round(torch.sqrt(target / ratio)).long()
+    valid = (cw > 0) & (cw <= w.unsqueeze(1)) & (ch > 0) & (ch <= h.unsqueeze(1))
+    first = torch.argmax(valid.int(), dim=1, keepdim=True)  # index of the first valid try (0 if none)
+    found = valid.any(dim=1)
+    cw = cw.gather(1, first).squeeze(1)
+    ch = ch.gather(1, first).squeeze(1)
+    top = (rand(n) * (h - ch + 1).clamp_min(1)).long().clamp_max((h - ch).clamp_min(0))
+    left = (rand(n) * (w - cw + 1).clamp_min(1)).long().clamp_max((w - cw).clamp_min(0))
+    # central fallback
+    in_ratio = w.float() / h.float()
+    fb_w = torch.where(in_ratio > RATIO_RANGE[1], torch.round(h * RATIO_RANGE[1]).long(), w)
+    fb_h = torch.where(in_ratio < RATIO_RANGE[0], torch.round(w / RATIO_RANGE[0]).long(), h)
+    ch = torch.where(found, ch, fb_h)
+    cw = torch.where(found, cw, fb_w)
+    top = torch.where(found, top, torch.div(h - fb_h, 2, rounding_mode="floor"))
+    left = torch.where(found, left, torch.div(w - fb_w, 2, rounding_mode="floor"))
+    return top, left, ch, cw
+
+
+def _bicubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
+    """PIL's bicubic kernel (Keys, a = -0.5)."""
+    x = x.abs()
+    inner = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
+    outer = (((x - 5.0) * x + 8.0) * x - 4.0) * a
+    return torch.where(x < 1.0, inner, torch.where(x < 2.0, outer, torch.zeros_like(x)))
+
+
+def _resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
+                     flip: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+    """Weights ``[N, out_size, in_size]`` resampling the span ``[start, start+length)`` to ``out_size``.
+
+    PIL's antialiased resampling of a cropped image along one axis: ``scale = length / out``,
+    ``fs = max(scale, 1)``, output ``o`` centred at ``c = (o + 0.5) * scale`` (crop coordinates) takes
+    input ``x`` in ``[max(floor(c - 2 fs + 0.5), 0), min(floor(c + 2 fs + 0.5), length))`` with weight
+    ``k((x - c + 0.5) / fs)``, normalised to sum 1. ``flip`` mirrors the output order.
+    """
+    start = start.view(-1, 1, 1).float()
+    length = length.view(-1, 1, 1).float()
+    o = torch.arange(out_size, device=start.device, dtype=torch.float32).view(1, -1, 1)
+    if flip is not None:
+        o = torch.where(flip.view(-1, 1, 1), out_size - 1 - o, o)
+    scale = length / out_size
+    fs = scale.clamp_min(1.0)
+    support = 2.0 * fs
+    centre = (o + 0.5) * scale
+    x = torch.arange(in_size, device=start.device, dtype=torch.float32).view(1, 1, -1) - start
+    lo = torch.floor(centre - support + 0.5).clamp_min(0.0)
+    hi = torch.minimum(torch.floor(centre + support + 0.5), length)
+    weight = _bicubic((x - centre + 0.5) / fs) * ((x >= lo) & (x < hi))
+    weight = weight / weight.sum(dim=2, keepdim=True)
+    return weight.to(dtype)
+
+
+def _noise_patch(x: torch.Tensor, p: AugParams, generator: torch.Generator | None) -> torch.Tensor:
+    """Add ``N(0, sigma^2)`` inside each image's square patch and clamp to [0, 1] (float canvas)."""
+    n_img, _, height, width = x.shape
+    rows = torch.arange(height, device=x.device).view(1, -1)
+    cols = torch.arange(width, device=x.device).view(1, -1)
+    in_rows = (rows >= p.noise_top.view(-1, 1)) & (rows < (p.noise_top + p.noise_side).view(-1, 1))
+    in_cols = (cols >= p.noise_left.view(-1, 1)) & (cols < (p.noise_left + p.noise_side).view(-1, 1))
+    inside = (in_rows.view(n_img, 1, height, 1) & in_cols.view(n_img, 1, 1, width)
+              & p.noise_apply.view(n_img, 1, 1, 1))
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
+    noise = noise * (p.noise_sigma.view(n_img, 1, 1, 1) * inside)
+    return (x.float() + noise).clamp_(0, 1).to(x.dtype)
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    r, g, b = x.unbind(dim=1)
+    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
+
+
+def _blend_pass(x: torch.Tensor, op: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """One brightness/contrast/saturation op per crop (or none), as one blend ``f*x + (1-f)*ref``.
+
+    brightness: ref = 0; contrast: ref = mean of the grayscale image; saturation: ref = grayscale.
+    Crops with another op get ``f = 1`` (exactly the identity on [0,1] values).
+    """
+    gray = _gray(x)
+    is_b, is_c, is_s = (op == BRIGHTNESS), (op == CONTRAST), (op == SATURATION)
+    f = torch.where(is_b, factors[:, 0], torch.where(is_c, factors[:, 1],
+                                                     torch.where(is_s, factors[:, 2], torch.ones_like(factors[:, 0]))))
+    f = f.view(-1, 1, 1, 1)
+    ref = (gray * is_s.view(-1, 1, 1, 1)
+           + gray.mean(dim=(1, 2, 3), keepdim=True) * is_c.view(-1, 1, 1, 1))
+    return (f * x + (1.0 - f) * ref).clamp_(0, 1)
+
+
+def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """Per-image hue rotation in HSV: ``H <- (H + shift) mod 1`` (torchvision ``adjust_hue``).
+
+    RGB -> HSV as in ``colorsys``; back with ``c_n = V - V*S*clamp(min(k, 4-k), 0, 1)``,
+    ``k = (n + 6H) mod 6`` and ``n = 5, 3, 1`` for R, G, B.
+    """
+    r, g, b = x.unbind(dim=1)
+    maxc = x.amax(dim=1)
+    minc = x.amin(dim=1)
+    chroma = maxc - minc
+    flat = chroma == 0
+    safe = torch.where(flat, torch.ones_like(chroma), chroma)
+    sat = torch.where(maxc > 0, chroma / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
+    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
+    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
+    hue = torch.where(flat, torch.zeros_like(hue), hue)
+    hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    k = torch.remainder(n + 6.0 * hue.unsqueeze(1), 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    return maxc.unsqueeze(1) - (maxc * sat).unsqueeze(1) * ramp
+
+
+def color_jitter(x: torch.Tensor, apply: torch.Tensor, order: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """torchvision ``ColorJitter`` per crop with its own op order and factors (``apply`` False = skip).
+
+    The hue op is the only non-blend op and each crop has it exactly once, so the batch runs as:
+    the blend ops ordered before hue (3 passes), hue once, then the blend ops after it (3 passes),
+    instead of evaluating all four ops in all four slots.
+    """
+    hue_pos = torch.argmax((order == HUE).int(), dim=1)                   # [N]
+    none = torch.full_like(order[:, 0], IDENTITY)
+    for j in range(3):  # ops before hue
+        op = torch.where(apply & (j < hue_pos), order[:, j], none)
+        x = _blend_pass(x, op, factors)
+    hued = adjust_hue(x, factors[:, 3])
+    x = torch.where(apply.view(-1, 1, 1, 1), hued, x)
+    for j in range(3):  # ops after hue
+        pos = hue_pos + 1 + j
+        op = order.gather(1, pos.clamp_max(3).view(-1, 1)).squeeze(1)
+        op = torch.where(apply & (pos <= 3), op, none)
+        x = _blend_pass(x, op, factors)
+    return x
+
+
+def gaussian_blur(x: torch.Tensor, apply: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """torchvision ``GaussianBlur(9, sigma)`` per crop: separable, reflect padding; ``apply`` False = skip."""
+    n, c, h, w = x.shape
+    half = (BLUR_KERNEL - 1) / 2
+    t = torch.linspace(-half, half, BLUR_KERNEL, device=x.device, dtype=x.dtype).view(1, -1)
+    kernel = torch.exp(-0.5 * (t / sigma.view(-1, 1).to(x.dtype)) ** 2)
+    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [N*C, 9]
+    pad = BLUR_KERNEL // 2
+    y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    y = F.conv2d(y, kernel.view(n * c, 1, BLUR_KERNEL, 1), groups=n * c)
+    y = F.conv2d(y, kernel.view(n * c, 1, 1, BLUR_KERNEL), groups=n * c)
+    return torch.where(apply.view(-1, 1, 1, 1), y.view(n, c, h, w), x)
