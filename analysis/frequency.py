@@ -50,6 +50,7 @@ from fdbench.io import atomic_write_csv, atomic_write_json, progress
 
 ANALYSES = ("heatmap", "bandpass", "spectra")
 PROBES = ("linear", "knn")
+DEFAULT_RESULTS = Path("evals/corruptions/results.csv")   # where `fdbench eval-corruptions` writes by default
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -66,12 +67,12 @@ class FrequencyConfig:
     bandpass_images: int = 256           # band-pass images (class-balanced val subset)
     radii: int = 16                      # band-pass radius steps between 0 and Nyquist
     probe: str = "linear"                # linear | knn
-    results: str | None = None           # eval-corruptions results.csv for the drop-vs-frequency plot
+    results: str | None = None           # eval-corruptions results.csv (default: DEFAULT_RESULTS if present)
     severity: int = 3                    # severity drawn in the spectra figure
     batch_size: int = 256
     device: str = "auto"
     seed: int = 0
-    out: str = "frequency"
+    out: str = "evals/frequency"
     runs: str = "runs"                   # where to look for checkpoints when none are given
 
 
@@ -291,15 +292,12 @@ def robustness_table(results: pd.DataFrame, centroids: pd.DataFrame) -> pd.DataF
 
 
 def group_accuracy(results: pd.DataFrame, keys: Sequence[str]) -> dict[str, float]:
-    """Noise-group and blur-group mean top-1 (%) of the results rows whose checkpoint matches a key."""
+    """Noise-group and blur-group mean top-1 (%) of the results rows whose checkpoint is one of ``keys``
+    (eval-corruptions labels its rows like :func:`checkpoint_labels`)."""
     from analysis.metrics import GROUPS
 
     res = _results_protocol(results)
-    ckpt = res["checkpoint"].astype(str)
-    match = pd.Series(False, index=res.index)
-    for key in keys:
-        match |= (ckpt == key) | (ckpt.map(lambda c: Path(c).name) == key) | (ckpt.map(_label_of) == key)
-    part = res[match]
+    part = res[res["checkpoint"].astype(str).isin([str(k) for k in keys])]
     if part.empty:
         return {}
     out = {f"{g}_top1_pct": 100 * float(part[part["corruption"].isin(GROUPS[g])]["top1"].mean())
@@ -324,27 +322,24 @@ def find_checkpoints(paths: Sequence[str], runs: str | Path = "runs", announce=N
     return found
 
 
-def _label_of(path: str | Path) -> str:
-    path = Path(path)
-    if path.is_dir():                                  # a run folder
-        base = path.name
-    elif path.stem == "final":                         # runs/<name>/final.pt
-        base = path.parent.name
-    elif path.parent.name == "checkpoints":            # runs/<name>/checkpoints/<step>.pt
-        base = f"{path.parent.parent.name}-{path.stem}"
-    else:
-        base = path.stem
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", base) or "checkpoint"
-
-
 def checkpoint_labels(paths: Sequence[Path]) -> list[str]:
-    """Folder-safe unique names: the run folder of ``runs/<name>/final.pt``, else the file stem."""
-    labels, seen = [], {}
-    for path in paths:
-        label = _label_of(path)
-        seen[label] = seen.get(label, 0) + 1
-        labels.append(label if seen[label] == 1 else f"{label}-{seen[label]}")
-    return labels
+    """The labels eval-corruptions gives the same files (``runs/<name>/final.pt`` -> ``<name>``), so
+    its results.csv rows match these checkpoints."""
+    from analysis.evaluate import checkpoint_labels as eval_labels
+
+    return eval_labels(paths)
+
+
+def _data_root(config: "FrequencyConfig", meta: dict, announce) -> str | None:
+    """``--data``, else the checkpoint's recorded training data when it is here, else the embedded set."""
+    if config.data is not None:
+        return config.data
+    recorded = (meta.get("data") or {}).get("root")
+    if recorded and (Path(recorded).exists() or re.match(r"^(cifar10|cifar100|stl10):", str(recorded))):
+        return str(recorded)
+    if recorded:
+        announce(f"the checkpoint's training data {recorded} is not here; using the embedded dataset")
+    return None
 
 
 @dataclass
@@ -369,16 +364,16 @@ def _stratified(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
     return torch.tensor(order[:n], dtype=torch.long)
 
 
-def _eval_setup(loaded, config: FrequencyConfig) -> tuple[str | None, int, int | None]:
+def _eval_setup(loaded, config: FrequencyConfig, announce=lambda m: None) -> tuple[str | None, int, int | None]:
     """(data root, evaluation size, resize) of a loaded checkpoint: ``--data`` or its training data, at
     the dataset's native size (every pixel kept) or the training size, a multiple of the patch."""
     from fdbench.data import dataset_resolution
     from fdbench.features import eval_image_size
 
-    data_meta = loaded.meta.get("data") or {}
-    root = config.data if config.data is not None else data_meta.get("root")
+    root = _data_root(config, loaded.meta, announce)
     native = dataset_resolution(root)
-    size = eval_image_size(data_meta.get("image_size"), native, loaded.config.patch_size)
+    trained = (loaded.meta.get("data") or {}).get("image_size") or loaded.config.img_size
+    size = eval_image_size(trained, native, loaded.config.patch_size)
     return root, size, (size if native else None)
 
 
@@ -386,19 +381,15 @@ def _load_model(path: Path, config: FrequencyConfig, device: torch.device, label
     from fdbench.checkpoint import load_backbone
     from fdbench.data import eval_transform, load_split_tensor, open_dataset
     from fdbench.features import FrozenEncoder
+    from analysis.evaluate import dataset_features
     from analysis.probes import fit_linear_probe, knn_probe
 
     loaded = load_backbone(path, map_location=device)
-    root, size, resize = _eval_setup(loaded, config)
+    root, size, resize = _eval_setup(loaded, config, announce)
     encoder = FrozenEncoder(loaded.model).to(device)
 
     train = open_dataset(root, "train", eval_transform(size, resize))
-    loader = torch.utils.data.DataLoader(train, batch_size=config.batch_size, shuffle=False)
-    feats, labels = [], []
-    for x, y in progress(loader, desc=f"{label}: train features", unit="batch"):
-        feats.append(encoder(x).cpu())
-        labels.append(y)
-    feats, labels = torch.cat(feats), torch.cat(labels)
+    feats, labels = dataset_features(encoder, train, batch_size=config.batch_size, desc=f"{label}: train features")
     num_classes = len(train.classes)
     if config.probe == "linear":
         probe = fit_linear_probe(feats, labels, seed=config.seed, num_classes=num_classes)
@@ -463,7 +454,11 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
     seed_everything(config.seed)
     out = Path(config.out)
     needs_model = bool({"heatmap", "bandpass"} & set(config.analyses))
-    results = read_results(config.results) if config.results else None
+    results_path = config.results
+    if results_path is None and DEFAULT_RESULTS.is_file():
+        results_path = str(DEFAULT_RESULTS)
+        announce(f"using eval-corruptions results from {results_path} (pass --results to choose another)")
+    results = read_results(results_path) if results_path else None
     if needs_model or config.checkpoints:
         paths = find_checkpoints(config.checkpoints, config.runs, announce)
     else:
@@ -510,7 +505,7 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
             info.update({"crossing_frac": crossing_radius(bp), "lowpass_auc_pct": bandpass_auc(bp, "low"),
                          "highpass_auc_pct": bandpass_auc(bp, "high")})
         if results is not None:
-            info.update(group_accuracy(results, [label, str(infos[label]["path"])]))
+            info.update(group_accuracy(results, [label]))
         rows.append(info)
     report.summary = pd.DataFrame(rows)
     if rows:
@@ -540,7 +535,7 @@ def _run_one(analysis: str, model: _Model, config: FrequencyConfig, device, labe
             "curriculum": model.curriculum}
     if analysis == "heatmap":
         eps = config.eps if config.eps is not None else fourier.default_eps(model.size)
-        window = min(config.window or fourier.default_window(model.size), model.size)
+        window = config.window or fourier.default_window(model.size)
         df = fourier_heatmap(model.classifier, images, labels, eps=eps, window=window,
                              batch_size=config.batch_size, seed=config.seed, device=device,
                              desc=f"{label}: heat map")
@@ -558,16 +553,15 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
     from fdbench.data import dataset_resolution, load_split_tensor
 
     if corrupt_fn is None or corruption_names is None:
-        try:
-            from corruptions import corrupt, names
-        except ImportError as err:
-            raise FdbenchError(f"the spectra analysis needs the corruptions package ({err})") from None
-        corrupt_fn = corrupt_fn or corrupt
+        from analysis.evaluate import default_corrupt_fn
+        from corruptions import names
+
+        corrupt_fn = corrupt_fn or default_corrupt_fn()
         corruption_names = corruption_names or names("all")
     if source is not None:
         from fdbench.checkpoint import load_backbone
 
-        root, size, resize = _eval_setup(load_backbone(source), config)
+        root, size, resize = _eval_setup(load_backbone(source), config, announce)
     else:
         root = config.data
         native = dataset_resolution(root)
@@ -651,7 +645,8 @@ def draw_figures(out: Path, heatmaps, bandpasses, infos, spectra, centroids, res
         if results is not None:
             table = robustness_table(results, centroids)
             if table.empty:
-                raise FdbenchError(f"{config.results} has no clean rows or no corruption in common with the spectra")
+                raise FdbenchError("the eval-corruptions results have no clean rows or no corruption in common "
+                                   "with the spectra")
             atomic_write_csv(out / "robustness_vs_frequency.csv", table)
             files.append(out / "robustness_vs_frequency.csv")
             emit("robustness_vs_frequency", plots.robustness_frequency_figure(table))

@@ -174,15 +174,20 @@ def spectra_figure(df: pd.DataFrame, *, severity: int) -> Figure:
     part = df[df["severity"] == severity]
     families = [f for f in FAMILIES if any(FAMILY_OF.get(c, "other") == f for c in part["corruption"].unique())]
     fig, axes = new_figure(1, max(1, len(families)), width=3.4, height=3.3, sharey=True)
+    top = float(part["mean_power"].max()) if len(part) else 1.0
     for ax, family in zip(axes[0], families):
         names = [c for c in dict.fromkeys(part["corruption"]) if FAMILY_OF.get(c, "other") == family]
         for i, name in enumerate(names):
             rows = part[part["corruption"] == name].sort_values("radius_frac")
             rows = rows[rows["mean_power"] > 0]
             ax.semilogy(rows["radius_frac"], rows["mean_power"], color=PALETTE[i % len(PALETTE)], label=name)
+        ax.axvline(1.0, color="0.6", linewidth=0.8, linestyle=":")
         ax.set_title(family)
         ax.set_xlabel("frequency |k| (fraction of Nyquist)")
         ax.legend(frameon=False, fontsize=7)
+    if top > 0:
+        # eight decades below the strongest bin: exact zeros (e.g. the DC of a blur) would squash the rest
+        axes[0, 0].set_ylim(top * 1e-8, top * 3)
     axes[0, 0].set_ylabel("mean power of corrupted - clean (per coefficient)")
     fig.suptitle(f"Where each corruption puts its energy (severity {severity})")
     return fig

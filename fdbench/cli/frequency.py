@@ -27,15 +27,15 @@ from fdbench.cli.common import config_option, device_option, echo, out_option, s
 @click.option("--probe", type=click.Choice(["linear", "knn"]), default="linear", show_default=True,
               help="Classifier on frozen features, fitted on clean training images.")
 @click.option("--results", default=None,
-              help="results.csv of `fdbench eval-corruptions`: adds the robustness-vs-frequency plot and "
-                   "the noise/blur numbers.")
+              help="results.csv of `fdbench eval-corruptions` (default: evals/corruptions/results.csv when "
+                   "present): adds the robustness-vs-frequency plot and the noise/blur numbers.")
 @click.option("--severity", type=int, default=3, show_default=True, help="Severity drawn in the spectra figure.")
 @click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass.")
 @click.option("--runs", default="runs", show_default=True,
               help="Where to look for runs/*/final.pt when no checkpoint is given.")
 @device_option
 @seed_option
-@out_option("frequency")
+@out_option("evals/frequency")
 @config_option
 def frequency_analysis(checkpoints, data, analyses, eps, window, n_images, bandpass_images, radii, probe,
                        results, severity, batch_size, runs, device, seed, out):
