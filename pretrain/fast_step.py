@@ -1,0 +1,218 @@
+"""Helpers for a fast DINOv2 training step; each is a drop-in for a plain computation it equals.
+
+- :func:`soft_cross_entropy`: ``-sum_k p[k] * log_softmax(z / T)[k]`` per row, computed in row chunks
+  by a custom autograd function that keeps only the (bf16) logits for backward and recomputes the
+  softmax chunk by chunk, instead of holding fp32 copies and log-softmaxes of every
+  ``[rows, 65536]`` matrix (the iBOT patch logits alone are thousands of such rows).
+- :class:`FastDINOLoss`, :class:`FastiBOTPatchLoss`: A's losses (same formulas, same centring
+  state) computed with it; no host-device synchronisation in their forward.
+- :func:`maybe_compile`: ``torch.compile`` a module in place (parameter names unchanged), static
+  shapes, so a curriculum's stage switch costs one recompile and steps cost none.
+- :func:`make_adamw`: fused AdamW on CUDA, the multi-tensor (``foreach``) one elsewhere.
+- :func:`ema_update_`: ``teacher <- m * teacher + (1 - m) * student`` in two multi-tensor kernels;
+  ``m`` may be a 0-d device tensor (no sync).
+- :class:`DeviceMeter`: accumulates loss tensors on the device, reads them back every N steps.
+- :func:`accelerate_meta_arch`: applies the above to a :class:`pretrain.meta_arch.MetaArch` in place.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from pretrain.losses import DINOLoss, iBOTPatchLoss
+
+DEFAULT_CHUNK_ROWS = 256
+
+
+def _blocks(n_rows: int, period: int, chunk: int):
+    """Row ranges ``(start, stop, target_start)``: each stays inside one period of the target rows."""
+    for base in range(0, n_rows, period):
+        for s in range(0, period, chunk):
+            stop = min(s + chunk, period)
+            yield base + s, base + stop, s, stop
+
+
+class _SoftCrossEntropy(torch.autograd.Function):
+    """Rows ``r``: ``CE_r = logsumexp(z_r/T) * sum_k p_r[k] - sum_k p_r[k] z_r[k] / T`` with
+    ``p_r = targets[r mod len(targets)]``; gradient ``(softmax(z_r/T) * sum_k p_r[k] - p_r) / T``."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temp: float, chunk: int):
+        n, period = logits.shape[0], targets.shape[0]
+        out = torch.empty(n, dtype=torch.float32, device=logits.device)
+        for start, stop, ts, te in _blocks(n, period, chunk):
+            z = logits[start:stop].float() / temp
+            p = targets[ts:te].float()
+            out[start:stop] = torch.logsumexp(z, dim=-1) * p.sum(dim=-1) - (p * z).sum(dim=-1)
+        ctx.save_for_backward(logits, targets)
+        ctx.temp, ctx.chunk = temp, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, targets = ctx.saved_tensors
+        n, period = logits.shape[0], targets.shape[0]
+        grad = torch.empty_like(logits)
+        for start, stop, ts, te in _blocks(n, period, ctx.chunk):
+            z = logits[start:stop].float() / ctx.temp
+            p = targets[ts:te].float()
+            g = torch.softmax(z, dim=-1) * p.sum(dim=-1, keepdim=True) - p
+            grad[start:stop] = (g * (grad_out[start:stop].float() / ctx.temp).unsqueeze(1)).to(grad.dtype)
+        return grad, None, None, None
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temp: float = 1.0,
+                       chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+    """Per-row ``-sum_k p[k] log_softmax(z / temp)[k]`` (fp32) for ``logits [N,K]``, ``targets [T,K]``.
+
+    ``N`` must be a multiple of ``T``; row ``r`` uses target row ``r mod T`` (so one teacher matrix
+    serves several student crops without being repeated in memory). Targets get no gradient.
+    """
+    if logits.dim() != 2 or targets.dim() != 2 or logits.shape[1] != targets.shape[1]:
+        raise ValueError(f"soft_cross_entropy needs [N,K] logits and [T,K] targets, got "
+                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    if targets.shape[0] == 0 or logits.shape[0] % targets.shape[0]:
+        raise ValueError(f"{logits.shape[0]} logit rows are not a multiple of {targets.shape[0]} target rows")
+    return _SoftCrossEntropy.apply(logits, targets.detach(), float(temp), max(1, int(chunk_rows)))
+
+
+class FastDINOLoss(DINOLoss):
+    """:class:`pretrain.losses.DINOLoss` (same formula and normalisation), memory-light.
+
+    The loss is linear in the teacher target, so student crop ``s`` is compared once with the sum of
+    the teacher crops ``t != s``: for global crop ``s`` that is ``sum_t p_t - p_s``, for a local crop
+    ``sum_t p_t``; the sum is divided by ``B`` and by the pair count ``G(G-1) + LG``.
+    """
+
+    chunk_rows = DEFAULT_CHUNK_ROWS
+
+    def forward(self, student_global_logits, student_local_logits, teacher_global_probs, *, n_global_crops: int = 2):
+        teacher = teacher_global_probs.detach().float()
+        rows, k = teacher.shape
+        if rows % n_global_crops:
+            raise ValueError(f"{rows} teacher rows are not {n_global_crops} global crops of equal batches")
+        b = rows // n_global_crops
+        per_crop = teacher.view(n_global_crops, b, k)
+        teacher_sum = per_crop.sum(dim=0)
+        targets = (teacher_sum.unsqueeze(0) - per_crop).reshape(rows, k)
+        total = soft_cross_entropy(student_global_logits, targets, self.student_temp, self.chunk_rows).sum()
+        n_terms = n_global_crops * (n_global_crops - 1)
+        if student_local_logits is not None and student_local_logits.numel():
+            if student_local_logits.shape[0] % b:
+                raise ValueError(f"{student_local_logits.shape[0]} local rows are not crops of {b} images")
+            total = total + soft_cross_entropy(student_local_logits, teacher_sum, self.student_temp,
+                                               self.chunk_rows).sum()
+            n_terms += (student_local_logits.shape[0] // b) * n_global_crops
+        if n_terms == 0:
+            raise ValueError("the DINO loss needs a student crop that differs from the teacher's")
+        return total / (b * n_terms)
+
+
+class FastiBOTPatchLoss(iBOTPatchLoss):
+    """:class:`pretrain.losses.iBOTPatchLoss` (same per-image weighting), memory-light, no host sync:
+    ``(1/N) sum_i (1/max(1, n_i)) sum_{masked p of i} CE(p)``."""
+
+    chunk_rows = DEFAULT_CHUNK_ROWS
+
+    def forward(self, student_patch_logits, teacher_patch_probs, masks):
+        masks = masks.reshape(masks.shape[0], -1).bool()
+        per_image = masks.sum(dim=1).clamp(min=1).float()
+        weights = (1.0 / per_image).unsqueeze(1).expand_as(masks)[masks]
+        if student_patch_logits.shape[0] == 0:
+            return student_patch_logits.float().sum() * 0.0
+        ce = soft_cross_entropy(student_patch_logits, teacher_patch_probs, self.student_temp, self.chunk_rows)
+        return (ce * weights).sum() / max(masks.shape[0], 1)
+
+
+def upgrade_loss(loss: nn.Module) -> nn.Module:
+    """A Fast* copy of a DINOLoss / iBOTPatchLoss carrying the same settings and centre buffer."""
+    cls = {DINOLoss: FastDINOLoss, iBOTPatchLoss: FastiBOTPatchLoss}.get(type(loss))
+    if cls is None:
+        return loss
+    fast = cls.__new__(cls)
+    fast.__dict__.update(loss.__dict__)  # parameters, buffers (the centre), temperatures: shared, not copied
+    return fast
+
+
+def maybe_compile(module: nn.Module, enabled: bool = True, *, inplace: bool = True, dynamic: bool | None = False,
+                  **kwargs) -> nn.Module:
+    """``torch.compile`` ``module`` when ``enabled`` (else return it untouched).
+
+    ``inplace`` uses ``nn.Module.compile`` so parameter names and state dicts stay as they were
+    (optimisers, checkpoints and EMA pairs keep working). ``dynamic=False`` specialises on shapes:
+    each crop size compiles once (global, local, and again at a stage switch), no step recompiles.
+    """
+    if not enabled:
+        return module
+    if inplace:
+        module.compile(dynamic=dynamic, **kwargs)
+        return module
+    return torch.compile(module, dynamic=dynamic, **kwargs)
+
+
+def make_adamw(params, *, lr: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
+               device: torch.device | str | None = None) -> torch.optim.AdamW:
+    """AdamW with the fastest implementation for the device: ``fused`` on CUDA, ``foreach`` otherwise."""
+    params = list(params)
+    if device is None:
+        first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
+        device = first.device
+    fused = torch.device(device).type == "cuda"
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
+                             fused=fused or None, foreach=None if fused else True)
+
+
+@torch.no_grad()
+def ema_update_(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
+                momentum: float | torch.Tensor) -> None:
+    """``t <- m t + (1 - m) s`` for every pair, with multi-tensor kernels; ``m`` float or 0-d tensor."""
+    teacher, student = list(teacher), list(student)
+    if isinstance(momentum, torch.Tensor):
+        torch._foreach_mul_(teacher, momentum)
+        torch._foreach_add_(teacher, torch._foreach_mul(student, 1.0 - momentum))
+    else:
+        torch._foreach_mul_(teacher, float(momentum))
+        torch._foreach_add_(teacher, student, alpha=1.0 - float(momentum))
+
+
+class DeviceMeter:
+    """Sum loss tensors on the device; ``flush()`` reads the means back in one transfer.
+
+    Reading a loss with ``.item()`` every step stalls the host until the GPU has finished the step;
+    adding it to a device accumulator does not, so the host can queue the next step at once.
+    """
+
+    def __init__(self):
+        self._sums: dict[str, torch.Tensor] = {}
+        self._count = 0
+
+    def add(self, values: dict[str, torch.Tensor]) -> None:
+        for k, v in values.items():
+            v = v.detach().float()
+            self._sums[k] = v if k not in self._sums else self._sums[k] + v
+        self._count += 1
+
+    def flush(self) -> dict[str, float]:
+        if not self._count:
+            return {}
+        keys = list(self._sums)
+        means = (torch.stack([self._sums[k] for k in keys]) / self._count).tolist()
+        self._sums, self._count = {}, 0
+        return dict(zip(keys, means))
+
+
+def accelerate_meta_arch(meta, *, compile: bool = True, fast_losses: bool = True, compile_kwargs=None):
+    """Upgrade a :class:`pretrain.meta_arch.MetaArch` in place for speed (same maths):
+    backbones compiled in place (student and teacher), DINO/iBOT losses replaced by the memory-light
+    versions sharing their centres. Returns ``meta``. Call before building the optimiser or after:
+    parameter names do not change."""
+    if fast_losses:
+        meta.dino_loss = upgrade_loss(meta.dino_loss)
+        meta.ibot_loss = upgrade_loss(meta.ibot_loss)
+    if compile:
+        for part in (meta.student, meta.teacher):
+            maybe_compile(part.backbone, True, **(compile_kwargs or {}))
+    return meta
