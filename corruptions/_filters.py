@@ -67,33 +67,61 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> np.ndarray:
     return np.asarray(_gaussian_weights(float(sigma), float(truncate)))
 
 
-def conv1d_axis(x: torch.Tensor, weights: np.ndarray | torch.Tensor, axis: int, mode: str) -> torch.Tensor:
-    """Correlate the last-two-dims image ``x`` with a centred odd 1-D kernel along ``axis`` (-2 or -1).
+@lru_cache(maxsize=256)
+def band_matrix(n: int, weights: tuple[float, ...], mode: str) -> np.ndarray:
+    """[n, n] matrix M with (M @ v)[i] = sum_k w_k v_pad[i + k] for a centred odd kernel ``weights``
+    and padding ``mode``: 1-D correlation, border handling folded into the matrix."""
+    r = len(weights) // 2
+    src = pad_index(n, r, r, mode)
+    m = np.zeros((n, n), dtype=np.float64)
+    rows = np.arange(n)
+    for k, wk in enumerate(weights):
+        np.add.at(m, (rows, src[rows + k]), wk)
+    return m
 
-    ``weights`` is either one kernel ``[K]`` shared by all images or per-image kernels ``[N, K]``.
+
+_DEVICE_CACHE: dict = {}
+
+
+def _on(x: torch.Tensor, key: tuple, make) -> torch.Tensor:
+    """A constant tensor for ``x``'s device and dtype, built once by ``make()`` (a numpy array)."""
+    full = key + (str(x.device), x.dtype)
+    t = _DEVICE_CACHE.get(full)
+    if t is None:
+        if len(_DEVICE_CACHE) > 512:
+            _DEVICE_CACHE.clear()
+        t = torch.as_tensor(make(), dtype=x.dtype, device=x.device)
+        _DEVICE_CACHE[full] = t
+    return t
+
+
+MATMUL_MAX = 1024  # above this side a dense [n, n] band matrix costs more than shifted adds
+
+
+def conv1d_axis(x: torch.Tensor, weights, axis: int, mode: str) -> torch.Tensor:
+    """Correlate images ``x`` [..., H, W] with one centred odd 1-D kernel along ``axis`` (-2 or -1).
+
+    As a matrix product with the banded matrix of :func:`band_matrix` (one BLAS call, fastest on CPU
+    and GPU), or as a sum of shifted slices for very large images.
     """
-    shape = x.shape
-    h, w = shape[-2:]
-    k = torch.as_tensor(weights, dtype=x.dtype, device=x.device)
-    r = k.shape[-1] // 2
-    if r == 0:
-        return x * k[..., 0].reshape(-1, *([1] * (x.dim() - 1))) if k.dim() == 2 else x * k[0]
-    if axis in (-2, x.dim() - 2):
+    w = tuple(float(v) for v in np.asarray(weights).ravel())
+    axis = axis if axis < 0 else axis - x.dim()
+    n = x.shape[axis]
+    if n <= MATMUL_MAX:
+        m = _on(x, ("band", n, w, mode), lambda: band_matrix(n, w, mode))
+        return m @ x if axis == -2 else x @ m.T
+    r = len(w) // 2
+    if axis == -2:
         xp = pad2d(x, r, r, 0, 0, mode)
-        kshape = (-1, 1, k.shape[-1], 1)
+        out = xp[..., 0:n, :] * w[0]
+        for k in range(1, len(w)):
+            out.add_(xp[..., k:k + n, :], alpha=w[k])
     else:
         xp = pad2d(x, 0, 0, r, r, mode)
-        kshape = (-1, 1, 1, k.shape[-1])
-    if k.dim() == 1:
-        out = F.conv2d(xp.reshape(-1, 1, *xp.shape[-2:]), k.reshape(kshape))
-    else:
-        # per-image kernels: images become channels of one grouped convolution
-        n = shape[0]
-        per = int(np.prod(shape[1:-2])) if x.dim() > 3 else 1
-        xg = xp.reshape(1, n * per, *xp.shape[-2:])
-        kg = k.repeat_interleave(per, dim=0).reshape(kshape)
-        out = F.conv2d(xg, kg, groups=n * per)
-    return out.reshape(shape[:-2] + (h, w))
+        out = xp[..., :, 0:n] * w[0]
+        for k in range(1, len(w)):
+            out.add_(xp[..., :, k:k + n], alpha=w[k])
+    return out
 
 
 def gaussian_filter(x: torch.Tensor, sigma, *, mode: str = "edge", truncate: float = 4.0) -> torch.Tensor:
@@ -109,12 +137,26 @@ def gaussian_filter(x: torch.Tensor, sigma, *, mode: str = "edge", truncate: flo
 
 def filter2d(x: torch.Tensor, kernel: np.ndarray, mode: str = "reflect") -> torch.Tensor:
     """OpenCV ``filter2D`` (correlation, centred anchor, default border ``reflect``) with one 2-D kernel
-    for every image and channel."""
+    for every image and channel. Small kernels run as a convolution, larger ones (like OpenCV,
+    which switches to a DFT from 11 x 11) as an FFT product on the padded image."""
     kh, kw = kernel.shape
+    h, w = x.shape[-2:]
     xp = pad2d(x, kh // 2, kh // 2, kw // 2, kw // 2, mode)
-    k = torch.as_tensor(kernel, dtype=x.dtype, device=x.device)[None, None]
-    out = F.conv2d(xp.reshape(-1, 1, *xp.shape[-2:]), k)
-    return out.reshape(x.shape)
+    if kh * kw <= 49:
+        # a sum of shifted slices: single-channel conv2d is far slower on CPU for small kernels
+        out = torch.zeros_like(x)
+        for i in range(kh):
+            for j in range(kw):
+                if kernel[i, j] != 0:
+                    out.add_(xp[..., i:i + h, j:j + w], alpha=float(kernel[i, j]))
+        return out
+    ph, pw = xp.shape[-2:]
+    # circular convolution with the flipped kernel; rows/cols >= k-1 of the result never wrap
+    kf = _on(xp, ("fftk", ph, pw, kernel.tobytes(), kernel.shape),
+             lambda: np.pad(kernel[::-1, ::-1], ((0, ph - kh), (0, pw - kw))))
+    spec = torch.fft.rfft2(xp.float()) * torch.fft.rfft2(kf.float())
+    out = torch.fft.irfft2(spec, s=(ph, pw))
+    return out[..., kh - 1:kh - 1 + h, kw - 1:kw - 1 + w].to(x.dtype)
 
 
 def cv2_gaussian_kernel1d(ksize: int, sigma: float) -> np.ndarray:
@@ -144,53 +186,61 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
 
 
 @lru_cache(maxsize=256)
-def pil_resample_matrix(n_in: int, n_out: int, filt: str) -> np.ndarray:
-    """The [n_out, n_in] matrix of PIL's separable resampling (``Image.resize``) along one axis.
+def pil_resample_windows(n_in: int, n_out: int, filt: str) -> tuple[np.ndarray, np.ndarray]:
+    """Input windows [lo, hi) of PIL's ``Image.resize`` along one axis, for ``box`` and ``nearest``.
 
-    PIL centres output pixel i at (i + 0.5) * scale in input coordinates, scales the filter support
-    by max(scale, 1) and weights input pixel j by filter((j + 0.5 - centre) / max(scale, 1)), then
-    normalises each row. ``box`` is 1 on [-0.5, 0.5); ``nearest`` picks floor((i + 0.5) * scale).
+    PIL centres output pixel i at c = (i + 0.5) * scale in input coordinates (scale = n_in / n_out),
+    scales the filter support by max(scale, 1) and weights input pixel j by
+    filter((j + 0.5 - c) / max(scale, 1)), normalised. The box filter (1 on [-0.5, 0.5)) therefore
+    averages the contiguous inputs whose centres fall in [c - s/2, c + s/2) with s = max(scale, 1);
+    nearest takes the single pixel floor(c).
     """
     scale = n_in / n_out
-    m = np.zeros((n_out, n_in), dtype=np.float64)
+    i = np.arange(n_out)
+    centre = (i + 0.5) * scale
     if filt == "nearest":
-        src = np.minimum(np.floor((np.arange(n_out) + 0.5) * scale).astype(int), n_in - 1)
-        m[np.arange(n_out), src] = 1.0
-        return m
+        lo = np.minimum(np.floor(centre).astype(np.int64), n_in - 1)
+        return lo, lo + 1
     if filt != "box":
         raise ValueError(f"unsupported filter {filt!r}")
     fscale = max(scale, 1.0)
-    support = 0.5 * fscale
-    for i in range(n_out):
-        centre = (i + 0.5) * scale
-        lo = max(int(centre - support + 0.5), 0)
-        hi = min(int(centre + support + 0.5), n_in)
-        for j in range(lo, hi):
-            t = (j - centre + 0.5) / fscale
-            if -0.5 <= t < 0.5:
-                m[i, j] = 1.0
-        if m[i].sum() == 0:  # cannot happen for box with support >= 0.5, kept as a guard
-            m[i, min(int(centre), n_in - 1)] = 1.0
-        m[i] /= m[i].sum()
+    lo = np.zeros(n_out, dtype=np.int64)
+    hi = np.zeros(n_out, dtype=np.int64)
+    for k in range(n_out):
+        js = np.arange(max(int(centre[k] - 0.5 * fscale + 0.5), 0), min(int(centre[k] + 0.5 * fscale + 0.5), n_in))
+        t = (js - centre[k] + 0.5) / fscale
+        inside = js[(t >= -0.5) & (t < 0.5)]
+        lo[k], hi[k] = (inside[0], inside[-1] + 1) if len(inside) else (min(int(centre[k]), n_in - 1),) * 2
+        hi[k] = max(hi[k], lo[k] + 1)
+    return lo, hi
+
+
+def pil_resample_matrix(n_in: int, n_out: int, filt: str) -> np.ndarray:
+    """The [n_out, n_in] matrix of :func:`pil_resample_windows` (uniform weights on each window)."""
+    lo, hi = pil_resample_windows(n_in, n_out, filt)
+    m = np.zeros((n_out, n_in))
+    for k in range(n_out):
+        m[k, lo[k]:hi[k]] = 1.0 / (hi[k] - lo[k])
     return m
 
 
 def pil_resize(x: torch.Tensor, height: int, width: int, filt: str, *, quantize: bool = False) -> torch.Tensor:
-    """PIL ``Image.resize((width, height), filt)`` on [..., H, W] float images in [0, 1].
+    """PIL ``Image.resize((width, height), filt)`` (``box`` or ``nearest``) on [..., H, W] images in [0, 1].
 
     PIL resizes width first, then height, rounding to 8 bits after each pass on uint8 images;
     ``quantize=True`` reproduces that rounding.
     """
     h, w = x.shape[-2:]
     out = x
-    if w != width:
-        mw = torch.as_tensor(pil_resample_matrix(w, width, filt), dtype=x.dtype, device=x.device)
-        out = out @ mw.T
-        if quantize:
-            out = torch.round(out * 255) / 255
-    if h != height:
-        mh = torch.as_tensor(pil_resample_matrix(h, height, filt), dtype=x.dtype, device=x.device)
-        out = mh @ out
+    for axis, n_in, n_out in ((-1, w, width), (-2, h, height)):
+        if n_in == n_out:
+            continue
+        lo, hi = pil_resample_windows(n_in, n_out, filt)
+        if filt == "nearest" or np.all(hi - lo == 1):
+            out = out.index_select(axis, torch.as_tensor(lo, device=x.device))
+        else:  # one BLAS call beats cumulative sums or pooling here
+            m = _on(x, ("pil", n_in, n_out, filt), lambda: pil_resample_matrix(n_in, n_out, filt))
+            out = out @ m.T if axis == -1 else m @ out
         if quantize:
             out = torch.round(out * 255) / 255
     return out

@@ -53,11 +53,19 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     strong = weak & (mag > high)
     # hysteresis by repeated 3x3 dilation restricted to weak pixels, until nothing changes
     for step in range(mag.shape[-1] * mag.shape[-2]):
-        grown = weak & (F.max_pool2d(strong.float(), 3, stride=1, padding=1) > 0)
+        grown = weak & _dilate3(strong)
         if step % 8 == 7 and torch.equal(grown, strong):
             break
         strong = grown
     return strong
+
+
+def _dilate3(m: torch.Tensor) -> torch.Tensor:
+    """3x3 binary dilation (8-neighbourhood), separable, nothing outside the image."""
+    p = F.pad(m, (0, 0, 1, 1))
+    v = p[..., :-2, :] | p[..., 1:-1, :] | p[..., 2:, :]
+    p = F.pad(v, (1, 1, 0, 0))
+    return p[..., :, :-2] | p[..., :, 1:-1] | p[..., :, 2:]
 
 
 def distance_to_edges(edges: torch.Tensor, limit: int) -> torch.Tensor:
@@ -69,15 +77,15 @@ def distance_to_edges(edges: torch.Tensor, limit: int) -> torch.Tensor:
     """
     big = float(4 * limit * limit + 1)
     e = torch.where(edges, 0.0, big).float()
-    offs = torch.arange(-limit, limit + 1, device=edges.device, dtype=torch.float32)
-    pen = (offs ** 2).reshape(1, -1, 1, 1)
     h, w = e.shape[-2:]
     ep = F.pad(e, (0, 0, limit, limit), value=big)
-    cols = ep.unfold(2, 2 * limit + 1, 1)  # [N, 1, H, W, K] windows along y
-    g = (cols.squeeze(1).permute(0, 3, 1, 2) + pen).amin(dim=1, keepdim=True)
+    g = ep[..., limit:limit + h, :].clone()
+    for k in range(1, limit + 1):  # one shifted minimum per offset: cheap on any device
+        g = torch.minimum(g, torch.minimum(ep[..., limit - k:limit - k + h, :], ep[..., limit + k:limit + k + h, :]) + k * k)
     gp = F.pad(g, (limit, limit, 0, 0), value=big)
-    rows = gp.unfold(3, 2 * limit + 1, 1)  # [N, 1, H, W, K] windows along x
-    d2 = (rows.squeeze(1).permute(0, 3, 1, 2) + pen).amin(dim=1, keepdim=True)
+    d2 = g.clone()
+    for k in range(1, limit + 1):
+        d2 = torch.minimum(d2, torch.minimum(gp[..., limit - k:limit - k + w], gp[..., limit + k:limit + k + w]) + k * k)
     return d2.sqrt().clamp_max(float(limit))
 
 
@@ -101,7 +109,10 @@ def equalize_hist(img: torch.Tensor) -> torch.Tensor:
 
 def box_blur3(x: torch.Tensor) -> torch.Tensor:
     """OpenCV ``blur(x, (3, 3))``: 3x3 mean with reflect-101 borders."""
-    return F.avg_pool2d(pad2d(x, 1, 1, 1, 1, "reflect"), 3, stride=1)
+    h, w = x.shape[-2:]
+    p = pad2d(x, 1, 1, 1, 1, "reflect")
+    v = p[..., :-2, :] + p[..., 1:-1, :] + p[..., 2:, :]
+    return (v[..., :, :-2] + v[..., :, 1:-1] + v[..., :, 2:]) / 9
 
 
 def filter2d_u8(x: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:

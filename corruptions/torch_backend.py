@@ -84,8 +84,9 @@ def zoom_blur(x, p, ctx):
     """(x + sum_z clipped_zoom(x, z)) / (len(z) + 1) for z in arange(start, stop, step)."""
     zooms = np.arange(*p)
     out = x.clone()
+    xc = x.contiguous(memory_format=torch.channels_last)  # 2-3x faster bilinear resize on CPU
     for z in zooms:
-        out += flt.clipped_zoom(x, float(z))
+        out += flt.clipped_zoom(xc, float(z))
     return (out / (len(zooms) + 1)).clamp(0, 1)
 
 
@@ -114,8 +115,8 @@ def glass_sources(n: int, h: int, w: int, delta: int, rng: Rng, device) -> torch
     q_band = band.gather(1, q_idx)
     done = ~(band & q_band & (q_idx > p_idx))
     ptr = q_idx
-    for step in range(64):
-        if step % 4 == 0 and bool(done.all()):
+    for _ in range(64):
+        if bool(done.all()):
             break
         # a finished pixel keeps its source; an unfinished one jumps to its target's pointer
         ptr, done = torch.where(done, ptr, ptr.gather(1, ptr)), done | done.gather(1, ptr)
@@ -338,18 +339,28 @@ def saturate(x, p, ctx):
 
 
 def jpeg_compression(x, p, ctx):
-    """Encode as JPEG at quality c and decode (torchvision; libjpeg on CPU, nvJPEG on CUDA)."""
+    """Encode as JPEG at quality c and decode. On CPU with PIL (libjpeg-turbo, exactly as the
+    reference); on CUDA with torchvision's nvJPEG encoder/decoder on the GPU."""
+    u8 = torch.round(x * 255).clamp(0, 255).to(torch.uint8)
+    if x.device.type != "cuda":
+        import io
+
+        from PIL import Image
+
+        out = []
+        for img in u8.permute(0, 2, 3, 1).cpu().numpy():
+            buf = io.BytesIO()
+            Image.fromarray(img).save(buf, format="JPEG", quality=int(p))
+            buf.seek(0)
+            with Image.open(buf) as im:
+                out.append(np.asarray(im.convert("RGB")))
+        return torch.from_numpy(np.stack(out)).to(x.device).permute(0, 3, 1, 2).to(x.dtype) / 255
     from torchvision.io import decode_jpeg, encode_jpeg
 
-    u8 = torch.round(x * 255).clamp(0, 255).to(torch.uint8)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision >= 0.29 deprecation notice
         data = encode_jpeg(list(u8.contiguous().unbind(0)), quality=int(p))
-        if x.device.type == "cuda":
-            data = [d.cpu() for d in data]
-            out = decode_jpeg(data, device=x.device)
-        else:
-            out = decode_jpeg(data)
+        out = decode_jpeg([d.cpu() for d in data], device=x.device)
     return torch.stack(out).to(x.dtype) / 255
 
 
