@@ -1,0 +1,395 @@
+"""``bench-train``: how fast one DINOv2 training step runs, with and without its data pipeline.
+
+For each curriculum stage's crop sizes (stage 1: the full sizes times ``stage1_scale``, rounded to
+the patch; stage 2: the full sizes) and each variant:
+
+- ``fast``: compiled backbones (:func:`pretrain.fast_step.maybe_compile`), memory-light DINO/iBOT
+  cross-entropies, fused AdamW, multi-tensor EMA, fed by the on-device augmentation pipeline
+  (:mod:`pretrain.decode` + :mod:`pretrain.gpu_augment`) or by the CPU one;
+- ``reference`` (``--reference``): the plain eager step fed by the CPU pipeline
+  (:class:`pretrain.augment.MultiCropAugmentation` in DataLoader workers).
+
+Both run the engine's own step (:class:`pretrain.meta_arch.MetaArch`: student and EMA teacher, DINO
++ iBOT + KoLeo losses, gradient clipping, AdamW, EMA update) at a constant lr. Measured:
+
+- model-only img/s: the step on synthetic tensors already on the device (``B * steps / time``);
+- end-to-end img/s: the step fed by the chosen pipeline from real images (decode and augmentation
+  included; ``e2e_vs_model`` = end-to-end / model-only);
+- FLOPs per step (``torch.utils.flop_counter``, forward + backward, counted once on the eager step),
+  achieved TFLOP/s = FLOPs / model-only step time, MFU = achieved / the device's dense bf16 peak
+  (:data:`PEAK_BF16_TFLOPS`; blank for unknown devices and CPUs);
+- peak device memory (CUDA allocator; blank on CPU).
+
+Timings synchronise the device once before and once after the timed steps, never inside them.
+"""
+
+from __future__ import annotations
+
+import gc
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator
+
+import torch
+
+from fdbench.device import resolve_device
+from fdbench.errors import FdbenchError
+
+# dense bf16 tensor-core peaks (TFLOP/s), matched in order against torch.cuda.get_device_name()
+PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+    ("A100", 312.0), ("L40S", 362.0),
+)
+PIPELINES = ("gpu", "cpu")
+
+
+def peak_tflops(device_name: str | None) -> float | None:
+    """The dense bf16 peak of a device by name, or None when unknown (CPUs included)."""
+    if not device_name:
+        return None
+    for key, value in PEAK_BF16_TFLOPS:
+        if key.lower() in device_name.lower():
+            return value
+    return None
+
+
+@dataclass
+class BenchConfig:
+    arch: str = "vit_small"
+    patch_size: int = 16
+    batch_size: int = 128
+    global_size: int = 224
+    local_size: int = 96
+    n_local: int = 8
+    stage1_scale: float = 0.5
+    stages: tuple[str, ...] = ("stage1", "stage2")
+    prototypes: int = 65536
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    steps: int = 20
+    warmup: int = 5
+    data: str | None = None
+    class_list: str | None = None
+    workers: int | None = None          # None: cores - 1
+    pipeline: str | None = None         # gpu | cpu; None: gpu on CUDA, cpu on CPU
+    compile: bool | None = None         # None: on for CUDA
+    reference: bool = False
+    end_to_end: bool = True
+    decode_slack: float = 1.0
+    device: str = "auto"
+    seed: int = 0
+
+
+@dataclass
+class BenchStage:
+    name: str
+    global_size: int
+    local_size: int
+    n_local: int
+    noise_patching: bool
+
+
+def bench_stages(cfg: BenchConfig) -> list[BenchStage]:
+    """Stage 1 (scaled sizes, no noise) and stage 2 (full sizes, noise patching), as the two-stage curriculum."""
+    from pretrain.curriculum import round_to_patch
+
+    p = cfg.patch_size
+    table = {
+        "stage1": BenchStage("stage1", round_to_patch(cfg.global_size * cfg.stage1_scale, p),
+                             round_to_patch(cfg.local_size * cfg.stage1_scale, p), cfg.n_local, False),
+        "stage2": BenchStage("stage2", round_to_patch(cfg.global_size, p), round_to_patch(cfg.local_size, p),
+                             cfg.n_local, True),
+    }
+    unknown = [s for s in cfg.stages if s not in table]
+    if unknown:
+        raise FdbenchError(f"unknown stage(s) {', '.join(unknown)}: use stage1, stage2")
+    return [table[s] for s in cfg.stages]
+
+
+def _validate(cfg: BenchConfig) -> None:
+    from fdbench.models import ARCHS, PATCH_SIZES
+
+    if cfg.arch not in ARCHS:
+        raise FdbenchError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}")
+    if cfg.patch_size not in PATCH_SIZES:
+        raise FdbenchError(f"unsupported patch size {cfg.patch_size}: choose one of {PATCH_SIZES}")
+    if cfg.pipeline is not None and cfg.pipeline not in PIPELINES:
+        raise FdbenchError(f"unknown data pipeline {cfg.pipeline!r}: use gpu or cpu")
+    for name in ("batch_size", "steps", "global_size", "local_size", "prototypes"):
+        if getattr(cfg, name) < 1:
+            raise FdbenchError(f"{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.warmup < 0 or cfg.n_local < 0:
+        raise FdbenchError("warmup and n-local must be >= 0")
+    if not 0 < cfg.stage1_scale <= 1:
+        raise FdbenchError(f"stage1-scale must be in (0, 1], got {cfg.stage1_scale}")
+
+
+# ---------------------------------------------------------------------- the step
+def pretrain_config(cfg: BenchConfig):
+    """The engine's config for this benchmark (full-size crops; stages only change the inputs)."""
+    from pretrain.config import CropConfig, HeadConfig, ModelConfig, PretrainConfig, RunConfig
+
+    return PretrainConfig(
+        preset="bench",
+        model=ModelConfig(arch=cfg.arch, patch_size=cfg.patch_size),
+        head=HeadConfig(prototypes=cfg.prototypes, hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim,
+                        ibot_prototypes=cfg.prototypes),
+        crops=CropConfig(global_size=cfg.global_size, local_size=cfg.local_size, n_local=cfg.n_local),
+        run=RunConfig(batch_size=cfg.batch_size, seed=cfg.seed))
+
+
+class TrainStep:
+    """One engine iteration at constant schedules: zero grads, forward/backward, clip, AdamW, EMA.
+
+    No value is read back to the host, so consecutive steps queue without waiting.
+    """
+
+    def __init__(self, cfg: BenchConfig, device: torch.device, fast: bool, compile: bool):
+        from pretrain.engine import build_optimizer
+        from pretrain.fast_step import accelerate_meta_arch
+        from pretrain.meta_arch import MetaArch
+        from pretrain.schedules import apply_schedules
+
+        self.pcfg = pretrain_config(cfg)
+        self.meta = MetaArch(self.pcfg, device)
+        self.optimizer = build_optimizer(self.meta, self.pcfg)
+        apply_schedules(self.optimizer, 1e-4, 0.04, False)
+        self.fast, self.compile = fast, compile
+        self._accelerate = (lambda: accelerate_meta_arch(self.meta, compile=compile)) if fast else None
+        self.teacher_temp, self.momentum, self.clip = 0.07, 0.996, self.pcfg.optim.clip_grad
+        if fast:
+            from pretrain.fast_step import ema_update_
+
+            teacher, student = self.meta._pairs
+            self._ema = lambda: ema_update_(teacher, student, self.momentum)
+        else:
+            self._ema = lambda: self.meta.update_teacher(self.momentum)
+
+    def accelerate(self) -> None:
+        """Apply the fast-step changes (after the FLOPs were counted on the eager step)."""
+        if self._accelerate is not None:
+            self._accelerate()
+            self._accelerate = None
+
+    def __call__(self, batch: dict) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        losses = self.meta.forward_backward(batch, self.teacher_temp)
+        self.meta.clip_gradients(self.clip)
+        self.optimizer.step()
+        self._ema()
+        return losses["loss"]
+
+
+def synthetic_batch(cfg: BenchConfig, stage: BenchStage, device: torch.device, seed: int = 0) -> dict:
+    """Random crops already on the device, with real iBOT masks: the model-only input."""
+    from pretrain.masking import make_masks
+
+    g = torch.Generator().manual_seed(seed)
+    b, s, l = cfg.batch_size, stage.global_size, stage.local_size
+    grid = s // cfg.patch_size
+    return {"global": torch.randn(2 * b, 3, s, s, generator=g).to(device),
+            "local": torch.randn(stage.n_local * b, 3, l, l, generator=g).to(device) if stage.n_local else None,
+            "masks": make_masks(2 * b, (grid, grid), 0.5, (0.1, 0.5), g).to(device),
+            "labels": torch.zeros(b, dtype=torch.long, device=device)}
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(step: Callable[[dict], torch.Tensor], batches: Iterator[dict], steps: int, warmup: int,
+               device: torch.device) -> tuple[float, float]:
+    """(seconds per step, last loss) over ``steps`` steps after ``warmup`` untimed ones."""
+    loss = None
+    for _ in range(warmup):
+        loss = step(next(batches))
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        loss = step(next(batches))
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    return elapsed / steps, float(loss) if loss is not None else math.nan
+
+
+def _repeat(batch: dict) -> Iterator[dict]:
+    while True:
+        yield batch
+
+
+# ---------------------------------------------------------------------- data pipelines
+def _cycle(make_iter: Callable[[int], Iterator]) -> Iterator:
+    epoch = 0
+    while True:
+        for item in make_iter(epoch):
+            yield item
+        epoch += 1
+
+
+def gpu_pipeline_batches(cfg: BenchConfig, stage: BenchStage, device: torch.device, dataset, workers: int) -> Iterator[dict]:
+    """Decode-only loader (CPU workers) + on-device multi-crop, as training batches on ``device``."""
+    from pretrain.decode import decode_loader, needed_side
+    from pretrain.gpu_augment import GpuMultiCrop
+
+    aug = GpuMultiCrop(global_size=stage.global_size, local_size=stage.local_size, n_local=stage.n_local,
+                       noise_patching=stage.noise_patching, patch_size=cfg.patch_size)
+    side = needed_side(stage.global_size, stage.local_size, aug.global_scale[0], aug.local_scale[0],
+                       stage.n_local, slack=cfg.decode_slack)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
+
+    def epoch_iter(epoch: int):
+        loader = decode_loader(None, batch_size=cfg.batch_size, decode_side=side, workers=workers,
+                               mask_grid=stage.global_size // cfg.patch_size, seed=cfg.seed + epoch,
+                               pin_memory=device.type == "cuda", dataset=dataset)
+        for batch in loader:
+            yield aug(batch, generator)
+    return _cycle(epoch_iter)
+
+
+def cpu_pipeline_batches(cfg: BenchConfig, stage: BenchStage, device: torch.device, dataset, workers: int) -> Iterator[dict]:
+    """The reference pipeline: PIL multi-crop in DataLoader workers (the engine's loader), pinned."""
+    from pretrain.augment import GaussianNoisePatch, MultiCropAugmentation
+    from pretrain.data import AugmentedDataset, MultiCropCollate, make_loader
+
+    aug = MultiCropAugmentation(global_size=stage.global_size, local_size=stage.local_size, n_local=stage.n_local,
+                                noise_patch=GaussianNoisePatch() if stage.noise_patching else None)
+    collate = MultiCropCollate(cfg.patch_size, 0.5, (0.1, 0.5))
+
+    def epoch_iter(epoch: int):
+        loader = make_loader(AugmentedDataset(dataset, aug), collate, cfg.batch_size, seed=cfg.seed, epoch=epoch,
+                             start_step=0, rank=0, world_size=1, workers=workers,
+                             pin_memory=device.type == "cuda")
+        return iter(loader)
+    return _cycle(epoch_iter)
+
+
+# ---------------------------------------------------------------------- the benchmark
+def _free(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak_gib(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> list[dict]:
+    """Run every (variant, stage) cell; returns one dict per row (see the module docstring)."""
+    from pretrain.costs import count_flops
+
+    _validate(cfg)
+    log = log or (lambda message: None)
+    device = resolve_device(cfg.device)
+    device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    peak = peak_tflops(device_name) if device.type == "cuda" else None
+    pipeline = cfg.pipeline or ("gpu" if device.type == "cuda" else "cpu")
+    compile_fast = cfg.compile if cfg.compile is not None else device.type == "cuda"
+    workers = cfg.workers if cfg.workers is not None else min(32, max(0, (os.cpu_count() or 1) - 1))
+    stages = bench_stages(cfg)
+    variants = [("fast", True, compile_fast, pipeline)]
+    if cfg.reference:
+        variants.append(("reference", False, False, "cpu"))
+
+    dataset = None
+    if cfg.end_to_end:
+        from fdbench.data import open_dataset
+
+        dataset = open_dataset(cfg.data, "train", None, cfg.class_list, announce=log)
+        if len(dataset) < cfg.batch_size:
+            raise FdbenchError(f"the dataset has {len(dataset)} images, fewer than one batch of {cfg.batch_size}: "
+                               f"lower --batch-size or use a larger --data")
+
+    rows = []
+    for variant, fast, compiled, pipe in variants:
+        for stage in stages:
+            _free(device)
+            torch.manual_seed(cfg.seed)
+            log(f"bench {variant}: {cfg.arch}/{cfg.patch_size} {stage.name} {stage.global_size}/{stage.local_size} "
+                f"x{stage.n_local}, batch {cfg.batch_size}, compile {'on' if compiled else 'off'}, pipeline {pipe}")
+            step = TrainStep(cfg, device, fast=fast, compile=compiled)
+            batch = synthetic_batch(cfg, stage, device, cfg.seed)
+            flops = count_flops(lambda: step.meta.forward_backward(batch, step.teacher_temp))
+            step.optimizer.zero_grad(set_to_none=True)
+            step.accelerate()
+            t_model, loss = time_steps(step, _repeat(batch), cfg.steps, cfg.warmup, device)
+            t_e2e = None
+            if cfg.end_to_end:
+                make = gpu_pipeline_batches if pipe == "gpu" else cpu_pipeline_batches
+                t_e2e, loss = time_steps(step, make(cfg, stage, device, dataset, workers), cfg.steps,
+                                         cfg.warmup, device)
+            achieved = flops / t_model / 1e12
+            rows.append({
+                "variant": variant, "stage": stage.name, "arch": cfg.arch, "patch": cfg.patch_size,
+                "global": stage.global_size, "local": stage.local_size, "n_local": stage.n_local,
+                "batch": cfg.batch_size, "compile": compiled, "pipeline": pipe,
+                "model_step_ms": round(1e3 * t_model, 3),
+                "model_img_s": round(cfg.batch_size / t_model, 1),
+                "e2e_step_ms": round(1e3 * t_e2e, 3) if t_e2e else None,
+                "e2e_img_s": round(cfg.batch_size / t_e2e, 1) if t_e2e else None,
+                "e2e_vs_model": round(t_model / t_e2e, 3) if t_e2e else None,
+                "tflop_per_step": round(flops / 1e12, 4),
+                "achieved_tflops": round(achieved, 3),
+                "mfu": round(achieved / peak, 4) if peak else None,
+                "peak_mem_gib": round(_peak_gib(device), 3) if device.type == "cuda" else None,
+                "loss": round(loss, 4) if math.isfinite(loss) else None,
+                "device": device_name,
+            })
+            del step, batch
+    _free(device)
+    return rows
+
+
+def summarise(rows: list[dict]) -> list[str]:
+    """Plain-language lines: speed-ups of fast over reference, stage-1 vs stage-2 time and memory."""
+    lines = []
+    by = {(r["variant"], r["stage"]): r for r in rows}
+    for stage in ("stage1", "stage2"):
+        f, r = by.get(("fast", stage)), by.get(("reference", stage))
+        if f and r and f.get("e2e_img_s") and r.get("e2e_img_s"):
+            lines.append(f"{stage}: end-to-end {f['e2e_img_s']:.0f} img/s fast vs {r['e2e_img_s']:.0f} reference "
+                         f"({f['e2e_img_s'] / r['e2e_img_s']:.2f}x)")
+    for variant in ("fast", "reference"):
+        s1, s2 = by.get((variant, "stage1")), by.get((variant, "stage2"))
+        if s1 and s2:
+            line = f"{variant}: stage-1 step takes {s1['model_step_ms'] / s2['model_step_ms']:.2f} of stage-2's (model-only)"
+            if s1.get("peak_mem_gib") and s2.get("peak_mem_gib"):
+                line += f", peak memory {s1['peak_mem_gib'] / s2['peak_mem_gib']:.2f} of stage-2's"
+            lines.append(line)
+    return lines
+
+
+TABLE_COLUMNS = ("variant", "stage", "global", "local", "batch", "compile", "pipeline", "model_img_s", "e2e_img_s",
+                 "e2e_vs_model", "tflop_per_step", "achieved_tflops", "mfu", "peak_mem_gib")
+
+
+def format_table(rows: list[dict], columns=TABLE_COLUMNS) -> str:
+    """A fixed-width text table of the rows (blank for missing values)."""
+    def cell(v):
+        if v is None:
+            return ""
+        if isinstance(v, float):
+            return f"{v:.4g}" if abs(v) < 10 else f"{v:.1f}"
+        return str(v)
+    table = [list(columns)] + [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
+    return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in table)
+
+
+def write_results(rows: list[dict], out, cfg: BenchConfig) -> dict:
+    """``bench.csv`` (every column) and ``bench.json`` (config + rows + summary) under ``out``."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from fdbench.io import atomic_write_csv, atomic_write_json
+
+    out = Path(out)
+    paths = {"csv": out / "bench.csv", "json": out / "bench.json"}
+    atomic_write_csv(paths["csv"], pd.DataFrame(rows))
+    atomic_write_json(paths["json"], {"config": asdict(cfg), "rows": rows, "summary": summarise(rows)})
+    return paths
