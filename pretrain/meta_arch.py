@@ -1,0 +1,223 @@
+"""Student and EMA teacher (backbone + DINO/iBOT heads) and the one training-step function.
+
+One iteration of DINOv2, for a batch of B images with G = 2 global and L local crops (crop-major):
+
+1. teacher (no gradients) on the G*B unmasked global crops: class tokens -> DINO head -> centred,
+   sharpened probabilities; the patch tokens at the masked positions -> iBOT head -> probabilities;
+2. student on the masked global crops and on the local crops: class tokens -> DINO head logits, the
+   masked patch tokens -> iBOT head logits;
+3. loss = w_dino * DINO(student global+local logits, teacher global probs)
+        + w_koleo * sum over global crops of KoLeo(student class tokens of that crop)
+        + w_ibot * iBOT(student masked patch logits, teacher masked patch probs);
+4. backward (the student is DDP-wrapped under torch.distributed, so gradients are averaged).
+
+The optimiser step, gradient clipping, last-layer freeze and EMA are separate calls, driven by the
+engine: ``clip_gradients``, ``cancel_last_layer_gradients``, ``update_teacher``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fdbench.models import build_backbone
+from pretrain.config import PretrainConfig
+
+
+class Student(nn.Module):
+    """Backbone + heads, with a single forward for all crops (so DDP sees one forward per step)."""
+
+    def __init__(self, backbone: nn.Module, dino_head: nn.Module, ibot_head: nn.Module | None):
+        super().__init__()
+        self.backbone = backbone
+        self.dino_head = dino_head
+        self.ibot_head = ibot_head      # None: iBOT shares the DINO head (DINOv2 default)
+
+    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, masks: torch.Tensor | None):
+        """Returns a dict with ``global_cls`` [G*B,D], ``global_logits`` [G*B,K], ``local_logits``
+        [L*B,K] or None, and ``patch_logits`` [M,K] for the masked tokens in ``masks.nonzero()`` order."""
+        global_cls, global_patch = self.backbone(global_crops, masks=masks)
+        local_cls = self.backbone(local_crops)[0] if local_crops is not None else None
+        masked = _masked_tokens(global_patch, masks)
+        n_global, n_local = len(global_cls), 0 if local_cls is None else len(local_cls)
+        if self.ibot_head is None:
+            # one head call for everything, as DINOv2 does with a shared head
+            parts = [global_cls] + ([local_cls] if local_cls is not None else []) + [masked]
+            logits = self.dino_head(torch.cat(parts))
+            global_logits, local_logits, patch_logits = logits.split([n_global, n_local, len(masked)])
+        else:
+            cls = global_cls if local_cls is None else torch.cat([global_cls, local_cls])
+            global_logits, local_logits = self.dino_head(cls).split([n_global, n_local])
+            patch_logits = self.ibot_head(masked)
+        return {"global_cls": global_cls, "global_logits": global_logits,
+                "local_logits": local_logits if n_local else None, "patch_logits": patch_logits}
+
+
+def _masked_tokens(patch_tokens: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
+    """The rows of ``patch_tokens`` [N,P,D] where ``masks`` [N,P] is True, in flatten() order."""
+    if masks is None:
+        return patch_tokens.new_zeros(0, patch_tokens.shape[-1])
+    return patch_tokens.flatten(0, 1)[masks.flatten()]
+
+
+def _unwrap(module: nn.Module) -> nn.Module:
+    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
+
+
+class MetaArch(nn.Module):
+    """Student, EMA teacher and losses of one DINOv2 run."""
+
+    def __init__(self, cfg: PretrainConfig, device: torch.device | str = "cpu"):
+        super().__init__()
+        from pretrain.heads import DINOHead
+        from pretrain.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
+
+        self.cfg = cfg
+        self.device = torch.device(device)
+        m, h, lc = cfg.model, cfg.head, cfg.loss
+        backbone = build_backbone(m.arch, img_size=cfg.crops.global_size, patch_size=m.patch_size,
+                                  reg_tokens=m.reg_tokens, drop_path_rate=m.drop_path_rate,
+                                  layerscale=m.layerscale)
+        dim = backbone.embed_dim
+        dino_head = DINOHead(dim, h.prototypes, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim,
+                             nlayers=h.nlayers)
+        ibot_head = (DINOHead(dim, h.ibot_prototypes, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim,
+                              nlayers=h.nlayers) if h.ibot_separate_head else None)
+        self.student = Student(backbone, dino_head, ibot_head)
+
+        # the teacher starts as a copy of the student, without drop path, and never gets gradients
+        teacher_backbone = build_backbone(m.arch, img_size=cfg.crops.global_size, patch_size=m.patch_size,
+                                          reg_tokens=m.reg_tokens, drop_path_rate=0.0, layerscale=m.layerscale)
+        teacher_backbone.load_state_dict(backbone.state_dict())
+        self.teacher = Student(teacher_backbone, copy.deepcopy(dino_head),
+                               copy.deepcopy(ibot_head) if ibot_head is not None else None)
+        self.teacher.requires_grad_(False).eval()
+
+        self.dino_loss = DINOLoss(h.prototypes, student_temp=lc.student_temp, center_momentum=lc.center_momentum)
+        patch_dim = h.ibot_prototypes if h.ibot_separate_head else h.prototypes
+        self.ibot_loss = iBOTPatchLoss(patch_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum)
+        self.koleo_loss = KoLeoLoss()
+        self.to(self.device)
+        self.student_ddp: nn.Module = self.student   # replaced by a DDP wrapper in wrap_ddp()
+        self._pairs = self._ema_pairs()
+
+    # ---- set-up ------------------------------------------------------------------------------------
+
+    def wrap_ddp(self) -> None:
+        """Wrap the student for data-parallel training (call once torch.distributed is initialised)."""
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.student_ddp = nn.parallel.DistributedDataParallel(self.student, device_ids=ids,
+                                                                   broadcast_buffers=False)
+
+    def _ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        student = dict(self.student.named_parameters())
+        teacher = dict(self.teacher.named_parameters())
+        if student.keys() != teacher.keys():
+            raise RuntimeError("student and teacher parameters do not match")
+        names = list(student)
+        return [teacher[n] for n in names], [student[n] for n in names]
+
+    def named_student_modules(self) -> dict[str, nn.Module]:
+        """What ``pretrain.schedules.param_groups`` needs: the student's parts by name."""
+        parts = {"backbone": self.student.backbone, "dino_head": self.student.dino_head}
+        if self.student.ibot_head is not None:
+            parts["ibot_head"] = self.student.ibot_head
+        return parts
+
+    def autocast(self):
+        """bf16 autocast on CUDA; plain fp32 on CPU (bf16 on CPU is slower and less exact)."""
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    # ---- one step ----------------------------------------------------------------------------------
+
+    def _ibot_on(self, masks: torch.Tensor | None) -> bool:
+        # decided from the config only, so every DDP rank takes the same branch (centring all-reduces)
+        return masks is not None and self.cfg.loss.ibot_weight > 0 and self.cfg.loss.mask_probability > 0
+
+    def forward_backward(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor]:
+        """Losses of one batch, and their gradients accumulated into the student.
+
+        ``batch`` is ``pretrain.augment.collate_multicrop``'s dict. Returns the detached loss terms
+        ``loss`` (the total), ``dino``, ``koleo``, ``ibot`` (unweighted) as 0-d tensors.
+        """
+        lc = self.cfg.loss
+        global_crops = batch["global"].to(self.device, non_blocking=True)
+        local_crops = batch["local"].to(self.device, non_blocking=True) if batch.get("local") is not None else None
+        masks = batch["masks"].to(self.device, non_blocking=True) if self._ibot_on(batch.get("masks")) else None
+        n_global = 2
+        with self.autocast():
+            teacher_cls_probs, teacher_patch_probs = self.teacher_targets(global_crops, masks, teacher_temp)
+            out = self.student_ddp(global_crops, local_crops, masks)
+            dino = self.dino_loss(out["global_logits"].float(),
+                                  None if out["local_logits"] is None else out["local_logits"].float(),
+                                  teacher_cls_probs)
+            koleo = sum(self.koleo_loss(c.float()) for c in out["global_cls"].chunk(n_global))
+            ibot = (self.ibot_loss(out["patch_logits"].float(), teacher_patch_probs, masks)
+                    if masks is not None else dino.new_zeros(()))
+            total = lc.dino_weight * dino + lc.koleo_weight * koleo + lc.ibot_weight * ibot
+        total.backward()
+        return {"loss": total.detach(), "dino": dino.detach(), "koleo": koleo.detach(), "ibot": ibot.detach()}
+
+    @torch.no_grad()
+    def teacher_targets(self, global_crops: torch.Tensor, masks: torch.Tensor | None,
+                        teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Teacher probabilities for the DINO loss [G*B,K] and for the masked patches [M,K] (or None).
+
+        The teacher sees the unmasked global crops; its patch tokens at the student's masked
+        positions are the iBOT targets. One backbone pass serves both losses.
+        """
+        cls, patch = self.teacher.backbone(global_crops)
+        masked = _masked_tokens(patch, masks)
+        if self.teacher.ibot_head is None:
+            logits = self.teacher.dino_head(torch.cat([cls, masked]))
+            cls_logits, patch_logits = logits.split([len(cls), len(masked)])
+        else:
+            cls_logits, patch_logits = self.teacher.dino_head(cls), self.teacher.ibot_head(masked)
+        return self._centre(cls_logits.float(), patch_logits.float() if masks is not None else None,
+                            teacher_temp)
+
+    def _centre(self, cls_logits, patch_logits, teacher_temp):
+        """Centred (momentum mean, then the centre is updated) or Sinkhorn-Knopp teacher softmax."""
+        if self.cfg.loss.centering == "sinkhorn_knopp":
+            cls_probs = self.dino_loss.sinkhorn_knopp_teacher(cls_logits, teacher_temp)
+            patch_probs = None
+            if patch_logits is not None:
+                n_masked = torch.tensor([len(patch_logits)], device=patch_logits.device, dtype=torch.long)
+                patch_probs = self.ibot_loss.sinkhorn_knopp_teacher(patch_logits, teacher_temp, n_masked)
+            return cls_probs, patch_probs
+        cls_probs = self.dino_loss.softmax_center_teacher(cls_logits, teacher_temp)
+        self.dino_loss.update_center(cls_logits)
+        patch_probs = None
+        if patch_logits is not None:
+            patch_probs = self.ibot_loss.softmax_center_teacher(patch_logits, teacher_temp)
+            self.ibot_loss.update_center(patch_logits)
+        return cls_probs, patch_probs
+
+    # ---- after backward ----------------------------------------------------------------------------
+
+    def clip_gradients(self, max_norm: float) -> torch.Tensor:
+        """Clip each student part's gradient norm separately (as DINOv2); returns the backbone's norm."""
+        norms = [nn.utils.clip_grad_norm_([p for p in part.parameters() if p.grad is not None], max_norm)
+                 for part in self.named_student_modules().values()]
+        return norms[0]
+
+    def cancel_last_layer_gradients(self) -> None:
+        """Drop the heads' last-layer gradients (frozen during the first epoch): AdamW skips them."""
+        for name, part in self.named_student_modules().items():
+            if name.endswith("head"):
+                for p in part.last_layer.parameters():
+                    p.grad = None
+
+    @torch.no_grad()
+    def update_teacher(self, momentum: float) -> None:
+        """teacher <- m * teacher + (1 - m) * student, for every parameter, with fused foreach ops."""
+        teacher, student = self._pairs
+        torch._foreach_mul_(teacher, momentum)
+        torch._foreach_add_(teacher, student, alpha=1.0 - momentum)
