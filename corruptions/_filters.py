@@ -275,12 +275,15 @@ def motion_offsets(radius: int, angles_deg: torch.Tensor) -> tuple[torch.Tensor,
     return dy.long(), dx.long()
 
 
-def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles_deg: torch.Tensor) -> torch.Tensor:
+def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles_deg: torch.Tensor,
+                method: str | None = None) -> torch.Tensor:
     """The reference ``_motion_blur``: a one-sided Gaussian-weighted sum of shifted copies.
 
     out = sum_i k_i * shift(x, dx_i, dy_i), k_i = exp(-i^2 / (2 sigma^2)) / sum_j(...), i = 0..2r,
     shift(x)[y, x] = x[clamp(y - dy), clamp(x - dx)] (edge pixels repeat). Like the reference, the
     taps stop (unnormalised) at the first shift as large as the image. ``x`` is [N, C, H, W].
+    ``method``: ``slices`` (one add per image and tap, fastest on CPU) or ``gather`` (one batched
+    gather per tap, for GPUs); default by device.
     """
     n, c, h, w = x.shape
     width = 2 * int(radius) + 1
@@ -293,7 +296,8 @@ def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles_deg: torch.Te
     r = min(r, max(h, w))
     xp = pad2d(x, r, r, r, r, "edge") if r else x
     out = torch.zeros_like(x)
-    if x.device.type == "cpu":
+    method = method or ("slices" if x.device.type == "cpu" else "gather")
+    if method == "slices":
         # slicing views are cheapest on CPU: one multiply-add per image and tap
         dyl, dxl, wl, vl = dy.tolist(), dx.tolist(), weights.tolist(), valid.tolist()
         for b in range(n):
