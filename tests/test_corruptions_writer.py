@@ -44,7 +44,7 @@ def test_layout_manifest_and_resume(src, tmp_path):
     victim, broken = out / files[0], out / files[-1]
     original = victim.read_bytes()
     victim.unlink()
-    broken.write_bytes(b"\xff\xd8 not a jpeg")
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated: no end-of-image marker
     third = write_corruptions(src, out, cfg)
     assert 0 < third.written < 24
     assert victim.read_bytes() == original
