@@ -64,19 +64,24 @@ def cost_figure(stages: pd.DataFrame, totals: pd.DataFrame, order: Sequence[str]
     ax = axes[0, 0]
     hatches = ("", "//", "..", "xx", "\\\\")
     names = list(dict.fromkeys(stages["stage"])) if len(stages) else []
-    bottoms = {r: 0.0 for r in runs}
-    for si, name in enumerate(names):
-        part = stages[stages["stage"] == name].set_index("run")
-        values = [float(part.loc[r, "wall_clock_s"]) if r in part.index else 0.0 for r in runs]
-        ax.bar(range(len(runs)), values, bottom=[bottoms[r] for r in runs], color=[colors[r] for r in runs],
-               edgecolor="white", hatch=hatches[si % len(hatches)], label=f"stage: {name}")
-        for r, v in zip(runs, values):
-            bottoms[r] += v
+    hatch_of = {name: hatches[i % len(hatches)] for i, name in enumerate(names)}
+    top = 0.0
+    for x, run in enumerate(runs):
+        bottom = 0.0
+        # each run's stages stacked in training order (stage 1 at the bottom)
+        for row in stages[stages["run"] == run].itertuples():
+            value = float(row.wall_clock_s) if pd.notna(row.wall_clock_s) else 0.0
+            ax.bar(x, value, bottom=bottom, color=colors[run], edgecolor="white", hatch=hatch_of[row.stage])
+            bottom += value
+        top = max(top, bottom)
+    for name in names:
+        ax.bar([0], [0], color="0.75", edgecolor="white", hatch=hatch_of[name], label=f"stage: {name}")
+    ax.set_ylim(0, top * 1.3 if top > 0 else 1)
     ax.set_xticks(range(len(runs)), runs)
     ax.set_ylabel("training wall-clock (s)")
     ax.set_title("Wall-clock per stage")
     if names:
-        ax.legend(frameon=False)
+        ax.legend(frameon=False, loc="upper left", ncol=2)
     ax = axes[0, 1]
     tot = totals.set_index("run") if len(totals) else totals
     truns = [r for r in (order or list(tot.index)) if r in tot.index and pd.notna(tot.loc[r, "total_tflops"])]
