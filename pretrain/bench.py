@@ -274,6 +274,11 @@ def _free(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
 
 
+def _sig(value: float, digits: int = 4) -> float:
+    """Round to significant digits (tiny CPU models have tiny TFLOP counts)."""
+    return float(f"{value:.{digits}g}")
+
+
 def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
@@ -332,8 +337,9 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> lis
                 "e2e_step_ms": round(1e3 * t_e2e, 3) if t_e2e else None,
                 "e2e_img_s": round(cfg.batch_size / t_e2e, 1) if t_e2e else None,
                 "e2e_vs_model": round(t_model / t_e2e, 3) if t_e2e else None,
-                "tflop_per_step": round(flops / 1e12, 4),
-                "achieved_tflops": round(achieved, 3),
+                "flops_per_step": int(flops),
+                "tflop_per_step": _sig(flops / 1e12),
+                "achieved_tflops": _sig(achieved),
                 "mfu": round(achieved / peak, 4) if peak else None,
                 "peak_mem_gib": round(_peak_gib(device), 3) if device.type == "cuda" else None,
                 "loss": round(loss, 4) if math.isfinite(loss) else None,
