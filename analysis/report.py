@@ -673,6 +673,47 @@ def findings(labels: list[str], reference: str | None, headline: dict) -> list[s
     return out
 
 
+HEADLINE_ROWS = [
+    ("training wall-clock (s)", "wall_clock_s", "{:.1f}"),
+    ("speed-up vs reference", "speedup_vs_ref", "{:.2f}x"),
+    ("training TFLOPs", "total_tflops", "{:.3g}"),
+    ("FLOPs ratio vs reference", "flops_ratio_vs_ref", "{:.2f}x"),
+    ("final online kNN top-1 (%)", "final_knn_top1_pct", "{:.1f}"),
+    ("clean top-1, linear (%)", "linear_clean_top1_pct", "{:.1f}"),
+    ("clean top-1, kNN (%)", "knn_clean_top1_pct", "{:.1f}"),
+    ("mean corruption error, linear (%)", "linear_mean_corruption_error_pct", "{:.1f}"),
+    ("mean corruption error, kNN (%)", "knn_mean_corruption_error_pct", "{:.1f}"),
+    ("mCE vs reference, linear (%)", "linear_mCE_vs_ref_pct", "{:.1f}"),
+    ("mCE vs reference, kNN (%)", "knn_mCE_vs_ref_pct", "{:.1f}"),
+    ("noise-group top-1, linear (%)", "linear_noise_top1_pct", "{:.1f}"),
+    ("blur-group top-1, linear (%)", "linear_blur_top1_pct", "{:.1f}"),
+    ("heat-map mean error (%)", "heatmap_mean_error_pct", "{:.1f}"),
+    ("heat-map centroid (x Nyquist)", "heatmap_centroid_frac", "{:.3f}"),
+    ("band-pass crossing (x Nyquist)", "crossing_frac", "{:.3f}"),
+    ("noise minus blur (pp)", "noise_minus_blur_pp", "{:+.1f}"),
+]
+
+
+def headline_frame(headline: dict) -> pd.DataFrame:
+    """The headline numbers as a table: one row per quantity, one column per run."""
+    return pd.DataFrame([{"quantity": title, **{run: headline[run].get(key) for run in headline}}
+                         for title, key, _ in HEADLINE_ROWS])
+
+
+def headline_table(headline: dict) -> str:
+    """The headline numbers as a plain-text table: one row per quantity, one column per run."""
+    runs = list(headline)
+    rows = []
+    for title, key, fmt in HEADLINE_ROWS:
+        values = [headline[r].get(key) for r in runs]
+        cells = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v) for v in values]
+        rows.append([title, *cells])
+    widths = [max(len(str(x)) for x in col) for col in zip(["", *runs], *rows)]
+    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+             for row in [["", *runs], *rows]]
+    return "\n".join(lines)
+
+
 # ---- rendering -------------------------------------------------------------------------------------
 
 def _fmt(column: str, value: Any) -> str:
@@ -848,6 +889,7 @@ def compare(runs: Sequence[str | Path], out: str | Path = "reports/compare", *, 
     report.missing = t["missing"]
     report.headline = headline_numbers(labels, t["cost"], t["robustness"], t["frequency"])
     report.findings = findings(labels, ref, report.headline)
+    t["headline"] = headline_frame(report.headline)
 
     for name, df in t.items():
         path = out / f"{name}.csv"
@@ -970,6 +1012,8 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
     else:
         d.text("These pieces were not found; the sections below leave them out and say so.")
         d.table("missing", t["missing"], "Not found, and how to produce it")
+    d.heading("Headline numbers")
+    d.table("headline", t["headline"], "Per run (details in the sections below)")
     if report.findings:
         d.heading("Findings")
         d.items(report.findings)
