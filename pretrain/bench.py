@@ -283,8 +283,13 @@ def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> list[dict]:
-    """Run every (variant, stage) cell; returns one dict per row (see the module docstring)."""
+def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None,
+              on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+    """Run every (stage, variant) cell; returns one dict per row (see the module docstring).
+
+    Cells run stage by stage (fast, then reference), and ``on_row(rows)`` is called after each, so a
+    run cut short by a time limit still leaves the finished cells behind.
+    """
     from pretrain.costs import count_flops
 
     _validate(cfg)
@@ -310,8 +315,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> lis
                                f"lower --batch-size or use a larger --data")
 
     rows = []
-    for variant, fast, compiled, pipe in variants:
-        for stage in stages:
+    for stage in stages:
+        for variant, fast, compiled, pipe in variants:
             _free(device)
             torch.manual_seed(cfg.seed)
             log(f"bench {variant}: {cfg.arch}/{cfg.patch_size} {stage.name} {stage.global_size}/{stage.local_size} "
@@ -346,6 +351,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None) -> lis
                 "device": device_name,
             })
             del step, batch
+            if on_row is not None:
+                on_row(rows)
     _free(device)
     return rows
 

@@ -121,6 +121,7 @@ class GpuMultiCrop:
         self.jitter_p, self.gray_p, self.solarize_p, self.flip_p = jitter_p, gray_p, solarize_p, flip_p
         self.mean, self.std = tuple(mean), tuple(std)
         self.resample_dtype = resample_dtype
+        self._constants: dict = {}
 
     @classmethod
     def from_stage(cls, stage, patch_size: int, **kwargs) -> "GpuMultiCrop":
@@ -157,23 +158,25 @@ class GpuMultiCrop:
         # crops: crop-major, so image index of row r is r % B
         h_rep = h_img.repeat(n_crop)
         w_rep = w_img.repeat(n_crop)
-        scale = torch.tensor([self.global_scale] * 2 + [self.local_scale] * self.n_local,
-                             dtype=torch.float32, device=device).repeat_interleave(n_img, dim=0)
+        # per-row constants built on the device from Python scalars: a torch.tensor(list, device=cuda)
+        # would be a blocking copy that waits for the queued training step
+        row = torch.arange(n, device=device)
+        is_global = row < 2 * n_img
+        scale = torch.stack([torch.where(is_global, self.global_scale[0], self.local_scale[0]),
+                             torch.where(is_global, self.global_scale[1], self.local_scale[1])], dim=1).float()
         top, left, height, width = _sample_rrc_boxes(h_rep, w_rep, scale, rand)
         flip = rand(n) < self.flip_p
 
         jitter_apply = rand(n) < self.jitter_p
         order = torch.argsort(rand(n, 4), dim=1)  # a uniform random permutation per crop
-        lo = torch.tensor([r[0] for r in self.jitter_ranges], device=device)
-        hi = torch.tensor([r[1] for r in self.jitter_ranges], device=device)
-        factors = lo + (hi - lo) * rand(n, 4)
+        u = rand(n, 4)
+        factors = torch.stack([lo + (hi - lo) * u[:, i] for i, (lo, hi) in enumerate(self.jitter_ranges)], dim=1)
         gray = rand(n) < self.gray_p
-        blur_p = torch.tensor([self.blur_probs[0], self.blur_probs[1]] + [self.blur_probs[2]] * self.n_local,
-                              device=device).repeat_interleave(n_img)
+        blur_p = torch.where(row < n_img, self.blur_probs[0],
+                             torch.where(is_global, self.blur_probs[1], self.blur_probs[2]))
         blur_apply = rand(n) < blur_p
         blur_sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * rand(n)
-        is_global2 = torch.zeros(n, dtype=torch.bool, device=device)
-        is_global2[n_img:2 * n_img] = True
+        is_global2 = (row >= n_img) & is_global
         solarize = (rand(n) < self.solarize_p) & is_global2
         return AugParams(noise_apply, side, top_n, left_n, sigma_n, top, left, height, width, flip,
                          jitter_apply, order, factors, gray, blur_apply, blur_sigma, solarize)
@@ -227,9 +230,16 @@ class GpuMultiCrop:
         x = torch.where(p.gray[rows].view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
         x = gaussian_blur(x, p.blur_apply[rows], p.blur_sigma[rows])
         x = torch.where(p.solarize[rows].view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD), 1.0 - x, x)
-        mean = torch.tensor(self.mean, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        mean, std = self._mean_std(x.device, x.dtype)
         return (x - mean) / std
+
+    def _mean_std(self, device, dtype):
+        """Normalisation constants, copied to each device once (not once per batch)."""
+        key = (str(device), dtype)
+        if key not in self._constants:
+            self._constants[key] = (torch.tensor(self.mean, dtype=dtype).view(1, 3, 1, 1).to(device),
+                                    torch.tensor(self.std, dtype=dtype).view(1, 3, 1, 1).to(device))
+        return self._constants[key]
 
     def masks(self, n_images: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """iBOT masks for the global crops via A's ``pretrain.masking.make_masks`` (CPU)."""
@@ -381,7 +391,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
     hue = torch.where(flat, torch.zeros_like(hue), hue)
     hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
-    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    n = (5.0 - 2.0 * torch.arange(3, device=x.device, dtype=x.dtype)).view(1, 3, 1, 1)   # 5, 3, 1
     k = torch.remainder(n + 6.0 * hue.unsqueeze(1), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
     return maxc.unsqueeze(1) - (maxc * sat).unsqueeze(1) * ramp

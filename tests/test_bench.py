@@ -40,8 +40,9 @@ def test_run_bench_model_only_counts_flops(tiny_dataset):
     cfg = BenchConfig(arch="vit_pico", patch_size=8, global_size=32, local_size=16, n_local=2, batch_size=4,
                       prototypes=64, hidden_dim=32, bottleneck_dim=16, steps=1, warmup=0, end_to_end=False,
                       device="cpu", stages=("stage1", "stage2"))
-    rows = run_bench(cfg)
-    assert [r["stage"] for r in rows] == ["stage1", "stage2"]
+    seen = []
+    rows = run_bench(cfg, on_row=lambda done: seen.append(len(done)))
+    assert [r["stage"] for r in rows] == ["stage1", "stage2"] and seen == [1, 2]
     s1, s2 = rows
     assert s1["model_img_s"] > 0 and s1["e2e_img_s"] is None and s1["mfu"] is None and s1["peak_mem_gib"] is None
     # FLOPs grow with the token count: 4x the pixels per crop is at least 3x the FLOPs per step

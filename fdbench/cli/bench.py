@@ -56,7 +56,7 @@ def bench_train(arch, patch_size, batch_size, global_size, local_size, n_local, 
                       hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, steps=steps, warmup=warmup,
                       data=data, class_list=class_list, workers=workers, pipeline=pipeline, compile=compile_,
                       reference=reference, end_to_end=not no_e2e, decode_slack=decode_slack, device=device, seed=seed)
-    rows = run_bench(cfg, log=echo)
+    rows = run_bench(cfg, log=echo, on_row=lambda done: write_results(done, Path(out), cfg))
     paths = write_results(rows, Path(out), cfg)
     click.echo(format_table(rows))
     for line in summarise(rows):
