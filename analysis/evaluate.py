@@ -316,6 +316,10 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
             encoder = _encoder(lb, config.n_last_blocks, device)
             probes = _fit_probes(encoder, lb, label, root, size, resize, classes, protocols, config, out,
                                  fingerprints[label], device, announce)
+            if "linear" in probes:
+                lin = probes["linear"]
+                ckpt_info[label]["linear_probe"] = {"lr": lin.lr, "weight_decay": lin.weight_decay,
+                                                    "heldout_train_accuracy": lin.val_accuracy}
             for corruption, severity in todo:
                 bar.set_postfix_str(f"{label} {corruption} {severity}" if severity else f"{label} clean")
                 feats = _cell_features(encoder, val_images, corruption, severity, corrupt_fn, corrupted_root,
@@ -374,10 +378,10 @@ def _fit_probes(encoder, lb, label, root, size, resize, classes, protocols, conf
         atomic_torch_save({"feats": feats, "labels": labels}, cache)
     probes = {}
     if "linear" in protocols:
-        probes["linear"] = fit_linear_probe(feats, labels, seed=config.seed, device=device, num_classes=len(classes))
-        announce(f"{label}: linear probe lr {probes['linear'].lr:g}, weight decay "
-                 f"{probes['linear'].weight_decay:g} (held-out train accuracy {probes['linear'].val_accuracy:.3f})"
-                 if probes["linear"].val_accuracy is not None else f"{label}: linear probe fit")
+        lin = probes["linear"] = fit_linear_probe(feats, labels, seed=config.seed, device=device,
+                                                  num_classes=len(classes))
+        announce(f"{label}: linear probe lr {lin.lr:g}, weight decay {lin.weight_decay:g}"
+                 + (f" (held-out train accuracy {lin.val_accuracy:.3f})" if lin.val_accuracy is not None else ""))
     if "knn" in protocols:
         probes["knn"] = knn_probe(feats, labels, k=config.k, temperature=config.temperature, device=device,
                                   num_classes=len(classes))

@@ -212,7 +212,7 @@ class KNNProbe:
     num_classes: int
     k: int = 20
     temperature: float = 0.07
-    chunk_size: int = 1024        # queries per similarity matrix chunk (bounds memory to chunk x N)
+    max_chunk_elements: int = 1 << 27   # similarity entries per chunk (512 MiB of float32)
 
     def to(self, device) -> "KNNProbe":
         self.train_feats, self.train_labels = self.train_feats.to(device), self.train_labels.to(device)
@@ -224,9 +224,11 @@ class KNNProbe:
         on the device of ``feats``."""
         device = self.train_feats.device
         k = min(self.k, len(self.train_feats))
+        # queries per chunk: the [chunk, N_train] similarity matrix stays within max_chunk_elements
+        chunk = max(1, min(4096, self.max_chunk_elements // max(1, len(self.train_feats))))
         out = []
-        for start in range(0, len(feats), self.chunk_size):
-            q = F.normalize(feats[start:start + self.chunk_size].to(device, torch.float32), dim=1)
+        for start in range(0, len(feats), chunk):
+            q = F.normalize(feats[start:start + chunk].to(device, torch.float32), dim=1)
             sims, idx = (q @ self.train_feats.T).topk(k, dim=1)                 # [B, k]
             weights = (sims / self.temperature).exp()
             scores = torch.zeros(len(q), self.num_classes, device=device)

@@ -83,7 +83,7 @@ def test_knn_scores_match_a_hand_written_weighted_vote():
     queries = torch.randn(7, 8, generator=gen)
     k, temp = 5, 0.1
     probe = knn_probe(train, labels, k=k, temperature=temp)
-    probe.chunk_size = 3      # exercise the chunked path
+    probe.max_chunk_elements = 3 * 30      # 3 queries per chunk: exercise the chunked path
     scores = probe.logits(queries)
     for qi, q in enumerate(queries):
         sims = [(float(q @ t / (q.norm() * t.norm())), int(lab)) for t, lab in zip(train, labels)]
