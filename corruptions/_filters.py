@@ -96,18 +96,20 @@ def _on(x: torch.Tensor, key: tuple, make) -> torch.Tensor:
 
 
 MATMUL_MAX = 1024  # above this side a dense [n, n] band matrix costs more than shifted adds
+SLICES_MAX_TAPS = 25  # on CPU, shifted adds beat the band matmul up to about this kernel length
 
 
 def conv1d_axis(x: torch.Tensor, weights, axis: int, mode: str) -> torch.Tensor:
     """Correlate images ``x`` [..., H, W] with one centred odd 1-D kernel along ``axis`` (-2 or -1).
 
-    As a matrix product with the banded matrix of :func:`band_matrix` (one BLAS call, fastest on CPU
-    and GPU), or as a sum of shifted slices for very large images.
+    As a matrix product with the banded matrix of :func:`band_matrix` (one BLAS call: best on GPUs and
+    for long kernels), or as a sum of shifted slices (short kernels on CPU, very large images).
     """
     w = tuple(float(v) for v in np.asarray(weights).ravel())
     axis = axis if axis < 0 else axis - x.dim()
     n = x.shape[axis]
-    if n <= MATMUL_MAX:
+    short_on_cpu = x.device.type == "cpu" and len(w) <= SLICES_MAX_TAPS
+    if n <= MATMUL_MAX and not short_on_cpu:
         m = _on(x, ("band", n, w, mode), lambda: band_matrix(n, w, mode))
         return m @ x if axis == -2 else x @ m.T
     r = len(w) // 2

@@ -24,6 +24,7 @@ GROUPS: dict[str, tuple[str, ...]] = {
 # the reference package calls the extra corruptions "validation"
 _SUBSET_ALIASES = {"validation": "extra"}
 BACKENDS = ("torch", "reference")
+CPU_CHUNK_PIXELS = 8 * 224 * 224
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
@@ -117,9 +118,16 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, backend: str = "t
     from corruptions import torch_backend as tb
 
     quantized = x.dtype == torch.uint8
-    xf = x.float() / 255 if quantized else x.float().clamp(0, 1)
     ctx = tb.Context(rng=rng, table=table, style=ptab.STYLE[table], quantized=quantized)
-    y = tb.FUNCTIONS[name](xf, ptab.severity_params(table, name, severity), ctx)
+    fn, p = tb.FUNCTIONS[name], ptab.severity_params(table, name, severity)
+    # on CPU, chunks of ~8 ImageNet-sized images keep each pass over the data in cache (1.3-2x faster
+    # than one large batch); on GPUs the whole batch goes at once
+    step = x.shape[0] if x.device.type != "cpu" else max(1, CPU_CHUNK_PIXELS // (h * w))
+    parts = []
+    for i in range(0, x.shape[0], step):
+        xi = x[i:i + step]
+        parts.append(fn(xi.float() / 255 if quantized else xi.float().clamp(0, 1), p, ctx))
+    y = parts[0] if len(parts) == 1 else torch.cat(parts)
     if quantized:
         # np.uint8(float) truncates; the tiny offset keeps exact integers (k/255*255) from dropping a level
         y = torch.floor(y * 255 + 1e-3).clamp(0, 255).to(torch.uint8)
