@@ -136,7 +136,9 @@ def resolve_curriculum(cfg: PretrainConfig):
         return build_curriculum(c.name, global_size=cfg.crops.global_size, local_size=cfg.crops.local_size,
                                 stage1_fraction=c.stage1_fraction, stage1_scale=c.stage1_scale,
                                 stage1_global_size=c.stage1_global_size, stage1_local_size=c.stage1_local_size,
-                                noise_patching=c.noise_patching, noise_max_sigma=c.noise_max_sigma)
+                                noise_patching=c.noise_patching, noise_max_sigma=c.noise_max_sigma,
+                                n_local=cfg.crops.n_local, global_scale=tuple(cfg.crops.global_scale),
+                                local_scale=tuple(cfg.crops.local_scale))
     if c.name.endswith((".yaml", ".yml")):
         if not Path(c.name).is_file():
             raise FdbenchError(f"curriculum file not found: {c.name}")
@@ -145,27 +147,25 @@ def resolve_curriculum(cfg: PretrainConfig):
 
 
 def plan_stages(cfg: PretrainConfig, curriculum) -> list[StagePlan]:
-    """Stages with epoch ranges and crop sizes rounded to the patch size.
+    """Stages with epoch ranges (stages without epochs dropped) and crop sizes rounded to the patch.
 
-    Named curricula take the number of local crops and the crop scales from ``cfg.crops`` (the
-    curriculum only varies sizes and noise patching); a YAML curriculum sets them per stage.
+    Named curricula take the number of local crops and the crop scales from ``cfg.crops``; a YAML
+    curriculum sets them per stage.
     """
     from pretrain.curriculum import round_to_patch
 
-    named = cfg.curriculum.name in ("none", "two-stage")
     patch = cfg.model.patch_size
     plans = []
-    for i, (stage, (start, end)) in enumerate(zip(curriculum.stages, curriculum.stage_epochs(cfg.run.epochs))):
-        n_local = cfg.crops.n_local if named else stage.n_local
+    for stage, (start, end) in zip(curriculum.stages, curriculum.stage_epochs(cfg.run.epochs)):
+        if end <= start:
+            continue
         plans.append(StagePlan(
-            index=i, name=stage.name, start_epoch=start, end_epoch=end,
+            index=len(plans), name=stage.name, start_epoch=start, end_epoch=end,
             global_size=round_to_patch(stage.global_size, patch),
-            local_size=round_to_patch(stage.local_size, patch) if n_local else 0,
-            n_local=n_local,
-            global_scale=tuple(cfg.crops.global_scale if named else stage.global_scale),
-            local_scale=tuple(cfg.crops.local_scale if named else stage.local_scale),
+            local_size=round_to_patch(stage.local_size, patch) if stage.n_local else 0,
+            n_local=stage.n_local, global_scale=tuple(stage.global_scale), local_scale=tuple(stage.local_scale),
             noise_patching=bool(stage.noise_patching), noise_max_sigma=float(stage.noise_max_sigma)))
-    return [p for p in plans if p.end_epoch > p.start_epoch]
+    return plans
 
 
 def none_stage(cfg: PretrainConfig) -> StagePlan:
@@ -389,9 +389,11 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
     seed_everything(cfg.run.seed)
     meta = MetaArch(cfg, d.device)
     optimizer = build_optimizer(meta, cfg)
+    if d.world_size > 1:
+        torch.manual_seed(cfg.run.seed * 1000 + d.rank)   # ranks draw different drop-path masks from here on
 
     # 3. continue from the run folder's last checkpoint, or start a new run
-    step, knn_curve, elapsed = 0, [], 0.0
+    step, knn_curve, elapsed, saved_rng = 0, [], 0.0, None
     stage_costs = [costs_mod.StageCost(p.name, p.global_size, p.local_size, p.n_local) for p in stages]
     none_flops = None
     resumed_from = None
@@ -403,8 +405,7 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
         meta.dino_loss.load_state_dict(state["losses"]["dino"])
         meta.ibot_loss.load_state_dict(state["losses"]["ibot"])
         optimizer.load_state_dict(state["optimizer"])
-        rngs = state["rng"]
-        set_rng_state(rngs[d.rank] if d.rank < len(rngs) else rngs[0])
+        saved_rng = state["rng"]
         step, knn_curve, elapsed = int(state["step"]), list(state["knn"]), float(state["elapsed_s"])
         stage_costs = [costs_mod.StageCost.from_dict(c) for c in state["costs"]]
         none_flops = state["none_flops_per_image"]
@@ -508,7 +509,10 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
         if d.world_size > 1:
             dist.barrier()
 
-    # 5. train
+    # 5. train. RNG states are restored last, so that nothing above can consume random numbers
+    # in a resumed run that an uninterrupted run consumed at another time
+    if saved_rng is not None:
+        set_rng_state(saved_rng[d.rank] if d.rank < len(saved_rng) else saved_rng[0])
     bar = progress(total=total_iters, initial=step, desc=cfg.run_name, unit="it",
                    disable=None if d.main else True)
     window = costs_mod.StepTimer()
@@ -542,7 +546,7 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
                     _write_metrics(paths["metrics"], metrics)
                 bad = ", ".join(f"{k}={v}" for k, v in losses.items())
                 raise FdbenchError(
-                    f"non-finite loss at step {it} (epoch {epoch}, stage '{plan.name}'): {bad}; the last good "
+                    f"non-finite loss at step {it + 1} of {total_iters} (epoch {epoch}, stage '{plan.name}'): {bad}; the last good "
                     f"checkpoint is kept at {paths['last'] if paths['last'].exists() else '(none yet)'}; "
                     f"try a lower learning rate or --seed, then re-run to continue from it")
             if freeze:

@@ -79,7 +79,8 @@ class KnnMonitor:
     def _load(self, dataset, per_class, workers):
         subset = Subset(dataset, _first_per_class(dataset.targets, per_class))
         images, labels = [], []
-        for x, y in DataLoader(subset, batch_size=self.batch_size, num_workers=workers):
+        for x, y in DataLoader(subset, batch_size=self.batch_size, num_workers=workers,
+                               generator=torch.Generator().manual_seed(0)):
             images.append(x)
             labels.append(y)
         return torch.cat(images), torch.cat(labels), list(dataset.classes)
