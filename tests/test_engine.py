@@ -27,7 +27,8 @@ def _one_thread():
 def tiny_options(root, out, **overrides) -> dict:
     """A run of 4 epochs x 4 iterations (80 images, batch 20) of vit_pico at 32 px (16 px in stage 1)."""
     opts = dict(arch="vit_pico", patch_size=8, global_size=32, local_size=16, n_local=2, prototypes=64,
-                batch_size=20, epochs=4, data=str(root), out=str(out), workers=0, log_every=1, eval_every=2)
+                batch_size=20, epochs=4, data=str(root), out=str(out), workers=0, log_every=1, eval_every=2,
+                device="cpu")
     opts.update(overrides)
     return opts
 

@@ -28,6 +28,9 @@ def _preset_names() -> list[str]:
 @click.option("--patch-size", type=int, default=None, help="Patch size: 8, 14 or 16.")
 @click.option("--epochs", type=int, default=None, help="Training epochs (all stages together).")
 @click.option("--batch-size", type=int, default=None, help="Global batch size (split over DDP processes).")
+@click.option("--prototypes", type=int, default=None, help="DINO/iBOT head prototypes (65536 in DINOv2).")
+@click.option("--drop-path-rate", type=float, default=None, help="Student drop-path rate.")
+@click.option("--warmup-epochs", type=float, default=None, help="Learning-rate warm-up epochs.")
 @click.option("--global-size", type=int, default=None, help="Full-resolution global crop size (px).")
 @click.option("--local-size", type=int, default=None, help="Full-resolution local crop size (px).")
 @click.option("--n-local", type=int, default=None, help="Local crops per image.")
@@ -45,6 +48,7 @@ def _preset_names() -> list[str]:
               help="At a stage switch reset AdamW and restart the schedules (the paper's code) "
                    "[default: no, one continuous schedule].")
 @click.option("--eval-every", type=int, default=None, help="Epochs between kNN evaluations (0: only at the end).")
+@click.option("--log-every", type=int, default=None, help="Iterations between metrics.csv rows.")
 @click.option("--save-every-steps", type=int, default=None, help="Also checkpoint every N iterations.")
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes [min(8, cores - 1)].")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
