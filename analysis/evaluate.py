@@ -274,6 +274,10 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
 
     labels = checkpoint_labels(checkpoints)
     loaded = [load_backbone(path) for path in checkpoints]          # bad files fail here, before any work
+    for path, lb in zip(checkpoints, loaded):
+        if not 1 <= config.n_last_blocks <= len(lb.model.blocks):
+            raise FdbenchError(f"--n-last-blocks must be between 1 and {len(lb.model.blocks)} for {path}, "
+                               f"got {config.n_last_blocks}")
     fingerprints = {label: file_sha256(lb.meta["path"]) for label, lb in zip(labels, loaded)}
     root = _choose_data(config, [lb.meta for lb in loaded], announce)
     corrupted_root = Path(config.corrupted_root) if config.corrupted_root else None
@@ -352,8 +356,6 @@ def _eval_size(lb, native: int | None) -> int:
 def _encoder(lb, n_last_blocks: int, device: torch.device):
     from fdbench.features import FrozenEncoder
 
-    if not 1 <= n_last_blocks <= len(lb.model.blocks):
-        raise FdbenchError(f"n_last_blocks must be between 1 and {len(lb.model.blocks)}, got {n_last_blocks}")
     return FrozenEncoder(lb.model, n_last_blocks=n_last_blocks).to(device)
 
 

@@ -214,6 +214,8 @@ def test_cli_runs_the_real_corruptions_and_prints_the_table(tmp_path, tiny_datas
     (lambda p, d: [str(p / "m.pt"), "--data", str(d), "--severities", "0-7"], "severities go from 1 to 5"),
     (lambda p, d: [str(p / "m.pt"), "--data", str(d), "--corrupted-root", str(p)], "corruption folder(s) missing"),
     (lambda p, d: [str(p / "m.pt"), "--data", str(d), "--baseline", str(p / "no.csv")], "baseline file not found"),
+    (lambda p, d: [str(p / "m.pt"), "--data", str(d), "--n-last-blocks", "5"], "--n-last-blocks must be between 1 and 2"),
+    (lambda p, d: [str(p / "m.pt"), "--data", str(d), "--protocol", "svm"], "Invalid value for '--protocol'"),
 ])
 def test_cli_bad_inputs_are_one_line_errors(tmp_path, tiny_dataset, capsys, make_args, message):
     _checkpoint(tmp_path / "m.pt")
