@@ -784,9 +784,10 @@ class _Doc:
     def table(self, name: str, df: pd.DataFrame, caption: str = ""):
         self.blocks.append(("table", name, df, caption))
 
-    def figure(self, paths: list[Path] | None, caption: str):
+    def figure(self, paths: list[Path] | None, caption: str, data: str | None = None):
+        """A figure (its PNG); ``data`` names the CSV it was drawn from, shown in the caption."""
         if paths:
-            self.blocks.append(("fig", paths[0], caption))
+            self.blocks.append(("fig", paths[0], caption + (f" (data: {data}.csv)" if data else "")))
 
     def markdown(self) -> str:
         lines = [f"# {self.title}", ""]
@@ -834,12 +835,13 @@ class _Doc:
 
 def compare(runs: Sequence[str | Path], out: str | Path = "reports/compare", *, evals: Sequence[str | Path] = (),
             frequency: Sequence[str | Path] = (), reference: str | None = None, title: str | None = None,
-            announce: Callable[[str], None] | None = None) -> CompareReport:
+            figures: bool = True, announce: Callable[[str], None] | None = None) -> CompareReport:
     """Write ``report.md``, ``report.html``, ``summary.json``, the CSVs and figures for ``runs`` into ``out``.
 
     ``runs``: run folders (or a folder of run folders, or checkpoint files). ``evals`` / ``frequency``:
     extra eval-corruptions / frequency-analysis output folders to search first. ``reference``: the
     label of the run the ratios and CE are relative to (default: the run trained with curriculum none).
+    ``figures=False`` writes the tables and the report text only (much faster; no PNG/PDF).
     """
     announce = announce or (lambda message: None)
     if not runs:
@@ -897,7 +899,7 @@ def compare(runs: Sequence[str | Path], out: str | Path = "reports/compare", *, 
         report.files.append(path)
 
     # figures
-    report.figures = _draw(out / "figures", t, labels, freq, extra_tables)
+    report.figures = _draw(out / "figures", t, labels, freq, extra_tables) if figures else {}
     for paths in report.figures.values():
         report.files.extend(paths)
 
@@ -1027,15 +1029,16 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
            "counted with full-resolution crops throughout / its actual FLOPs.")
     d.table("cost", t["cost"], "Per run")
     d.table("cost_stages", t["cost_stages"], "Per stage (peak memory: CUDA peak allocated, or CPU resident set)")
-    d.figure(f.get("cost"), "Training wall-clock per stage and total training FLOPs")
+    d.figure(f.get("cost"), "Training wall-clock per stage and total training FLOPs", "cost_stages")
 
     d.heading("Convergence")
     absent = missing_runs(set(t["convergence_knn"]["run"]))
     if absent:
         d.items([f"{r}: no training metrics (kNN / loss curves) found" for r in absent], "missing")
     d.figure(f.get("convergence_knn"), "Online kNN top-1 of the teacher vs epochs and vs training wall-clock; "
-                                       "dotted lines: stage switch")
-    d.figure(f.get("convergence_loss"), "Training losses vs epochs; dotted lines: stage switch")
+                                       "dotted lines: stage switch", "convergence_knn")
+    d.figure(f.get("convergence_loss"), "Training losses vs epochs; dotted lines: stage switch",
+             "convergence_loss")
     if not t["convergence_switches"].empty:
         d.table("convergence_switches", t["convergence_switches"], "Stage switches (epoch, training second)")
     if not t["convergence_knn"].empty:
@@ -1053,9 +1056,10 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
                f"sum_s E_run / sum_s E_{ref or 'ref'} (100 = as robust as the reference); relative mCE "
                f"subtracts each model's clean error first. Sources: {sources}.")
         d.table("robustness", t["robustness"], "Per run and probe")
-        d.figure(f.get("robustness_per_corruption"), "Accuracy per corruption (mean over severities); dashed: clean")
+        d.figure(f.get("robustness_per_corruption"), "Accuracy per corruption (mean over severities); dashed: clean",
+                 "robustness_per_corruption")
         d.figure(f.get("robustness_severity"), "Accuracy vs severity per corruption group (0 = clean); "
-                                               "solid: linear probe, dashed: kNN")
+                                               "solid: linear probe, dashed: kNN", "robustness_severity")
         d.table("robustness_per_corruption", t["robustness_per_corruption"], "Per corruption")
         d.table("robustness_severity", t["robustness_severity"], "Per group and severity")
 
@@ -1072,9 +1076,12 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
         d.table("frequency", t["frequency"], "Frequency-bias numbers")
     for name in report.figures:
         if name.startswith("frequency_heatmap_"):
-            d.figure(f[name], "Fourier heat maps side by side and their difference (B - A, percentage points)")
-    d.figure(f.get("frequency_bandpass"), "Low-pass (solid) and high-pass (dashed) accuracy vs filter radius")
-    d.figure(f.get("robustness_vs_frequency"), "Accuracy drop vs the corruption's spectral centroid")
+            d.figure(f[name], "Fourier heat maps side by side and their difference (B - A, percentage points)",
+                     name)
+    d.figure(f.get("frequency_bandpass"), "Low-pass (solid) and high-pass (dashed) accuracy vs filter radius",
+             "frequency_bandpass")
+    d.figure(f.get("robustness_vs_frequency"), "Accuracy drop vs the corruption's spectral centroid",
+             "robustness_vs_frequency")
     if "robustness_vs_frequency" in t:
         d.table("robustness_vs_frequency", t["robustness_vs_frequency"], "Robustness vs corruption frequency")
 

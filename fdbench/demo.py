@@ -196,6 +196,7 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
     """Train both curricula, evaluate, analyse, compare; skip what is already done (see module doc)."""
     from analysis.evaluate import EvalConfig, default_corrupt_fn, evaluate_corruptions
     from analysis.frequency import FrequencyConfig, run_frequency_analysis
+    from analysis.metrics import parse_corruptions
     from analysis.report import compare
     from fdbench.device import resolve_device
     from pretrain.config import build_config
@@ -255,8 +256,10 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
                                   batch_size=config.eval_batch_size, device=config.device, seed=config.seed,
                                   out=str(freq_dir))
     fp = fingerprint([*checkpoints, evals / "results.csv"], {"frequency": _stable(asdict(freq_config))})
+    names = parse_corruptions(config.corruptions)   # spectra of the corruptions that were evaluated
     run_step(log, "frequency", fp, [freq_dir / "summary.csv"],
-             lambda: run_frequency_analysis(freq_config, announce=announce), announce, records)
+             lambda: run_frequency_analysis(freq_config, announce=announce, corruption_names=names),
+             announce, records)
 
     # 5. the comparison report (cheap: always rebuilt when any input changed)
     report_dir = out / "report"

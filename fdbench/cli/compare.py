@@ -20,9 +20,11 @@ from fdbench.cli.common import config_option, echo, out_option
 @click.option("--reference", default=None,
               help="Run the ratios and CE are relative to [default: the run trained with --curriculum none].")
 @click.option("--title", default=None, help="Report title.")
+@click.option("--figures/--no-figures", default=True, show_default=True,
+              help="Draw the figures (PNG + PDF, embedded in report.html); --no-figures is much faster.")
 @out_option("reports/compare")
 @config_option
-def compare(runs, evals, frequency, reference, title, out):
+def compare(runs, evals, frequency, reference, title, figures, out):
     """Compare runs: cost, convergence, robustness and frequency bias in one report.
 
     \b
@@ -34,7 +36,7 @@ def compare(runs, evals, frequency, reference, title, out):
     from analysis.report import compare as run_compare
 
     report = run_compare(list(runs), out, evals=list(evals), frequency=list(frequency), reference=reference,
-                         title=title, announce=echo)
+                         title=title, figures=figures, announce=echo)
     print_headline(report)
     if not report.missing.empty:
         echo(f"{len(report.missing)} missing piece(s) listed in {report.out / 'missing.csv'}")
