@@ -111,14 +111,23 @@ def error_rate(classifier: Classifier, images: torch.Tensor, labels: torch.Tenso
 
 def fourier_heatmap(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
                     window: int | None = None, batch_size: int = 256, seed: int = 0, device=None,
-                    desc: str = "heat map") -> pd.DataFrame:
+                    desc: str = "heat map", partial: str | Path | None = None, partial_key: str = "",
+                    save_every_s: float = 30.0) -> pd.DataFrame:
     """Error rate under a Fourier-basis perturbation for every frequency of a centred window.
 
     ``images``: [n, 3, N, N] (uint8 or float [0,1]); every (frequency, image) pair is one perturbed
     image, and ``batch_size`` of them go through the classifier at once. Returns a long frame with
     one row per window cell: ``ky, kx`` (cycles/image), ``radius`` (|k|), ``radius_frac`` (|k| / (N/2)),
     ``error_pct`` and ``n``. Signs are drawn from ``seed`` (one per frequency, image and channel).
+
+    ``partial``: a file where the error counts so far are saved every ``save_every_s`` seconds; a later
+    call with the same file and ``partial_key`` continues from there (the signs are fixed by the seed,
+    so the result is identical to an uninterrupted run). The file is removed when the map is done.
     """
+    import time
+
+    from fdbench.io import atomic_torch_save
+
     n, size = len(images), images.shape[-1]
     if n == 0:
         raise FdbenchError("the heat map needs at least one image")
@@ -133,7 +142,18 @@ def fourier_heatmap(classifier: Classifier, images: torch.Tensor, labels: torch.
     signs = fourier.random_signs((len(unique), n, images.shape[1]), generator=gen)
     wrong = torch.zeros(len(unique))
     total = len(unique) * n
-    for start in progress(range(0, total, batch_size), desc=desc, unit="batch"):
+    key = f"{partial_key}|{size}|{window}|{eps}|{n}|{seed}"
+    first = 0
+    if partial is not None and Path(partial).exists():
+        try:
+            state = torch.load(partial, weights_only=True)
+        except Exception:                       # a damaged partial file only costs the redone work
+            state = {}
+        if state.get("key") == key and state["wrong"].shape == wrong.shape:
+            first, wrong = int(state["start"]), state["wrong"]
+    last_save = time.monotonic()
+    for start in progress(range(first, total, batch_size), desc=desc, unit="batch",
+                          initial=first // batch_size, total=math.ceil(total / batch_size)):
         t = torch.arange(start, min(start + batch_size, total))
         f, i = t // n, t % n
         # basis images for the few distinct frequencies of this batch, then one per item
@@ -141,6 +161,11 @@ def fourier_heatmap(classifier: Classifier, images: torch.Tensor, labels: torch.
         bases = fourier.fourier_bases(size, unique[fu], device=device)[inv.to(device)]
         x = fourier.fourier_perturb(x_all[i.to(device)], bases, eps, signs[f, i].to(device))
         wrong.index_add_(0, f, (_predict(classifier, x).cpu() != labels[i]).float())
+        if partial is not None and time.monotonic() - last_save > save_every_s:
+            atomic_torch_save({"key": key, "start": int(t[-1]) + 1, "wrong": wrong}, partial)
+            last_save = time.monotonic()
+    if partial is not None:
+        Path(partial).unlink(missing_ok=True)
     error = (wrong / n * 100).numpy()
     w = fourier.window_frequencies(window).numpy()
     ky, kx = np.meshgrid(w, w, indexing="ij")
@@ -481,7 +506,8 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
             else:
                 if model is None:
                     model = _load_model(path, config, device, label, announce)
-                df, saved = _run_one(analysis, model, config, device, label, params)
+                df, saved = _run_one(analysis, model, config, device, label, params,
+                                     partial=folder / f"{analysis}.partial.pt")
                 atomic_write_csv(csv, df)
                 atomic_write_json(meta, saved)
                 report.files.append(csv)
@@ -526,7 +552,8 @@ def _analysis_params(analysis: str, config: FrequencyConfig, path: Path) -> dict
     return {**common, "bandpass_images": config.bandpass_images, "radii": config.radii}
 
 
-def _run_one(analysis: str, model: _Model, config: FrequencyConfig, device, label: str, params: dict):
+def _run_one(analysis: str, model: _Model, config: FrequencyConfig, device, label: str, params: dict,
+             partial: Path | None = None):
     n = config.n_images if analysis == "heatmap" else config.bandpass_images
     idx = _stratified(model.val_labels, n, config.seed)
     images, labels = model.val_images[idx], model.val_labels[idx]
@@ -538,7 +565,8 @@ def _run_one(analysis: str, model: _Model, config: FrequencyConfig, device, labe
         window = config.window or fourier.default_window(model.size)
         df = fourier_heatmap(model.classifier, images, labels, eps=eps, window=window,
                              batch_size=config.batch_size, seed=config.seed, device=device,
-                             desc=f"{label}: heat map")
+                             desc=f"{label}: heat map", partial=partial,
+                             partial_key=json.dumps(params, sort_keys=True))
         info.update({"eps": eps, "window": window, "heatmap_images": len(images),
                      "heatmap_clean_error_pct": clean_err})
     else:

@@ -277,3 +277,31 @@ def test_plot_helpers_write_png_and_pdf(tmp_path):
     image = fig.axes[0].images[0]
     assert image.get_clim() == (0.0, 10.0)
     assert plots.nice_max(43.0) == 50.0 and plots.nice_max(130.0) == 100.0
+
+
+def test_interrupted_heatmap_resumes_to_the_same_map(tmp_path):
+    classify, images, labels = _centroid_model("low")
+    full = frequency.fourier_heatmap(classify, images, labels, eps=2.0, window=8, batch_size=64)
+    calls = {"n": 0}
+
+    def flaky(x):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return classify(x)
+
+    partial = tmp_path / "heatmap.partial.pt"
+    with pytest.raises(KeyboardInterrupt):
+        frequency.fourier_heatmap(flaky, images, labels, eps=2.0, window=8, batch_size=64, partial=partial,
+                                  partial_key="k", save_every_s=0.0)
+    assert torch.load(partial, weights_only=True)["start"] == 5 * 64
+    seen = []
+
+    def counting(x):
+        seen.append(len(x))
+        return classify(x)
+
+    resumed = frequency.fourier_heatmap(counting, images, labels, eps=2.0, window=8, batch_size=64,
+                                        partial=partial, partial_key="k")
+    assert sum(seen) == len(fourier.half_plane(N, 8)[0]) * 16 - 5 * 64 and not partial.exists()
+    pd.testing.assert_frame_equal(full, resumed)
