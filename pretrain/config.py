@@ -202,7 +202,7 @@ def _vit_s_in100() -> PretrainConfig:
     return PretrainConfig(
         preset="vit-s-in100",
         model=ModelConfig(arch="vit_small", patch_size=16, drop_path_rate=0.1),
-        run=RunConfig(epochs=200, batch_size=512, eval_every=10, knn_train_per_class=100),
+        run=RunConfig(epochs=200, batch_size=512, eval_every=10, keep_every_epochs=50, knn_train_per_class=100),
     )
 
 
@@ -210,7 +210,7 @@ def _vit_b_in1k() -> PretrainConfig:
     return PretrainConfig(
         preset="vit-b-in1k",
         model=ModelConfig(arch="vit_base", patch_size=16, drop_path_rate=0.1),
-        run=RunConfig(epochs=200, batch_size=1024, eval_every=10, knn_train_per_class=20,
+        run=RunConfig(epochs=200, batch_size=1024, eval_every=10, keep_every_epochs=50, knn_train_per_class=20,
                       knn_val_per_class=10),
     )
 

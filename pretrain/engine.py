@@ -50,7 +50,8 @@ VOLATILE_KEYS = {"run.device", "run.out", "run.log_every", "run.save_every_minut
                  "run.knn_k", "run.knn_temperature", "run.knn_train_per_class", "run.knn_val_per_class"}
 METRIC_COLUMNS = ["row", "epoch", "step", "stage", "stage_name", "global_size", "local_size", "n_local",
                   "loss", "dino", "koleo", "ibot", "lr", "wd", "momentum", "teacher_temp", "grad_norm",
-                  "img_per_s", "step_time_s", "peak_memory_mb", "knn_top1", "knn_top5", "elapsed_s"]
+                  "img_per_s", "step_time_s", "peak_memory_mb", "gflops_per_image", "knn_top1", "knn_top5",
+                  "elapsed_s", "run_time_s"]
 
 
 @dataclass
@@ -393,7 +394,8 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
         torch.manual_seed(cfg.run.seed * 1000 + d.rank)   # ranks draw different drop-path masks from here on
 
     # 3. continue from the run folder's last checkpoint, or start a new run
-    step, knn_curve, elapsed, saved_rng = 0, [], 0.0, None
+    process_start = time.perf_counter()
+    step, knn_curve, elapsed, saved_rng, run_time_before = 0, [], 0.0, None, 0.0
     stage_costs = [costs_mod.StageCost(p.name, p.global_size, p.local_size, p.n_local) for p in stages]
     none_flops = None
     resumed_from = None
@@ -407,6 +409,7 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
         optimizer.load_state_dict(state["optimizer"])
         saved_rng = state["rng"]
         step, knn_curve, elapsed = int(state["step"]), list(state["knn"]), float(state["elapsed_s"])
+        run_time_before = float(state.get("run_time_s", 0.0))
         stage_costs = [costs_mod.StageCost.from_dict(c) for c in state["costs"]]
         none_flops = state["none_flops_per_image"]
         resumed_from = step
@@ -439,6 +442,9 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
                              train_per_class=cfg.run.knn_train_per_class, val_per_class=cfg.run.knn_val_per_class,
                              k=cfg.run.knn_k, temperature=cfg.run.knn_temperature, workers=min(workers, 4))
 
+    def run_time() -> float:
+        return run_time_before + time.perf_counter() - process_start
+
     def checkpoint_state(final: bool = False) -> dict:
         teacher = meta.teacher
         state = {
@@ -462,6 +468,7 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
             "none_flops_per_image": none_flops,
             "knn": knn_curve,
             "elapsed_s": elapsed,
+            "run_time_s": run_time(),
         }
         if not final:
             state["optimizer"] = optimizer.state_dict()
@@ -488,7 +495,10 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
             "finished": finished, "epochs": cfg.run.epochs, "iterations": total_iters, "step": step,
             "iters_per_epoch": ipe, "batch_size": cfg.run.batch_size, "world_size": d.world_size,
             "device": str(d.device), "arch": cfg.model.arch, "patch_size": cfg.model.patch_size,
-            "stage_restart": cfg.optim.stage_restart, "data": str(root), "wall_clock_s": elapsed,
+            "stage_restart": cfg.optim.stage_restart, "data": str(root),
+            # wall_clock_s: the training steps (data loading included); run_time_s: everything,
+            # set-up, FLOPs counting, kNN evaluations and checkpoints too
+            "wall_clock_s": elapsed, "run_time_s": run_time(),
             "stages": [{**dataclasses.asdict(p), "iterations": n, **c.to_dict()}
                        for p, n, c in zip(stages, stage_iters, stage_costs)],
             "flops": flops,
@@ -503,8 +513,9 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
             result = monitor.evaluate(meta.teacher.backbone)
             knn_curve.append({"epoch": epoch, "step": step, "top1": result.top1, "top5": result.top5})
             metrics.append({"row": "knn", "epoch": epoch, "step": step, "knn_top1": result.top1,
-                            "knn_top5": result.top5, "elapsed_s": round(elapsed, 3)})
-            log(f"epoch {epoch}: kNN top-1 {100 * result.top1:.1f}% (k={cfg.run.knn_k}, "
+                            "knn_top5": result.top5, "elapsed_s": round(elapsed, 3),
+                            "run_time_s": round(run_time(), 3)})
+            log(f"  kNN top-1 {100 * result.top1:.1f}% (k={cfg.run.knn_k}, "
                 f"{result.n_val} val images, {time.perf_counter() - t0:.1f} s)")
         if d.world_size > 1:
             dist.barrier()
@@ -532,7 +543,7 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
         loader = make_loader(AugmentedDataset(train_set, make_augment(cfg, plan)), collate, cfg.run.batch_size,
                              seed=cfg.run.seed, epoch=epoch, start_step=start_in_epoch, rank=d.rank,
                              world_size=d.world_size, workers=workers, pin_memory=d.device.type == "cuda")
-        tick = time.perf_counter()
+        tick = epoch_start = time.perf_counter()
         for batch in loader:
             it = step
             freeze = bool(sched.freeze_last_layer[it])
@@ -576,7 +587,9 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
                     "lr": float(sched.lr[it]), "wd": float(sched.wd[it]), "momentum": float(sched.momentum[it]),
                     "teacher_temp": float(sched.teacher_temp[it]), "grad_norm": round(grad_norm, 5),
                     "img_per_s": round(img_s, 2), "step_time_s": round(step_s, 5),
-                    "peak_memory_mb": round(cost.peak_memory_bytes / 2**20, 1), "elapsed_s": round(elapsed, 3)})
+                    "peak_memory_mb": round(cost.peak_memory_bytes / 2**20, 1),
+                    "gflops_per_image": _g(cost.flops_per_image), "elapsed_s": round(elapsed, 3),
+                    "run_time_s": round(run_time(), 3)})
                 bar.set_postfix_str(f"ep {epoch} {plan.name} loss {losses['loss']:.3f} {img_s:.0f} img/s")
                 if now - last_flush > 30:
                     _write_metrics(paths["metrics"], metrics)
@@ -598,8 +611,13 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
                 return RunResult(out, None, paths["metrics"], paths["summary"], paths["config"],
                                  summary_dict(False), False, resumed_from)
 
-        # end of epoch: kNN monitor, then a checkpoint that includes its result
+        # end of epoch: a status line, the kNN monitor, then a checkpoint that includes its result
         epoch_done = step // ipe
+        epoch_s = time.perf_counter() - epoch_start
+        log(f"epoch {epoch + 1}/{cfg.run.epochs} ({plan.name}, {plan.global_size}/{plan.local_size} px): "
+            f"loss {losses['loss']:.3f} (dino {losses['dino']:.3f}, ibot {losses['ibot']:.3f}, "
+            f"koleo {losses['koleo']:.3f}), {(ipe - start_in_epoch) * cfg.run.batch_size / epoch_s:.0f} img/s, "
+            f"{epoch_s:.1f} s")
         if step == total_iters or (cfg.run.eval_every and epoch_done % cfg.run.eval_every == 0):
             evaluate(epoch_done - 1)
         save()

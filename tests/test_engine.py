@@ -263,15 +263,17 @@ def reference_run(tiny_dataset, tmp_path_factory):
     from pretrain.engine import train
 
     out = tmp_path_factory.mktemp("runs") / "reference"
-    return train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1))
+    return train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1, keep_every_epochs=2))
 
 
 def test_run_folder_contents_and_stage_switch(reference_run):
     import pandas as pd
 
     out = reference_run.out
-    for name in ("config.yaml", "metrics.csv", "summary.json", "costs.csv", "final.pt", "checkpoints/last.pt"):
+    for name in ("config.yaml", "metrics.csv", "summary.json", "costs.csv", "final.pt", "checkpoints/last.pt",
+                 "checkpoints/epoch_0002.pt", "checkpoints/epoch_0004.pt"):
         assert (out / name).is_file(), name
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0002.pt", "epoch_0004.pt", "last.pt"]
     metrics = pd.read_csv(out / "metrics.csv")
     train_rows = metrics[metrics["row"] == "train"]
     assert list(train_rows["step"]) == list(range(1, 17))
@@ -279,7 +281,8 @@ def test_run_folder_contents_and_stage_switch(reference_run):
     assert set(train_rows[train_rows["epoch"] == 3]["global_size"]) == {32}
     assert set(train_rows[train_rows["epoch"] == 3]["local_size"]) == {16}
     assert train_rows[["loss", "dino", "koleo", "ibot", "lr", "wd", "momentum", "teacher_temp", "img_per_s",
-                       "peak_memory_mb"]].notna().all().all()
+                       "peak_memory_mb", "gflops_per_image"]].notna().all().all()
+    assert train_rows.groupby("stage")["gflops_per_image"].nunique().tolist() == [1, 1]
     knn = metrics[metrics["row"] == "knn"]
     assert list(knn["epoch"]) == [1, 3] and knn["knn_top1"].between(0, 1).all()
 

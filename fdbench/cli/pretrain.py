@@ -50,6 +50,8 @@ def _preset_names() -> list[str]:
 @click.option("--eval-every", type=int, default=None, help="Epochs between kNN evaluations (0: only at the end).")
 @click.option("--log-every", type=int, default=None, help="Iterations between metrics.csv rows.")
 @click.option("--save-every-steps", type=int, default=None, help="Also checkpoint every N iterations.")
+@click.option("--keep-every-epochs", type=int, default=None,
+              help="Keep checkpoints/epoch_XXXX.pt every N epochs (0: only last.pt).")
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes [min(8, cores - 1)].")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
