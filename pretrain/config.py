@@ -139,6 +139,7 @@ class RunConfig:
     knn_train_per_class: int = 100        # kNN memory bank: first N train images of each class
     knn_val_per_class: int | None = None  # None: the whole val split
     stop_after_steps: int = 0             # testing aid: stop (as if killed) after N iterations of this process
+    threads: int | None = None            # CPU intra-op threads (None: torch's default, one per core)
 
 
 @dataclass
@@ -256,6 +257,7 @@ def validate(cfg: PretrainConfig) -> None:
         (cfg.crops.global_size >= cfg.model.patch_size,
          f"global crop size {cfg.crops.global_size} is smaller than the patch size {cfg.model.patch_size}"),
         (cfg.data.workers is None or cfg.data.workers >= 0, f"--workers must be >= 0 (got {cfg.data.workers})"),
+        (cfg.run.threads is None or cfg.run.threads >= 1, f"--threads must be >= 1 (got {cfg.run.threads})"),
         (0.0 <= cfg.loss.mask_ratio_min <= cfg.loss.mask_ratio_max <= 1.0,
          "mask ratios must satisfy 0 <= min <= max <= 1"),
     ]
@@ -282,7 +284,7 @@ OPTION_FIELDS = {
     "device": ("run", "device"), "out": ("run", "out"), "eval_every": ("run", "eval_every"),
     "log_every": ("run", "log_every"), "save_every_steps": ("run", "save_every_steps"),
     "save_every_minutes": ("run", "save_every_minutes"), "keep_every_epochs": ("run", "keep_every_epochs"),
-    "stop_after_steps": ("run", "stop_after_steps"),
+    "stop_after_steps": ("run", "stop_after_steps"), "threads": ("run", "threads"),
 }
 
 

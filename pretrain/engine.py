@@ -47,7 +47,8 @@ from pretrain.schedules import apply_schedules
 # Keys a re-run may change without breaking "continue exactly where it stopped".
 VOLATILE_KEYS = {"run.device", "run.out", "run.log_every", "run.save_every_minutes", "run.save_every_steps",
                  "run.keep_every_epochs", "run.eval_every", "run.stop_after_steps", "data.workers",
-                 "run.knn_k", "run.knn_temperature", "run.knn_train_per_class", "run.knn_val_per_class"}
+                 "run.knn_k", "run.knn_temperature", "run.knn_train_per_class", "run.knn_val_per_class",
+                 "run.threads"}
 METRIC_COLUMNS = ["row", "epoch", "step", "stage", "stage_name", "global_size", "local_size", "n_local",
                   "loss", "dino", "koleo", "ibot", "lr", "wd", "momentum", "teacher_temp", "grad_norm",
                   "img_per_s", "step_time_s", "peak_memory_mb", "gflops_per_image", "knn_top1", "knn_top5",
@@ -354,6 +355,8 @@ def train(cfg: PretrainConfig, *, resume: bool = False, log: Callable[[str], Non
     still picked up (re-running a command continues it).
     """
     validate(cfg)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
     d = setup_distributed(cfg.run.device)
     try:
         return _train(cfg, d, resume, log if (log and d.main) else (lambda message: None))
@@ -394,8 +397,8 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
         torch.manual_seed(cfg.run.seed * 1000 + d.rank)   # ranks draw different drop-path masks from here on
 
     # 3. continue from the run folder's last checkpoint, or start a new run
-    process_start = time.perf_counter()
-    step, knn_curve, elapsed, saved_rng, run_time_before = 0, [], 0.0, None, 0.0
+    process_start, process_cpu_start = time.perf_counter(), costs_mod.cpu_seconds()
+    step, knn_curve, elapsed, saved_rng, run_time_before, cpu_time_before = 0, [], 0.0, None, 0.0, 0.0
     stage_costs = [costs_mod.StageCost(p.name, p.global_size, p.local_size, p.n_local) for p in stages]
     none_flops = None
     resumed_from = None
@@ -409,7 +412,7 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
         optimizer.load_state_dict(state["optimizer"])
         saved_rng = state["rng"]
         step, knn_curve, elapsed = int(state["step"]), list(state["knn"]), float(state["elapsed_s"])
-        run_time_before = float(state.get("run_time_s", 0.0))
+        run_time_before, cpu_time_before = float(state["run_time_s"]), float(state["cpu_time_s"])
         stage_costs = [costs_mod.StageCost.from_dict(c) for c in state["costs"]]
         none_flops = state["none_flops_per_image"]
         resumed_from = step
@@ -419,6 +422,10 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
     elif d.main:
         out.mkdir(parents=True, exist_ok=True)
         save_yaml(cfg, paths["config"])
+    if d.main and out.is_dir():
+        # temp files of writes a kill interrupted (atomic writes never leave a half-written target)
+        for stale in [*out.glob(".*.tmp"), *out.glob("checkpoints/.*.tmp")]:
+            stale.unlink(missing_ok=True)
     metrics = _load_metrics(paths["metrics"], step) if d.main else []
     meta.wrap_ddp()
 
@@ -445,6 +452,11 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
     def run_time() -> float:
         return run_time_before + time.perf_counter() - process_start
 
+    def cpu_time() -> float:
+        # CPU seconds of this process and its finished DataLoader workers: a measure of the work
+        # done that, unlike wall-clock, does not grow when other jobs share the cores
+        return cpu_time_before + costs_mod.cpu_seconds() - process_cpu_start
+
     def checkpoint_state(final: bool = False) -> dict:
         teacher = meta.teacher
         state = {
@@ -469,6 +481,7 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
             "knn": knn_curve,
             "elapsed_s": elapsed,
             "run_time_s": run_time(),
+            "cpu_time_s": cpu_time(),
         }
         if not final:
             state["optimizer"] = optimizer.state_dict()
@@ -498,7 +511,8 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
             "stage_restart": cfg.optim.stage_restart, "data": str(root),
             # wall_clock_s: the training steps (data loading included); run_time_s: everything,
             # set-up, FLOPs counting, kNN evaluations and checkpoints too
-            "wall_clock_s": elapsed, "run_time_s": run_time(),
+            "wall_clock_s": elapsed, "run_time_s": run_time(), "cpu_time_s": cpu_time(),
+            "threads": torch.get_num_threads(), "workers": workers,
             "stages": [{**dataclasses.asdict(p), "iterations": n, **c.to_dict()}
                        for p, n, c in zip(stages, stage_iters, stage_costs)],
             "flops": flops,

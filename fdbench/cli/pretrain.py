@@ -53,6 +53,8 @@ def _preset_names() -> list[str]:
 @click.option("--keep-every-epochs", type=int, default=None,
               help="Keep checkpoints/epoch_XXXX.pt every N epochs (0: only last.pt).")
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes [min(8, cores - 1)].")
+@click.option("--threads", type=int, default=None,
+              help="CPU intra-op threads [torch's default]; 1 is often faster on a busy shared machine.")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
