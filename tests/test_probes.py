@@ -45,6 +45,9 @@ def test_linear_probe_is_invariant_to_feature_offset_and_scale():
 def test_stacked_training_equals_torch_adam_run_separately():
     """The G-classifier stack must match G independent runs of torch.optim.Adam with L2 decay on W."""
     x, y = _blobs(12, classes=3, dim=6, spread=1.5)
+    # unbalanced classes: with balanced ones the bias gradient starts at ~0, where Adam's g / (|g| + eps)
+    # turns float rounding noise into full steps and any two exact implementations drift apart
+    x, y = x[:-5], y[:-5]
     lrs, wds, epochs = [0.05, 0.01], [0.1, 0.0], 7
     w, b = _train_stack(x, y, 3, torch.tensor(lrs), torch.tensor(wds), epochs, 10_000, torch.Generator())
     for g, (lr, wd) in enumerate(zip(lrs, wds)):
