@@ -61,6 +61,7 @@ class DemoConfig:
     bandpass_images: int = 256
     window: int | None = None          # None: 33 on CPU, the full spectrum on CUDA
     radii: int | None = None           # None: 8 on CPU, 16 on CUDA
+    figures: bool = True               # False: the report's tables and text only (fast)
 
 
 @dataclass
@@ -265,13 +266,13 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
     report_dir = out / "report"
     inputs = [out / c / "summary.json" for c in CURRICULA] + [out / c / "metrics.csv" for c in CURRICULA] + \
              [evals / "results.csv", freq_dir / "summary.csv"]
-    fp = fingerprint(inputs, {"report": 1})
+    fp = fingerprint(inputs, {"report": 1, "figures": config.figures})
     holder: dict = {}
 
     def build_report():
         holder["report"] = compare([out / c for c in CURRICULA], report_dir, evals=[evals], frequency=[freq_dir],
                                    title=f"fdbench demo: FastDINOv2 (two-stage) vs DINOv2 (none), preset {preset}",
-                                   announce=announce)
+                                   figures=config.figures, announce=announce)
 
     if not run_step(log, "report", fp, [report_dir / "report.html", report_dir / "summary.json"], build_report,
                     announce, records):
