@@ -390,3 +390,25 @@ def test_cli(fixture_runs, tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: run not found")
+
+
+def test_a_checkpoint_file_compares_without_a_training_record(fixture_runs, tmp_path):
+    root, runs, _ = fixture_runs
+    official = tmp_path / "dinov2_vits14_pretrain.pth"
+    official.write_bytes(b"official weights")
+    folder = tmp_path / "evals-official"
+    write_evals(folder, {"none": runs["none"]})
+    results = pd.read_csv(folder / "results.csv")
+    extra = results.assign(checkpoint="dinov2_vits14_pretrain")
+    pd.concat([results, extra]).to_csv(folder / "results.csv", index=False)
+    data = json.loads((folder / "summary.json").read_text())
+    data["checkpoints"]["dinov2_vits14_pretrain"] = {"path": str(official)}
+    (folder / "summary.json").write_text(json.dumps(data))
+    rep = compare([runs["none"], official], tmp_path / "r7", evals=[folder], figures=False)
+    assert rep.runs == ["none", "dinov2_vits14_pretrain"]
+    rob = csv(rep, "robustness").set_index(["run", "protocol"])
+    assert rob.loc[("dinov2_vits14_pretrain", "linear"), "mCE_vs_ref_pct"] == pytest.approx(100.0)  # same numbers
+    cost = csv(rep, "cost").set_index("run")
+    assert cost.loc["dinov2_vits14_pretrain", "status"].startswith("missing")
+    kinds = csv(rep, "runs").set_index("run")["kind"]
+    assert kinds["dinov2_vits14_pretrain"] == "checkpoint" and kinds["none"] == "run"
