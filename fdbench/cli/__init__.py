@@ -46,7 +46,7 @@ class LazyGroup(click.Group):
         for name in self.list_commands(ctx):
             cmd = self.get_command(ctx, name)
             if cmd is not None and not cmd.hidden:
-                rows.append((name, cmd.get_short_help_str(limit=72)))
+                rows.append((name, cmd.get_short_help_str(limit=150)))
         if rows:
             with formatter.section("Commands"):
                 formatter.write_dl(rows)
