@@ -174,14 +174,18 @@ class PretrainConfig:
 
 
 def _cpu_tiny() -> PretrainConfig:
-    # Sized for a 2-core CPU: ~0.35 s per full-resolution step of 64 images. The schedules keep the
-    # DINOv2 shapes but shorter warm-ups, since the whole run is 4 epochs (~180 iterations).
+    # Sized for a 2-core CPU: ~1 s per full-resolution step of 64 images (2.4 GFLOPs per image),
+    # ~0.3 s at stage-1 resolution. The whole run is 4 epochs (184 iterations), so the recipe is
+    # adapted to a short run: 1 warm-up epoch, a faster teacher (momentum 0.95 -> 1; at 0.992 the
+    # teacher would still hold a quarter of its random initialisation at the end), a constant
+    # sharp teacher temperature 0.04 and a larger lr (0.004 at batch 64) - the settings that gave
+    # the best kNN accuracy in short trials on the embedded dataset.
     return PretrainConfig(
         preset="cpu-tiny",
         model=ModelConfig(arch="vit_nano", patch_size=8, drop_path_rate=0.0),
         head=HeadConfig(prototypes=4096, hidden_dim=512, bottleneck_dim=128, ibot_prototypes=4096),
-        loss=LossConfig(warmup_teacher_temp_epochs=1),
-        optim=OptimConfig(warmup_epochs=1, momentum_teacher=0.99),
+        loss=LossConfig(teacher_temp=0.04, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=1),
+        optim=OptimConfig(base_lr=0.016, warmup_epochs=1, momentum_teacher=0.95),
         crops=CropConfig(global_size=64, local_size=32, n_local=2),
         run=RunConfig(epochs=4, batch_size=64, log_every=5, knn_train_per_class=100),
     )
