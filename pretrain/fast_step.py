@@ -4,8 +4,8 @@
   by a custom autograd function that keeps only the (bf16) logits for backward and recomputes the
   softmax chunk by chunk, instead of holding fp32 copies and log-softmaxes of every
   ``[rows, 65536]`` matrix (the iBOT patch logits alone are thousands of such rows).
-- :class:`FastDINOLoss`, :class:`FastiBOTPatchLoss`: A's losses (same formulas, same centring
-  state) computed with it; no host-device synchronisation in their forward.
+- :class:`FastDINOLoss`, :class:`FastiBOTPatchLoss`: the losses of :mod:`pretrain.losses` (same
+  formulas, same centring state) with their per-row cross-entropy computed by it.
 - :func:`maybe_compile`: ``torch.compile`` a module in place (parameter names unchanged), static
   shapes, so a curriculum's stage switch costs one recompile and steps cost none.
 - :func:`make_adamw`: fused AdamW on CUDA, the multi-tensor (``foreach``) one elsewhere.
@@ -79,52 +79,21 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temp: float 
     return _SoftCrossEntropy.apply(logits, targets.detach(), float(temp), max(1, int(chunk_rows)))
 
 
-class FastDINOLoss(DINOLoss):
-    """:class:`pretrain.losses.DINOLoss` (same formula and normalisation), memory-light.
-
-    The loss is linear in the teacher target, so student crop ``s`` is compared once with the sum of
-    the teacher crops ``t != s``: for global crop ``s`` that is ``sum_t p_t - p_s``, for a local crop
-    ``sum_t p_t``; the sum is divided by ``B`` and by the pair count ``G(G-1) + LG``.
-    """
+class _ChunkedCrossEntropy:
+    """Mixin: the losses' per-row soft cross-entropy computed by :func:`soft_cross_entropy`."""
 
     chunk_rows = DEFAULT_CHUNK_ROWS
 
-    def forward(self, student_global_logits, student_local_logits, teacher_global_probs, *, n_global_crops: int = 2):
-        teacher = teacher_global_probs.detach().float()
-        rows, k = teacher.shape
-        if rows % n_global_crops:
-            raise ValueError(f"{rows} teacher rows are not {n_global_crops} global crops of equal batches")
-        b = rows // n_global_crops
-        per_crop = teacher.view(n_global_crops, b, k)
-        teacher_sum = per_crop.sum(dim=0)
-        targets = (teacher_sum.unsqueeze(0) - per_crop).reshape(rows, k)
-        total = soft_cross_entropy(student_global_logits, targets, self.student_temp, self.chunk_rows).sum()
-        n_terms = n_global_crops * (n_global_crops - 1)
-        if student_local_logits is not None and student_local_logits.numel():
-            if student_local_logits.shape[0] % b:
-                raise ValueError(f"{student_local_logits.shape[0]} local rows are not crops of {b} images")
-            total = total + soft_cross_entropy(student_local_logits, teacher_sum, self.student_temp,
-                                               self.chunk_rows).sum()
-            n_terms += (student_local_logits.shape[0] // b) * n_global_crops
-        if n_terms == 0:
-            raise ValueError("the DINO loss needs a student crop that differs from the teacher's")
-        return total / (b * n_terms)
+    def soft_cross_entropy(self, student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return soft_cross_entropy(student_logits, targets, self.student_temp, self.chunk_rows)
 
 
-class FastiBOTPatchLoss(iBOTPatchLoss):
-    """:class:`pretrain.losses.iBOTPatchLoss` (same per-image weighting), memory-light, no host sync:
-    ``(1/N) sum_i (1/max(1, n_i)) sum_{masked p of i} CE(p)``."""
+class FastDINOLoss(_ChunkedCrossEntropy, DINOLoss):
+    """:class:`pretrain.losses.DINOLoss` (same formula, normalisation and centre), memory-light."""
 
-    chunk_rows = DEFAULT_CHUNK_ROWS
 
-    def forward(self, student_patch_logits, teacher_patch_probs, masks):
-        masks = masks.reshape(masks.shape[0], -1).bool()
-        per_image = masks.sum(dim=1).clamp(min=1).float()
-        weights = (1.0 / per_image).unsqueeze(1).expand_as(masks)[masks]
-        if student_patch_logits.shape[0] == 0:
-            return student_patch_logits.float().sum() * 0.0
-        ce = soft_cross_entropy(student_patch_logits, teacher_patch_probs, self.student_temp, self.chunk_rows)
-        return (ce * weights).sum() / max(masks.shape[0], 1)
+class FastiBOTPatchLoss(_ChunkedCrossEntropy, iBOTPatchLoss):
+    """:class:`pretrain.losses.iBOTPatchLoss` (same per-image weighting and centre), memory-light."""
 
 
 def upgrade_loss(loss: nn.Module) -> nn.Module:

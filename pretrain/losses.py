@@ -86,6 +86,15 @@ class _TeacherCentring(nn.Module):
         # a buffer, so the centre travels with state_dict() into checkpoints and resumes exactly
         self.register_buffer("center", torch.zeros(1, self.out_dim))
 
+    def soft_cross_entropy(self, student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Per-row ``-sum_k p[k] log_softmax(z / T_s)[k]`` in fp32; row ``r`` of the student uses
+        target row ``r mod len(targets)``, so one teacher matrix serves several student crops.
+        Subclasses may compute it differently (e.g. chunked, ``pretrain.fast_step``)."""
+        n, period = student_logits.shape[0], targets.shape[0]
+        log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+        ce = -(log_p.view(n // period, period, -1) * targets.detach().float()).sum(dim=-1)
+        return ce.reshape(n)
+
     @torch.no_grad()
     def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         """``softmax((z_t - c) / T_t)`` in float32, over the last dimension."""
@@ -125,25 +134,22 @@ class DINOLoss(_TeacherCentring):
         if rows % n_global_crops:
             raise ValueError(f"{rows} teacher rows are not {n_global_crops} global crops of equal batches")
         b = rows // n_global_crops
-        teacher = teacher.view(n_global_crops, b, k)
+        per_crop = teacher.view(n_global_crops, b, k)
         # the loss is linear in the teacher target, so the sum over teacher crops t != s is
         # (sum over all t) - t_s: one product per student crop instead of one per pair
-        teacher_sum = teacher.sum(dim=0, keepdim=True)
-        s_global = F.log_softmax(student_global_logits.float() / self.student_temp, dim=-1)
-        s_global = s_global.view(n_global_crops, b, k)
-        total = -((teacher_sum - teacher) * s_global).sum() / b
+        teacher_sum = per_crop.sum(dim=0)
+        targets = (teacher_sum.unsqueeze(0) - per_crop).reshape(rows, k)
+        total = self.soft_cross_entropy(student_global_logits, targets).sum()
         n_terms = n_global_crops * (n_global_crops - 1)
         if student_local_logits is not None and student_local_logits.numel():
             if student_local_logits.shape[0] % b:
                 raise ValueError(f"{student_local_logits.shape[0]} local rows are not crops of {b} images")
-            n_local = student_local_logits.shape[0] // b
-            s_local = F.log_softmax(student_local_logits.float() / self.student_temp, dim=-1)
-            total = total - (teacher_sum * s_local.view(n_local, b, k)).sum() / b
-            n_terms += n_local * n_global_crops
+            total = total + self.soft_cross_entropy(student_local_logits, teacher_sum).sum()
+            n_terms += (student_local_logits.shape[0] // b) * n_global_crops
         if n_terms == 0:
             raise ValueError("the DINO loss needs a student crop that differs from the teacher's: "
                              "use 2 global crops or at least one local crop")
-        return total / n_terms
+        return total / (b * n_terms)
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float,
@@ -166,15 +172,15 @@ class iBOTPatchLoss(_TeacherCentring):  # noqa: N801 (the method's name)
     def forward(self, student_patch_logits: torch.Tensor, teacher_patch_probs: torch.Tensor,
                 masks: torch.Tensor) -> torch.Tensor:
         masks = masks.reshape(masks.shape[0], -1).bool()
-        n_masked = int(masks.sum())
-        if student_patch_logits.shape[0] != n_masked or teacher_patch_probs.shape[0] != n_masked:
-            raise ValueError(f"iBOT loss got {student_patch_logits.shape[0]} student and "
-                             f"{teacher_patch_probs.shape[0]} teacher rows for {n_masked} masked patches")
         per_image = masks.sum(dim=1).clamp(min=1).float()
         # weight of each masked token, in masks.flatten().nonzero() order
         weights = (1.0 / per_image).unsqueeze(1).expand_as(masks)[masks]
-        log_p = F.log_softmax(student_patch_logits.float() / self.student_temp, dim=-1)
-        ce = -(teacher_patch_probs.detach().float() * log_p).sum(dim=-1)
+        if not (student_patch_logits.shape[0] == teacher_patch_probs.shape[0] == weights.shape[0]):
+            raise ValueError(f"iBOT loss got {student_patch_logits.shape[0]} student and "
+                             f"{teacher_patch_probs.shape[0]} teacher rows for {weights.shape[0]} masked patches")
+        if weights.shape[0] == 0:
+            return student_patch_logits.float().sum() * 0.0  # keeps the graph; no masked patch anywhere
+        ce = self.soft_cross_entropy(student_patch_logits, teacher_patch_probs)
         return (ce * weights).sum() / max(masks.shape[0], 1)
 
     @torch.no_grad()
