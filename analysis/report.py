@@ -638,8 +638,19 @@ def headline_numbers(labels: list[str], cost: pd.DataFrame, robust: pd.DataFrame
     return out
 
 
-def findings(labels: list[str], reference: str | None, headline: dict) -> list[str]:
-    """Plain sentences: each run against the reference, in the paper's three directions."""
+def _chance_pct(freq: dict) -> float | None:
+    """Chance accuracy (%) from the class count the frequency analysis recorded, if any."""
+    classes = [f.summary.get("num_classes") for f in freq.values() if f.summary.get("num_classes")]
+    return 100.0 / max(classes) if classes else None
+
+
+def findings(labels: list[str], reference: str | None, headline: dict,
+             chance_pct: float | None = None) -> list[str]:
+    """Plain sentences: each run against the reference, in the paper's three directions.
+
+    With ``chance_pct`` known, a run whose clean linear accuracy is under twice chance gets a
+    warning: differences between barely trained models say little about the curriculum.
+    """
     if reference is None:
         return ["No reference run (none trained with --curriculum none; choose one with --reference): "
                 "no ratios or differences."]
@@ -670,6 +681,13 @@ def findings(labels: list[str], reference: str | None, headline: dict) -> list[s
                          f"{h['heatmap_centroid_frac']:.3f} of Nyquist, mean heat-map error "
                          f"{ref['heatmap_mean_error_pct']:.1f}% -> {h['heatmap_mean_error_pct']:.1f}%")
         out.append(f"**{run}** vs **{reference}**: " + ("; ".join(parts) if parts else "nothing to compare yet"))
+    if chance_pct:
+        weak = [f"{run} {headline[run]['linear_clean_top1_pct']:.1f}%" for run in labels
+                if headline[run]["linear_clean_top1_pct"] < 2 * chance_pct]
+        if weak:
+            out.append(f"**Caution**: clean linear accuracy under twice chance ({chance_pct:.1f}%): "
+                       f"{', '.join(weak)}. These models are barely trained, so the differences above "
+                       "say little about the curriculum; train longer before drawing conclusions.")
     return out
 
 
@@ -890,7 +908,7 @@ def compare(runs: Sequence[str | Path], out: str | Path = "reports/compare", *, 
     t.update(extra_tables)
     report.missing = t["missing"]
     report.headline = headline_numbers(labels, t["cost"], t["robustness"], t["frequency"])
-    report.findings = findings(labels, ref, report.headline)
+    report.findings = findings(labels, ref, report.headline, _chance_pct(freq))
     t["headline"] = headline_frame(report.headline)
 
     for name, df in t.items():
@@ -988,8 +1006,7 @@ def _draw(folder: Path, t: dict[str, pd.DataFrame], labels: list[str], freq: dic
         bp = extras["frequency_bandpass"].rename(columns={"run": "checkpoint"})
         from analysis.frequency import crossing_radius
 
-        classes = [freq[l].summary.get("num_classes") for l in freq if freq[l].summary.get("num_classes")]
-        chance = 100.0 / max(classes) if classes else None
+        chance = _chance_pct(freq)
         crossings = {l: crossing_radius(bp[bp["checkpoint"] == l]) for l in dict.fromkeys(bp["checkpoint"])}
         emit("frequency_bandpass", plots.bandpass_figure(bp, chance_pct=chance, crossings=crossings))
     if "robustness_vs_frequency" in extras:

@@ -412,3 +412,19 @@ def test_a_checkpoint_file_compares_without_a_training_record(fixture_runs, tmp_
     assert cost.loc["dinov2_vits14_pretrain", "status"].startswith("missing")
     kinds = csv(rep, "runs").set_index("run")["kind"]
     assert kinds["dinov2_vits14_pretrain"] == "checkpoint" and kinds["none"] == "run"
+
+
+def test_findings_warn_when_models_are_near_chance():
+    from analysis.report import findings
+
+    base = {"flops_ratio_vs_ref": 1.0, "speedup_vs_ref": 1.0, "heatmap_centroid_frac": float("nan"),
+            "heatmap_mean_error_pct": float("nan")}
+    for p in ("linear", "knn"):
+        base.update({f"{p}_clean_top1_pct": 12.0, f"{p}_noise_top1_pct": 11.0, f"{p}_blur_top1_pct": 11.0,
+                     f"{p}_mCE_vs_ref_pct": 100.0})
+    strong = {**base, "flops_ratio_vs_ref": 2.0, "speedup_vs_ref": 1.5, "linear_clean_top1_pct": 60.0}
+    lines = findings(["none", "two-stage"], "none", {"none": base, "two-stage": strong}, chance_pct=10.0)
+    assert len(lines) == 2 and "Caution" in lines[1] and "none 12.0%" in lines[1] and "two-stage" not in lines[1]
+    ok = findings(["none", "two-stage"], "none", {"none": {**base, "linear_clean_top1_pct": 50.0},
+                                                  "two-stage": strong}, chance_pct=10.0)
+    assert len(ok) == 1 and "Caution" not in ok[0]
