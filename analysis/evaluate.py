@@ -456,8 +456,9 @@ def summary_table(summary, aggregates: dict, normalised: bool):
             if agg["extra"]:
                 acc["extra (mean)"] = agg["extra"]["top1"]
                 err["extra (mean)"] = agg["extra"]["ce"] if normalised else agg["extra"]["error"]
-            data[acc_col] = [100 * acc.get(r, math.nan) for r in row_names]
-            data[err_col] = [100 * err.get(r, math.nan) for r in row_names]
+            # percentages to 3 decimals: the CSV reads like the printed table, without float noise
+            data[acc_col] = [round(100 * acc.get(r, math.nan), 3) for r in row_names]
+            data[err_col] = [round(100 * err.get(r, math.nan), 3) for r in row_names]
     table = pd.DataFrame({"row": row_names, **{c: data[c] for c in columns}})
     # drop rows with nothing in them (groups not evaluated, mCE rows without normalisation)
     return table[table[columns].notna().any(axis=1)].reset_index(drop=True) if columns else table
