@@ -118,6 +118,7 @@ class DataConfig:
     root: str | None = None               # None: the embedded synthetic dataset
     class_list: str | None = None
     workers: int | None = None            # None: min(8, cores - 1) DataLoader workers
+    pipeline: str = "auto"                # cpu (workers augment), gpu (workers decode, device augments); auto: gpu on CUDA
 
 
 @dataclass
@@ -140,6 +141,7 @@ class RunConfig:
     knn_val_per_class: int | None = None  # None: the whole val split
     stop_after_steps: int = 0             # testing aid: stop (as if killed) after N iterations of this process
     threads: int | None = None            # CPU intra-op threads (None: torch's default, one per core)
+    compile: bool | None = None           # torch.compile the backbones (None: on CUDA only)
 
 
 @dataclass
@@ -262,6 +264,8 @@ def validate(cfg: PretrainConfig) -> None:
          f"global crop size {cfg.crops.global_size} is smaller than the patch size {cfg.model.patch_size}"),
         (cfg.data.workers is None or cfg.data.workers >= 0, f"--workers must be >= 0 (got {cfg.data.workers})"),
         (cfg.run.threads is None or cfg.run.threads >= 1, f"--threads must be >= 1 (got {cfg.run.threads})"),
+        (cfg.data.pipeline in ("auto", "cpu", "gpu"),
+         f"unknown --data-pipeline {cfg.data.pipeline!r}: use auto, cpu or gpu"),
         (0.0 <= cfg.loss.mask_ratio_min <= cfg.loss.mask_ratio_max <= 1.0,
          "mask ratios must satisfy 0 <= min <= max <= 1"),
     ]
@@ -289,6 +293,7 @@ OPTION_FIELDS = {
     "log_every": ("run", "log_every"), "save_every_steps": ("run", "save_every_steps"),
     "save_every_minutes": ("run", "save_every_minutes"), "keep_every_epochs": ("run", "keep_every_epochs"),
     "stop_after_steps": ("run", "stop_after_steps"), "threads": ("run", "threads"),
+    "data_pipeline": ("data", "pipeline"), "compile": ("run", "compile"),
 }
 
 

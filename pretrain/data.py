@@ -7,7 +7,11 @@ with DataLoader workers. So nothing here depends on hidden RNG state:
   the epoch keeps ``iters_per_epoch * global_batch`` images (drop-last) and rank ``r`` of ``W``
   takes every ``W``-th image of each global batch, so the global batch is the same for any ``W``;
 - image ``i`` of epoch ``e`` is augmented under RNGs seeded with ``hash(seed, e, i)``;
-- the iBOT masks of step ``t`` come from a generator seeded with ``hash(seed, e, t, rank)``.
+- the iBOT masks of step ``t`` come from a generator seeded with ``hash(seed, e, t, rank)``;
+- with the on-device pipeline (``--data-pipeline gpu``) workers only decode
+  (:class:`DecodedDataset`), and the crops of step ``t`` are drawn on the device from a generator
+  seeded with ``hash(mask seed of t)`` (:class:`DecodeBatchCollate` puts that seed in the batch):
+  per batch rather than per image, but just as fixed by the step.
 
 A loader is built per epoch, starting at any step of it (``start_step``), which is all resuming needs.
 """
@@ -121,11 +125,52 @@ class MultiCropCollate:
                                  mask_ratio_range=self.mask_ratio_range, generator=generator)
 
 
+class DecodedDataset(Dataset):
+    """The on-device pipeline's counterpart of :class:`AugmentedDataset`: item ``(index, sample_seed,
+    mask_seed)`` -> ``(uint8 [3,h,w], label, mask_seed)``. Decoding draws nothing at random, so the
+    sample seed is not needed; the crops are drawn later, on the device, for the whole batch."""
+
+    def __init__(self, decoded: Dataset):
+        self.decoded = decoded          # a pretrain.decode.DecodeDataset
+
+    def __len__(self) -> int:
+        return len(self.decoded)
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        index, _, mask_seed = key
+        image, label = self.decoded[index]
+        return image, label, mask_seed
+
+
+class DecodeBatchCollate:
+    """Pads decoded samples into one uint8 batch (``pretrain.decode.DecodeCollate``) and adds what
+    the on-device augmentation needs to be reproducible: the iBOT masks of the batch, drawn here in
+    the workers from the batch's mask seed exactly as :class:`MultiCropCollate` draws them, and
+    ``aug_seed``, the seed of the device generator that draws the crops."""
+
+    def __init__(self, mask_grid: int, mask_probability: float, mask_ratio_range: tuple[float, float]):
+        self.mask_grid = mask_grid
+        self.mask_probability = mask_probability
+        self.mask_ratio_range = tuple(mask_ratio_range)
+
+    def __call__(self, samples: list[tuple[torch.Tensor, int, int]]) -> dict:
+        from pretrain.decode import DecodeCollate
+        from pretrain.masking import make_masks
+
+        batch = DecodeCollate(mask_grid=None)([(image, label) for image, label, _ in samples])
+        mask_seed = samples[0][2]
+        generator = torch.Generator().manual_seed(mask_seed)
+        batch["masks"] = make_masks(2 * len(samples), (self.mask_grid, self.mask_grid), self.mask_probability,
+                                    self.mask_ratio_range, generator)
+        batch["aug_seed"] = derive_seed(mask_seed, 0xA06)
+        return batch
+
+
 def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def make_loader(dataset: AugmentedDataset, collate: MultiCropCollate, global_batch: int, *, seed: int,
+def make_loader(dataset: AugmentedDataset | DecodedDataset, collate: Callable, global_batch: int, *, seed: int,
                 epoch: int, start_step: int, rank: int, world_size: int, workers: int,
                 pin_memory: bool = False) -> DataLoader:
     """The DataLoader of one epoch from ``start_step`` on (see the module docstring)."""

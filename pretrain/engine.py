@@ -15,10 +15,17 @@ order, the crops and masks (seeded per sample and per batch), the schedules, the
 centring statistics and the RNG states all resume where they stopped, so the weights match an
 uninterrupted run exactly (on CPU). Under ``torchrun`` every rank runs this same function; rank 0
 writes the files.
+
+Speed: the crops come from ``--data-pipeline`` (``pretrain.pipeline``: ``gpu`` = workers only decode
+and the device augments the batch, the default on CUDA; ``cpu`` = workers augment), the DINO/iBOT
+cross-entropies are the memory-light chunked ones and, with ``--compile`` (default on CUDA), the
+backbones are compiled in place (``pretrain.fast_step``). The step reads nothing back to the host:
+losses stay on the device and are read on logging steps only (``train_step``, ``NonFiniteWatch``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -40,19 +47,22 @@ from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json, progress
 from pretrain import costs as costs_mod
 from pretrain.config import PretrainConfig, validate
-from pretrain.data import AugmentedDataset, MultiCropCollate, default_workers, make_loader
+from pretrain.data import AugmentedDataset, MultiCropCollate, default_workers
+from pretrain.fast_step import accelerate_meta_arch
 from pretrain.meta_arch import MetaArch
+from pretrain.pipeline import StageFeed, make_augment, resolve_pipeline
 from pretrain.schedules import apply_schedules
 
 # Keys a re-run may change without breaking "continue exactly where it stopped".
 VOLATILE_KEYS = {"run.device", "run.out", "run.log_every", "run.save_every_minutes", "run.save_every_steps",
                  "run.keep_every_epochs", "run.eval_every", "run.stop_after_steps", "data.workers",
                  "run.knn_k", "run.knn_temperature", "run.knn_train_per_class", "run.knn_val_per_class",
-                 "run.threads"}
+                 "run.threads", "run.compile"}   # compiling changes the speed, not the maths
 METRIC_COLUMNS = ["row", "epoch", "step", "stage", "stage_name", "global_size", "local_size", "n_local",
                   "loss", "dino", "koleo", "ibot", "lr", "wd", "momentum", "teacher_temp", "grad_norm",
                   "img_per_s", "step_time_s", "peak_memory_mb", "gflops_per_image", "knn_top1", "knn_top5",
                   "elapsed_s", "run_time_s"]
+LOSS_TERMS = ("loss", "dino", "koleo", "ibot")   # MetaArch.forward_backward's keys, in this order
 
 
 @dataclass
@@ -176,14 +186,8 @@ def none_stage(cfg: PretrainConfig) -> StagePlan:
                      cfg.crops.n_local, tuple(cfg.crops.global_scale), tuple(cfg.crops.local_scale), False, 0.0)
 
 
-def make_augment(cfg: PretrainConfig, stage: StagePlan):
-    from pretrain.augment import GaussianNoisePatch, MultiCropAugmentation
-
-    noise = GaussianNoisePatch(max_sigma=stage.noise_max_sigma) if stage.noise_patching else None
-    return MultiCropAugmentation(global_size=stage.global_size, local_size=stage.local_size or 1,
-                                 n_local=stage.n_local, global_scale=stage.global_scale,
-                                 local_scale=stage.local_scale, inverted_blur=cfg.crops.inverted_blur,
-                                 noise_patch=noise)
+def stage_at(stages: list[StagePlan], epoch: int) -> StagePlan:
+    return next(p for p in stages if p.start_epoch <= epoch < p.end_epoch)
 
 
 # ---- schedules --------------------------------------------------------------------------------
@@ -240,6 +244,65 @@ def build_optimizer(meta: MetaArch, cfg: PretrainConfig) -> torch.optim.Optimize
     return torch.optim.AdamW(groups, lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=fused)
 
 
+def resolve_compile(flag: bool | None, device: torch.device) -> bool:
+    """``--compile`` default: on CUDA only (on a CPU compiling costs more than the short runs gain)."""
+    return device.type == "cuda" if flag is None else bool(flag)
+
+
+# ---- one iteration -----------------------------------------------------------------------------
+
+def train_step(meta: MetaArch, optimizer: torch.optim.Optimizer, batch: dict, *, lr: float, wd: float,
+               freeze_last_layer: bool, teacher_temp: float, momentum: float,
+               clip_grad: float) -> dict[str, torch.Tensor]:
+    """One DINOv2 iteration at the given schedule values: forward/backward, last-layer freeze,
+    per-part gradient clipping, AdamW, EMA of the teacher. ``fdbench bench-train`` times this too.
+
+    Returns the loss terms (:data:`LOSS_TERMS`) and the backbone's gradient norm as device tensors:
+    nothing is read back to the host, so on a GPU the host queues the next step while this one runs.
+    """
+    apply_schedules(optimizer, lr, wd, freeze_last_layer)
+    optimizer.zero_grad(set_to_none=True)
+    losses = meta.forward_backward(batch, teacher_temp)
+    if freeze_last_layer:
+        meta.cancel_last_layer_gradients()
+    grad_norm = meta.clip_gradients(clip_grad)
+    optimizer.step()
+    meta.update_teacher(momentum)
+    return {**losses, "grad_norm": grad_norm}
+
+
+class NonFiniteWatch:
+    """The first step whose loss terms were not all finite, and those terms, kept on the device.
+
+    Testing every loss on the host would make the host wait for the device at every step; a flag
+    updated on the device costs two tiny kernels and is read where it matters (logging steps, before
+    any checkpoint, when stopping), yet still names the exact step. Steps count from 1; 0 = none.
+    """
+
+    def __init__(self, device: torch.device):
+        self.first = torch.zeros((), dtype=torch.long, device=device)
+        self.values: torch.Tensor | None = None
+
+    def add(self, step: int, values: torch.Tensor) -> None:
+        bad = (~torch.isfinite(values)).any() & (self.first == 0)
+        self.first = torch.where(bad, step, self.first)
+        self.values = values if self.values is None else torch.where(bad, values, self.values)
+
+    def first_bad(self) -> tuple[int, list[float]] | None:
+        """``(step, values)`` of the first non-finite step, or None (reads back from the device)."""
+        step = int(self.first)
+        return None if step == 0 else (step, self.values.tolist())
+
+
+def _any_rank(flag: bool, d: Dist) -> bool:
+    """``flag`` or'ed over the ranks (a collective and a host sync: call on the same steps everywhere)."""
+    if d.world_size == 1:
+        return flag
+    agreed = torch.tensor([float(flag)], device=d.device)
+    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
+    return bool(agreed.item())
+
+
 # ---- RNG state as checkpoint-safe values -------------------------------------------------------
 
 def rng_state() -> dict:
@@ -289,8 +352,11 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def check_same_run(saved: dict, cfg: PretrainConfig, out: Path) -> None:
-    """A resumed run must be the same recipe; only logging/IO options may change."""
-    now, before = _flat(cfg.to_dict()), _flat(saved)
+    """A resumed run must be the same recipe; only logging/IO options may change.
+
+    Options the saved config predates read as their defaults (a run started before an option
+    existed still resumes)."""
+    now, before = _flat(cfg.to_dict()), _flat(PretrainConfig.from_dict(saved).to_dict())
     diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
              if k not in VOLATILE_KEYS and before.get(k) != now.get(k)]
     if diffs:
@@ -386,13 +452,16 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
     sched = build_schedules(cfg, stages, ipe)
     full_size = stages[-1].global_size
     workers = cfg.data.workers if cfg.data.workers is not None else default_workers()
-    collate = MultiCropCollate(cfg.model.patch_size, cfg.loss.mask_probability,
-                               (cfg.loss.mask_ratio_min, cfg.loss.mask_ratio_max))
+    pipeline = resolve_pipeline(cfg.data.pipeline, d.device)
 
-    # 2. model and optimiser (same seed on every rank: identical initial weights)
+    # 2. model and optimiser (same seed on every rank: identical initial weights); the fast step's
+    # chunked cross-entropies always (same maths, less memory), compiled backbones if asked
     seed_everything(cfg.run.seed)
     meta = MetaArch(cfg, d.device)
+    compiled = resolve_compile(cfg.run.compile, d.device)
+    accelerate_meta_arch(meta, compile=compiled)
     optimizer = build_optimizer(meta, cfg)
+    log(f"data pipeline {pipeline}, torch.compile {'on' if compiled else 'off'}, device {d.device}")
     if d.world_size > 1:
         torch.manual_seed(cfg.run.seed * 1000 + d.rank)   # ranks draw different drop-path masks from here on
 
@@ -417,6 +486,10 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
         none_flops = state["none_flops_per_image"]
         resumed_from = step
         log(f"resuming {out} at step {step}/{total_iters} (epoch {step // ipe})")
+        before = state["data_position"].get("pipeline", "cpu")
+        if before != pipeline:   # `auto` on another kind of device: same distributions, other draws
+            log(f"note: this run's crops so far came from the {before} pipeline, from here on from the "
+                f"{pipeline} one (--data-pipeline {before} keeps them exactly reproducible)")
     elif resume:
         raise FdbenchError(f"nothing to resume: {paths['last']} does not exist")
     elif d.main:
@@ -474,7 +547,7 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
             "epoch": step // ipe,
             "step": step,
             "data_position": {"epoch": step // ipe, "step_in_epoch": step % ipe, "iters_per_epoch": ipe,
-                              "global_batch": cfg.run.batch_size, "seed": cfg.run.seed},
+                              "global_batch": cfg.run.batch_size, "seed": cfg.run.seed, "pipeline": pipeline},
             "schedule": {"iteration": step, "total_iterations": total_iters},
             "costs": [c.to_dict() for c in stage_costs],
             "none_flops_per_image": none_flops,
@@ -488,6 +561,7 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
         return state
 
     def save(final: bool = False) -> None:
+        stop_if_non_finite()           # never overwrite the last good checkpoint with a diverged model
         rngs = _gather_rng(d)          # collective: every rank calls save()
         if not d.main:
             return
@@ -512,7 +586,7 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
             # wall_clock_s: the training steps (data loading included); run_time_s: everything,
             # set-up, FLOPs counting, kNN evaluations and checkpoints too
             "wall_clock_s": elapsed, "run_time_s": run_time(), "cpu_time_s": cpu_time(),
-            "threads": torch.get_num_threads(), "workers": workers,
+            "threads": torch.get_num_threads(), "workers": workers, "pipeline": pipeline, "compile": compiled,
             "stages": [{**dataclasses.asdict(p), "iterations": n, **c.to_dict()}
                        for p, n, c in zip(stages, stage_iters, stage_costs)],
             "flops": flops,
@@ -524,7 +598,9 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
     def evaluate(epoch: int) -> None:
         if d.main:
             t0 = time.perf_counter()
-            result = monitor.evaluate(meta.teacher.backbone)
+            # eager: the monitor's batch shapes would each cost the compiled backbone a recompile
+            with torch.compiler.set_stance("force_eager") if compiled else contextlib.nullcontext():
+                result = monitor.evaluate(meta.teacher.backbone)
             knn_curve.append({"epoch": epoch, "step": step, "top1": result.top1, "top5": result.top5})
             metrics.append({"row": "knn", "epoch": epoch, "step": step, "knn_top1": result.top1,
                             "knn_top5": result.top5, "elapsed_s": round(elapsed, 3),
@@ -533,6 +609,24 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
                 f"{result.n_val} val images, {time.perf_counter() - t0:.1f} s)")
         if d.world_size > 1:
             dist.barrier()
+
+    watch = NonFiniteWatch(d.device)
+
+    def stop_if_non_finite() -> None:
+        """Raise if a step since the start had a non-finite loss (every rank sees the same values)."""
+        found = watch.first_bad()
+        if found is None:
+            return
+        bad_step, values = found
+        if d.main:
+            _write_metrics(paths["metrics"], metrics)
+        bad_epoch = (bad_step - 1) // ipe
+        terms = ", ".join(f"{k}={v}" for k, v in zip(LOSS_TERMS, values))
+        raise FdbenchError(
+            f"non-finite loss at step {bad_step} of {total_iters} (epoch {bad_epoch}, stage "
+            f"'{stage_at(stages, bad_epoch).name}'): {terms}; the last good checkpoint is kept at "
+            f"{paths['last'] if paths['last'].exists() else '(none yet)'}; "
+            f"try a lower learning rate or --seed, then re-run to continue from it")
 
     # 5. train. RNG states are restored last, so that nothing above can consume random numbers
     # in a resumed run that an uninterrupted run consumed at another time
@@ -543,9 +637,11 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
     window = costs_mod.StepTimer()
     last_save, last_flush = time.perf_counter(), time.perf_counter()
     steps_this_process = 0
+    feed: StageFeed | None = None
+    logged: dict[str, float] = {}      # the loss terms and grad norm of the last logging step
     while step < total_iters:
         epoch, start_in_epoch = divmod(step, ipe)
-        plan = next(p for p in stages if p.start_epoch <= epoch < p.end_epoch)
+        plan = stage_at(stages, epoch)
         cost = stage_costs[plan.index]
         if epoch == plan.start_epoch and start_in_epoch == 0:
             log(f"stage {plan.index + 1}/{len(stages)} '{plan.name}': epochs {plan.start_epoch}-"
@@ -553,32 +649,21 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
                 f"noise patching {'on' if plan.noise_patching else 'off'}")
             if cfg.optim.stage_restart and plan.index > 0:
                 optimizer.state.clear()   # the paper's restart: fresh AdamW moments at the switch
+        if feed is None or feed.stage is not plan:
+            # a new stage: new crop sizes and noise patching (and, gpu pipeline, a new decode size)
+            feed = StageFeed(cfg, plan, train_set, pipeline=pipeline, device=d.device, workers=workers,
+                             rank=d.rank, world_size=d.world_size)
         costs_mod.reset_peak_memory(d.device)
-        loader = make_loader(AugmentedDataset(train_set, make_augment(cfg, plan)), collate, cfg.run.batch_size,
-                             seed=cfg.run.seed, epoch=epoch, start_step=start_in_epoch, rank=d.rank,
-                             world_size=d.world_size, workers=workers, pin_memory=d.device.type == "cuda")
         tick = epoch_start = time.perf_counter()
-        for batch in loader:
+        for batch in feed.batches(epoch, start_in_epoch):
             it = step
-            freeze = bool(sched.freeze_last_layer[it])
-            apply_schedules(optimizer, float(sched.lr[it]), float(sched.wd[it]), freeze)
-            optimizer.zero_grad(set_to_none=True)
-            losses = meta.forward_backward(batch, float(sched.teacher_temp[it]))
-            values = _all_mean(torch.stack(list(losses.values())).float(), d).tolist()
-            losses = dict(zip(losses.keys(), values))
-            if not all(math.isfinite(v) for v in values):
-                if d.main:
-                    _write_metrics(paths["metrics"], metrics)
-                bad = ", ".join(f"{k}={v}" for k, v in losses.items())
-                raise FdbenchError(
-                    f"non-finite loss at step {it + 1} of {total_iters} (epoch {epoch}, stage '{plan.name}'): {bad}; the last good "
-                    f"checkpoint is kept at {paths['last'] if paths['last'].exists() else '(none yet)'}; "
-                    f"try a lower learning rate or --seed, then re-run to continue from it")
-            if freeze:
-                meta.cancel_last_layer_gradients()
-            grad_norm = float(meta.clip_gradients(cfg.optim.clip_grad))
-            optimizer.step()
-            meta.update_teacher(float(sched.momentum[it]))
+            out_step = train_step(meta, optimizer, batch, lr=float(sched.lr[it]), wd=float(sched.wd[it]),
+                                  freeze_last_layer=bool(sched.freeze_last_layer[it]),
+                                  teacher_temp=float(sched.teacher_temp[it]), momentum=float(sched.momentum[it]),
+                                  clip_grad=cfg.optim.clip_grad)
+            # still on the device: averaged over the ranks, watched for non-finite losses
+            values = _all_mean(torch.stack([out_step[k].float() for k in (*LOSS_TERMS, "grad_norm")]), d)
+            watch.add(it + 1, values[:len(LOSS_TERMS)])
             step += 1
             steps_this_process += 1
 
@@ -592,45 +677,50 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
             cost.peak_memory_bytes = max(cost.peak_memory_bytes, costs_mod.memory_now(d.device))
             window.add(cfg.run.batch_size)
             bar.update(1)
-            if d.main and (step % cfg.run.log_every == 0 or step % ipe == 0):
+            log_step = step % cfg.run.log_every == 0 or step % ipe == 0
+            if log_step:
+                logged = dict(zip((*LOSS_TERMS, "grad_norm"), values.tolist()))   # the only read-back
+                stop_if_non_finite()
+            if d.main and log_step:
                 img_s, step_s = window.rate()
                 metrics.append({
                     "row": "train", "epoch": epoch, "step": step, "stage": plan.index, "stage_name": plan.name,
                     "global_size": plan.global_size, "local_size": plan.local_size, "n_local": plan.n_local,
-                    **{k: round(v, 6) for k, v in losses.items()},
+                    **{k: round(logged[k], 6) for k in LOSS_TERMS},
                     "lr": float(sched.lr[it]), "wd": float(sched.wd[it]), "momentum": float(sched.momentum[it]),
-                    "teacher_temp": float(sched.teacher_temp[it]), "grad_norm": round(grad_norm, 5),
+                    "teacher_temp": float(sched.teacher_temp[it]), "grad_norm": round(logged["grad_norm"], 5),
                     "img_per_s": round(img_s, 2), "step_time_s": round(step_s, 5),
                     "peak_memory_mb": round(cost.peak_memory_bytes / 2**20, 1),
                     "gflops_per_image": _g(cost.flops_per_image), "elapsed_s": round(elapsed, 3),
                     "run_time_s": round(run_time(), 3)})
-                bar.set_postfix_str(f"ep {epoch} {plan.name} loss {losses['loss']:.3f} {img_s:.0f} img/s")
+                bar.set_postfix_str(f"ep {epoch} {plan.name} loss {logged['loss']:.3f} {img_s:.0f} img/s")
                 if now - last_flush > 30:
                     _write_metrics(paths["metrics"], metrics)
                     last_flush = now
 
-            # periodic checkpoints inside the epoch (the epoch end saves after its evaluation)
-            due = (cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0) or \
-                  (now - last_save > 60 * cfg.run.save_every_minutes)
-            if d.world_size > 1:   # every rank must agree, since saving gathers RNG states
-                flag = torch.tensor([float(bool(due))], device=d.device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                due = bool(flag.item())
+            # periodic checkpoints inside the epoch (the epoch end saves after its evaluation). The
+            # step rule is the same on every rank; the clock rule needs the ranks to agree, which
+            # costs a sync, so under DDP it is only looked at on logging steps
+            due = bool(cfg.run.save_every_steps) and step % cfg.run.save_every_steps == 0
+            if d.world_size == 1 or log_step:
+                due = due or _any_rank(now - last_save > 60 * cfg.run.save_every_minutes, d)
             if due and step % ipe != 0:
                 save()
                 last_save = time.perf_counter()
             if cfg.run.stop_after_steps and steps_this_process >= cfg.run.stop_after_steps:
+                stop_if_non_finite()
                 bar.close()
                 log(f"stopped after {steps_this_process} steps at step {step} (stop_after_steps)")
                 return RunResult(out, None, paths["metrics"], paths["summary"], paths["config"],
                                  summary_dict(False), False, resumed_from)
 
-        # end of epoch: a status line, the kNN monitor, then a checkpoint that includes its result
+        # end of epoch (always a logging step): a status line, the kNN monitor, then a checkpoint
+        # that includes its result
         epoch_done = step // ipe
         epoch_s = time.perf_counter() - epoch_start
         log(f"epoch {epoch + 1}/{cfg.run.epochs} ({plan.name}, {plan.global_size}/{plan.local_size} px): "
-            f"loss {losses['loss']:.3f} (dino {losses['dino']:.3f}, ibot {losses['ibot']:.3f}, "
-            f"koleo {losses['koleo']:.3f}), {(ipe - start_in_epoch) * cfg.run.batch_size / epoch_s:.0f} img/s, "
+            f"loss {logged['loss']:.3f} (dino {logged['dino']:.3f}, ibot {logged['ibot']:.3f}, "
+            f"koleo {logged['koleo']:.3f}), {(ipe - start_in_epoch) * cfg.run.batch_size / epoch_s:.0f} img/s, "
             f"{epoch_s:.1f} s")
         if step == total_iters or (cfg.run.eval_every and epoch_done % cfg.run.eval_every == 0):
             evaluate(epoch_done - 1)
