@@ -397,3 +397,92 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_datas
         train(tiny_cfg(tiny_dataset, out))
     assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
     assert not (out / "final.pt").exists()
+
+    # losses are only read back on logging steps (no host sync per step): a bad step between them
+    # is caught at the next one (here the epoch end, step 8), still named exactly, and the
+    # checkpoint that step would have written is not written
+    calls.clear()
+    with pytest.raises(FdbenchError, match=r"non-finite loss at step 6 of 16 \(epoch 1, stage 'low-res'\).*dino=nan"):
+        train(tiny_cfg(tiny_dataset, out, log_every=100))
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
+
+
+# ---- the on-device (gpu) pipeline and the fast step, on CPU tensors --------------------------------
+
+def test_gpu_feed_follows_each_stage_and_is_fixed_by_the_step(tiny_dataset, tmp_path):
+    from fdbench.data import open_dataset
+    from pretrain.decode import needed_side
+    from pretrain.engine import plan_stages, resolve_curriculum
+    from pretrain.pipeline import StageFeed
+
+    cfg = tiny_cfg(tiny_dataset, tmp_path, data_pipeline="gpu")
+    train_set = open_dataset(tiny_dataset, "train")
+    low, full = plan_stages(cfg, resolve_curriculum(cfg))
+    feeds = [StageFeed(cfg, p, train_set, pipeline="gpu", device="cpu", workers=0) for p in (low, full)]
+    for feed, plan in zip(feeds, (low, full)):
+        aug = feed.augment
+        assert (aug.global_size, aug.local_size, aug.n_local) == (plan.global_size, plan.local_size, plan.n_local)
+        assert aug.noise_patching == plan.noise_patching and aug.noise_max_sigma == plan.noise_max_sigma
+        assert feed.decode_side == needed_side(plan.global_size, plan.local_size, plan.global_scale[0],
+                                               plan.local_scale[0], plan.n_local)
+    assert [f.augment.noise_patching for f in feeds] == [False, True]
+
+    feed, b = feeds[1], cfg.run.batch_size
+    first, second = list(feed.batches(epoch=3))[:2]
+    assert first["global"].shape == (2 * b, 3, 32, 32) and first["local"].shape == (2 * b, 3, 16, 16)
+    assert first["masks"].shape == (2 * b, 16) and first["masks"].any() and first["labels"].shape == (b,)
+    # a loader started at step 1 (a resumed run) gives the very same crops and masks as step 1 of
+    # a full epoch, and the global RNG plays no part
+    torch.manual_seed(123)
+    again = next(iter(feed.batches(epoch=3, start_step=1)))
+    for key in ("global", "local", "masks", "labels"):
+        assert torch.equal(again[key], second[key]), key
+    assert not torch.equal(first["global"], second["global"])
+
+
+def test_gpu_pipeline_resumed_run_equals_uninterrupted_across_the_stage_switch(tiny_dataset, tmp_path):
+    """The same guarantee as the cpu pipeline's: kill anywhere, re-run, identical weights."""
+    from pretrain.engine import train
+
+    # batch 40: 2 iterations per epoch, stage 1 = steps 1-6 at 16/8 px, stage 2 = steps 7-8 at 32/16 px
+    def cfg(out, **kw):
+        return tiny_cfg(tiny_dataset, out, data_pipeline="gpu", batch_size=40, drop_path_rate=0.1, eval_every=0, **kw)
+
+    reference = train(cfg(tmp_path / "reference"))
+    assert reference.summary["pipeline"] == "gpu" and reference.summary["compile"] is False
+    out = tmp_path / "resumed"
+    train(cfg(out, save_every_steps=1, stop_after_steps=3))                   # mid epoch 1
+    second = train(cfg(out, save_every_steps=1, stop_after_steps=4))          # to step 7: past the switch
+    assert second.resumed_from == 3 and read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 7
+    done = train(cfg(out))
+    assert done.finished and done.resumed_from == 7
+    _assert_same_state(read_checkpoint(reference.final), read_checkpoint(done.final))
+    assert read_checkpoint(done.final)["data_position"]["pipeline"] == "gpu"
+
+
+def test_compiled_backbones_leave_checkpoint_keys_unchanged(tiny_dataset, tmp_path, monkeypatch):
+    """torch.compile (here its 'eager' backend: no C++ toolchain, seconds not minutes) must not leak
+    wrapper prefixes such as `_orig_mod.` into checkpoints: the same keys and loadable either way."""
+    from pretrain import fast_step
+    from pretrain.engine import train
+
+    original = fast_step.maybe_compile
+    compiled_modules = []
+
+    def eager_backend(module, enabled=True, **kwargs):
+        compiled_modules.append(module)
+        return original(module, enabled, backend="eager", **kwargs)
+
+    monkeypatch.setattr(fast_step, "maybe_compile", eager_backend)
+    runs = {flag: train(tiny_cfg(tiny_dataset, tmp_path / str(flag), curriculum="none", data_pipeline="gpu",
+                                 compile=flag, epochs=1, eval_every=0))
+            for flag in (False, True)}
+    assert len(compiled_modules) == 2                                     # student and teacher backbones
+    assert runs[True].summary["compile"] is True and runs[False].summary["compile"] is False
+    plain, compiled = (read_checkpoint(runs[f].final) for f in (False, True))
+    for key in ("student", "teacher", "teacher_backbone"):
+        assert list(compiled[key]) == list(plain[key]), key
+        assert not any("_orig_mod" in name for name in compiled[key]), key
+        for name in plain[key]:   # the eager backend runs the same kernels
+            torch.testing.assert_close(compiled[key][name], plain[key][name], rtol=1e-4, atol=1e-5)
+    assert load_backbone(runs[True].final).config.arch == "vit_pico"

@@ -75,6 +75,23 @@ def test_pretrain_none_end_to_end(tiny_dataset, tmp_path, capsys):
     assert code == 0 and "already finished" in stderr
 
 
+def test_pretrain_gpu_pipeline_on_cpu_tensors_end_to_end(tiny_dataset, tmp_path, capsys):
+    """--data-pipeline gpu on --device cpu: decode-only workers + the batched multi-crop on CPU
+    tensors, through both stages (one step each), to a loadable final.pt."""
+    from fdbench.checkpoint import load_backbone
+
+    out = tmp_path / "gpu"
+    opts = options(tiny_dataset, out, data_pipeline="gpu", compile=False, batch_size=80, epochs=2, eval_every=0)
+    code, stdout, stderr = run_cli(as_args(opts), capsys)
+    assert code == 0, stderr
+    assert "data pipeline gpu, torch.compile off" in stderr
+    assert stdout.strip().splitlines()[-1] == str(out / "final.pt")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["pipeline"] == "gpu" and summary["iterations"] == 2
+    assert [(s["global_size"], s["noise_patching"]) for s in summary["stages"]] == [(16, False), (32, True)]
+    assert load_backbone(out / "final.pt").config.arch == "vit_pico"
+
+
 def test_yaml_curriculum_config_file_and_default_out(tiny_dataset, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     curriculum = tmp_path / "progressive.yaml"

@@ -55,6 +55,12 @@ def _preset_names() -> list[str]:
 @click.option("--workers", type=int, default=None, help="DataLoader worker processes [min(8, cores - 1)].")
 @click.option("--threads", type=int, default=None,
               help="CPU intra-op threads [torch's default]; 1 is often faster on a busy shared machine.")
+@click.option("--data-pipeline", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
+              help="Where the crops are made: cpu = DataLoader workers decode and augment; gpu = workers only "
+                   "decode, the whole batch is augmented on the training device (runs on --device cpu too); "
+                   "auto = gpu on CUDA, cpu otherwise [auto].")
+@click.option("--compile/--no-compile", default=None,
+              help="torch.compile the student and teacher backbones [on with CUDA, off on CPU].")
 @click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 @click.option("--seed", type=int, default=None, help="Random seed [0].")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
@@ -69,6 +75,7 @@ def pretrain(curriculum, preset, resume, **options):
     fdbench pretrain --curriculum two-stage          # embedded dataset, cpu-tiny on a CPU
     fdbench pretrain --curriculum none               # the DINOv2 baseline, same recipe
     fdbench pretrain --curriculum two-stage --preset vit-s-in100 --data /imagenet --class-list in100.txt
+    fdbench pretrain --data-pipeline gpu --compile   # crops on the GPU, compiled step (the CUDA default)
     torchrun --nproc-per-node 4 -m fdbench pretrain ...   # data-parallel
     """
     from pretrain.config import build_config
