@@ -6,11 +6,12 @@
 #
 # Steps (each under its own time limit, so one slow part cannot eat the others' time):
 #   0. wheels carried in .whl/ are installed to /tmp/site (the device has torch, timm, pandas, ...);
-#   1. the CUDA-only tests of the GPU pipeline and the bench;
+#   1. the CUDA-only tests of the GPU pipeline, the bench and the engine;
 #   2. a JPEG dataset of realistic sizes (500x375 and 375x500, quality 90), 16 processes;
 #   3. bench-train ViT-S/16, batch 128, stage 1 (112/48) and stage 2 (224/96), fast vs --reference;
 #   4. bench-train ViT-B/16, same, fast vs --reference (compile off if time is short: see BENCH_B_ARGS);
-#   5. fdbench pretrain two-stage vs none, ViT-S/16, same epochs, about a minute each.
+#   5. fdbench pretrain two-stage vs none, ViT-S/16, same epochs, about a minute each, with the
+#      engine's CUDA defaults (--data-pipeline gpu, --compile: wall-clock includes the compiles).
 # Output ($OUT, at most 8 files): log.txt, env.txt, bench_vit_small.csv, bench_vit_base.csv,
 # bench_summary.txt, train_two-stage.json, train_none.json.
 set -uo pipefail
@@ -35,7 +36,7 @@ cat "$OUT/env.txt" >> "$LOG"
 
 # 1. CUDA-only tests (skipped on CPU machines, so they only ever run here)
 say "cuda tests"
-timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_augment.py tests/test_bench.py -m cuda >> "$LOG" 2>&1
+timeout 90 python3 -m pytest -q -p no:cacheprovider tests/test_gpu_augment.py tests/test_bench.py tests/test_engine.py -m cuda >> "$LOG" 2>&1
 say "cuda tests rc=$?"
 
 # 2. JPEG dataset: 10 classes x 400 train + 20 val, smooth colour fields + texture, two orientations

@@ -1,16 +1,18 @@
 """``bench-train``: how fast one DINOv2 training step runs, with and without its data pipeline.
 
 For each curriculum stage's crop sizes (stage 1: the full sizes times ``stage1_scale``, rounded to
-the patch; stage 2: the full sizes) and each variant:
+the patch; stage 2: the full sizes, with noise patching) and each variant:
 
-- ``fast``: compiled backbones (:func:`pretrain.fast_step.maybe_compile`), memory-light DINO/iBOT
-  cross-entropies, fused AdamW, multi-tensor EMA, fed by the on-device augmentation pipeline
-  (:mod:`pretrain.decode` + :mod:`pretrain.gpu_augment`) or by the CPU one;
+- ``fast``: what ``fdbench pretrain`` runs by default on CUDA: compiled backbones and memory-light
+  DINO/iBOT cross-entropies (:func:`pretrain.fast_step.accelerate_meta_arch`), fed by the on-device
+  augmentation pipeline (``--data-pipeline gpu``) or by the CPU one;
 - ``reference`` (``--reference``): the plain eager step fed by the CPU pipeline
   (:class:`pretrain.augment.MultiCropAugmentation` in DataLoader workers).
 
-Both run the engine's own step (:class:`pretrain.meta_arch.MetaArch`: student and EMA teacher, DINO
-+ iBOT + KoLeo losses, gradient clipping, AdamW, EMA update) at a constant lr. Measured:
+Both are the engine's own code, not copies: its model (:class:`pretrain.meta_arch.MetaArch`), optimiser
+and iteration (:func:`pretrain.engine.train_step`: forward/backward, clipping, AdamW, EMA) at constant
+schedule values, and its data pipelines (:class:`pretrain.pipeline.StageFeed`, the engine's data
+order). Measured:
 
 - model-only img/s: the step on synthetic tensors already on the device (``B * steps / time``);
 - end-to-end img/s: the step fed by the chosen pipeline from real images (decode and augmentation
@@ -30,19 +32,22 @@ import math
 import os
 import time
 from dataclasses import asdict, dataclass
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
 from fdbench.device import resolve_device
 from fdbench.errors import FdbenchError
+from pretrain.pipeline import PIPELINES, StageFeed, resolve_pipeline
+
+if TYPE_CHECKING:
+    from pretrain.engine import StagePlan
 
 # dense bf16 tensor-core peaks (TFLOP/s), matched in order against torch.cuda.get_device_name()
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
     ("A100", 312.0), ("L40S", 362.0),
 )
-PIPELINES = ("gpu", "cpu")
 
 
 def peak_tflops(device_name: str | None) -> float | None:
@@ -82,26 +87,21 @@ class BenchConfig:
     seed: int = 0
 
 
-@dataclass
-class BenchStage:
-    name: str
-    global_size: int
-    local_size: int
-    n_local: int
-    noise_patching: bool
-
-
-def bench_stages(cfg: BenchConfig) -> list[BenchStage]:
-    """Stage 1 (scaled sizes, no noise) and stage 2 (full sizes, noise patching), as the two-stage curriculum."""
+def bench_stages(cfg: BenchConfig) -> list[StagePlan]:
+    """The engine's :class:`pretrain.engine.StagePlan` of stage 1 (scaled sizes, no noise) and stage 2
+    (full sizes, noise patching), as the two-stage curriculum plans them (default crop scales)."""
     from pretrain.curriculum import round_to_patch
+    from pretrain.engine import StagePlan
 
-    p = cfg.patch_size
-    table = {
-        "stage1": BenchStage("stage1", round_to_patch(cfg.global_size * cfg.stage1_scale, p),
-                             round_to_patch(cfg.local_size * cfg.stage1_scale, p), cfg.n_local, False),
-        "stage2": BenchStage("stage2", round_to_patch(cfg.global_size, p), round_to_patch(cfg.local_size, p),
-                             cfg.n_local, True),
-    }
+    p, pcfg = cfg.patch_size, pretrain_config(cfg)
+    crops, sigma = pcfg.crops, pcfg.curriculum.noise_max_sigma
+
+    def plan(name: str, scale: float, noise: bool) -> StagePlan:
+        return StagePlan(0, name, 0, 1, round_to_patch(cfg.global_size * scale, p),
+                         round_to_patch(cfg.local_size * scale, p), cfg.n_local, tuple(crops.global_scale),
+                         tuple(crops.local_scale), noise, sigma)
+
+    table = {"stage1": plan("stage1", cfg.stage1_scale, False), "stage2": plan("stage2", 1.0, True)}
     unknown = [s for s in cfg.stages if s not in table]
     if unknown:
         raise FdbenchError(f"unknown stage(s) {', '.join(unknown)}: use stage1, stage2")
@@ -141,48 +141,39 @@ def pretrain_config(cfg: BenchConfig):
 
 
 class TrainStep:
-    """One engine iteration at constant schedules: zero grads, forward/backward, clip, AdamW, EMA.
+    """The engine's model, optimiser and :func:`pretrain.engine.train_step` at constant schedule values.
 
-    No value is read back to the host, so consecutive steps queue without waiting.
+    ``fast``: :meth:`accelerate` applies what the engine applies (chunked losses, compiled backbones if
+    ``compile``), after the FLOPs were counted on the eager step. Nothing is read back to the host.
     """
+
+    LR, WD, TEACHER_TEMP, MOMENTUM = 1e-4, 0.04, 0.07, 0.996
 
     def __init__(self, cfg: BenchConfig, device: torch.device, fast: bool, compile: bool):
         from pretrain.engine import build_optimizer
-        from pretrain.fast_step import accelerate_meta_arch
         from pretrain.meta_arch import MetaArch
-        from pretrain.schedules import apply_schedules
 
         self.pcfg = pretrain_config(cfg)
         self.meta = MetaArch(self.pcfg, device)
         self.optimizer = build_optimizer(self.meta, self.pcfg)
-        apply_schedules(self.optimizer, 1e-4, 0.04, False)
+        self.teacher_temp = self.TEACHER_TEMP
         self.fast, self.compile = fast, compile
-        self._accelerate = (lambda: accelerate_meta_arch(self.meta, compile=compile)) if fast else None
-        self.teacher_temp, self.momentum, self.clip = 0.07, 0.996, self.pcfg.optim.clip_grad
-        if fast:
-            from pretrain.fast_step import ema_update_
-
-            teacher, student = self.meta._pairs
-            self._ema = lambda: ema_update_(teacher, student, self.momentum)
-        else:
-            self._ema = lambda: self.meta.update_teacher(self.momentum)
 
     def accelerate(self) -> None:
-        """Apply the fast-step changes (after the FLOPs were counted on the eager step)."""
-        if self._accelerate is not None:
-            self._accelerate()
-            self._accelerate = None
+        if self.fast:
+            from pretrain.fast_step import accelerate_meta_arch
+
+            accelerate_meta_arch(self.meta, compile=self.compile)
 
     def __call__(self, batch: dict) -> torch.Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
-        losses = self.meta.forward_backward(batch, self.teacher_temp)
-        self.meta.clip_gradients(self.clip)
-        self.optimizer.step()
-        self._ema()
-        return losses["loss"]
+        from pretrain.engine import train_step
+
+        return train_step(self.meta, self.optimizer, batch, lr=self.LR, wd=self.WD, freeze_last_layer=False,
+                          teacher_temp=self.TEACHER_TEMP, momentum=self.MOMENTUM,
+                          clip_grad=self.pcfg.optim.clip_grad)["loss"]
 
 
-def synthetic_batch(cfg: BenchConfig, stage: BenchStage, device: torch.device, seed: int = 0) -> dict:
+def synthetic_batch(cfg: BenchConfig, stage: StagePlan, device: torch.device, seed: int = 0) -> dict:
     """Random crops already on the device, with real iBOT masks: the model-only input."""
     from pretrain.masking import make_masks
 
@@ -229,41 +220,12 @@ def _cycle(make_iter: Callable[[int], Iterator]) -> Iterator:
         epoch += 1
 
 
-def gpu_pipeline_batches(cfg: BenchConfig, stage: BenchStage, device: torch.device, dataset, workers: int) -> Iterator[dict]:
-    """Decode-only loader (CPU workers) + on-device multi-crop, as training batches on ``device``."""
-    from pretrain.decode import decode_loader, needed_side
-    from pretrain.gpu_augment import GpuMultiCrop
-
-    aug = GpuMultiCrop(global_size=stage.global_size, local_size=stage.local_size, n_local=stage.n_local,
-                       noise_patching=stage.noise_patching, patch_size=cfg.patch_size)
-    side = needed_side(stage.global_size, stage.local_size, aug.global_scale[0], aug.local_scale[0],
-                       stage.n_local, slack=cfg.decode_slack)
-    generator = torch.Generator(device=device).manual_seed(cfg.seed)
-
-    def epoch_iter(epoch: int):
-        loader = decode_loader(None, batch_size=cfg.batch_size, decode_side=side, workers=workers,
-                               mask_grid=stage.global_size // cfg.patch_size, seed=cfg.seed + epoch,
-                               pin_memory=device.type == "cuda", dataset=dataset)
-        for batch in loader:
-            yield aug(batch, generator)
-    return _cycle(epoch_iter)
-
-
-def cpu_pipeline_batches(cfg: BenchConfig, stage: BenchStage, device: torch.device, dataset, workers: int) -> Iterator[dict]:
-    """The reference pipeline: PIL multi-crop in DataLoader workers (the engine's loader), pinned."""
-    from pretrain.augment import GaussianNoisePatch, MultiCropAugmentation
-    from pretrain.data import AugmentedDataset, MultiCropCollate, make_loader
-
-    aug = MultiCropAugmentation(global_size=stage.global_size, local_size=stage.local_size, n_local=stage.n_local,
-                                noise_patch=GaussianNoisePatch() if stage.noise_patching else None)
-    collate = MultiCropCollate(cfg.patch_size, 0.5, (0.1, 0.5))
-
-    def epoch_iter(epoch: int):
-        loader = make_loader(AugmentedDataset(dataset, aug), collate, cfg.batch_size, seed=cfg.seed, epoch=epoch,
-                             start_step=0, rank=0, world_size=1, workers=workers,
-                             pin_memory=device.type == "cuda")
-        return iter(loader)
-    return _cycle(epoch_iter)
+def pipeline_batches(cfg: BenchConfig, pcfg, stage, device: torch.device, dataset, workers: int,
+                     pipeline: str) -> Iterator[dict]:
+    """Training batches on ``device`` from the engine's pipeline for this stage, epoch after epoch."""
+    feed = StageFeed(pcfg, stage, dataset, pipeline=pipeline, device=device, workers=workers,
+                     decode_slack=cfg.decode_slack)
+    return _cycle(feed.batches)
 
 
 # ---------------------------------------------------------------------- the benchmark
@@ -297,7 +259,7 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None,
     device = resolve_device(cfg.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops(device_name) if device.type == "cuda" else None
-    pipeline = cfg.pipeline or ("gpu" if device.type == "cuda" else "cpu")
+    pipeline = resolve_pipeline(cfg.pipeline, device)
     compile_fast = cfg.compile if cfg.compile is not None else device.type == "cuda"
     workers = cfg.workers if cfg.workers is not None else min(32, max(0, (os.cpu_count() or 1) - 1))
     stages = bench_stages(cfg)
@@ -329,9 +291,8 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None,
             t_model, loss = time_steps(step, _repeat(batch), cfg.steps, cfg.warmup, device)
             t_e2e = None
             if cfg.end_to_end:
-                make = gpu_pipeline_batches if pipe == "gpu" else cpu_pipeline_batches
-                t_e2e, loss = time_steps(step, make(cfg, stage, device, dataset, workers), cfg.steps,
-                                         cfg.warmup, device)
+                batches = pipeline_batches(cfg, step.pcfg, stage, device, dataset, workers, pipe)
+                t_e2e, loss = time_steps(step, batches, cfg.steps, cfg.warmup, device)
             achieved = flops / t_model / 1e12
             rows.append({
                 "variant": variant, "stage": stage.name, "arch": cfg.arch, "patch": cfg.patch_size,

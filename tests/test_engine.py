@@ -486,3 +486,17 @@ def test_compiled_backbones_leave_checkpoint_keys_unchanged(tiny_dataset, tmp_pa
         for name in plain[key]:   # the eager backend runs the same kernels
             torch.testing.assert_close(compiled[key][name], plain[key][name], rtol=1e-4, atol=1e-5)
     assert load_backbone(runs[True].final).config.arch == "vit_pico"
+
+
+@pytest.mark.cuda
+def test_cuda_run_with_the_gpu_pipeline_by_default(tiny_dataset, tmp_path):
+    """On CUDA `auto` picks the gpu pipeline; the crops are made on the device (compile off: the
+    compiled step is exercised by benchmarks/gpu_check.sh's real runs)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from pretrain.engine import train
+
+    result = train(tiny_cfg(tiny_dataset, tmp_path / "cuda", device="cuda", compile=False, batch_size=40,
+                            epochs=2, eval_every=0))
+    assert result.finished and result.summary["pipeline"] == "gpu" and result.summary["device"].startswith("cuda")
+    assert all(torch.isfinite(v).all() for v in read_checkpoint(result.final)["student"].values())
