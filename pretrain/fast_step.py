@@ -8,16 +8,14 @@
   formulas, same centring state) with their per-row cross-entropy computed by it.
 - :func:`maybe_compile`: ``torch.compile`` a module in place (parameter names unchanged), static
   shapes, so a curriculum's stage switch costs one recompile and steps cost none.
-- :func:`make_adamw`: fused AdamW on CUDA, the multi-tensor (``foreach``) one elsewhere.
-- :func:`ema_update_`: ``teacher <- m * teacher + (1 - m) * student`` in two multi-tensor kernels;
-  ``m`` may be a 0-d device tensor (no sync).
-- :class:`DeviceMeter`: accumulates loss tensors on the device, reads them back every N steps.
 - :func:`accelerate_meta_arch`: applies the above to a :class:`pretrain.meta_arch.MetaArch` in place.
+
+The rest of the fast step lives where it is used: fused AdamW in ``pretrain.engine.build_optimizer``,
+the ``_foreach`` EMA in ``MetaArch.update_teacher``, losses read back on logging steps only in the
+engine's loop, and the iBOT gathers on host-computed indices in ``pretrain.meta_arch``.
 """
 
 from __future__ import annotations
-
-from typing import Sequence
 
 import torch
 from torch import nn
@@ -120,57 +118,6 @@ def maybe_compile(module: nn.Module, enabled: bool = True, *, inplace: bool = Tr
         module.compile(dynamic=dynamic, **kwargs)
         return module
     return torch.compile(module, dynamic=dynamic, **kwargs)
-
-
-def make_adamw(params, *, lr: float = 0.0, betas=(0.9, 0.999), eps: float = 1e-8, weight_decay: float = 0.0,
-               device: torch.device | str | None = None) -> torch.optim.AdamW:
-    """AdamW with the fastest implementation for the device: ``fused`` on CUDA, ``foreach`` otherwise."""
-    params = list(params)
-    if device is None:
-        first = params[0]["params"][0] if isinstance(params[0], dict) else params[0]
-        device = first.device
-    fused = torch.device(device).type == "cuda"
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                             fused=fused or None, foreach=None if fused else True)
-
-
-@torch.no_grad()
-def ema_update_(teacher: Sequence[torch.Tensor], student: Sequence[torch.Tensor],
-                momentum: float | torch.Tensor) -> None:
-    """``t <- m t + (1 - m) s`` for every pair, with multi-tensor kernels; ``m`` float or 0-d tensor."""
-    teacher, student = list(teacher), list(student)
-    if isinstance(momentum, torch.Tensor):
-        torch._foreach_mul_(teacher, momentum)
-        torch._foreach_add_(teacher, torch._foreach_mul(student, 1.0 - momentum))
-    else:
-        torch._foreach_mul_(teacher, float(momentum))
-        torch._foreach_add_(teacher, student, alpha=1.0 - float(momentum))
-
-
-class DeviceMeter:
-    """Sum loss tensors on the device; ``flush()`` reads the means back in one transfer.
-
-    Reading a loss with ``.item()`` every step stalls the host until the GPU has finished the step;
-    adding it to a device accumulator does not, so the host can queue the next step at once.
-    """
-
-    def __init__(self):
-        self._sums: dict[str, torch.Tensor] = {}
-        self._count = 0
-
-    def add(self, values: dict[str, torch.Tensor]) -> None:
-        for k, v in values.items():
-            v = v.detach().float()
-            self._sums[k] = v if k not in self._sums else self._sums[k] + v
-        self._count += 1
-
-    def flush(self) -> dict[str, float]:
-        if not self._count:
-            return {}
-        keys = list(self._sums)
-        means = (torch.stack([self._sums[k] for k in keys]) / self._count).tolist()
-        self._sums, self._count = {}, 0
-        return dict(zip(keys, means))
 
 
 def accelerate_meta_arch(meta, *, compile: bool = True, fast_losses: bool = True, compile_kwargs=None):
