@@ -26,7 +26,7 @@ from torchvision.transforms import functional as TF
 
 from fdbench.errors import FdbenchError
 from fdbench.features import IMAGENET_MEAN, IMAGENET_STD
-from pretrain.masking import make_masks
+from pretrain.masking import make_masks, masked_token_indices
 
 __all__ = ["GaussianNoisePatch", "RandomGaussianBlur", "MultiCropAugmentation", "collate_multicrop"]
 
@@ -202,7 +202,9 @@ def collate_multicrop(samples: list[tuple[dict[str, list[torch.Tensor]], Any]], 
 
     Returns ``global [G*B,3,S,S]`` (rows ``c*B:(c+1)*B`` = crop ``c`` of every image),
     ``local [L*B,3,s,s]`` or ``None`` without local crops, ``masks bool [G*B, (S/p)^2]`` (see
-    :func:`pretrain.masking.make_masks`) and ``labels [B]``.
+    :func:`pretrain.masking.make_masks`), ``mask_indices long [M]`` and ``mask_weights float [M]``
+    (the masked tokens' flat indices and iBOT weights, :func:`pretrain.masking.masked_token_indices`,
+    computed here on the CPU so the training step needs no host sync to gather them) and ``labels [B]``.
     """
     if not samples:
         raise ValueError("cannot collate an empty batch")
@@ -216,5 +218,7 @@ def collate_multicrop(samples: list[tuple[dict[str, list[torch.Tensor]], Any]], 
         raise FdbenchError(f"global crops of {height}x{width} px are not a multiple of the patch size {patch_size}")
     masks = make_masks(len(global_crops), (height // patch_size, width // patch_size), mask_probability,
                        mask_ratio_range, generator)
+    mask_indices, mask_weights = masked_token_indices(masks)
     labels = torch.as_tensor([int(label) for _, label in samples], dtype=torch.long)
-    return {"global": global_crops, "local": local_crops, "masks": masks, "labels": labels}
+    return {"global": global_crops, "local": local_crops, "masks": masks, "mask_indices": mask_indices,
+            "mask_weights": mask_weights, "labels": labels}

@@ -175,14 +175,16 @@ class TrainStep:
 
 def synthetic_batch(cfg: BenchConfig, stage: StagePlan, device: torch.device, seed: int = 0) -> dict:
     """Random crops already on the device, with real iBOT masks: the model-only input."""
-    from pretrain.masking import make_masks
+    from pretrain.masking import make_masks, masked_token_indices
 
     g = torch.Generator().manual_seed(seed)
     b, s, l = cfg.batch_size, stage.global_size, stage.local_size
     grid = s // cfg.patch_size
+    masks = make_masks(2 * b, (grid, grid), 0.5, (0.1, 0.5), g)
+    indices, weights = masked_token_indices(masks)   # on the CPU, as the collates do
     return {"global": torch.randn(2 * b, 3, s, s, generator=g).to(device),
             "local": torch.randn(stage.n_local * b, 3, l, l, generator=g).to(device) if stage.n_local else None,
-            "masks": make_masks(2 * b, (grid, grid), 0.5, (0.1, 0.5), g).to(device),
+            "masks": masks.to(device), "mask_indices": indices.to(device), "mask_weights": weights.to(device),
             "labels": torch.zeros(b, dtype=torch.long, device=device)}
 
 

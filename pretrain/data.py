@@ -145,8 +145,9 @@ class DecodedDataset(Dataset):
 class DecodeBatchCollate:
     """Pads decoded samples into one uint8 batch (``pretrain.decode.DecodeCollate``) and adds what
     the on-device augmentation needs to be reproducible: the iBOT masks of the batch, drawn here in
-    the workers from the batch's mask seed exactly as :class:`MultiCropCollate` draws them, and
-    ``aug_seed``, the seed of the device generator that draws the crops."""
+    the workers from the batch's mask seed exactly as :class:`MultiCropCollate` draws them (with
+    their ``mask_indices`` and ``mask_weights``, computed on the CPU as there), and ``aug_seed``,
+    the seed of the device generator that draws the crops."""
 
     def __init__(self, mask_grid: int, mask_probability: float, mask_ratio_range: tuple[float, float]):
         self.mask_grid = mask_grid
@@ -155,13 +156,14 @@ class DecodeBatchCollate:
 
     def __call__(self, samples: list[tuple[torch.Tensor, int, int]]) -> dict:
         from pretrain.decode import DecodeCollate
-        from pretrain.masking import make_masks
+        from pretrain.masking import make_masks, masked_token_indices
 
         batch = DecodeCollate(mask_grid=None)([(image, label) for image, label, _ in samples])
         mask_seed = samples[0][2]
         generator = torch.Generator().manual_seed(mask_seed)
         batch["masks"] = make_masks(2 * len(samples), (self.mask_grid, self.mask_grid), self.mask_probability,
                                     self.mask_ratio_range, generator)
+        batch["mask_indices"], batch["mask_weights"] = masked_token_indices(batch["masks"])
         batch["aug_seed"] = derive_seed(mask_seed, 0xA06)
         return batch
 

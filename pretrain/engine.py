@@ -20,7 +20,9 @@ Speed: the crops come from ``--data-pipeline`` (``pretrain.pipeline``: ``gpu`` =
 and the device augments the batch, the default on CUDA; ``cpu`` = workers augment), the DINO/iBOT
 cross-entropies are the memory-light chunked ones and, with ``--compile`` (default on CUDA), the
 backbones are compiled in place (``pretrain.fast_step``). The step reads nothing back to the host:
-losses stay on the device and are read on logging steps only (``train_step``, ``NonFiniteWatch``).
+losses stay on the device and are read on logging steps only (``train_step``, ``NonFiniteWatch``),
+and the iBOT masked tokens are gathered at indices the collate computed on the CPU (``pretrain.meta_arch``),
+so on CUDA the host queues step after step without waiting for the device.
 """
 
 from __future__ import annotations
@@ -656,6 +658,9 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
         costs_mod.reset_peak_memory(d.device)
         tick = epoch_start = time.perf_counter()
         for batch in feed.batches(epoch, start_in_epoch):
+            # the per-step path reads nothing from the device: the schedule values are CPU tensors,
+            # the iBOT mask indices come from the collate (CPU), and the losses stay on the device
+            # until a logging step (`values.tolist()` below) or a checkpoint/stop (`watch.first_bad()`)
             it = step
             out_step = train_step(meta, optimizer, batch, lr=float(sched.lr[it]), wd=float(sched.wd[it]),
                                   freeze_last_layer=bool(sched.freeze_last_layer[it]),
@@ -679,7 +684,8 @@ def _train(cfg: PretrainConfig, d: Dist, resume: bool, log: Callable[[str], None
             bar.update(1)
             log_step = step % cfg.run.log_every == 0 or step % ipe == 0
             if log_step:
-                logged = dict(zip((*LOSS_TERMS, "grad_norm"), values.tolist()))   # the only read-back
+                # logging steps only: the one read-back of the losses (a host-device sync)
+                logged = dict(zip((*LOSS_TERMS, "grad_norm"), values.tolist()))
                 stop_if_non_finite()
             if d.main and log_step:
                 img_s, step_s = window.rate()

@@ -254,7 +254,9 @@ class GpuMultiCrop:
         """A decoded batch (``images``, ``sizes``, ``labels``, optional ``masks``) -> a training batch.
 
         ``images`` may still be on the CPU (pinned): it is moved to ``generator``'s device, or the
-        images' own device when no generator is given. Masks made by the decode workers are used as is.
+        images' own device when no generator is given. Masks made by the decode workers are used as is,
+        with their ``mask_indices``/``mask_weights`` when the batch has them; otherwise these are
+        computed here from the masks, before the masks leave the CPU (no host sync in the step).
         """
         images, sizes = batch["images"], batch["sizes"]
         device = generator.device if generator is not None else images.device
@@ -262,11 +264,17 @@ class GpuMultiCrop:
         sizes = sizes.to(device, non_blocking=True)
         params = self.sample_params(sizes, generator)
         global_crops, local_crops = self.apply(images, sizes, params, generator)
-        masks = batch.get("masks")
+        masks, indices, weights = batch.get("masks"), batch.get("mask_indices"), batch.get("mask_weights")
         if masks is None:
-            masks = self.masks(2 * images.shape[0], mask_generator)
+            masks, indices = self.masks(2 * images.shape[0], mask_generator), None
+        if indices is None:
+            from pretrain.masking import masked_token_indices
+
+            indices, weights = masked_token_indices(masks)
         return {"global": global_crops, "local": local_crops,
                 "masks": masks.to(device, non_blocking=True),
+                "mask_indices": indices.to(device, non_blocking=True),
+                "mask_weights": weights.to(device, non_blocking=True),
                 "labels": batch["labels"].to(device, non_blocking=True)}
 
 

@@ -55,11 +55,15 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iteratio
     z = teacher_logits.detach().float() / teacher_temp
     n_local, n_protos = z.shape
     # global max for a stable exp (-inf where this process holds no rows)
-    zmax = z.max() if z.numel() else torch.tensor(float("-inf"), device=z.device)
+    zmax = z.max() if z.numel() else z.new_full((), float("-inf"))
     zmax = _all_reduce(zmax.reshape(1).clone(), dist.ReduceOp.MAX)
     if n_samples is None:
         n_samples = n_local
-    count = torch.as_tensor(n_samples, dtype=torch.float32, device=z.device).reshape(1).clone()
+    if isinstance(n_samples, torch.Tensor):
+        count = n_samples.to(device=z.device, dtype=torch.float32).reshape(1).clone()
+    else:
+        # filled on the device: a host number copied with torch.tensor(..., device=cuda) would wait for it
+        count = z.new_full((1,), float(n_samples))
     _all_reduce(count)
     q = torch.exp(z - zmax).t()  # [K, N]
     tiny = torch.finfo(q.dtype).tiny  # a prototype (or sample) whose mass underflowed stays at 0, not NaN
@@ -107,8 +111,9 @@ class _TeacherCentring(nn.Module):
         A batch without rows (e.g. no masked patch anywhere) leaves the centre unchanged.
         """
         z = teacher_logits.detach().float().reshape(-1, self.out_dim)
-        # one all-reduce carries both the row sum and the row count
-        stats = torch.cat([z.sum(dim=0), z.new_tensor([z.shape[0]])])
+        # one all-reduce carries both the row sum and the row count (filled on the device: new_tensor
+        # would copy a host number over, which waits for the device)
+        stats = torch.cat([z.sum(dim=0), z.new_full((1,), float(z.shape[0]))])
         _all_reduce(stats)
         count = stats[-1]
         batch_center = (stats[:-1] / count.clamp_min(1)).unsqueeze(0)
@@ -166,22 +171,35 @@ class iBOTPatchLoss(_TeacherCentring):  # noqa: N801 (the method's name)
     ``loss = (1 / N) sum_{i=1..N} (1 / max(1, n_i)) sum_{masked p in image i} CE(p)``
 
     where ``N`` counts every global crop (masked or not) and ``n_i`` is image ``i``'s masked count:
-    each masked image weighs the same however many patches it masks (DINOv2's weighting).
+    each masked image weighs the same however many patches it masks (DINOv2's weighting). Without
+    any masked patch the loss is 0 (kept in the autograd graph).
+
+    The rows are the masked patches in ``masks.flatten()`` order. Their weights ``1 / max(1, n_i)``
+    come either from ``masks`` ``[N, P]`` (computed on the masks' device: on a GPU that waits for it)
+    or, as the training step passes them, precomputed on the CPU by the collate
+    (:func:`pretrain.masking.masked_token_indices`) as ``mask_weights`` ``[M]`` with ``n_images = N``.
     """
 
     def forward(self, student_patch_logits: torch.Tensor, teacher_patch_probs: torch.Tensor,
-                masks: torch.Tensor) -> torch.Tensor:
-        masks = masks.reshape(masks.shape[0], -1).bool()
-        per_image = masks.sum(dim=1).clamp(min=1).float()
-        # weight of each masked token, in masks.flatten().nonzero() order
-        weights = (1.0 / per_image).unsqueeze(1).expand_as(masks)[masks]
-        if not (student_patch_logits.shape[0] == teacher_patch_probs.shape[0] == weights.shape[0]):
+                masks: torch.Tensor | None = None, *, mask_weights: torch.Tensor | None = None,
+                n_images: int | None = None) -> torch.Tensor:
+        if mask_weights is None:
+            if masks is None:
+                raise ValueError("the iBOT loss needs the masks or the precomputed mask weights")
+            from pretrain.masking import masked_token_indices
+
+            _, mask_weights = masked_token_indices(masks)
+            n_images = masks.shape[0]
+        elif n_images is None:
+            raise ValueError("precomputed iBOT mask weights need n_images, the number of global crops")
+        n_rows = mask_weights.shape[0]
+        if not (student_patch_logits.shape[0] == teacher_patch_probs.shape[0] == n_rows):
             raise ValueError(f"iBOT loss got {student_patch_logits.shape[0]} student and "
-                             f"{teacher_patch_probs.shape[0]} teacher rows for {weights.shape[0]} masked patches")
-        if weights.shape[0] == 0:
+                             f"{teacher_patch_probs.shape[0]} teacher rows for {n_rows} masked patches")
+        if n_rows == 0:
             return student_patch_logits.float().sum() * 0.0  # keeps the graph; no masked patch anywhere
         ce = self.soft_cross_entropy(student_patch_logits, teacher_patch_probs)
-        return (ce * weights).sum() / max(masks.shape[0], 1)
+        return (ce * mask_weights.to(ce.device, non_blocking=True)).sum() / max(int(n_images), 1)
 
     @torch.no_grad()
     def sinkhorn_knopp_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float,

@@ -12,6 +12,12 @@ ratio ``exp(U(log 0.3, log 1/0.3))``, place it uniformly, and keep it if it adds
 After 10 failed draws in a row the mask stops short of its target, so a mask never exceeds its
 target but may fall below it on tiny grids. Unlike BEiT's strict ``<`` bound, a block may span the
 whole grid side, so 1-row and 2x2 grids (small crops) can be masked too.
+
+``masked_token_indices`` turns a batch of masks into what the iBOT loss gathers: the flat indices of
+the masked tokens and their per-token weights. The collates compute them on the CPU, where the masks
+are made (as DINOv2's collate does), so the training step gathers with ``index_select`` on indices
+whose number the host already knows, instead of boolean indexing on the device, whose output size
+the host would have to wait for.
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ import torch
 
 from fdbench.errors import FdbenchError
 
-__all__ = ["BlockMaskGenerator", "make_masks", "numpy_rng"]
+__all__ = ["BlockMaskGenerator", "make_masks", "masked_token_indices", "numpy_rng"]
 
 
 def numpy_rng(generator: torch.Generator | None = None) -> np.random.Generator:
@@ -102,3 +108,19 @@ def make_masks(n_images: int, grid: tuple[int, int] | int = (14, 14), mask_proba
         masks[i] = gen(int(n_patches * ratio), rng).reshape(-1)
     masks = masks[rng.permutation(n_images)]
     return torch.from_numpy(masks)
+
+
+def masked_token_indices(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(indices long [M], weights float32 [M])`` of the masked tokens of ``masks`` ``[N, P]`` (or ``[N, h, w]``).
+
+    ``indices`` are positions in ``masks.flatten()`` (so in the ``[N*P, D]`` flattened patch tokens),
+    in increasing order: the order of boolean indexing ``tokens[masks]``. ``weights[j]`` is
+    ``1 / max(1, n_i)`` where ``n_i`` counts the masked tokens of the image that token ``j`` belongs to
+    (the iBOT loss's per-image weighting). Computed on the masks' device: call it where the masks are
+    made, on the CPU; on a GPU it would wait for the device (``nonzero`` has a data-dependent size).
+    """
+    masks = masks.reshape(masks.shape[0], -1).bool()
+    indices = masks.flatten().nonzero().flatten()
+    per_image = masks.sum(dim=1).clamp(min=1).float()
+    weights = (1.0 / per_image)[torch.div(indices, masks.shape[1], rounding_mode="floor")]
+    return indices, weights

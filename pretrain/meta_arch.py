@@ -13,6 +13,11 @@ One iteration of DINOv2, for a batch of B images with G = 2 global and L local c
 
 The optimiser step, gradient clipping, last-layer freeze and EMA are separate calls, driven by the
 engine: ``clip_gradients``, ``cancel_last_layer_gradients``, ``update_teacher``.
+
+No host-device sync: the masked patch tokens are gathered with ``index_select`` on flat indices the
+collate computed on the CPU (``batch["mask_indices"]``, with the iBOT weights ``batch["mask_weights"]``;
+:func:`pretrain.masking.masked_token_indices`), so every shape in the step is known to the host without
+asking the device (boolean indexing or ``nonzero`` on the device would make the host wait for it).
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ class Student(nn.Module):
         self.dino_head = dino_head
         self.ibot_head = ibot_head      # None: iBOT shares the DINO head (DINOv2 default)
 
-    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, masks: torch.Tensor | None):
+    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, masks: torch.Tensor | None,
+                mask_indices: torch.Tensor | None = None):
         """Returns a dict with ``global_cls`` [G*B,D], ``global_logits`` [G*B,K], ``local_logits``
-        [L*B,K] or None, and ``patch_logits`` [M,K] for the masked tokens in ``masks.nonzero()`` order."""
+        [L*B,K] or None, and ``patch_logits`` [M,K] for the masked tokens at ``mask_indices`` [M]
+        (flat positions in ``masks``, :func:`pretrain.masking.masked_token_indices`)."""
         global_cls, global_patch = self.backbone(global_crops, masks=masks)
         local_cls = self.backbone(local_crops)[0] if local_crops is not None else None
-        masked = _masked_tokens(global_patch, masks)
+        masked = _masked_tokens(global_patch, mask_indices)
         n_global, n_local = len(global_cls), 0 if local_cls is None else len(local_cls)
         if self.ibot_head is None:
             # one head call for everything, as DINOv2 does with a shared head
@@ -57,11 +64,13 @@ class Student(nn.Module):
                 "local_logits": local_logits if n_local else None, "patch_logits": patch_logits}
 
 
-def _masked_tokens(patch_tokens: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
-    """The rows of ``patch_tokens`` [N,P,D] where ``masks`` [N,P] is True, in flatten() order."""
-    if masks is None:
+def _masked_tokens(patch_tokens: torch.Tensor, mask_indices: torch.Tensor | None) -> torch.Tensor:
+    """The rows ``mask_indices`` [M] of ``patch_tokens`` [N,P,D] flattened to [N*P,D]: for the indices
+    of :func:`pretrain.masking.masked_token_indices`, the tokens where the masks are True, in flatten()
+    order. ``index_select`` with host-known M: unlike ``tokens[masks]``, no wait for the device."""
+    if mask_indices is None:
         return patch_tokens.new_zeros(0, patch_tokens.shape[-1])
-    return patch_tokens.flatten(0, 1)[masks.flatten()]
+    return patch_tokens.flatten(0, 1).index_select(0, mask_indices)
 
 
 def _unwrap(module: nn.Module) -> nn.Module:
@@ -146,41 +155,56 @@ class MetaArch(nn.Module):
 
         ``batch`` is ``pretrain.augment.collate_multicrop``'s dict. Returns the detached loss terms
         ``loss`` (the total), ``dino``, ``koleo``, ``ibot`` (unweighted) as 0-d tensors.
+
+        Nothing here waits for the device: the masked tokens are gathered at ``batch["mask_indices"]``
+        and weighted by ``batch["mask_weights"]``, computed on the CPU by the collate. A batch without
+        them (hand-made) gets them from its masks here, which on a GPU costs a sync.
         """
         lc = self.cfg.loss
         global_crops = batch["global"].to(self.device, non_blocking=True)
         local_crops = batch["local"].to(self.device, non_blocking=True) if batch.get("local") is not None else None
-        masks = batch["masks"].to(self.device, non_blocking=True) if self._ibot_on(batch.get("masks")) else None
+        masks = mask_indices = mask_weights = None
+        if self._ibot_on(batch.get("masks")):
+            mask_indices, mask_weights = batch.get("mask_indices"), batch.get("mask_weights")
+            if mask_indices is None:
+                from pretrain.masking import masked_token_indices
+
+                mask_indices, mask_weights = masked_token_indices(batch["masks"])
+            masks = batch["masks"].to(self.device, non_blocking=True)
+            mask_indices = mask_indices.to(self.device, non_blocking=True)
+            mask_weights = mask_weights.to(self.device, non_blocking=True)
         n_global = 2
         with self.autocast():
-            teacher_cls_probs, teacher_patch_probs = self.teacher_targets(global_crops, masks, teacher_temp)
-            out = self.student_ddp(global_crops, local_crops, masks)
+            teacher_cls_probs, teacher_patch_probs = self.teacher_targets(global_crops, mask_indices, teacher_temp)
+            out = self.student_ddp(global_crops, local_crops, masks, mask_indices)
             dino = self.dino_loss(out["global_logits"].float(),
                                   None if out["local_logits"] is None else out["local_logits"].float(),
                                   teacher_cls_probs)
             koleo = sum(self.koleo_loss(c.float()) for c in out["global_cls"].chunk(n_global))
-            ibot = (self.ibot_loss(out["patch_logits"].float(), teacher_patch_probs, masks)
+            ibot = (self.ibot_loss(out["patch_logits"].float(), teacher_patch_probs,
+                                   mask_weights=mask_weights, n_images=masks.shape[0])
                     if masks is not None else dino.new_zeros(()))
             total = lc.dino_weight * dino + lc.koleo_weight * koleo + lc.ibot_weight * ibot
         total.backward()
         return {"loss": total.detach(), "dino": dino.detach(), "koleo": koleo.detach(), "ibot": ibot.detach()}
 
     @torch.no_grad()
-    def teacher_targets(self, global_crops: torch.Tensor, masks: torch.Tensor | None,
+    def teacher_targets(self, global_crops: torch.Tensor, mask_indices: torch.Tensor | None,
                         teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher probabilities for the DINO loss [G*B,K] and for the masked patches [M,K] (or None).
 
         The teacher sees the unmasked global crops; its patch tokens at the student's masked
-        positions are the iBOT targets. One backbone pass serves both losses.
+        positions (``mask_indices``, flat, or None without iBOT) are the iBOT targets. One backbone
+        pass serves both losses.
         """
         cls, patch = self.teacher.backbone(global_crops)
-        masked = _masked_tokens(patch, masks)
+        masked = _masked_tokens(patch, mask_indices)
         if self.teacher.ibot_head is None:
             logits = self.teacher.dino_head(torch.cat([cls, masked]))
             cls_logits, patch_logits = logits.split([len(cls), len(masked)])
         else:
             cls_logits, patch_logits = self.teacher.dino_head(cls), self.teacher.ibot_head(masked)
-        return self._centre(cls_logits.float(), patch_logits.float() if masks is not None else None,
+        return self._centre(cls_logits.float(), patch_logits.float() if mask_indices is not None else None,
                             teacher_temp)
 
     def _centre(self, cls_logits, patch_logits, teacher_temp):
@@ -189,8 +213,8 @@ class MetaArch(nn.Module):
             cls_probs = self.dino_loss.sinkhorn_knopp_teacher(cls_logits, teacher_temp)
             patch_probs = None
             if patch_logits is not None:
-                n_masked = torch.tensor([len(patch_logits)], device=patch_logits.device, dtype=torch.long)
-                patch_probs = self.ibot_loss.sinkhorn_knopp_teacher(patch_logits, teacher_temp, n_masked)
+                # the count is host-known (len of the gathered rows); sinkhorn fills it on the device
+                patch_probs = self.ibot_loss.sinkhorn_knopp_teacher(patch_logits, teacher_temp, len(patch_logits))
             return cls_probs, patch_probs
         cls_probs = self.dino_loss.softmax_center_teacher(cls_logits, teacher_temp)
         self.dino_loss.update_center(cls_logits)

@@ -202,6 +202,10 @@ def test_collate_is_crop_major_with_masks():
     assert batch["global"][:, 0, 0, 0].tolist() == [0, 1, 2, 10, 11, 12]          # rows c*B:(c+1)*B = crop c
     assert batch["local"][:, 0, 0, 0].tolist() == [100, 101, 102, 110, 111, 112]
     assert batch["masks"].shape == (6, 4) and batch["masks"].dtype == torch.bool  # (32 / 16)^2 patches
+    # the iBOT gather, computed here on the CPU: flat indices of the masked tokens and their weights
+    per_image = batch["masks"].sum(1).clamp(min=1).float()
+    assert torch.equal(batch["mask_indices"], batch["masks"].flatten().nonzero().flatten())
+    assert torch.equal(batch["mask_weights"], (1 / per_image).repeat_interleave(4)[batch["mask_indices"]])
     assert batch["labels"].tolist() == [7, 8, 9]
     no_local = [({"global_crops": c["global_crops"], "local_crops": []}, y) for c, y in samples]
     assert collate_multicrop(no_local, patch_size=16)["local"] is None

@@ -142,25 +142,31 @@ def _small_meta(tmp_path, tiny_dataset, **kw):
     return cfg, MetaArch(cfg)
 
 
-def _batch(b=4, n_local=2, generator_seed=0):
-    from pretrain.masking import make_masks
+def _batch(b=4, n_local=2, generator_seed=0, precomputed=False):
+    """A hand-made batch; ``precomputed`` adds the mask indices and weights as the collates do."""
+    from pretrain.masking import make_masks, masked_token_indices
 
     g = torch.Generator().manual_seed(generator_seed)
     masks = make_masks(2 * b, (2, 2), 0.5, (0.1, 0.5), generator=g)
     masks[0, 0] = True   # at least one masked token whatever the draw
-    return {"global": torch.randn(2 * b, 3, 16, 16, generator=g), "local": torch.randn(n_local * b, 3, 8, 8, generator=g),
-            "masks": masks, "labels": torch.zeros(b, dtype=torch.long)}
+    batch = {"global": torch.randn(2 * b, 3, 16, 16, generator=g), "local": torch.randn(n_local * b, 3, 8, 8, generator=g),
+             "masks": masks, "labels": torch.zeros(b, dtype=torch.long)}
+    if precomputed:
+        batch["mask_indices"], batch["mask_weights"] = masked_token_indices(masks)
+    return batch
 
 
 def _ce(p, z, temp=0.1):
     return -(p * F.log_softmax(z / temp, dim=-1)).sum(-1)
 
 
-def test_forward_backward_matches_an_independent_computation(tmp_path, tiny_dataset):
+@pytest.mark.parametrize("precomputed", [True, False])
+def test_forward_backward_matches_an_independent_computation(tmp_path, tiny_dataset, precomputed):
     """Teacher on unmasked globals, student on masked globals + locals; DINO over s != t pairs,
-    KoLeo per global crop, iBOT on masked tokens weighted per image; teacher gets no gradients."""
+    KoLeo per global crop, iBOT on masked tokens (boolean masks here, the collate's host-computed
+    indices in the step, or indices derived from the masks) weighted per image; teacher gets no gradients."""
     cfg, meta = _small_meta(tmp_path, tiny_dataset)
-    batch, temp, b, n_local = _batch(), 0.05, 4, 2
+    batch, temp, b, n_local = _batch(precomputed=precomputed), 0.05, 4, 2
     g, loc, masks = batch["global"], batch["local"], batch["masks"]
     with torch.no_grad():
         t_cls, t_patch = meta.teacher.backbone(g)
@@ -195,6 +201,42 @@ def test_forward_backward_matches_an_independent_computation(tmp_path, tiny_data
     with torch.no_grad():
         expected_center = 0.1 * meta.teacher.dino_head(t_cls).mean(0, keepdim=True)
     assert torch.allclose(meta.dino_loss.center, expected_center, atol=1e-6)
+
+
+@pytest.mark.parametrize("centering", ["centering", "sinkhorn_knopp"])
+def test_forward_backward_ibot_on_indices_equals_boolean_masks(tmp_path, tiny_dataset, centering):
+    """The step's iBOT term (host-computed indices) equals boolean-mask gathers, with an image that
+    masks nothing; a batch with no mask at all gives iBOT 0, finite, and leaves the iBOT centre alone."""
+    from pretrain.losses import sinkhorn_knopp
+
+    cfg, meta = _small_meta(tmp_path, tiny_dataset, centering=centering)
+    batch, temp = _batch(precomputed=True), 0.05
+    masks = batch["masks"]
+    masks[1] = False                     # an image with zero masked tokens (indices recomputed below)
+    from pretrain.masking import masked_token_indices
+    batch["mask_indices"], batch["mask_weights"] = masked_token_indices(masks)
+    with torch.no_grad():
+        _, t_patch = meta.teacher.backbone(batch["global"])
+        _, s_patch = meta.student.backbone(batch["global"], masks=masks)
+        t_logits = meta.teacher.dino_head(t_patch.flatten(0, 1)[masks.flatten()])
+        if centering == "sinkhorn_knopp":
+            t_probs = sinkhorn_knopp(t_logits, temp, n_samples=int(masks.sum()))
+        else:
+            t_probs = F.softmax(t_logits / temp, dim=-1)      # the centre is 0 at start
+        ref = meta.ibot_loss(meta.student.dino_head(s_patch.flatten(0, 1)[masks.flatten()]), t_probs, masks)
+    losses = meta.forward_backward(batch, temp)
+    assert losses["ibot"] == pytest.approx(float(ref), rel=1e-5)
+
+    none = _batch(generator_seed=1, precomputed=True)
+    none["masks"][:] = False
+    none["mask_indices"], none["mask_weights"] = masked_token_indices(none["masks"])
+    assert none["mask_indices"].numel() == 0
+    centre = meta.ibot_loss.center.clone()
+    meta.student.zero_grad(set_to_none=True)
+    losses = meta.forward_backward(none, temp)
+    assert losses["ibot"].item() == 0.0 and all(torch.isfinite(v) for v in losses.values())
+    assert torch.equal(meta.ibot_loss.center, centre)
+    assert all(torch.isfinite(p.grad).all() for p in meta.student.parameters() if p.grad is not None)
 
 
 def test_ema_update_and_last_layer_freeze(tmp_path, tiny_dataset):
@@ -435,8 +477,10 @@ def test_gpu_feed_follows_each_stage_and_is_fixed_by_the_step(tiny_dataset, tmp_
     # a full epoch, and the global RNG plays no part
     torch.manual_seed(123)
     again = next(iter(feed.batches(epoch=3, start_step=1)))
-    for key in ("global", "local", "masks", "labels"):
+    for key in ("global", "local", "masks", "mask_indices", "mask_weights", "labels"):
         assert torch.equal(again[key], second[key]), key
+    # the workers computed the iBOT gather of their masks (DecodeBatchCollate), on the CPU
+    assert torch.equal(first["mask_indices"], first["masks"].flatten().nonzero().flatten())
     assert not torch.equal(first["global"], second["global"])
 
 
@@ -486,6 +530,47 @@ def test_compiled_backbones_leave_checkpoint_keys_unchanged(tiny_dataset, tmp_pa
         for name in plain[key]:   # the eager backend runs the same kernels
             torch.testing.assert_close(compiled[key][name], plain[key][name], rtol=1e-4, atol=1e-5)
     assert load_backbone(runs[True].final).config.arch == "vit_pico"
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("centering", ["centering", "sinkhorn_knopp"])
+def test_cuda_train_steps_never_wait_for_the_device(tiny_dataset, tmp_path, centering):
+    """After a warm-up step (AdamW creates its state), train_step and the loop's per-step bookkeeping
+    run under torch.cuda.set_sync_debug_mode("error"): any host-device sync (.item(), nonzero(),
+    boolean-mask indexing, a blocking copy) raises. Batches come pinned, as the loader gives them."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    from pretrain.engine import LOSS_TERMS, NonFiniteWatch, build_optimizer, train_step
+    from pretrain.fast_step import accelerate_meta_arch
+    from pretrain.meta_arch import MetaArch
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(tiny_dataset, tmp_path, device="cuda", compile=False, centering=centering)
+    meta = accelerate_meta_arch(MetaArch(cfg, "cuda"), compile=False)   # the engine's chunked losses
+    optimizer = build_optimizer(meta, cfg)
+    batches = [_batch(generator_seed=s, precomputed=True) for s in range(5)]
+    batches[3]["masks"][:] = False       # a batch without any masked token
+    from pretrain.masking import masked_token_indices
+    batches[3]["mask_indices"], batches[3]["mask_weights"] = masked_token_indices(batches[3]["masks"])
+    batches = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
+    watch = NonFiniteWatch(torch.device("cuda"))
+
+    def step(i, batch, freeze):
+        out = train_step(meta, optimizer, batch, lr=1e-4, wd=0.04, freeze_last_layer=freeze, teacher_temp=0.07,
+                         momentum=0.996, clip_grad=3.0)
+        values = torch.stack([out[k].float() for k in (*LOSS_TERMS, "grad_norm")])
+        watch.add(i + 1, values[:len(LOSS_TERMS)])
+        return values
+
+    step(0, batches[0], False)           # warm-up: optimiser state, cuBLAS handles, allocator
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        values = [step(i, batch, freeze=i == 2) for i, batch in enumerate(batches[1:], start=1)]
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert watch.first_bad() is None     # read back here, as the engine does on logging steps
+    assert all(torch.isfinite(v).all() for v in values) and values[2][LOSS_TERMS.index("ibot")].item() == 0.0
 
 
 @pytest.mark.cuda

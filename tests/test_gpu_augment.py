@@ -139,6 +139,7 @@ def test_crop_major_order_and_batch_dict():
                "masks": torch.zeros(8, 4, dtype=torch.bool)}, torch.Generator().manual_seed(0))
     assert out["global"].shape == (8, 3, 16, 16) and out["local"].shape == (12, 3, 8, 8)
     assert out["masks"].shape == (8, 4) and out["labels"].tolist() == [0, 1, 2, 3]
+    assert out["mask_indices"].numel() == 0 and out["mask_weights"].numel() == 0   # nothing masked
     expected = (colours.float() / 255 - MEAN.view(1, 3)) / STD.view(1, 3)
     for name, n in (("global", 8), ("local", 12)):
         means = out[name].mean(dim=(2, 3))
@@ -153,6 +154,8 @@ def test_masks_from_a_make_masks_when_the_batch_has_none():
     assert out["local"] is None
     assert out["masks"].shape == (8, 16) and out["masks"].dtype == torch.bool
     assert (out["masks"].sum(1) > 0).sum() == 4   # mask_probability 0.5 of 8 global crops
+    assert torch.equal(out["mask_indices"], out["masks"].flatten().nonzero().flatten())
+    assert out["mask_weights"].shape == out["mask_indices"].shape
 
 
 def test_noise_patch_semantics():

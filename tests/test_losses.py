@@ -163,6 +163,106 @@ def test_ibot_loss_rejects_row_mismatch():
         iBOTPatchLoss(3)(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([[True, False]]))
 
 
+# ---------------------------------------------------------------- iBOT on host-computed indices
+def _boolean_ibot(loss_fn, student_tokens, head, teacher_probs_of, masks):
+    """The iBOT term as the step computed it before host-computed indices: boolean-mask gathers on
+    the device and weights ``(1 / per_image).expand_as(masks)[masks]`` (kept here as the reference)."""
+    masks = masks.reshape(masks.shape[0], -1).bool()
+    student = student_tokens.flatten(0, 1)[masks.flatten()] @ head
+    teacher = teacher_probs_of(masks)
+    per_image = masks.sum(dim=1).clamp(min=1).float()
+    weights = (1.0 / per_image).unsqueeze(1).expand_as(masks)[masks]
+    if weights.shape[0] == 0:
+        return student.float().sum() * 0.0
+    ce = loss_fn.soft_cross_entropy(student, teacher)
+    return (ce * weights).sum() / max(masks.shape[0], 1)
+
+
+def _random_masks(g, n, p, *, empty_image=True, none=False):
+    masks = torch.rand(n, p, generator=g) < torch.rand(n, 1, generator=g)
+    if empty_image:
+        masks[1] = False          # an image with zero masked tokens
+        masks[0, 0] = True
+    if none:
+        masks[:] = False          # a batch without any masked token
+    return masks
+
+
+def test_masked_token_indices_equal_boolean_indexing():
+    from pretrain.masking import masked_token_indices
+
+    g = torch.Generator().manual_seed(11)
+    for none in (False, True):
+        masks = _random_masks(g, 7, 12, none=none)
+        indices, weights = masked_token_indices(masks)
+        assert indices.dtype == torch.long and weights.dtype == torch.float32
+        assert torch.equal(indices, masks.flatten().nonzero().flatten())
+        per_image = masks.sum(dim=1).clamp(min=1).float()
+        assert torch.equal(weights, (1.0 / per_image).unsqueeze(1).expand_as(masks)[masks])
+        # [N, h, w] masks give the same as [N, h*w]
+        grid = masked_token_indices(masks.view(7, 3, 4))
+        assert torch.equal(grid[0], indices) and torch.equal(grid[1], weights)
+    empty, w = masked_token_indices(torch.zeros(4, 9, dtype=torch.bool))
+    assert empty.shape == (0,) and w.shape == (0,)
+
+
+@pytest.mark.parametrize("fast", [False, True])
+@pytest.mark.parametrize("case", ["random", "empty_image", "no_masks"])
+def test_ibot_indexed_path_equals_boolean_mask_path(fast, case):
+    """index_select on host-computed indices + precomputed weights == boolean-mask gathers: the same
+    loss value and the same gradients (random masks, an image with no masked token, no mask at all)."""
+    from pretrain.fast_step import FastiBOTPatchLoss
+    from pretrain.masking import masked_token_indices
+    from pretrain.meta_arch import _masked_tokens
+
+    g = torch.Generator().manual_seed({"random": 3, "empty_image": 4, "no_masks": 5}[case])
+    n, p, d, k = 6, 16, 5, 11
+    masks = _random_masks(g, n, p, empty_image=case != "random", none=case == "no_masks")
+    tokens = torch.randn(n, p, d, generator=g, requires_grad=True)
+    head = torch.randn(d, k, generator=g)
+    teacher_tokens = torch.randn(n, p, d, generator=g)
+    loss_fn = (FastiBOTPatchLoss if fast else iBOTPatchLoss)(k, student_temp=0.1)
+    if fast:
+        loss_fn.chunk_rows = 3
+
+    def teacher_probs_of(m):
+        return torch.softmax(teacher_tokens.flatten(0, 1)[m.flatten()] @ head / 0.07, dim=-1)
+
+    ref = _boolean_ibot(loss_fn, tokens, head, teacher_probs_of, masks)
+    (ref_grad,) = torch.autograd.grad(ref, tokens, allow_unused=False)
+
+    indices, weights = masked_token_indices(masks)            # on the CPU, as the collates do
+    student = _masked_tokens(tokens, indices) @ head
+    teacher = torch.softmax(_masked_tokens(teacher_tokens, indices) @ head / 0.07, dim=-1)
+    ours = loss_fn(student, teacher, mask_weights=weights, n_images=n)
+    (our_grad,) = torch.autograd.grad(ours, tokens, allow_unused=False)
+
+    assert torch.isfinite(ours) and torch.isfinite(our_grad).all()
+    torch.testing.assert_close(ours, ref, rtol=0, atol=0)
+    torch.testing.assert_close(our_grad, ref_grad, rtol=0, atol=0)
+    # the masks-only call (weights derived from the masks) is the same path
+    torch.testing.assert_close(loss_fn(student, teacher, masks), ours, rtol=0, atol=0)
+    if case == "no_masks":
+        assert ours.item() == 0.0 and not our_grad.any()
+
+
+def test_ibot_loss_needs_weights_with_their_image_count():
+    with pytest.raises(ValueError, match="n_images"):
+        iBOTPatchLoss(3)(torch.randn(2, 3), torch.randn(2, 3), mask_weights=torch.ones(2))
+    with pytest.raises(ValueError, match="masks or the precomputed"):
+        iBOTPatchLoss(3)(torch.randn(2, 3), torch.randn(2, 3))
+
+
+def test_sinkhorn_host_count_equals_tensor_count():
+    g = torch.Generator().manual_seed(6)
+    logits = torch.randn(9, 5, generator=g)
+    loss = iBOTPatchLoss(5)
+    torch.testing.assert_close(loss.sinkhorn_knopp_teacher(logits, 0.1, 9),
+                               loss.sinkhorn_knopp_teacher(logits, 0.1, torch.tensor([9])), rtol=0, atol=0)
+    empty = loss.sinkhorn_knopp_teacher(torch.zeros(0, 5), 0.1, 0)
+    assert empty.shape == (0, 5)
+
+
 # ---------------------------------------------------------------- KoLeo
 def test_koleo_hand_computed():
     x = torch.tensor([[2.0, 0.0], [0.0, 0.5], [-3.0, 0.0]])   # normalises to e1, e2, -e1
