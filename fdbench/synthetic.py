@@ -181,11 +181,22 @@ def make_synthetic_dataset(out: str | Path, spec: SyntheticSpec = SyntheticSpec(
                 _render_split_class(job)
         atomic_write_json(tmp / "dataset.json", {"name": "fdbench-synthetic", "version": VERSION,
                                                  **asdict(spec), "class_names": list(CLASS_NAMES[:spec.classes])})
-        os.replace(tmp, out)
+        _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        # another process (two commands started at once on a fresh cache) finished the same
+        # deterministic dataset first: its copy is byte-identical, so keep it and drop ours
+        if not (out / "dataset.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cache_dir() -> Path:

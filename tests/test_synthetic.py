@@ -72,3 +72,19 @@ def test_bad_arguments(tmp_path):
         make_synthetic_dataset(tmp_path / "x", SyntheticSpec(classes=99))
     with pytest.raises(FdbenchError, match="--size"):
         make_synthetic_dataset(tmp_path / "x", SyntheticSpec(size=8))
+
+
+def _write_small(out: str) -> str:
+    return str(make_synthetic_dataset(out, SMALL, workers=1))
+
+
+def test_concurrent_writers_of_the_same_dataset_both_succeed(tmp_path):
+    """Two commands started at once on a fresh cache generate the same dataset concurrently."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    out = tmp_path / "cache" / SMALL.folder_name()
+    with ProcessPoolExecutor(2) as pool:
+        results = list(pool.map(_write_small, [str(out)] * 4))
+    assert results == [str(out)] * 4
+    assert len(list(out.rglob("*.png"))) == 3 * (4 + 2)
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
