@@ -25,17 +25,14 @@ from typing import Iterable, Mapping, Sequence
 
 import torch
 
+from corruptions import registry
 from fdbench.errors import FdbenchError
 
-GROUPS: dict[str, tuple[str, ...]] = {
-    "noise": ("gaussian_noise", "shot_noise", "impulse_noise"),
-    "blur": ("defocus_blur", "glass_blur", "motion_blur", "zoom_blur"),
-    "weather": ("snow", "frost", "fog"),
-    "digital": ("brightness", "contrast", "elastic_transform", "pixelate", "jpeg_compression"),
-}
-COMMON: tuple[str, ...] = tuple(name for group in GROUPS.values() for name in group)
-EXTRA: tuple[str, ...] = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
-ALL: tuple[str, ...] = COMMON + EXTRA
+# the ImageNet-C families have one definition, in corruptions.registry (brightness is weather)
+GROUPS: dict[str, tuple[str, ...]] = dict(registry.FAMILIES)
+COMMON: tuple[str, ...] = registry.COMMON
+EXTRA: tuple[str, ...] = registry.EXTRA
+ALL: tuple[str, ...] = registry.ALL
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
 CLEAN = "clean"   # the corruption name of clean rows in results.csv (severity 0)
 

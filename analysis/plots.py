@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
 
+from corruptions import registry
 from fdbench.io import atomic_open
 
 __all__ = [
@@ -40,15 +41,10 @@ DIFF_CMAP = "RdBu_r"          # diverging, centred at 0: red = more errors
 # colour-blind-safe qualitative palette (Okabe-Ito), one colour per checkpoint in every figure
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 
-# ImageNet-C families; used to group corruption curves and to colour points
-FAMILY_OF = {
-    "gaussian_noise": "noise", "shot_noise": "noise", "impulse_noise": "noise", "speckle_noise": "noise",
-    "defocus_blur": "blur", "glass_blur": "blur", "motion_blur": "blur", "zoom_blur": "blur",
-    "gaussian_blur": "blur",
-    "snow": "weather", "frost": "weather", "fog": "weather", "spatter": "weather",
-    "brightness": "digital", "contrast": "digital", "elastic_transform": "digital", "pixelate": "digital",
-    "jpeg_compression": "digital", "saturate": "digital",
-}
+# ImageNet-C families (one definition: corruptions.registry.FAMILIES); used to group corruption curves
+# and to colour points. The four extra corruptions go with the family their ImageNet-C paper places them in.
+FAMILY_OF = {**{name: family for family, members in registry.FAMILIES.items() for name in members},
+             "speckle_noise": "noise", "gaussian_blur": "blur", "spatter": "weather", "saturate": "digital"}
 FAMILIES = ("noise", "blur", "weather", "digital", "other")
 
 

@@ -161,3 +161,16 @@ def test_cuda_keeps_device_and_matches_cpu_for_deterministic():
             continue  # nvJPEG and libjpeg differ slightly
         d = (corrupt(x.cuda(), name, 3).cpu().float() - corrupt(x, name, 3).float()).abs()
         assert d.max() <= 1, name
+
+
+def test_families_match_the_reference_package_and_the_paper():
+    # Hendrycks & Dietterich 2019, Figure 1: brightness is a weather corruption
+    import imagecorruptions
+    from analysis import metrics, plots
+
+    for family in ("noise", "blur", "weather", "digital"):
+        assert list(GROUPS[family]) == imagecorruptions.get_corruption_names(family)
+        assert metrics.GROUPS[family] == GROUPS[family]
+        assert all(plots.FAMILY_OF[c] == family for c in GROUPS[family])
+    assert "brightness" in GROUPS["weather"] and "brightness" not in GROUPS["digital"]
+    assert metrics.group_of("brightness") == "weather"

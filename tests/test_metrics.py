@@ -115,3 +115,14 @@ def test_parsing_corruptions_and_severities():
     for bad in ("0-5", "6", "a-b", ""):
         with pytest.raises(FdbenchError, match="severities"):
             parse_severities(bad)
+
+
+def test_group_ce_counts_brightness_as_weather():
+    # hand computation: AlexNet-normalised CE per corruption, weather = mean over snow, frost, fog, brightness
+    errs = {"snow": 0.6, "frost": 0.5, "fog": 0.4, "brightness": 0.2, "contrast": 0.7, "pixelate": 0.3}
+    frame = pd.DataFrame(_rows("m", "knn", 0.9, {c: [1 - e] * 5 for c, e in errs.items()}), columns=COLUMNS)
+    _, agg = summarise(frame, alexnet_baseline())
+    ce = {c: 5 * e / (5 * ALEXNET_MEAN_ERRORS[c]) for c, e in errs.items()}
+    groups = agg["m"]["knn"]["groups"]
+    assert groups["weather"]["ce"] == pytest.approx((ce["snow"] + ce["frost"] + ce["fog"] + ce["brightness"]) / 4)
+    assert groups["digital"]["ce"] == pytest.approx((ce["contrast"] + ce["pixelate"]) / 2)
