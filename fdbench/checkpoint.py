@@ -205,8 +205,11 @@ def _load_dinov2_official(state: dict) -> LoadedBackbone:
     reg = state["register_tokens"].shape[1] if "register_tokens" in state else 0
     mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / dim
     has_ls = "blocks.0.ls1.gamma" in state
+    # the official hub models resample their position table differently with and without registers
+    # (hubconf: interpolate_offset 0.1 / no antialias without, offset 0 / antialias with registers)
     config = BackboneConfig(arch=arch, patch_size=patch, img_size=grid * patch, reg_tokens=reg,
-                            layerscale=1.0 if has_ls else None, mlp_ratio=mlp_ratio)
+                            layerscale=1.0 if has_ls else None, mlp_ratio=mlp_ratio,
+                            pos_interp_offset=0.0 if reg else 0.1, pos_interp_antialias=bool(reg))
     model = build_backbone(config)
     mapped = {k: v for k, v in state.items() if k not in ("cls_token", "pos_embed", "register_tokens", "mask_token")}
     mapped["cls_token"] = state["cls_token"] + state["pos_embed"][:, :1]

@@ -5,6 +5,12 @@
 crops, its positional embeddings resampled bicubically on the fly) plus the learnable mask token
 that iBOT's masked-image modelling needs and timm's ViT lacks.
 
+Resampling the position table to another grid follows the checkpoint's own rule
+(``BackboneConfig.pos_interp_offset`` / ``pos_interp_antialias``): fdbench's models and the official
+DINOv2 register models resample to the target grid size with antialiased bicubic (offset 0, timm's
+rule); the official DINOv2 models without registers use ``interpolate_offset=0.1`` and no
+antialiasing, i.e. bicubic with a scale factor of (grid + 0.1) / native grid per axis.
+
 Positional embeddings cover the patch grid only (``no_embed_class=True``); the class token carries
 its own position. This is equivalent to DINOv2's layout (whose class-token position embedding is a
 constant that folds into the class token) and keeps register tokens position-free, as in DINOv2.
@@ -15,6 +21,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -43,6 +50,11 @@ class BackboneConfig:
     drop_path_rate: float = 0.0
     layerscale: float | None = 1e-5   # DINOv2 default; None disables LayerScale
     mlp_ratio: float = 4.0
+    # how the position table is resampled to another grid (see the module docstring): offset 0 with
+    # antialiasing resamples to the target size; offset > 0 resamples by scale factor (grid + offset) /
+    # native grid, as the official DINOv2 models without registers do (offset 0.1, no antialiasing)
+    pos_interp_offset: float = 0.0
+    pos_interp_antialias: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -57,13 +69,47 @@ class BackboneConfig:
         return ARCHS[self.arch][0]
 
 
+def resample_pos_table(table: torch.Tensor, native: tuple[int, int], grid: tuple[int, int], *,
+                       offset: float = 0.0, antialias: bool = True) -> torch.Tensor:
+    """Resample a patch position table [1, h*w, D] stored at grid ``native`` to ``grid`` (rows, cols).
+
+    ``offset == 0``: bicubic to the target size (timm, DINOv2 register models). ``offset > 0``: bicubic
+    by scale factor (grid + offset) / native per axis, whose output size floors to the grid (DINOv2
+    without registers; the offset keeps the floor from dropping a row to float error).
+    """
+    if tuple(grid) == tuple(native):
+        return table
+    dim = table.shape[-1]
+    x = table.float().reshape(1, native[0], native[1], dim).permute(0, 3, 1, 2)
+    if offset:
+        scale = ((grid[0] + offset) / native[0], (grid[1] + offset) / native[1])
+        x = F.interpolate(x, scale_factor=scale, mode="bicubic", antialias=antialias)
+    else:
+        x = F.interpolate(x, size=tuple(grid), mode="bicubic", antialias=antialias)
+    if tuple(x.shape[-2:]) != tuple(grid):
+        raise FdbenchError(f"position table resampled to {tuple(x.shape[-2:])} instead of {tuple(grid)}")
+    return x.permute(0, 2, 3, 1).reshape(1, -1, dim).to(table.dtype)
+
+
 class MaskableViT(VisionTransformer):
     """A timm ViT whose forward takes optional boolean patch masks and returns (cls, patch tokens)."""
 
-    def __init__(self, **kwargs):
+    def __init__(self, *, pos_interp_offset: float = 0.0, pos_interp_antialias: bool = True, **kwargs):
         super().__init__(**kwargs)
         self.mask_token = nn.Parameter(torch.zeros(1, self.embed_dim))
         nn.init.normal_(self.mask_token, std=0.02)
+        self.pos_interp_offset = pos_interp_offset
+        self.pos_interp_antialias = pos_interp_antialias
+
+    def _pos_embed(self, x: torch.Tensor) -> torch.Tensor:
+        # replaces timm's dynamic resampling (always size-based and antialiased) with the
+        # checkpoint's own rule; the layout is timm's no_embed_class one: add, then prepend prefix tokens
+        b, h, w, c = x.shape
+        pos = resample_pos_table(self.pos_embed, self.patch_embed.grid_size, (h, w),
+                                 offset=self.pos_interp_offset, antialias=self.pos_interp_antialias)
+        x = x.reshape(b, h * w, c) + pos
+        prefix = [t.expand(b, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
+        return self.pos_drop(torch.cat(prefix + [x], dim=1))
 
     def _embed(self, x: torch.Tensor, masks: torch.Tensor | None) -> torch.Tensor:
         x = self.patch_embed(x)  # [B, h, w, D] because dynamic_img_size=True
@@ -113,7 +159,8 @@ def build_backbone(arch: str | BackboneConfig = "vit_small", img_size: int = 224
         img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=dim, depth=depth, num_heads=heads,
         mlp_ratio=cfg.mlp_ratio, num_classes=0, global_pool="", reg_tokens=cfg.reg_tokens,
         no_embed_class=True, dynamic_img_size=True, init_values=cfg.layerscale,
-        drop_path_rate=cfg.drop_path_rate)
+        drop_path_rate=cfg.drop_path_rate, pos_interp_offset=cfg.pos_interp_offset,
+        pos_interp_antialias=cfg.pos_interp_antialias)
     model.config = cfg
     return model
 
