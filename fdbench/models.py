@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
+from timm.layers import DropPath
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
@@ -48,6 +49,9 @@ class BackboneConfig:
     img_size: int = 224           # the size the positional-embedding table is stored at
     reg_tokens: int = 0
     drop_path_rate: float = 0.0
+    # True: the same drop-path rate in every block (DINOv2's drop_path_uniform); False: timm's linear
+    # ramp from 0 in the first block to the rate in the last (mean rate half the configured one)
+    drop_path_uniform: bool = False
     layerscale: float | None = 1e-5   # DINOv2 default; None disables LayerScale
     mlp_ratio: float = 4.0
     # how the position table is resampled to another grid (see the module docstring): offset 0 with
@@ -142,12 +146,13 @@ class MaskableViT(VisionTransformer):
 
 
 def build_backbone(arch: str | BackboneConfig = "vit_small", img_size: int = 224, patch_size: int = 16,
-                   *, reg_tokens: int = 0, drop_path_rate: float = 0.0,
+                   *, reg_tokens: int = 0, drop_path_rate: float = 0.0, drop_path_uniform: bool = False,
                    layerscale: float | None = 1e-5, mlp_ratio: float = 4.0) -> MaskableViT:
     """Build a backbone by name (see ``ARCHS``) or from a :class:`BackboneConfig`."""
     cfg = arch if isinstance(arch, BackboneConfig) else BackboneConfig(
         arch=arch, patch_size=patch_size, img_size=img_size, reg_tokens=reg_tokens,
-        drop_path_rate=drop_path_rate, layerscale=layerscale, mlp_ratio=mlp_ratio)
+        drop_path_rate=drop_path_rate, drop_path_uniform=drop_path_uniform, layerscale=layerscale,
+        mlp_ratio=mlp_ratio)
     if cfg.arch not in ARCHS:
         raise FdbenchError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}")
     if cfg.patch_size not in PATCH_SIZES:
@@ -161,6 +166,11 @@ def build_backbone(arch: str | BackboneConfig = "vit_small", img_size: int = 224
         no_embed_class=True, dynamic_img_size=True, init_values=cfg.layerscale,
         drop_path_rate=cfg.drop_path_rate, pos_interp_offset=cfg.pos_interp_offset,
         pos_interp_antialias=cfg.pos_interp_antialias)
+    if cfg.drop_path_uniform and cfg.drop_path_rate > 0:
+        # timm only ramps; DINOv2's uniform rule puts the full rate in every block
+        for block in model.blocks:
+            block.drop_path1 = DropPath(cfg.drop_path_rate)
+            block.drop_path2 = DropPath(cfg.drop_path_rate)
     model.config = cfg
     return model
 

@@ -32,6 +32,7 @@ class ModelConfig:
     arch: str = "vit_small"
     patch_size: int = 16
     drop_path_rate: float = 0.1          # student only; the teacher never drops paths
+    drop_path_uniform: bool = True       # DINOv2: the same rate in every block (False: timm's 0 -> rate ramp)
     layerscale: float | None = 1e-5
     reg_tokens: int = 0
 
@@ -81,6 +82,7 @@ class OptimConfig:
     patch_embed_lr_mult: float = 0.2
     freeze_last_layer_epochs: float = 1
     clip_grad: float = 3.0
+    weight_decay_rule: str = "dinov2"     # pretrain.param_groups.WD_RULES: dinov2 | no-decay-tokens
     beta1: float = 0.9
     beta2: float = 0.999
     # False: one set of schedules over the whole run (default, see the README);
@@ -269,6 +271,8 @@ def validate(cfg: PretrainConfig) -> None:
          f"unknown --data-pipeline {cfg.data.pipeline!r}: use auto, cpu or gpu"),
         (0.0 <= cfg.loss.mask_ratio_min <= cfg.loss.mask_ratio_max <= 1.0,
          "mask ratios must satisfy 0 <= min <= max <= 1"),
+        (cfg.optim.weight_decay_rule in ("dinov2", "no-decay-tokens"),
+         f"unknown weight_decay_rule {cfg.optim.weight_decay_rule!r}: use dinov2 or no-decay-tokens"),
     ]
     for ok, message in checks:
         if not ok:

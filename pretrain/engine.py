@@ -241,7 +241,8 @@ def build_optimizer(meta: MetaArch, cfg: PretrainConfig) -> torch.optim.Optimize
     from pretrain.schedules import param_groups
 
     groups = param_groups(meta.named_student_modules(), lr_decay=cfg.optim.layerwise_decay,
-                          patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult)
+                          patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult,
+                          wd_rule=cfg.optim.weight_decay_rule)
     fused = meta.device.type == "cuda"
     return torch.optim.AdamW(groups, lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=fused)
 
@@ -256,8 +257,8 @@ def resolve_compile(flag: bool | None, device: torch.device) -> bool:
 def train_step(meta: MetaArch, optimizer: torch.optim.Optimizer, batch: dict, *, lr: float, wd: float,
                freeze_last_layer: bool, teacher_temp: float, momentum: float,
                clip_grad: float) -> dict[str, torch.Tensor]:
-    """One DINOv2 iteration at the given schedule values: forward/backward, last-layer freeze,
-    per-part gradient clipping, AdamW, EMA of the teacher. ``fdbench bench-train`` times this too.
+    """One DINOv2 iteration at the given schedule values: forward/backward, per-part gradient
+    clipping, AdamW (lr 0 for the heads' last layer while frozen), EMA of the teacher. ``fdbench bench-train`` times this too.
 
     Returns the loss terms (:data:`LOSS_TERMS`) and the backbone's gradient norm as device tensors:
     nothing is read back to the host, so on a GPU the host queues the next step while this one runs.
@@ -265,8 +266,8 @@ def train_step(meta: MetaArch, optimizer: torch.optim.Optimizer, batch: dict, *,
     apply_schedules(optimizer, lr, wd, freeze_last_layer)
     optimizer.zero_grad(set_to_none=True)
     losses = meta.forward_backward(batch, teacher_temp)
-    if freeze_last_layer:
-        meta.cancel_last_layer_gradients()
+    # the frozen last layer keeps its gradients, as in DINOv2: they count in its head's clip norm and
+    # in AdamW's moments, and apply_schedules' lr 0 (applied after clipping) keeps the weights fixed
     grad_norm = meta.clip_gradients(clip_grad)
     optimizer.step()
     meta.update_teacher(momentum)

@@ -90,6 +90,7 @@ class MetaArch(nn.Module):
         m, h, lc = cfg.model, cfg.head, cfg.loss
         backbone = build_backbone(m.arch, img_size=cfg.crops.global_size, patch_size=m.patch_size,
                                   reg_tokens=m.reg_tokens, drop_path_rate=m.drop_path_rate,
+                                  drop_path_uniform=m.drop_path_uniform,
                                   layerscale=m.layerscale)
         dim = backbone.embed_dim
         dino_head = DINOHead(dim, h.prototypes, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim,

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from pretrain.param_groups import wd_multiplier
+
 __all__ = ["cosine_schedule", "linear_warmup_then_constant", "scaled_lr", "param_groups",
            "apply_schedules", "layer_id"]
 
@@ -61,8 +63,6 @@ def scaled_lr(base_lr: float, batch_size: int) -> float:
 
 # Parameters that are neither matrices of a layer nor decayed: biases, every norm's affine
 # parameters, LayerScale (timm names it ``gamma``), learned tokens and the position table.
-_NO_DECAY = re.compile(r"(\.bias$|norm|(^|\.)gamma$|(^|\.)ls\d+\.|cls_token|reg_token|register_tokens|"
-                       r"mask_token|pos_embed)")
 # Parameters that sit below the first block (layer 0): the embedding stage.
 _EMBEDDING = re.compile(r"(^|\.)(pos_embed|patch_embed|cls_token|reg_token|register_tokens|mask_token)(\.|$)")
 _BLOCK = re.compile(r"(^|\.)blocks\.(\d+)\.")
@@ -80,15 +80,17 @@ def layer_id(name: str, num_layers: int) -> int:
 
 
 def param_groups(named_modules: dict[str, nn.Module], lr_decay: float = 0.9, patch_embed_lr_mult: float = 0.2,
-                 num_layers: int | None = None) -> list[dict]:
+                 num_layers: int | None = None, wd_rule: str = "no-decay-tokens") -> list[dict]:
     """AdamW parameter groups with DINOv2's multipliers.
 
     For a backbone parameter at depth ``layer_id`` (see :func:`layer_id`) of a ViT with
     ``L = num_layers`` blocks: ``lr_multiplier = lr_decay ** (L + 1 - layer_id)``, times
     ``patch_embed_lr_mult`` for the patch embedding. So block ``i`` gets ``lr_decay ** (L - i)``
     (the last block ``lr_decay``, the first ``lr_decay ** L``), the final norm 1, the embeddings
-    ``lr_decay ** (L + 1)``. Heads (modules without ``blocks``) get 1. ``wd_multiplier`` is 0 for
-    biases, norms, LayerScale, learned tokens and the position table, else 1. ``is_last_layer``
+    ``lr_decay ** (L + 1)``. Heads (modules without ``blocks``) get 1. ``wd_multiplier`` follows
+    ``wd_rule`` (:mod:`pretrain.param_groups`): 0 for biases, norms and LayerScale under both rules,
+    and also for the learned tokens and the position table under ``no-decay-tokens``; the engine
+    passes ``OptimConfig.weight_decay_rule`` (``dinov2`` in every preset). ``is_last_layer``
     marks the heads' weight-normalised ``last_layer`` (frozen during the first epoch).
 
     A module counts as a backbone when it has ``blocks``; ``num_layers`` defaults to its block
@@ -111,7 +113,7 @@ def param_groups(named_modules: dict[str, nn.Module], lr_decay: float = 0.9, pat
                 lr_mult = lr_decay ** (depth + 1 - layer_id(local_name, depth))
                 if "patch_embed" in local_name:
                     lr_mult *= patch_embed_lr_mult
-            wd_mult = 0.0 if _NO_DECAY.search(local_name) else 1.0
+            wd_mult = wd_multiplier(local_name, wd_rule)
             last = "last_layer" in local_name
             group = merged.setdefault((lr_mult, wd_mult, last), {
                 "params": [], "names": [], "lr_multiplier": lr_mult, "wd_multiplier": wd_mult,

@@ -134,3 +134,31 @@ def test_apply_schedules_and_last_layer_freeze():
         moved = [not torch.equal(before[id(p)], p) for p in g["params"]]
         assert not any(moved) if g["is_last_layer"] else any(moved)
     assert isinstance(opt.state_dict()["param_groups"][0]["names"], list)       # checkpoint-safe
+
+
+def test_dinov2_weight_decay_rule_decays_tokens():
+    # DINOv2's get_params_groups_with_decay: no decay iff the name ends in ".bias" or contains
+    # "norm" or "gamma"; everything else (class/mask/register tokens, position table) is decayed
+    backbone = build_backbone("vit_pico", img_size=32, patch_size=16, reg_tokens=2)
+    head = DINOHead(backbone.embed_dim, out_dim=16, hidden_dim=8, bottleneck_dim=4)
+    m = _multipliers(param_groups({"backbone": backbone, "dino_head": head}, wd_rule="dinov2"))
+    for prefix, module in (("backbone", backbone), ("dino_head", head)):
+        for name, _ in module.named_parameters():
+            exempt = name.endswith(".bias") or "norm" in name or "gamma" in name
+            assert m[f"{prefix}.{name}"][1] == (0.0 if exempt else 1.0), name
+    for token in ("cls_token", "reg_token", "mask_token", "pos_embed"):
+        assert m[f"backbone.{token}"][1] == 1.0
+    with pytest.raises(ValueError, match="weight-decay rule"):
+        param_groups({"backbone": backbone}, wd_rule="bogus")
+
+
+def test_drop_path_uniform_and_ramp():
+    depth = 12
+    uniform = build_backbone("vit_tiny", img_size=32, patch_size=16, drop_path_rate=0.2, drop_path_uniform=True)
+    ramp = build_backbone("vit_tiny", img_size=32, patch_size=16, drop_path_rate=0.2)
+    # DINOv2: [rate] * depth when uniform, else linspace(0, rate, depth)
+    expected = [0.2 + 0 * i for i in range(depth)], [0.2 * i / (depth - 1) for i in range(depth)]
+    for model, rates in zip((uniform, ramp), expected):
+        got = [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.blocks]
+        assert got == pytest.approx(rates)
+        assert [getattr(b.drop_path2, "drop_prob", 0.0) for b in model.blocks] == pytest.approx(rates)
