@@ -128,8 +128,11 @@ class DINOLoss(_TeacherCentring):
     ``loss = (1 / |P|) sum_{(s, t) in P} (1 / B) sum_b  -sum_k p_t[b, k] log_softmax(z_s[b] / T_s)[k]``
 
     where ``P`` holds every (student crop ``s``, teacher global crop ``t``) pair except the
-    same-view pairs ``s == t``: ``|P| = G (G - 1) + L G`` (18 for 2 global + 8 local crops), as in
-    DINOv2, which divides the summed terms by exactly this count.
+    same-view pairs ``s == t``: ``|P| = G (G - 1) + L G`` (18 for 2 global + 8 local crops).
+    DINOv2 divides the summed terms by ``G (G - 1) + max(L G, 1)``: the same count for ``L >= 1``,
+    but with no local crops it divides by ``G (G - 1) + 1`` (3 for 2 global crops), so its loss is
+    ``G (G - 1) / (G (G - 1) + 1)`` (2/3) of this one. fdbench keeps the true pair count there; scale
+    by that factor (or the DINO weight) to reproduce the reference's L = 0 loss.
     """
 
     def forward(self, student_global_logits: torch.Tensor, student_local_logits: torch.Tensor | None,
@@ -214,8 +217,11 @@ class KoLeoLoss(nn.Module):
     """Kozachenko-Leonenko entropy regulariser: spreads a batch's embeddings over the sphere.
 
     ``loss = -(1/B) sum_i log(min_{j != i} ||x^_i - x^_j||_2 + eps)``, ``x^ = x / ||x||_2``, in
-    float32 outside autocast. A batch of fewer than 2 rows has no neighbours: the loss is 0 there
-    (the reference code returns inf or NaN). The nearest neighbour is found with the diagonal set
+    float32 outside autocast. A batch of fewer than 2 rows has no neighbours: the loss is 0 there.
+    The reference code returns a different finite constant at batch 1 (its row is its own
+    "neighbour" and ``nn.PairwiseDistance`` adds eps to the difference, so the loss is
+    ``-log(eps sqrt(D) + eps)``, about 15.4 at D = 384), also with no gradient: the two differ by a
+    constant that does not affect training. The nearest neighbour is found with the diagonal set
     to -inf, so a row is never its own neighbour even when all rows are antipodal.
     """
 

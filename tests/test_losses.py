@@ -365,3 +365,38 @@ def test_sinkhorn_and_centre_all_reduce_across_processes():
     for rank in range(2):
         assert torch.allclose(out[rank][1], 0.1 * logits.mean(0, keepdim=True), atol=1e-6)
         assert torch.allclose(out[rank][2], 0.1 * logits.mean(0, keepdim=True), atol=1e-6)
+
+
+@pytest.mark.parametrize("n_local", [0, 3])
+def test_dino_loss_against_dinov2_divisor(n_local):
+    # DINOv2's meta-architecture sums the per-pair batch means and divides by
+    # G (G - 1) + max(L G, 1): the same count as fdbench's for L >= 1, one more term for L = 0
+    g = torch.Generator().manual_seed(1)
+    n_global, b, k = 2, 4, 7
+    s_global = torch.randn(n_global * b, k, generator=g)
+    s_local = torch.randn(n_local * b, k, generator=g) if n_local else None
+    t_probs = torch.softmax(torch.randn(n_global * b, k, generator=g), dim=-1)
+    students = list(s_global.chunk(n_global)) + (list(s_local.chunk(n_local)) if n_local else [])
+    teachers = t_probs.chunk(n_global)
+    summed = sum((-(t * torch.log_softmax(s / 0.1, -1)).sum(-1)).mean()
+                 for si, s in enumerate(students) for ti, t in enumerate(teachers) if si != ti)
+    official = summed / (n_global * (n_global - 1) + max(n_local * n_global, 1))
+    ours = DINOLoss(k, student_temp=0.1)(s_global, s_local, t_probs, n_global_crops=n_global)
+    factor = 1.0 if n_local else (n_global * (n_global - 1)) / (n_global * (n_global - 1) + 1)
+    assert (ours * factor).item() == pytest.approx(official.item(), rel=1e-5)
+
+
+def test_koleo_batch_one_reference_is_a_finite_constant_without_gradient():
+    # the reference: normalise, nearest neighbour with the diagonal filled with -1 (so a single row is
+    # its own neighbour), nn.PairwiseDistance(eps=1e-8) adds eps to the difference, -log(d + eps)
+    x = torch.randn(1, 384, requires_grad=True)
+    xn = F.normalize(x, p=2, dim=-1, eps=1e-8)
+    dots = xn @ xn.t()
+    dots.view(-1)[::2].fill_(-1)
+    nb = dots.argmax(dim=1)
+    ref = -torch.log(torch.nn.PairwiseDistance(2, eps=1e-8)(xn, xn[nb]) + 1e-8).mean()
+    ref.backward()
+    assert torch.isfinite(ref) and ref.item() == pytest.approx(-math.log(1e-8 * math.sqrt(384) + 1e-8), rel=1e-4)
+    assert torch.count_nonzero(x.grad) == 0                                    # no gradient
+    ours = KoLeoLoss()(torch.randn(1, 384, requires_grad=True))
+    assert ours.item() == 0.0 and not ours.requires_grad                        # ours: constant 0
