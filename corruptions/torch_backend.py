@@ -411,9 +411,11 @@ def elastic_transform(x, p, ctx):
         side = min(h, w)
         alpha, sigma_f, affine = p[0] * side, p[1] * side, p[2] * side
         amp, sigma = 1.0, (sigma_f, sigma_f)
-        cy, cx = float(h // 2), float(w // 2)
+        # the scripts' triangle, as OpenCV (x, y) points: c + s, (c0 + s, c1 - s), c - s with the centre
+        # c = (H // 2, W // 2) in numpy's (row, col) order used as (x, y) (the same for square images)
+        c0, c1 = float(h // 2), float(w // 2)
         s = float(side // 3)
-        pts1 = torch.tensor([[cx + s, cy + s], [cx - s, cy + s], [cx - s, cy - s]], device=x.device)
+        pts1 = torch.tensor([[c0 + s, c1 + s], [c0 + s, c1 - s], [c0 - s, c1 - s]], device=x.device)
         pts1 = pts1.expand(n, 3, 2)
         pts2 = pts1 + ctx.rng.uniform((n, 3, 2), -affine, affine)
         # the map destination -> source takes pts2 to pts1: [pts2, 1] @ A = pts1

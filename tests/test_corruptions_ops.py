@@ -194,3 +194,35 @@ def test_fidelity_statistics_helpers():
     spec = radial_power_spectrum(d)
     assert spec.argmax() == 4 and len(spec) == 16
     assert spectrum_correlation(spec, spec * 10) == pytest.approx(1.0, abs=1e-3)
+
+
+class _FixedRng:
+    """Stands in for Rng: the affine offsets are given, every other uniform draw is zero (so the
+    elastic displacement field vanishes and only the affine step remains)."""
+
+    def __init__(self, offsets):
+        self.offsets = offsets
+
+    def uniform(self, shape, low=0.0, high=1.0):
+        return self.offsets.clone() if tuple(shape)[-2:] == (3, 2) else torch.zeros(shape)
+
+
+@pytest.mark.parametrize("size,table", [(64, "tiny-imagenet"), (32, "cifar10")])
+def test_elastic_affine_triangle_matches_the_small_image_scripts(size, table):
+    # make_tinyimagenet_c.py / make_cifar_c.py: center_square = float32(shape) // 2, square_size =
+    # min(shape) // 3, pts1 = [c + s, [c0 + s, c1 - s], c - s], pts2 = pts1 + U(-a, a),
+    # cv2.warpAffine(image, getAffineTransform(pts1, pts2), borderMode=BORDER_REFLECT_101)
+    from corruptions import params as ptab
+
+    g = torch.Generator().manual_seed(0)
+    img = torch.rand(1, 3, size, size, generator=g)
+    offsets = (torch.rand(1, 3, 2, generator=g) * 2 - 1) * 0.06 * size
+    c, s = size // 2, size // 3
+    pts1 = np.float32([[c + s, c + s], [c + s, c - s], [c - s, c - s]])
+    pts2 = pts1 + offsets[0].numpy()
+    warp = cv2.getAffineTransform(pts1, pts2.astype(np.float32))
+    hwc = img[0].permute(1, 2, 0).numpy()
+    ref = cv2.warpAffine(hwc, warp, (size, size), borderMode=cv2.BORDER_REFLECT_101)
+    ctx = tb.Context(rng=_FixedRng(offsets), table=table, style=ptab.STYLE[table], quantized=False)
+    ours = tb.elastic_transform(img, ptab.severity_params(table, "elastic_transform", 2), ctx)
+    np.testing.assert_allclose(ours[0].permute(1, 2, 0).numpy(), np.clip(ref, 0, 1), atol=2e-3)
