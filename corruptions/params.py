@@ -16,7 +16,10 @@ Structural differences between the scripts (not just numbers) are in ``STYLE``:
   package), ``("scale", f, k, native)`` resizes it by ``f * side / native`` and draws among the
   first ``k`` frost pictures (the small-image scripts use ``randint(5)``, so frost6 is never drawn);
 - ``elastic``: ``"displace"`` is the reference package's displacement-only transform, ``"affine"``
-  the scripts' random affine followed by a displacement field.
+  the scripts' random affine followed by a displacement field;
+- ``motion_round``: the small-image scripts motion-blur through ImageMagick, which returns 8-bit
+  pixels rounded to nearest; the reference package's OpenCV motion blur returns floats that
+  ``np.uint8`` truncates. True rounds the motion-blurred image of a uint8 input.
 """
 
 from __future__ import annotations
@@ -103,9 +106,10 @@ CIFAR10 = {
 }
 
 STYLE = {
-    "imagenet": {"pixelate_up": "nearest", "frost": "cover", "elastic": "displace"},
-    "tiny-imagenet": {"pixelate_up": "box", "frost": ("scale", 0.3, 5, 64), "elastic": "affine"},
-    "cifar10": {"pixelate_up": "box", "frost": ("scale", 0.2, 5, 32), "elastic": "affine"},
+    "imagenet": {"pixelate_up": "nearest", "frost": "cover", "elastic": "displace", "motion_round": False},
+    "tiny-imagenet": {"pixelate_up": "box", "frost": ("scale", 0.3, 5, 64), "elastic": "affine",
+                      "motion_round": True},
+    "cifar10": {"pixelate_up": "box", "frost": ("scale", 0.2, 5, 32), "elastic": "affine", "motion_round": True},
 }
 
 _TABLES = {"imagenet": IMAGENET, "tiny-imagenet": TINY_IMAGENET, "cifar10": CIFAR10}

@@ -226,3 +226,17 @@ def test_elastic_affine_triangle_matches_the_small_image_scripts(size, table):
     ctx = tb.Context(rng=_FixedRng(offsets), table=table, style=ptab.STYLE[table], quantized=False)
     ours = tb.elastic_transform(img, ptab.severity_params(table, "elastic_transform", 2), ctx)
     np.testing.assert_allclose(ours[0].permute(1, 2, 0).numpy(), np.clip(ref, 0, 1), atol=2e-3)
+
+
+@pytest.mark.parametrize("table,size", [("tiny-imagenet", 64), ("cifar10", 32), ("imagenet", 64)])
+def test_motion_blur_rounds_where_the_reference_rounds(table, size):
+    # the 32/64 px scripts blur through ImageMagick, which returns 8-bit pixels rounded to nearest;
+    # the ImageNet-C package returns floats that np.uint8 truncates. The float path is unquantised,
+    # so it gives the exact blurred values for the same draw.
+    x = (_rand((3, 3, size, size), 11) * 255).round().to(torch.uint8)
+    u8 = corrupt(x, "motion_blur", 1, generator=4, params=table).double()
+    exact = corrupt(x.float() / 255, "motion_blur", 1, generator=4, params=table).double() * 255
+    expected = torch.floor(exact + 1e-3) if table == "imagenet" else torch.round(exact)
+    assert (u8 - expected).abs().max() <= 1 and (u8 != expected).double().mean() < 1e-3
+    bias = (u8 - exact).mean().item()
+    assert abs(bias - (-0.5 if table == "imagenet" else 0.0)) < 0.1
