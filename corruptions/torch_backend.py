@@ -282,8 +282,8 @@ _MUD = (63 / 255, 42 / 255, 20 / 255)
 def spatter(x, p, ctx):
     """Water (mode 0) or mud (mode 1) spatter from a blurred, thresholded N(mean, std) liquid layer.
 
-    Water: edges of the liquid (Canny 50/150), distance to them (truncated at 20), 3x3 blur,
-    histogram equalisation, emboss filter, 3x3 blur, times the liquid: m = that / max * c4;
+    Water: edges of the liquid (Canny 50/150), OpenCV's 5x5 chamfer distance to them (truncated at
+    20), 3x3 blur, histogram equalisation, emboss filter, 3x3 blur (8-bit result), times the liquid: m = that / max * c4;
     output = clip(x + m * pale turquoise). Mud: m = gaussian(liquid > thresh, c4), zeroed below 0.8;
     output = x (1 - m) + m * mud brown.
     """
@@ -294,11 +294,11 @@ def spatter(x, p, ctx):
     if mode == 0:
         l8 = torch.floor(liquid * 255).clamp(0, 255)
         edges = spt.canny(l8, 50, 150)
-        dist = spt.distance_to_edges(edges, 20)
-        dist = torch.floor(spt.box_blur3(dist))
+        dist = spt.chamfer_distance_5x5(edges, 20)      # cv2.distanceTransform(DIST_L2, 5)
+        dist = torch.floor(spt.box_blur3(dist))         # float blur, then astype(uint8)
         dist = spt.equalize_hist(dist)
         dist = spt.filter2d_u8(dist, _EMBOSS)
-        dist = spt.box_blur3(dist)
+        dist = torch.round(spt.box_blur3(dist))         # cv2.blur of a uint8 image returns uint8
         m = l8 * dist
         m = m / m.reshape(n, -1).amax(1).clamp_min(1e-12).reshape(n, 1, 1, 1) * c4
         color = torch.tensor(_WATER, device=x.device, dtype=x.dtype).reshape(1, 3, 1, 1)

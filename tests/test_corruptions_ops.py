@@ -240,3 +240,34 @@ def test_motion_blur_rounds_where_the_reference_rounds(table, size):
     assert (u8 - expected).abs().max() <= 1 and (u8 != expected).double().mean() < 1e-3
     bias = (u8 - exact).mean().item()
     assert abs(bias - (-0.5 if table == "imagenet" else 0.0)) < 0.1
+
+
+def _chamfer_bruteforce(edges, limit):
+    """The 5x5 chamfer distance in closed form: for an offset (x, y) with x >= y >= 0 the cheapest
+    mix of knight's moves (cost 2.1969) with axial (1) or diagonal (1.4) steps costs
+    c y + a (x - 2 y) when x >= 2 y, else c (x - y) + b (2 y - x); minimised over the edge pixels."""
+    ys, xs = np.nonzero(edges)
+    h, w = edges.shape
+    gy, gx = np.mgrid[0:h, 0:w]
+    out = np.full((h, w), float(limit))
+    for ey, ex in zip(ys, xs):
+        dy, dx = np.abs(gy - ey), np.abs(gx - ex)
+        big, small = np.maximum(dx, dy), np.minimum(dx, dy)
+        cost = np.where(big >= 2 * small, 2.1969 * small + (big - 2 * small), 2.1969 * (big - small) + 1.4 * (2 * small - big))
+        out = np.minimum(out, cost)
+    return out
+
+
+def test_spatter_distance_is_opencvs_5x5_chamfer():
+    g = torch.Generator().manual_seed(2)
+    liquid = flt.gaussian_filter(0.65 + 0.3 * torch.randn(1, 1, 64, 64, generator=g), 2.0)
+    liquid = torch.where(liquid < 0.68, torch.zeros_like(liquid), liquid)
+    edges = spt.canny(torch.floor(liquid * 255).clamp(0, 255), 50, 150)
+    assert edges.sum() > 20
+    ours = spt.chamfer_distance_5x5(edges, 20)[0, 0].numpy()
+    np.testing.assert_allclose(ours, _chamfer_bruteforce(edges[0, 0].numpy(), 20), atol=1e-4)
+    # and it is not the Euclidean distance (which the reference does not use)
+    euclid = np.minimum(ndi.distance_transform_edt(~edges[0, 0].numpy()), 20)
+    assert np.abs(ours - euclid).max() > 0.1
+    # no edges at all: everything at the limit, as OpenCV's large initial distance truncated
+    assert torch.all(spt.chamfer_distance_5x5(torch.zeros(1, 1, 8, 8, dtype=torch.bool), 20) == 20)
