@@ -271,3 +271,33 @@ def test_spatter_distance_is_opencvs_5x5_chamfer():
     assert np.abs(ours - euclid).max() > 0.1
     # no edges at all: everything at the limit, as OpenCV's large initial distance truncated
     assert torch.all(spt.chamfer_distance_5x5(torch.zeros(1, 1, 8, 8, dtype=torch.bool), 20) == 20)
+
+
+class _NumpyNormalRng:
+    """Stands in for Rng: normal draws are numpy's, seeded as the reference backend seeds each image."""
+
+    def __init__(self, seed):
+        self.seed = seed
+
+    def normal(self, shape, mean=0.0, std=1.0):
+        np.random.seed(self.seed)
+        return torch.from_numpy(np.random.normal(size=tuple(shape)[-2:], loc=mean, scale=std)).float().reshape(shape)
+
+
+@pytest.mark.parametrize("severity", [1, 2])
+def test_water_spatter_equals_the_reference_for_the_same_liquid_layer(severity):
+    # with the reference's own random liquid layer, the torch water spatter (Canny, chamfer distance,
+    # equalisation, emboss, 8-bit blurs, max normalisation) reproduces imagecorruptions' output
+    from corruptions import params as ptab
+    from corruptions.reference import corrupt_reference
+
+    x = (_rand((1, 3, 224, 224), 8) * 255).round().to(torch.uint8)
+    for seed in (3, 4):
+        ref = corrupt_reference(x, "spatter", severity, [seed]).double()
+        ctx = tb.Context(rng=_NumpyNormalRng(seed), table="imagenet", style=ptab.STYLE["imagenet"], quantized=True)
+        y = tb.spatter(x.float() / 255, ptab.severity_params("imagenet", "spatter", severity), ctx)
+        ours = torch.floor(y * 255 + 1e-3).clamp(0, 255).double()
+        changed = (ref - x.double()).abs().sum()
+        assert changed > 0
+        # float32 vs float64 blur can flip a few 8-bit truncations of the liquid layer
+        assert (ours - ref).abs().sum() / changed < 1e-3
