@@ -301,3 +301,27 @@ def test_water_spatter_equals_the_reference_for_the_same_liquid_layer(severity):
         assert changed > 0
         # float32 vs float64 blur can flip a few 8-bit truncations of the liquid layer
         assert (ours - ref).abs().sum() / changed < 1e-3
+
+
+def test_fidelity_spread_criterion_can_fail():
+    from corruptions.fidelity import spectral_centroid, spread_check
+
+    # centroid of a spectrum with all power in bin 3 is 3.5; flat over 4 bins: mean of 0.5..3.5
+    assert spectral_centroid(np.array([0, 0, 0, 5.0])) == pytest.approx(3.5)
+    assert spectral_centroid(np.ones(4)) == pytest.approx(2.0)
+    g = torch.Generator().manual_seed(0)
+    n, draws = 2, 8
+    clean = torch.full((n * draws, 3, 32, 32), 128.0)
+    ref = clean + torch.randn(clean.shape, generator=g) * 10
+    same = clean + torch.randn(clean.shape, generator=g) * 10
+    # a change like the reference's passes; 8% larger in one channel fails (white noise over 16 x 1024
+    # pixels per draw: the std's standard error is far below 1%, so the tolerance is the 2% floor); a
+    # smoother change fails on the centroid
+    ok = spread_check(clean, same, ref, n)
+    assert ok["spread_passed"] and ok["std_r_tol"] == pytest.approx(0.02)
+    louder = same.clone()
+    louder[:, 0] = clean[:, 0] + (same[:, 0] - clean[:, 0]) * 1.08
+    bad = spread_check(clean, louder, ref, n)
+    assert not bad["spread_passed"] and bad["std_r_ratio"] == pytest.approx(1.08, abs=0.02)
+    smooth = clean + flt.gaussian_filter(same - clean, 1.0) * 3
+    assert spread_check(clean, smooth, ref, n)["centroid_ratio"] < 0.8

@@ -113,8 +113,10 @@ def corruption_fidelity(images, out, count, size, corruptions, severities, repea
     path, frame = write_fidelity(out, imgs, corruptions=names(corruptions), severities=parse_severities(severities),
                                  repeats=repeats, seed=seed, device=dev)
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_columns", 30):
-        shown = frame[["corruption", "severity", "kind", "psnr_db", "mean_abs_ratio", "spectrum_corr", "passed"]]
+        shown = frame[["corruption", "severity", "kind", "psnr_db", "mean_abs_ratio", "spectrum_corr",
+                       "std_g_ratio", "centroid_ratio", "spread_passed", "passed"]]
         click.echo(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     passed = int(frame["passed"].sum())
     echo(f"{passed}/{len(frame)} cells pass (PSNR >= 35 dB; random: mean |change| within 10%, "
-         f"spectrum correlation >= 0.95) on {imgs.shape[0]} images; table: {path}")
+         f"spectrum correlation >= 0.95, per-channel std and spectral centroid within max(2%, 2x the "
+         f"reference's half-vs-half spread)) on {imgs.shape[0]} images; table: {path}")
