@@ -162,7 +162,7 @@ def spread_check(clean: torch.Tensor, torch_out: torch.Tensor, ref_out: torch.Te
         values = np.array([s[key] for s in per_draw])
         rel_se = values.std(ddof=1) / (abs(values.mean()) * math.sqrt(draws)) if values.mean() else 0.0
         ratio = _ratio(st[key], sr[key])
-        tol = max(MIN_REL_TOL, SPREAD_Z * math.sqrt(2) * rel_se)
+        tol = float(max(MIN_REL_TOL, SPREAD_Z * math.sqrt(2) * rel_se))
         out[f"{key}_ratio"], out[f"{key}_tol"] = ratio, tol
         ok = ok and abs(ratio - 1) <= tol
     out["spread_passed"] = bool(ok)
