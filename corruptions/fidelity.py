@@ -17,7 +17,7 @@ mostly by which pictures they drew; the comparison removes that noise by using e
 often in both backends (draw k of an image uses picture k mod 6; the crop position stays random).
 Use ``repeats`` a multiple of 6 for frost.
 
-  * spectral centroid of d: sum_r (r + 1/2) P(r) / sum_r P(r), in cycles per image side (where
+  * spectral centroid of d: sum_r (r + 1/2) P(r) / sum_r P(r) over r >= 1 (DC left out), in cycles per image side (where
     the change's energy sits: a corruption that is too sharp or too smooth moves it).
 
 Pass criteria: deterministic PSNR >= 35 dB; random: |torch/ref - 1| <= 10% on the mean absolute
@@ -127,9 +127,13 @@ def spectrum_correlation(p: np.ndarray, q: np.ndarray) -> float:
 
 
 def spectral_centroid(p: np.ndarray) -> float:
-    """sum_r (r + 1/2) P(r) / sum_r P(r) over the radial bins; 0 for an all-zero spectrum."""
+    """sum_r (r + 1/2) P(r) / sum_r P(r) over the radial bins r >= 1; 0 for an all-zero spectrum.
+
+    The DC bin is left out: it is the squared mean shift (already measured by the mean change), a
+    single chi-square-like value that would dominate the centroid's draw-to-draw spread."""
+    p = np.asarray(p, dtype=np.float64)[1:]
     total = float(np.sum(p))
-    return float(np.sum((np.arange(len(p)) + 0.5) * p) / total) if total > 0 else 0.0
+    return float(np.sum((np.arange(1, len(p) + 1) + 0.5) * p) / total) if total > 0 else 0.0
 
 
 def change_stats(clean: torch.Tensor, corrupted: torch.Tensor) -> dict:

@@ -306,9 +306,10 @@ def test_water_spatter_equals_the_reference_for_the_same_liquid_layer(severity):
 def test_fidelity_spread_criterion_can_fail():
     from corruptions.fidelity import spectral_centroid, spread_check
 
-    # centroid of a spectrum with all power in bin 3 is 3.5; flat over 4 bins: mean of 0.5..3.5
+    # centroid of a spectrum with all power in bin 3 is 3.5; flat over bins 1-3: mean of 1.5..3.5;
+    # the DC bin (the squared mean shift) does not count
     assert spectral_centroid(np.array([0, 0, 0, 5.0])) == pytest.approx(3.5)
-    assert spectral_centroid(np.ones(4)) == pytest.approx(2.0)
+    assert spectral_centroid(np.array([100.0, 1, 1, 1])) == pytest.approx(2.5)
     g = torch.Generator().manual_seed(0)
     n, draws = 2, 8
     clean = torch.full((n * draws, 3, 32, 32), 128.0)
