@@ -197,11 +197,11 @@ class GpuMultiCrop:
         if self.noise_patching:
             x = _noise_patch(x, params, generator)
 
-        sizes_out = [self.global_size] * 2 + [self.local_size] * self.n_local
-        # horizontal pass: one matmul per image for all its crops: [B,3H,W] @ [B,W,sum S]
-        wx = torch.cat([_resample_matrix(self._rows(params.left, c, n_img), self._rows(params.width, c, n_img),
-                                         canvas_w, s, self._rows(params.flip, c, n_img), rdtype)
-                        for c, s in enumerate(sizes_out)], dim=1)            # [B, sum S, W]
+        # horizontal pass: one matmul per image for all its crops: [B,3H,W] @ [B,W,sum S]. The
+        # matrices are built per crop kind (2 calls, not one per crop: fewer small kernels)
+        wx = torch.cat([self._group_matrix(params, first, count, size, n_img, canvas_w, rdtype)
+                        for first, count, size in ((0, 2, self.global_size), (2, self.n_local, self.local_size))
+                        if count], dim=1)                                   # [B, sum S, W]
         xh = torch.matmul(x.reshape(n_img, 3 * canvas_h, canvas_w), wx.transpose(1, 2)).clamp_(0, 1)
         xh = xh.reshape(n_img, 3, canvas_h, -1)
         outputs, offset = [], 0
@@ -222,8 +222,13 @@ class GpuMultiCrop:
         return outputs[0], outputs[1]
 
     @staticmethod
-    def _rows(t: torch.Tensor, crop: int, n_img: int) -> torch.Tensor:
-        return t[crop * n_img:(crop + 1) * n_img]
+    def _group_matrix(params: AugParams, first: int, count: int, size: int, n_img: int, canvas_w: int,
+                      rdtype: torch.dtype) -> torch.Tensor:
+        """Horizontal resampling weights of crops ``first..first+count-1`` as ``[B, count*size, W]``
+        (image-major: crop ``first``'s ``size`` rows, then the next crop's)."""
+        rows = slice(first * n_img, (first + count) * n_img)
+        w = _resample_matrix(params.left[rows], params.width[rows], canvas_w, size, params.flip[rows], rdtype)
+        return w.reshape(count, n_img, size, canvas_w).transpose(0, 1).reshape(n_img, count * size, canvas_w)
 
     def _photometric(self, x: torch.Tensor, p: AugParams, rows: slice) -> torch.Tensor:
         x = color_jitter(x, p.jitter_apply[rows], p.jitter_order[rows], p.jitter_factors[rows])

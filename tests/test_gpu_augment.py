@@ -125,6 +125,32 @@ def test_every_crop_equals_torchvision_ops_with_the_same_parameters():
         assert diff.median() < 1e-4
 
 
+class _OpCount(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts every aten op that reaches the backend (what a device would launch, views included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_op_count_per_batch_does_not_grow_with_crops_or_images():
+    """Launch cost: a batch costs a fixed number of ops, whatever the number of local crops or images
+    (no per-crop or per-image Python loop), so the GPU pipeline stays a few hundred launches a batch."""
+    counts = {}
+    for n_local, n_img in ((2, 3), (8, 3), (8, 6)):
+        images, sz = smooth_images([(48, 64), (60, 40), (33, 57)] * (n_img // 3))
+        aug = GpuMultiCrop(global_size=32, local_size=16, n_local=n_local, patch_size=8, noise_patching=True)
+        params = aug.sample_params(sz, torch.Generator().manual_seed(3))
+        with _OpCount() as ops:
+            aug.apply(images, sz, params, torch.Generator().manual_seed(4))
+        counts[(n_local, n_img)] = ops.n
+    assert len(set(counts.values())) == 1, counts
+
+
 def test_crop_major_order_and_batch_dict():
     # each image one flat colour, photometric ops off: every crop row r must carry image r % B's colour
     colours = torch.tensor([[200, 10, 10], [10, 200, 10], [10, 10, 200], [120, 120, 0]], dtype=torch.uint8)
