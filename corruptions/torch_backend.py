@@ -23,8 +23,8 @@ import torch.nn.functional as F
 
 from corruptions import _filters as flt
 from corruptions import _spatter as spt
-from fdbench.errors import FdbenchError
 from corruptions._rng import Rng
+from fdbench.errors import FdbenchError
 
 
 @dataclass
