@@ -31,6 +31,8 @@ def bench_lines(csv: Path, label: str) -> list[str]:
     if not csv.is_file():
         return [f"{label}: not measured ({csv.name} missing: see log.txt)"]
     rows = pd.read_csv(csv)
+    if len(rows):
+        label = f"{rows['arch'].iloc[0]}/{rows['patch'].iloc[0]} ({label} slot)"
     lines = []
     for stage, group in rows.groupby("stage"):
         by = {r["variant"]: r for _, r in group.iterrows()}
@@ -116,6 +118,8 @@ def main(argv: list[str]) -> int:
     out, work = Path(argv[1]), Path(argv[2])
     env = (out / "env.txt").read_text().strip().splitlines() if (out / "env.txt").is_file() else []
     lines = ["# gpu_check summary", *env, ""]
+    if not any("NVIDIA" in line or "H100" in line or "H200" in line for line in env):
+        lines += ["REHEARSAL or CPU run: no GPU was used; none of these figures is a GPU figure", ""]
     lines += test_lines(out)
     lines += bench_lines(out / "bench_vit_small.csv", "ViT-S/16")
     lines += bench_lines(out / "bench_vit_base.csv", "ViT-B/16")
