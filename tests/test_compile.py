@@ -138,3 +138,24 @@ def test_inductor_step_equals_eager_compiles_once_per_shape_and_resumes_exactly(
     final_c, final_r = read_checkpoint(compiled.final), read_checkpoint(done.final)
     for loss in ("dino", "ibot"):
         assert torch.equal(final_r["losses"][loss]["center"], final_c["losses"][loss]["center"]), loss
+
+
+def test_a_four_stage_curriculum_compiles_every_stage(tiny_dataset, tmp_path, monkeypatch):
+    """4 stages x 3 backbone calls = 12 graphs: more than dynamo's default recompile limit (8), past
+    which it silently runs new shapes eagerly. Dynamo's 'eager' backend (no C++ compile: seconds)
+    has the same guards and limit, so this checks the engine's compiled run keeps compiling."""
+    from pretrain import engine, fast_step
+
+    original = fast_step.maybe_compile
+    monkeypatch.setattr(fast_step, "maybe_compile",
+                        lambda module, enabled=True, **kw: original(module, enabled, backend="eager", **kw))
+    curriculum = tmp_path / "four.yaml"
+    curriculum.write_text("stages:\n" + "".join(
+        f"  - {{name: s{i}, fraction: 0.25, global_size: {g}, local_size: {l}}}\n"
+        for i, (g, l) in enumerate(((16, 8), (24, 16), (32, 24), (40, 32)))))
+    _fresh_dynamo()
+    result, new_graphs = _train_recording_graphs(
+        _cfg(tiny_dataset, tmp_path / "run", compile=True, curriculum=str(curriculum), epochs=4), monkeypatch)
+    assert result.finished and len(new_graphs) == 16
+    assert new_graphs == [CALLS_PER_STAGE, 0, 0, 0] * 4, str(new_graphs)
+    assert _graphs() == 4 * CALLS_PER_STAGE
