@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from corruptions import _filters as flt
 from corruptions import _spatter as spt
 from corruptions._rng import Rng
+from fdbench.errors import FdbenchError
 
 
 @dataclass
@@ -189,15 +190,23 @@ _FROST_FILES = ("frost1.png", "frost2.png", "frost3.png", "frost4.jpg", "frost5.
 
 @lru_cache(maxsize=8)
 def _frost_pictures() -> tuple[np.ndarray, ...]:
-    """The six frost photos shipped in the reference package, RGB uint8 [H, W, 3]."""
-    import importlib.resources
+    """The six frost photos shipped in the reference package, RGB uint8 [H, W, 3].
+
+    Found without importing the package (its import needs scikit-image, OpenCV and numba, which
+    the torch backend does not: a machine with the bare wheel installed still has the photos)."""
+    import importlib.util
+    from pathlib import Path
 
     from PIL import Image
 
-    base = importlib.resources.files("imagecorruptions") / "frost"
+    spec = importlib.util.find_spec("imagecorruptions")
+    if spec is None or not spec.submodule_search_locations:
+        raise FdbenchError("frost needs the photos of the 'imagecorruptions-imaug' package "
+                           "(pip install imagecorruptions-imaug)")
+    base = Path(list(spec.submodule_search_locations)[0]) / "frost"
     out = []
     for name in _FROST_FILES:
-        with importlib.resources.as_file(base / name) as path, Image.open(path) as im:
+        with Image.open(base / name) as im:
             out.append(np.array(im.convert("RGB")))
     return tuple(out)
 

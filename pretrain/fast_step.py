@@ -23,6 +23,7 @@ from torch import nn
 from pretrain.losses import DINOLoss, iBOTPatchLoss
 
 DEFAULT_CHUNK_ROWS = 256
+RECOMPILE_LIMIT = 64      # graphs per compiled frame: ~20 curriculum stages
 
 
 def _blocks(n_rows: int, period: int, chunk: int):
@@ -111,9 +112,14 @@ def maybe_compile(module: nn.Module, enabled: bool = True, *, inplace: bool = Tr
     ``inplace`` uses ``nn.Module.compile`` so parameter names and state dicts stay as they were
     (optimisers, checkpoints and EMA pairs keep working). ``dynamic=False`` specialises on shapes:
     each crop size compiles once (global, local, and again at a stage switch), no step recompiles.
+    Raises dynamo's recompile limit to :data:`RECOMPILE_LIMIT` so long curricula stay compiled.
     """
     if not enabled:
         return module
+    # every crop shape x call (student global / local, teacher) is one graph of the backbones' shared
+    # frame: 3 per curriculum stage. Past dynamo's default limit (8: under 3 stages) it silently runs
+    # new shapes eagerly; steps themselves never recompile (tests/test_compile.py)
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     if inplace:
         module.compile(dynamic=dynamic, **kwargs)
         return module

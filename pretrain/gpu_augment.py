@@ -197,11 +197,11 @@ class GpuMultiCrop:
         if self.noise_patching:
             x = _noise_patch(x, params, generator)
 
-        sizes_out = [self.global_size] * 2 + [self.local_size] * self.n_local
-        # horizontal pass: one matmul per image for all its crops: [B,3H,W] @ [B,W,sum S]
-        wx = torch.cat([_resample_matrix(self._rows(params.left, c, n_img), self._rows(params.width, c, n_img),
-                                         canvas_w, s, self._rows(params.flip, c, n_img), rdtype)
-                        for c, s in enumerate(sizes_out)], dim=1)            # [B, sum S, W]
+        # horizontal pass: one matmul per image for all its crops: [B,3H,W] @ [B,W,sum S]. The
+        # matrices are built per crop kind (2 calls, not one per crop: fewer small kernels)
+        wx = torch.cat([self._group_matrix(params, first, count, size, n_img, canvas_w, rdtype)
+                        for first, count, size in ((0, 2, self.global_size), (2, self.n_local, self.local_size))
+                        if count], dim=1)                                   # [B, sum S, W]
         xh = torch.matmul(x.reshape(n_img, 3 * canvas_h, canvas_w), wx.transpose(1, 2)).clamp_(0, 1)
         xh = xh.reshape(n_img, 3, canvas_h, -1)
         outputs, offset = [], 0
@@ -222,8 +222,13 @@ class GpuMultiCrop:
         return outputs[0], outputs[1]
 
     @staticmethod
-    def _rows(t: torch.Tensor, crop: int, n_img: int) -> torch.Tensor:
-        return t[crop * n_img:(crop + 1) * n_img]
+    def _group_matrix(params: AugParams, first: int, count: int, size: int, n_img: int, canvas_w: int,
+                      rdtype: torch.dtype) -> torch.Tensor:
+        """Horizontal resampling weights of crops ``first..first+count-1`` as ``[B, count*size, W]``
+        (image-major: crop ``first``'s ``size`` rows, then the next crop's)."""
+        rows = slice(first * n_img, (first + count) * n_img)
+        w = _resample_matrix(params.left[rows], params.width[rows], canvas_w, size, params.flip[rows], rdtype)
+        return w.reshape(count, n_img, size, canvas_w).transpose(0, 1).reshape(n_img, count * size, canvas_w)
 
     def _photometric(self, x: torch.Tensor, p: AugParams, rows: slice) -> torch.Tensor:
         x = color_jitter(x, p.jitter_apply[rows], p.jitter_order[rows], p.jitter_factors[rows])
@@ -366,20 +371,19 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
     return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
 
 
-def _blend_pass(x: torch.Tensor, op: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+def _blend_pass(x: torch.Tensor, op: torch.Tensor, factor_table: torch.Tensor) -> torch.Tensor:
     """One brightness/contrast/saturation op per crop (or none), as one blend ``f*x + (1-f)*ref``.
 
     brightness: ref = 0; contrast: ref = mean of the grayscale image; saturation: ref = grayscale.
-    Crops with another op get ``f = 1`` (exactly the identity on [0,1] values).
+    ``factor_table [N,4]`` holds the (brightness, contrast, saturation) factors and a 1 for crops with
+    another op (``op`` = IDENTITY): ``lerp(ref, x, 1)`` is exactly ``x``. Written in few ops (each a
+    kernel launch on a GPU, and this pass runs six times per crop kind).
     """
     gray = _gray(x)
-    is_b, is_c, is_s = (op == BRIGHTNESS), (op == CONTRAST), (op == SATURATION)
-    f = torch.where(is_b, factors[:, 0], torch.where(is_c, factors[:, 1],
-                                                     torch.where(is_s, factors[:, 2], torch.ones_like(factors[:, 0]))))
-    f = f.view(-1, 1, 1, 1)
-    ref = (gray * is_s.view(-1, 1, 1, 1)
-           + gray.mean(dim=(1, 2, 3), keepdim=True) * is_c.view(-1, 1, 1, 1))
-    return (f * x + (1.0 - f) * ref).clamp_(0, 1)
+    is_c, is_s = (op == CONTRAST).view(-1, 1, 1, 1), (op == SATURATION).view(-1, 1, 1, 1)
+    f = factor_table.gather(1, torch.where(op < 0, 3, op).unsqueeze(1)).view(-1, 1, 1, 1)
+    ref = torch.where(is_s, gray, torch.where(is_c, gray.mean(dim=(1, 2, 3), keepdim=True), 0.0))
+    return torch.lerp(ref, x, f).clamp_(0, 1)
 
 
 def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
@@ -414,16 +418,17 @@ def color_jitter(x: torch.Tensor, apply: torch.Tensor, order: torch.Tensor, fact
     """
     hue_pos = torch.argmax((order == HUE).int(), dim=1)                   # [N]
     none = torch.full_like(order[:, 0], IDENTITY)
+    table = torch.cat([factors[:, :3], torch.ones_like(factors[:, :1])], dim=1)   # identity -> factor 1
     for j in range(3):  # ops before hue
         op = torch.where(apply & (j < hue_pos), order[:, j], none)
-        x = _blend_pass(x, op, factors)
+        x = _blend_pass(x, op, table)
     hued = adjust_hue(x, factors[:, 3])
     x = torch.where(apply.view(-1, 1, 1, 1), hued, x)
     for j in range(3):  # ops after hue
         pos = hue_pos + 1 + j
         op = order.gather(1, pos.clamp_max(3).view(-1, 1)).squeeze(1)
         op = torch.where(apply & (pos <= 3), op, none)
-        x = _blend_pass(x, op, factors)
+        x = _blend_pass(x, op, table)
     return x
 
 

@@ -149,6 +149,7 @@ def test_reference_backend_matches_its_own_seeding():
     assert f.dtype == torch.float32 and (f * 255 - corrupt(x, "contrast", 2, params="imagenet").float()).abs().max() <= 1.01
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_keeps_device_and_matches_cpu_for_deterministic():
     x = _images(2, 64, 64)

@@ -125,6 +125,60 @@ def test_every_crop_equals_torchvision_ops_with_the_same_parameters():
         assert diff.median() < 1e-4
 
 
+def test_color_jitter_skipped_crops_are_untouched_bit_for_bit():
+    g = torch.Generator().manual_seed(5)
+    x = torch.rand(6, 3, 8, 8, generator=g)
+    order = torch.argsort(torch.rand(6, 4, generator=g), dim=1)
+    factors = torch.rand(6, 4, generator=g) + 0.5
+    apply = torch.tensor([True, False, True, False, False, True])
+    out = ga.color_jitter(x, apply, order, factors)
+    assert torch.equal(out[~apply], x[~apply])
+    assert not torch.allclose(out[apply], x[apply])
+
+
+def test_color_jitter_equals_torchvision_ops_in_each_crops_order():
+    g = torch.Generator().manual_seed(6)
+    n = 24
+    x = torch.rand(n, 3, 6, 6, generator=g)
+    order = torch.stack([torch.randperm(4, generator=g) for _ in range(n)])
+    factors = torch.cat([0.6 + 0.8 * torch.rand(n, 3, generator=g), 0.2 * torch.rand(n, 1, generator=g) - 0.1], 1)
+    apply = torch.rand(n, generator=g) < 0.8
+    out = ga.color_jitter(x, apply, order, factors)
+    ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+    for r in range(n):
+        ref = x[r]
+        if apply[r]:
+            for op in order[r].tolist():
+                ref = ops[op](ref, float(factors[r, op]))
+        torch.testing.assert_close(out[r], ref, rtol=0, atol=2e-5)
+
+
+class _OpCount(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts every aten op that reaches the backend (what a device would launch, views included)."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.n += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_op_count_per_batch_does_not_grow_with_crops_or_images():
+    """Launch cost: a batch costs a fixed number of ops, whatever the number of local crops or images
+    (no per-crop or per-image Python loop), so the GPU pipeline stays a few hundred launches a batch."""
+    counts = {}
+    for n_local, n_img in ((2, 3), (8, 3), (8, 6)):
+        images, sz = smooth_images([(48, 64), (60, 40), (33, 57)] * (n_img // 3))
+        aug = GpuMultiCrop(global_size=32, local_size=16, n_local=n_local, patch_size=8, noise_patching=True)
+        params = aug.sample_params(sz, torch.Generator().manual_seed(3))
+        with _OpCount() as ops:
+            aug.apply(images, sz, params, torch.Generator().manual_seed(4))
+        counts[(n_local, n_img)] = ops.n
+    assert len(set(counts.values())) == 1, counts
+
+
 def test_crop_major_order_and_batch_dict():
     # each image one flat colour, photometric ops off: every crop row r must carry image r % B's colour
     colours = torch.tensor([[200, 10, 10], [10, 200, 10], [10, 10, 200], [120, 120, 0]], dtype=torch.uint8)
