@@ -48,18 +48,13 @@ from fdbench.device import resolve_device, seed_everything
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json, progress
 from pretrain import costs as costs_mod
-from pretrain.config import PretrainConfig, validate
+from pretrain.config import RESUME_SAFE_KEYS, PretrainConfig, validate
 from pretrain.data import AugmentedDataset, MultiCropCollate, default_workers
 from pretrain.fast_step import accelerate_meta_arch
 from pretrain.meta_arch import MetaArch
 from pretrain.pipeline import StageFeed, make_augment, resolve_pipeline
 from pretrain.schedules import apply_schedules
 
-# Keys a re-run may change without breaking "continue exactly where it stopped".
-VOLATILE_KEYS = {"run.device", "run.out", "run.log_every", "run.save_every_minutes", "run.save_every_steps",
-                 "run.keep_every_epochs", "run.eval_every", "run.stop_after_steps", "data.workers",
-                 "run.knn_k", "run.knn_temperature", "run.knn_train_per_class", "run.knn_val_per_class",
-                 "run.threads", "run.compile"}   # compiling changes the speed, not the maths
 METRIC_COLUMNS = ["row", "epoch", "step", "stage", "stage_name", "global_size", "local_size", "n_local",
                   "loss", "dino", "koleo", "ibot", "lr", "wd", "momentum", "teacher_temp", "grad_norm",
                   "img_per_s", "step_time_s", "peak_memory_mb", "gflops_per_image", "knn_top1", "knn_top5",
@@ -354,13 +349,13 @@ def _flat(d: dict, prefix: str = "") -> dict:
 
 
 def check_same_run(saved: dict, cfg: PretrainConfig, out: Path) -> None:
-    """A resumed run must be the same recipe; only logging/IO options may change.
+    """A resumed run must be the same recipe; only fields marked ``resume_safe`` (logging, I/O, speed) may change.
 
     Options the saved config predates read as their defaults (a run started before an option
     existed still resumes)."""
     now, before = _flat(cfg.to_dict()), _flat(PretrainConfig.from_dict(saved).to_dict())
     diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
-             if k not in VOLATILE_KEYS and before.get(k) != now.get(k)]
+             if k not in RESUME_SAFE_KEYS and before.get(k) != now.get(k)]
     if diffs:
         raise FdbenchError(f"{out} holds a run with different settings ({'; '.join(diffs[:4])}"
                            f"{'; ...' if len(diffs) > 4 else ''}); use another --out to start a new run, "
