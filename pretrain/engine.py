@@ -23,24 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 
 from fdbench.data import open_dataset, resolve_root
-from fdbench.device import resolve_device, seed_everything
+from fdbench.device import seed_everything
 from fdbench.errors import FdbenchError
 from fdbench.io import progress
 from pretrain import costs as costs_mod
 from pretrain.config import RESUME_SAFE_KEYS, PretrainConfig, validate
 from pretrain.data import AugmentedDataset, MultiCropCollate, default_workers
+from pretrain.distributed import Dist, all_mean, any_rank, gather_rng, set_rng_state, setup_distributed
 from pretrain.fast_step import accelerate_meta_arch
 from pretrain.meta_arch import MetaArch
 from pretrain.monitor import KnnMonitor
@@ -48,6 +46,13 @@ from pretrain.pipeline import StageFeed, make_augment, resolve_pipeline
 from pretrain.run_folder import METRIC_COLUMNS, RunFolder, gflops
 from pretrain.run_state import RunState
 from pretrain.schedules import apply_schedules
+from pretrain.stages import (Schedules, StagePlan, build_schedules, none_stage, plan_stages, resolve_curriculum,
+                             stage_at)
+
+# re-exported: the pieces a caller composes a run from
+__all__ = ["LOSS_TERMS", "METRIC_COLUMNS", "NonFiniteWatch", "RunResult", "Schedules", "StagePlan", "Trainer",
+           "build_optimizer", "build_schedules", "check_same_run", "make_augment", "none_stage", "plan_stages",
+           "resolve_curriculum", "stage_at", "train", "train_step"]
 
 LOSS_TERMS = ("loss", "dino", "koleo", "ibot")   # MetaArch.forward_backward's keys, in this order
 
@@ -66,160 +71,6 @@ class RunResult:
     @property
     def knn_top1(self) -> float | None:
         return self.summary.get("knn", {}).get("final_top1")
-
-
-# ---- distributed set-up ------------------------------------------------------------------------
-
-@dataclass
-class Dist:
-    rank: int = 0
-    world_size: int = 1
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False           # True when train() created the process group
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def setup_distributed(device_spec: str) -> Dist:
-    """Join the ``torchrun`` process group (gloo on CPU, NCCL on CUDA) when WORLD_SIZE > 1."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 and not (dist.is_available() and dist.is_initialized()):
-        return Dist(device=resolve_device(device_spec))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(device_spec)
-    if device.type == "cuda":
-        device = torch.device("cuda", local_rank if device.index is None else device.index)
-        torch.cuda.set_device(device)
-    owns = False
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        owns = True
-    return Dist(dist.get_rank(), dist.get_world_size(), device, owns)
-
-
-def _all_mean(values: torch.Tensor, d: Dist) -> torch.Tensor:
-    if d.world_size > 1:
-        dist.all_reduce(values)
-        values /= d.world_size
-    return values
-
-
-# ---- the curriculum as a plan of iterations ----------------------------------------------------
-
-@dataclass
-class StagePlan:
-    index: int
-    name: str
-    start_epoch: int
-    end_epoch: int                     # exclusive
-    global_size: int
-    local_size: int
-    n_local: int
-    global_scale: tuple[float, float]
-    local_scale: tuple[float, float]
-    noise_patching: bool
-    noise_max_sigma: float
-
-    def iterations(self, ipe: int) -> tuple[int, int]:
-        return self.start_epoch * ipe, self.end_epoch * ipe
-
-
-def resolve_curriculum(cfg: PretrainConfig):
-    """The Curriculum object for ``cfg.curriculum.name`` (a named one or a YAML file)."""
-    from pretrain.curriculum import build_curriculum, load_curriculum_yaml
-
-    c = cfg.curriculum
-    if c.name in ("none", "two-stage"):
-        return build_curriculum(c.name, global_size=cfg.crops.global_size, local_size=cfg.crops.local_size,
-                                stage1_fraction=c.stage1_fraction, stage1_scale=c.stage1_scale,
-                                stage1_global_size=c.stage1_global_size, stage1_local_size=c.stage1_local_size,
-                                noise_patching=c.noise_patching, noise_max_sigma=c.noise_max_sigma,
-                                n_local=cfg.crops.n_local, global_scale=tuple(cfg.crops.global_scale),
-                                local_scale=tuple(cfg.crops.local_scale))
-    if c.name.endswith((".yaml", ".yml")):
-        if not Path(c.name).is_file():
-            raise FdbenchError(f"curriculum file not found: {c.name}")
-        return load_curriculum_yaml(c.name)
-    raise FdbenchError(f"unknown curriculum {c.name!r}: use none, two-stage or a FILE.yaml")
-
-
-def plan_stages(cfg: PretrainConfig, curriculum) -> list[StagePlan]:
-    """Stages with epoch ranges (stages without epochs dropped) and crop sizes rounded to the patch.
-
-    Named curricula take the number of local crops and the crop scales from ``cfg.crops``; a YAML
-    curriculum sets them per stage.
-    """
-    from pretrain.curriculum import round_to_patch
-
-    patch = cfg.model.patch_size
-    plans = []
-    for stage, (start, end) in zip(curriculum.stages, curriculum.stage_epochs(cfg.run.epochs)):
-        if end <= start:
-            continue
-        plans.append(StagePlan(
-            index=len(plans), name=stage.name, start_epoch=start, end_epoch=end,
-            global_size=round_to_patch(stage.global_size, patch),
-            local_size=round_to_patch(stage.local_size, patch) if stage.n_local else 0,
-            n_local=stage.n_local, global_scale=tuple(stage.global_scale), local_scale=tuple(stage.local_scale),
-            noise_patching=bool(stage.noise_patching), noise_max_sigma=float(stage.noise_max_sigma)))
-    return plans
-
-
-def none_stage(cfg: PretrainConfig) -> StagePlan:
-    """The reference the FLOPs ratio is measured against: this run's recipe as curriculum ``none``."""
-    return StagePlan(0, "none", 0, cfg.run.epochs, cfg.crops.global_size, cfg.crops.local_size,
-                     cfg.crops.n_local, tuple(cfg.crops.global_scale), tuple(cfg.crops.local_scale), False, 0.0)
-
-
-def stage_at(stages: list[StagePlan], epoch: int) -> StagePlan:
-    return next(p for p in stages if p.start_epoch <= epoch < p.end_epoch)
-
-
-# ---- schedules --------------------------------------------------------------------------------
-
-@dataclass
-class Schedules:
-    """One value per iteration of the whole run."""
-
-    lr: torch.Tensor
-    wd: torch.Tensor
-    momentum: torch.Tensor
-    teacher_temp: torch.Tensor
-    freeze_last_layer: torch.Tensor    # bool
-
-
-def build_schedules(cfg: PretrainConfig, stages: list[StagePlan], ipe: int) -> Schedules:
-    """DINOv2's per-iteration schedules, over the whole run (continuous) or restarted per stage.
-
-    Continuous: lr = warm-up to ``scaled_lr`` then cosine to ``min_lr``; wd cosine 0.04 -> 0.4;
-    teacher momentum cosine 0.992 -> 1; teacher temperature linear warm-up then constant; the
-    heads' last layer frozen for ``freeze_last_layer_epochs``. With ``stage_restart`` each stage gets
-    its own copy of these curves over its own length (the paper's code restarts the run at the
-    switch); a restarted stage's warm-ups and freeze are capped at 20% of the stage (the paper's
-    10 warm-up epochs of a 50-epoch second stage).
-    """
-    from pretrain.schedules import cosine_schedule, linear_warmup_then_constant, scaled_lr
-
-    o, lc = cfg.optim, cfg.loss
-    peak = scaled_lr(o.base_lr, cfg.run.batch_size)
-    if o.stage_restart:
-        segments = [(p.iterations(ipe), p.index > 0) for p in stages]
-    else:
-        segments = [((0, cfg.run.epochs * ipe), False)]
-    parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("lr", "wd", "momentum", "teacher_temp", "freeze")}
-    for (start, end), restarted in segments:
-        n = end - start
-        cap = (lambda iters: min(int(iters), round(0.2 * n))) if restarted else (lambda iters: int(iters))
-        warmup = cap(o.warmup_epochs * ipe)
-        parts["lr"].append(cosine_schedule(peak, o.min_lr, n, warmup_iters=warmup))
-        parts["wd"].append(cosine_schedule(o.weight_decay, o.weight_decay_end, n))
-        parts["momentum"].append(cosine_schedule(o.momentum_teacher, o.final_momentum_teacher, n))
-        parts["teacher_temp"].append(linear_warmup_then_constant(
-            lc.warmup_teacher_temp, lc.teacher_temp, cap(lc.warmup_teacher_temp_epochs * ipe), n))
-        parts["freeze"].append(torch.arange(n) < cap(o.freeze_last_layer_epochs * ipe))
-    return Schedules(*(torch.cat(parts[k]) for k in ("lr", "wd", "momentum", "teacher_temp", "freeze")))
 
 
 def build_optimizer(meta: MetaArch, cfg: PretrainConfig) -> torch.optim.Optimizer:
@@ -281,55 +132,11 @@ class NonFiniteWatch:
         return None if step == 0 else (step, self.values.tolist())
 
 
-def _any_rank(flag: bool, d: Dist) -> bool:
-    """``flag`` or'ed over the ranks (a collective and a host sync: call on the same steps everywhere)."""
-    if d.world_size == 1:
-        return flag
-    agreed = torch.tensor([float(flag)], device=d.device)
-    dist.all_reduce(agreed, op=dist.ReduceOp.MAX)
-    return bool(agreed.item())
-
-
-# ---- RNG state as checkpoint-safe values -------------------------------------------------------
-
-def rng_state() -> dict:
-    np_state = np.random.get_state()
-    py_state = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)), "pos": int(np_state[2]),
-                  "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
-        "python": [py_state[0], list(py_state[1]), py_state[2]],
-    }
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"].cpu())
-    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all([t.cpu() for t in state["cuda"]])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-
-
-def _gather_rng(d: Dist) -> list[dict]:
-    """Every rank's RNG state (rank order), so a DDP run resumes each rank's draws."""
-    mine = rng_state()
-    if d.world_size == 1:
-        return [mine]
-    states: list = [None] * d.world_size
-    dist.all_gather_object(states, mine)
-    return states
-
-
 # ---- the run folder ----------------------------------------------------------------------------
 
-def _flat(d: dict, prefix: str = "") -> dict:
+def _flat(nested: dict, prefix: str = "") -> dict:
     out = {}
-    for k, v in d.items():
+    for k, v in nested.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
             out.update(_flat(v, key + "."))
@@ -354,7 +161,7 @@ def check_same_run(saved: dict, cfg: PretrainConfig, out: Path) -> None:
 
 # ---- costs -------------------------------------------------------------------------------------
 
-def measure_flops(cfg: PretrainConfig, stages: list[StagePlan], train_set, d: Dist, per_rank_batch: int,
+def measure_flops(cfg: PretrainConfig, stages: list[StagePlan], train_set, ddp: Dist, per_rank_batch: int,
                   patch_size: int) -> tuple[list[int], int]:
     """FLOPs per training image of each stage and of the ``none`` reference, counted on one step.
 
@@ -364,10 +171,10 @@ def measure_flops(cfg: PretrainConfig, stages: list[StagePlan], train_set, d: Di
     and RNG untouched; FLOPs do not depend on the weights.
     """
     n = max(2, min(per_rank_batch, 16))
-    devices = [d.device] if d.device.type == "cuda" else []
+    devices = [ddp.device] if ddp.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(cfg.run.seed + 7919)
-        scratch = MetaArch(cfg, d.device)
+        scratch = MetaArch(cfg, ddp.device)
         counts = []
         for stage in [*stages, none_stage(cfg)]:
             dataset = AugmentedDataset(train_set, make_augment(cfg, stage))
@@ -494,7 +301,7 @@ class Trainer:
 
     def save(self, final: bool = False) -> None:
         self.stop_if_non_finite()      # never overwrite the last good checkpoint with a diverged model
-        rngs = _gather_rng(self.dist)  # collective: every rank calls save()
+        rngs = gather_rng(self.dist)  # collective: every rank calls save()
         if not self.dist.main:
             return
         ckpt = self.checkpoint(final)
@@ -506,14 +313,14 @@ class Trainer:
         self.folder.write_summary(self.summary(finished=final))
 
     def summary(self, finished: bool) -> dict:
-        cfg, state, ipe = self.cfg, self.state, self.iters_per_epoch
-        stage_iters = [p.iterations(ipe)[1] - p.iterations(ipe)[0] for p in self.stages]
+        cfg, state, iters_per_epoch = self.cfg, self.state, self.iters_per_epoch
+        stage_iters = [p.iterations(iters_per_epoch)[1] - p.iterations(iters_per_epoch)[0] for p in self.stages]
         flops = costs_mod.flops_summary(state.costs, stage_iters, cfg.run.batch_size, state.none_flops_per_image)
         final_knn = state.knn[-1] if state.knn else {}
         return {
             "run_name": cfg.run_name, "preset": cfg.preset, "curriculum": cfg.curriculum.name,
             "finished": finished, "epochs": cfg.run.epochs, "iterations": self.total_iters, "step": state.step,
-            "iters_per_epoch": ipe, "batch_size": cfg.run.batch_size, "world_size": self.dist.world_size,
+            "iters_per_epoch": iters_per_epoch, "batch_size": cfg.run.batch_size, "world_size": self.dist.world_size,
             "device": str(self.dist.device), "arch": cfg.model.arch, "patch_size": cfg.model.patch_size,
             "stage_restart": cfg.optim.stage_restart, "data": str(self.root),
             # wall_clock_s: the training steps (data loading included); run_time_s: everything,
@@ -586,10 +393,11 @@ class Trainer:
     # ---- the run ----------------------------------------------------------------------------------
 
     def run(self, resume: bool) -> RunResult:
-        cfg, d, folder, state, ipe = self.cfg, self.dist, self.folder, self.state, self.iters_per_epoch
+        cfg, ddp, folder, state = self.cfg, self.dist, self.folder, self.state
+        iters_per_epoch = self.iters_per_epoch
 
         # 3. continue from the run folder's last checkpoint, or start a new run
-        ckpt = folder.read_last(d.device)
+        ckpt = folder.read_last(ddp.device)
         if ckpt is not None:
             self.resume_from(ckpt)
         elif resume:
@@ -605,11 +413,11 @@ class Trainer:
 
         # 4. what each stage costs in FLOPs per image (counted once per run), and the kNN monitor
         if state.none_flops_per_image is None:
-            flops, state.none_flops_per_image = measure_flops(cfg, self.stages, self.train_set, d,
+            flops, state.none_flops_per_image = measure_flops(cfg, self.stages, self.train_set, ddp,
                                                               self.per_rank_batch, cfg.model.patch_size)
             for cost, f in zip(state.costs, flops):
                 cost.flops_per_image = f
-        if d.main:
+        if ddp.main:
             self.monitor = KnnMonitor(self.root, cfg.data.class_list, trained_size=self.full_size,
                                       patch_size=cfg.model.patch_size, train_per_class=cfg.run.knn_train_per_class,
                                       val_per_class=cfg.run.knn_val_per_class, k=cfg.run.knn_k,
@@ -618,9 +426,9 @@ class Trainer:
         # 5. train. RNG states are restored last, so that nothing above can consume random numbers
         # in a resumed run that an uninterrupted run consumed at another time
         if self.saved_rng is not None:
-            set_rng_state(self.saved_rng[d.rank] if d.rank < len(self.saved_rng) else self.saved_rng[0])
+            set_rng_state(self.saved_rng[ddp.rank] if ddp.rank < len(self.saved_rng) else self.saved_rng[0])
         self.bar = progress(total=self.total_iters, initial=state.step, desc=cfg.run_name, unit="it",
-                            disable=None if d.main else True)
+                            disable=None if ddp.main else True)
         window = costs_mod.StepTimer()
         last_save = time.perf_counter()
         steps_this_process = 0
@@ -638,9 +446,9 @@ class Trainer:
                     self.optimizer.state.clear()   # the paper's restart: fresh AdamW moments at the switch
             if feed is None or feed.stage is not plan:
                 # a new stage: new crop sizes and noise patching (and, gpu pipeline, a new decode size)
-                feed = StageFeed(cfg, plan, self.train_set, pipeline=self.pipeline, device=d.device,
-                                 workers=self.workers, rank=d.rank, world_size=d.world_size)
-            costs_mod.reset_peak_memory(d.device)
+                feed = StageFeed(cfg, plan, self.train_set, pipeline=self.pipeline, device=ddp.device,
+                                 workers=self.workers, rank=ddp.rank, world_size=ddp.world_size)
+            costs_mod.reset_peak_memory(ddp.device)
             tick = epoch_start = time.perf_counter()
             for batch in feed.batches(epoch, start_in_epoch):
                 # the per-step path reads nothing from the device: the schedule values are CPU tensors,
@@ -652,7 +460,7 @@ class Trainer:
                                       teacher_temp=float(sched.teacher_temp[it]),
                                       momentum=float(sched.momentum[it]), clip_grad=cfg.optim.clip_grad)
                 # still on the device: averaged over the ranks, watched for non-finite losses
-                values = _all_mean(torch.stack([out_step[k].float() for k in (*LOSS_TERMS, "grad_norm")]), d)
+                values = all_mean(torch.stack([out_step[k].float() for k in (*LOSS_TERMS, "grad_norm")]), ddp)
                 self.watch.add(it + 1, values[:len(LOSS_TERMS)])
                 state.step += 1
                 steps_this_process += 1
@@ -664,24 +472,24 @@ class Trainer:
                 tick = now
                 cost.iterations += 1
                 cost.images += cfg.run.batch_size
-                cost.peak_memory_bytes = max(cost.peak_memory_bytes, costs_mod.memory_now(d.device))
+                cost.peak_memory_bytes = max(cost.peak_memory_bytes, costs_mod.memory_now(ddp.device))
                 window.add(cfg.run.batch_size)
                 self.bar.update(1)
-                log_step = state.step % cfg.run.log_every == 0 or state.step % ipe == 0
+                log_step = state.step % cfg.run.log_every == 0 or state.step % iters_per_epoch == 0
                 if log_step:
                     # logging steps only: the one read-back of the losses (a host-device sync)
                     logged = dict(zip((*LOSS_TERMS, "grad_norm"), values.tolist()))
                     self.stop_if_non_finite()
-                    if d.main:
+                    if ddp.main:
                         self.log_row(plan, epoch, it, logged, window)
 
                 # periodic checkpoints inside the epoch (the epoch end saves after its evaluation). The
                 # step rule is the same on every rank; the clock rule needs the ranks to agree, which
                 # costs a sync, so under DDP it is only looked at on logging steps
                 due = bool(cfg.run.save_every_steps) and state.step % cfg.run.save_every_steps == 0
-                if d.world_size == 1 or log_step:
-                    due = due or _any_rank(now - last_save > 60 * cfg.run.save_every_minutes, d)
-                if due and state.step % ipe != 0:
+                if ddp.world_size == 1 or log_step:
+                    due = due or any_rank(now - last_save > 60 * cfg.run.save_every_minutes, ddp)
+                if due and state.step % iters_per_epoch != 0:
                     self.save()
                     last_save = time.perf_counter()
                 if cfg.run.stop_after_steps and steps_this_process >= cfg.run.stop_after_steps:
@@ -696,7 +504,7 @@ class Trainer:
             self.log(f"epoch {epoch + 1}/{cfg.run.epochs} ({plan.name}, {plan.global_size}/{plan.local_size} px): "
                      f"loss {logged['loss']:.3f} (dino {logged['dino']:.3f}, ibot {logged['ibot']:.3f}, "
                      f"koleo {logged['koleo']:.3f}), "
-                     f"{(ipe - start_in_epoch) * cfg.run.batch_size / epoch_s:.0f} img/s, {epoch_s:.1f} s")
+                     f"{(iters_per_epoch - start_in_epoch) * cfg.run.batch_size / epoch_s:.0f} img/s, {epoch_s:.1f} s")
             if state.step == self.total_iters or (cfg.run.eval_every and state.epoch % cfg.run.eval_every == 0):
                 self.evaluate(state.epoch - 1)
             self.save()
@@ -707,6 +515,6 @@ class Trainer:
         self.save(final=True)
         summary = self.summary(finished=True)
         folder.write_summary(summary)
-        if d.world_size > 1:
+        if ddp.world_size > 1:
             dist.barrier()
         return self.result(True, summary)
