@@ -3,8 +3,8 @@
 For each curriculum stage's crop sizes (stage 1: the full sizes times ``stage1_scale``, rounded to
 the patch; stage 2: the full sizes, with noise patching) and each variant:
 
-- ``fast``: what ``fdbench pretrain`` runs by default on CUDA: compiled backbones and memory-light
-  DINO/iBOT cross-entropies (:func:`pretrain.fast_step.accelerate_meta_arch`), fed by the on-device
+- ``fast``: what ``fdbench pretrain`` runs by default on CUDA: compiled backbones
+  (:func:`pretrain.fast_step.accelerate_meta_arch`), fed by the on-device
   augmentation pipeline (``--data-pipeline gpu``) or by the CPU one;
 - ``reference`` (``--reference``): the plain eager step fed by the CPU pipeline
   (:class:`pretrain.augment.MultiCropAugmentation` in DataLoader workers).

@@ -59,3 +59,14 @@ def test_train_with_a_user_backbone_and_dataset(tiny_dataset, tmp_path):
     assert ckpt["model"]["layerscale"] is None and ckpt["teacher_backbone"].keys() == initial.keys()
     # the student trained the object we passed in
     assert any(not torch.equal(backbone.state_dict()[k], initial[k]) for k in initial)
+
+
+def test_package_exports_its_public_pieces_lazily():
+    import subprocess
+    import sys
+
+    code = ("import sys, pretrain.masking; assert 'pretrain.engine' not in sys.modules; "
+            "from pretrain import DINOLoss, DINOHead, GaussianNoisePatch, build_curriculum, train; "
+            "import pretrain; assert set(pretrain.__all__) >= {'DINOLoss', 'train'}; "
+            "from pretrain.losses import DINOLoss as D; assert DINOLoss is D")
+    subprocess.run([sys.executable, "-c", code], check=True)
