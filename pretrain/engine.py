@@ -36,6 +36,7 @@ from fdbench.device import seed_everything
 from fdbench.errors import FdbenchError
 from fdbench.io import progress
 from pretrain import costs as costs_mod
+from pretrain.collapse import CollapseWatch, entropy_fraction, rankme
 from pretrain.config import RESUME_SAFE_KEYS, PretrainConfig, validate
 from pretrain.data import AugmentedDataset, MultiCropCollate, default_workers
 from pretrain.distributed import Dist, all_mean, any_rank, gather_rng, set_rng_state, setup_distributed
@@ -262,6 +263,7 @@ class Trainer:
                                      for p in self.stages])
         self.saved_rng: list[dict] | None = None
         self.watch = NonFiniteWatch(dist_ctx.device)
+        self.collapse = CollapseWatch()
         self.monitor = None
 
     # ---- the parts' state -------------------------------------------------------------------------
@@ -281,6 +283,7 @@ class Trainer:
                               "seed": cfg.run.seed, "pipeline": self.pipeline},
             "schedule": {"iteration": state.step, "total_iterations": self.total_iters},
             **state.state_dict(),
+            "collapse_watch": self.collapse.state_dict(),
         }
         if not final:
             ckpt["optimizer"] = self.optimizer.state_dict()
@@ -291,6 +294,8 @@ class Trainer:
         self.meta.load_state_dict_parts(ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state.load_state_dict(ckpt)
+        if "collapse_watch" in ckpt:   # checkpoints written before the collapse monitor have none
+            self.collapse.load_state_dict(ckpt["collapse_watch"])
         self.saved_rng = ckpt["rng"]   # restored just before the first step (see run())
         self.log(f"resuming {self.folder.out} at step {self.state.step}/{self.total_iters} "
                  f"(epoch {self.state.epoch})")
@@ -334,6 +339,7 @@ class Trainer:
             "knn": {"final_top1": final_knn.get("top1"), "final_top5": final_knn.get("top5"),
                     "k": cfg.run.knn_k, "temperature": cfg.run.knn_temperature, "curve": state.knn},
             "paths": {k: str(v) for k, v in self.folder.paths.items()},
+            "warnings": list(self.collapse.warnings),
         }
 
     def result(self, finished: bool, summary: dict) -> RunResult:
@@ -378,12 +384,20 @@ class Trainer:
     def log_row(self, plan: StagePlan, epoch: int, it: int, logged: dict, window) -> None:
         cost, sched, state = self.state.costs[plan.index], self.sched, self.state
         img_s, step_s = window.rate()
+        collapse = {}
+        if self.meta.teacher_outputs is not None:
+            embeddings, probs = self.meta.teacher_outputs
+            collapse = {"teacher_entropy": round(entropy_fraction(probs), 5),
+                        "teacher_rank": round(rankme(embeddings), 3)}
+            for warning in self.collapse.observe(state.step, collapse["teacher_entropy"], collapse["teacher_rank"],
+                                                 *embeddings.shape):
+                self.log(f"warning: {warning}")
         self.folder.add_row({
             "row": "train", "epoch": epoch, "step": state.step, "stage": plan.index, "stage_name": plan.name,
             "global_size": plan.global_size, "local_size": plan.local_size, "n_local": plan.n_local,
             **{k: round(logged[k], 6) for k in LOSS_TERMS},
             "lr": float(sched.lr[it]), "wd": float(sched.wd[it]), "momentum": float(sched.momentum[it]),
-            "teacher_temp": float(sched.teacher_temp[it]), "grad_norm": round(logged["grad_norm"], 5),
+            "teacher_temp": float(sched.teacher_temp[it]), "grad_norm": round(logged["grad_norm"], 5), **collapse,
             "img_per_s": round(img_s, 2), "step_time_s": round(step_s, 5),
             "peak_memory_mb": round(cost.peak_memory_bytes / 2**20, 1),
             "gflops_per_image": gflops(cost.flops_per_image), "elapsed_s": round(state.elapsed_s, 3),

@@ -117,6 +117,8 @@ class MetaArch(nn.Module):
         self.koleo_loss = KoLeoLoss()
         self.to(self.device)
         self.student_ddp: nn.Module = self.student   # replaced by a DDP wrapper in wrap_ddp()
+        # the last step's teacher class embeddings [G*B,D] and DINO targets [G*B,K] (None before one)
+        self.teacher_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pairs = self._ema_pairs()
 
     # ---- checkpoint -----------------------------------------------------------------------------------
@@ -224,8 +226,11 @@ class MetaArch(nn.Module):
             cls_logits, patch_logits = logits.split([len(cls), len(masked)])
         else:
             cls_logits, patch_logits = self.teacher.dino_head(cls), self.teacher.ibot_head(masked)
-        return self._centre(cls_logits.float(), patch_logits.float() if mask_indices is not None else None,
-                            teacher_temp)
+        cls_probs, patch_probs = self._centre(cls_logits.float(),
+                                              patch_logits.float() if mask_indices is not None else None, teacher_temp)
+        # kept (on the device, no copy) for the collapse monitor, which reads them on logging steps
+        self.teacher_outputs = (cls, cls_probs)
+        return cls_probs, patch_probs
 
     def _centre(self, cls_logits, patch_logits, teacher_temp):
         """Centred (momentum mean, then the centre is updated) or Sinkhorn-Knopp teacher softmax."""
