@@ -10,8 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.fast_step import accelerate_meta_arch, maybe_compile
-from pretrain.losses import soft_cross_entropy
-from pretrain.losses import DINOLoss, iBOTPatchLoss
+from pretrain.losses import DINOLoss, iBOTPatchLoss, soft_cross_entropy
 
 
 def plain_ce(logits, targets, temp):
