@@ -1,12 +1,13 @@
 """Configuration plumbing: YAML files and dataclass (de)serialisation.
 
 Each engine defines its configuration as plain dataclasses next to the code that reads them; this
-module only moves them to and from YAML and merges overrides.
+module only moves them to and from YAML.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -45,8 +46,6 @@ def to_dict(obj: Any) -> Any:
 
 def from_dict(cls: type[T], data: dict[str, Any], *, strict: bool = True) -> T:
     """Build dataclass ``cls`` from a dict, recursing into dataclass-typed fields."""
-    import typing
-
     hints = typing.get_type_hints(cls)
     known = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(data) - set(known)
@@ -61,11 +60,6 @@ def from_dict(cls: type[T], data: dict[str, Any], *, strict: bool = True) -> T:
             value = from_dict(hint, value, strict=strict)
         kwargs[name] = value
     return cls(**kwargs)
-
-
-def replace(obj: T, **overrides: Any) -> T:
-    """``dataclasses.replace`` that ignores ``None`` overrides (options the user did not give)."""
-    return dataclasses.replace(obj, **{k: v for k, v in overrides.items() if v is not None})
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:

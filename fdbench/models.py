@@ -173,11 +173,3 @@ def build_backbone(arch: str | BackboneConfig = "vit_small", img_size: int = 224
             block.drop_path2 = DropPath(cfg.drop_path_rate)
     model.config = cfg
     return model
-
-
-def backbone_config(model: nn.Module) -> BackboneConfig:
-    """The config a backbone was built with (unwrapping DDP / torch.compile wrappers)."""
-    for attr in ("module", "_orig_mod"):
-        while hasattr(model, attr):
-            model = getattr(model, attr)
-    return model.config

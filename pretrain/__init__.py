@@ -8,6 +8,27 @@ batched on the device), ``pipeline`` (the cpu and gpu data pipelines behind one 
 and ``fast_step`` (compiled backbones, chunked cross-entropies). The engine (model wrapper, loop,
 costs, CLI glue) sits on top of them; ``bench`` times the engine's own step and pipelines.
 
-This ``__init__`` deliberately imports nothing: ``import pretrain.masking`` must not pull in the
-engine, and ``fdbench``'s core never imports this package.
+The public pieces are importable from the package (``from pretrain import DINOLoss, DINOHead,
+GaussianNoisePatch, build_curriculum, train``), each loaded on first use: ``import pretrain.masking``
+must not pull in the engine, and ``fdbench``'s core never imports this package.
 """
+
+from __future__ import annotations
+
+import importlib
+
+_HOMES = {
+    "Center": "center", "DINOLoss": "losses", "iBOTPatchLoss": "losses", "KoLeoLoss": "losses",
+    "sinkhorn_knopp": "losses", "soft_cross_entropy": "losses", "DINOHead": "heads",
+    "GaussianNoisePatch": "augment", "MultiCropAugmentation": "augment", "Curriculum": "curriculum",
+    "build_curriculum": "curriculum", "make_masks": "masking", "cosine_schedule": "schedules",
+    "MetaArch": "meta_arch", "PretrainConfig": "config", "build_config": "config", "preset": "config",
+    "KnnMonitor": "monitor", "train": "engine", "Trainer": "engine", "train_step": "engine",
+}
+__all__ = sorted(_HOMES)
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'pretrain' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"pretrain.{_HOMES[name]}"), name)

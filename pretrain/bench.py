@@ -3,8 +3,8 @@
 For each curriculum stage's crop sizes (stage 1: the full sizes times ``stage1_scale``, rounded to
 the patch; stage 2: the full sizes, with noise patching) and each variant:
 
-- ``fast``: what ``fdbench pretrain`` runs by default on CUDA: compiled backbones and memory-light
-  DINO/iBOT cross-entropies (:func:`pretrain.fast_step.accelerate_meta_arch`), fed by the on-device
+- ``fast``: what ``fdbench pretrain`` runs by default on CUDA: compiled backbones
+  (:func:`pretrain.fast_step.accelerate_meta_arch`), fed by the on-device
   augmentation pipeline (``--data-pipeline gpu``) or by the CPU one;
 - ``reference`` (``--reference``): the plain eager step fed by the CPU pipeline
   (:class:`pretrain.augment.MultiCropAugmentation` in DataLoader workers).
@@ -27,17 +27,19 @@ Timings synchronise the device once before and once after the timed steps, never
 
 from __future__ import annotations
 
+import copy
 import gc
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import TYPE_CHECKING, Callable, Iterator
 
 import torch
 
 from fdbench.device import resolve_device
 from fdbench.errors import FdbenchError
+from pretrain.config import PretrainConfig, RunConfig, set_option
 from pretrain.pipeline import PIPELINES, StageFeed, resolve_pipeline
 
 if TYPE_CHECKING:
@@ -60,31 +62,63 @@ def peak_tflops(device_name: str | None) -> float | None:
     return None
 
 
-@dataclass
+# bench-train's short names for the recipe fields it exposes as flags (the rest: --set section.field=value)
+RECIPE_SHORTHANDS = {
+    "arch": "model.arch", "patch_size": "model.patch_size", "batch_size": "run.batch_size",
+    "global_size": "crops.global_size", "local_size": "crops.local_size", "n_local": "crops.n_local",
+    "stage1_scale": "curriculum.stage1_scale", "prototypes": "head.prototypes", "hidden_dim": "head.hidden_dim",
+    "bottleneck_dim": "head.bottleneck_dim", "data": "data.root", "class_list": "data.class_list",
+    "workers": "data.workers", "device": "run.device", "seed": "run.seed",
+}
+
+
+def bench_recipe(sets: dict | None = None) -> PretrainConfig:
+    """The recipe benchmarked by default: the DINOv2 defaults (ViT-S/16, 224/96 px, 8 local crops,
+    65536 prototypes) at batch 128, with ``sets`` (``{"model.arch": "vit_base"}``) applied."""
+    recipe = PretrainConfig(preset="bench", run=RunConfig(batch_size=128))
+    for key, value in (sets or {}).items():
+        if value is not None:
+            set_option(recipe, key, value)
+    if "head.ibot_prototypes" not in (sets or {}):
+        recipe.head.ibot_prototypes = recipe.head.prototypes
+    return recipe
+
+
+@dataclass(init=False)
 class BenchConfig:
-    arch: str = "vit_small"
-    patch_size: int = 16
-    batch_size: int = 128
-    global_size: int = 224
-    local_size: int = 96
-    n_local: int = 8
-    stage1_scale: float = 0.5
+    """A pretraining recipe (the model, heads, crops, batch and data that are timed) and how to time it.
+
+    ``BenchConfig(arch="vit_pico", steps=2)`` takes the recipe's fields by their short names
+    (:data:`RECIPE_SHORTHANDS`), or a whole ``recipe=``.
+    """
+
+    recipe: PretrainConfig
     stages: tuple[str, ...] = ("stage1", "stage2")
-    prototypes: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
     steps: int = 20
     warmup: int = 5
-    data: str | None = None
-    class_list: str | None = None
-    workers: int | None = None          # None: cores - 1
-    pipeline: str | None = None         # gpu | cpu; None: gpu on CUDA, cpu on CPU
-    compile: bool | None = None         # None: on for CUDA
+    pipeline: str | None = None         # of the fast variant: gpu | cpu; None: gpu on CUDA, cpu on CPU
+    compile: bool | None = None         # of the fast variant; None: on for CUDA
     reference: bool = False
     end_to_end: bool = True
     decode_slack: float = 1.0
-    device: str = "auto"
-    seed: int = 0
+
+    def __init__(self, recipe: PretrainConfig | None = None, **options):
+        timing = {f.name for f in fields(self)} - {"recipe"}
+        unknown = set(options) - timing - set(RECIPE_SHORTHANDS)
+        if unknown:
+            raise TypeError(f"BenchConfig got unknown option(s) {', '.join(sorted(unknown))}")
+        sets = {RECIPE_SHORTHANDS[k]: v for k, v in options.items() if k in RECIPE_SHORTHANDS}
+        if recipe is None:
+            recipe = bench_recipe(sets)
+        else:
+            recipe = copy.deepcopy(recipe)
+            for key, value in sets.items():
+                if value is not None:
+                    set_option(recipe, key, value)
+        self.recipe = recipe
+        for f in fields(self):
+            if f.name != "recipe":
+                setattr(self, f.name, options.get(f.name, f.default))
 
 
 def bench_stages(cfg: BenchConfig) -> list[StagePlan]:
@@ -93,15 +127,14 @@ def bench_stages(cfg: BenchConfig) -> list[StagePlan]:
     from pretrain.curriculum import round_to_patch
     from pretrain.engine import StagePlan
 
-    p, pcfg = cfg.patch_size, pretrain_config(cfg)
-    crops, sigma = pcfg.crops, pcfg.curriculum.noise_max_sigma
+    p, crops, curriculum = cfg.recipe.model.patch_size, cfg.recipe.crops, cfg.recipe.curriculum
 
     def plan(name: str, scale: float, noise: bool) -> StagePlan:
-        return StagePlan(0, name, 0, 1, round_to_patch(cfg.global_size * scale, p),
-                         round_to_patch(cfg.local_size * scale, p), cfg.n_local, tuple(crops.global_scale),
-                         tuple(crops.local_scale), noise, sigma)
+        return StagePlan(0, name, 0, 1, round_to_patch(crops.global_size * scale, p),
+                         round_to_patch(crops.local_size * scale, p), crops.n_local, tuple(crops.global_scale),
+                         tuple(crops.local_scale), noise, curriculum.noise_max_sigma)
 
-    table = {"stage1": plan("stage1", cfg.stage1_scale, False), "stage2": plan("stage2", 1.0, True)}
+    table = {"stage1": plan("stage1", curriculum.stage1_scale, False), "stage2": plan("stage2", 1.0, True)}
     unknown = [s for s in cfg.stages if s not in table]
     if unknown:
         raise FdbenchError(f"unknown stage(s) {', '.join(unknown)}: use stage1, stage2")
@@ -111,35 +144,25 @@ def bench_stages(cfg: BenchConfig) -> list[StagePlan]:
 def _validate(cfg: BenchConfig) -> None:
     from fdbench.models import ARCHS, PATCH_SIZES
 
-    if cfg.arch not in ARCHS:
-        raise FdbenchError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}")
-    if cfg.patch_size not in PATCH_SIZES:
-        raise FdbenchError(f"unsupported patch size {cfg.patch_size}: choose one of {PATCH_SIZES}")
+    r = cfg.recipe
+    if r.model.arch not in ARCHS:
+        raise FdbenchError(f"unknown architecture {r.model.arch!r}: choose one of {', '.join(ARCHS)}")
+    if r.model.patch_size not in PATCH_SIZES:
+        raise FdbenchError(f"unsupported patch size {r.model.patch_size}: choose one of {PATCH_SIZES}")
     if cfg.pipeline is not None and cfg.pipeline not in PIPELINES:
         raise FdbenchError(f"unknown data pipeline {cfg.pipeline!r}: use gpu or cpu")
-    for name in ("batch_size", "steps", "global_size", "local_size", "prototypes"):
-        if getattr(cfg, name) < 1:
-            raise FdbenchError(f"{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.warmup < 0 or cfg.n_local < 0:
+    sizes = {"batch-size": r.run.batch_size, "steps": cfg.steps, "global-size": r.crops.global_size,
+             "local-size": r.crops.local_size, "prototypes": r.head.prototypes}
+    for name, value in sizes.items():
+        if value < 1:
+            raise FdbenchError(f"{name} must be >= 1, got {value}")
+    if cfg.warmup < 0 or r.crops.n_local < 0:
         raise FdbenchError("warmup and n-local must be >= 0")
-    if not 0 < cfg.stage1_scale <= 1:
-        raise FdbenchError(f"stage1-scale must be in (0, 1], got {cfg.stage1_scale}")
+    if not 0 < r.curriculum.stage1_scale <= 1:
+        raise FdbenchError(f"stage1-scale must be in (0, 1], got {r.curriculum.stage1_scale}")
 
 
 # ---------------------------------------------------------------------- the step
-def pretrain_config(cfg: BenchConfig):
-    """The engine's config for this benchmark (full-size crops; stages only change the inputs)."""
-    from pretrain.config import CropConfig, HeadConfig, ModelConfig, PretrainConfig, RunConfig
-
-    return PretrainConfig(
-        preset="bench",
-        model=ModelConfig(arch=cfg.arch, patch_size=cfg.patch_size),
-        head=HeadConfig(prototypes=cfg.prototypes, hidden_dim=cfg.hidden_dim, bottleneck_dim=cfg.bottleneck_dim,
-                        ibot_prototypes=cfg.prototypes),
-        crops=CropConfig(global_size=cfg.global_size, local_size=cfg.local_size, n_local=cfg.n_local),
-        run=RunConfig(batch_size=cfg.batch_size, seed=cfg.seed))
-
-
 class TrainStep:
     """The engine's model, optimiser and :func:`pretrain.engine.train_step` at constant schedule values.
 
@@ -153,7 +176,7 @@ class TrainStep:
         from pretrain.engine import build_optimizer
         from pretrain.meta_arch import MetaArch
 
-        self.pcfg = pretrain_config(cfg)
+        self.pcfg = cfg.recipe
         self.meta = MetaArch(self.pcfg, device)
         self.optimizer = build_optimizer(self.meta, self.pcfg)
         self.teacher_temp = self.TEACHER_TEMP
@@ -178,8 +201,8 @@ def synthetic_batch(cfg: BenchConfig, stage: StagePlan, device: torch.device, se
     from pretrain.masking import make_masks, masked_token_indices
 
     g = torch.Generator().manual_seed(seed)
-    b, s, l = cfg.batch_size, stage.global_size, stage.local_size
-    grid = s // cfg.patch_size
+    b, s, l = cfg.recipe.run.batch_size, stage.global_size, stage.local_size
+    grid = s // cfg.recipe.model.patch_size
     masks = make_masks(2 * b, (grid, grid), 0.5, (0.1, 0.5), g)
     indices, weights = masked_token_indices(masks)   # on the CPU, as the collates do
     return {"global": torch.randn(2 * b, 3, s, s, generator=g).to(device),
@@ -258,12 +281,14 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None,
 
     _validate(cfg)
     log = log or (lambda message: None)
-    device = resolve_device(cfg.device)
+    r = cfg.recipe
+    batch_size, arch, patch = r.run.batch_size, r.model.arch, r.model.patch_size
+    device = resolve_device(r.run.device)
     device_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     peak = peak_tflops(device_name) if device.type == "cuda" else None
     pipeline = resolve_pipeline(cfg.pipeline, device)
     compile_fast = cfg.compile if cfg.compile is not None else device.type == "cuda"
-    workers = cfg.workers if cfg.workers is not None else min(32, max(0, (os.cpu_count() or 1) - 1))
+    workers = r.data.workers if r.data.workers is not None else min(32, max(0, (os.cpu_count() or 1) - 1))
     stages = bench_stages(cfg)
     variants = [("fast", True, compile_fast, pipeline)]
     if cfg.reference:
@@ -273,20 +298,20 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None,
     if cfg.end_to_end:
         from fdbench.data import open_dataset
 
-        dataset = open_dataset(cfg.data, "train", None, cfg.class_list, announce=log)
-        if len(dataset) < cfg.batch_size:
-            raise FdbenchError(f"the dataset has {len(dataset)} images, fewer than one batch of {cfg.batch_size}: "
+        dataset = open_dataset(r.data.root, "train", None, r.data.class_list, announce=log)
+        if len(dataset) < batch_size:
+            raise FdbenchError(f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size}: "
                                f"lower --batch-size or use a larger --data")
 
     rows = []
     for stage in stages:
         for variant, fast, compiled, pipe in variants:
             _free(device)
-            torch.manual_seed(cfg.seed)
-            log(f"bench {variant}: {cfg.arch}/{cfg.patch_size} {stage.name} {stage.global_size}/{stage.local_size} "
-                f"x{stage.n_local}, batch {cfg.batch_size}, compile {'on' if compiled else 'off'}, pipeline {pipe}")
+            torch.manual_seed(r.run.seed)
+            log(f"bench {variant}: {arch}/{patch} {stage.name} {stage.global_size}/{stage.local_size} "
+                f"x{stage.n_local}, batch {batch_size}, compile {'on' if compiled else 'off'}, pipeline {pipe}")
             step = TrainStep(cfg, device, fast=fast, compile=compiled)
-            batch = synthetic_batch(cfg, stage, device, cfg.seed)
+            batch = synthetic_batch(cfg, stage, device, r.run.seed)
             flops = count_flops(lambda: step.meta.forward_backward(batch, step.teacher_temp))
             step.optimizer.zero_grad(set_to_none=True)
             step.accelerate()
@@ -297,13 +322,13 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None,
                 t_e2e, loss = time_steps(step, batches, cfg.steps, cfg.warmup, device)
             achieved = flops / t_model / 1e12
             rows.append({
-                "variant": variant, "stage": stage.name, "arch": cfg.arch, "patch": cfg.patch_size,
+                "variant": variant, "stage": stage.name, "arch": arch, "patch": patch,
                 "global": stage.global_size, "local": stage.local_size, "n_local": stage.n_local,
-                "batch": cfg.batch_size, "compile": compiled, "pipeline": pipe,
+                "batch": batch_size, "compile": compiled, "pipeline": pipe,
                 "model_step_ms": round(1e3 * t_model, 3),
-                "model_img_s": round(cfg.batch_size / t_model, 1),
+                "model_img_s": round(batch_size / t_model, 1),
                 "e2e_step_ms": round(1e3 * t_e2e, 3) if t_e2e else None,
-                "e2e_img_s": round(cfg.batch_size / t_e2e, 1) if t_e2e else None,
+                "e2e_img_s": round(batch_size / t_e2e, 1) if t_e2e else None,
                 "e2e_vs_model": round(t_model / t_e2e, 3) if t_e2e else None,
                 "flops_per_step": int(flops),
                 "tflop_per_step": _sig(flops / 1e12),

@@ -1,9 +1,14 @@
 """The pretraining configuration: one :class:`PretrainConfig` made of small nested parts, plus presets.
 
-Every number of the DINOv2 recipe lives here (defaults from the DINOv2 reference configs, see
-``FACTS.md``), so a run folder's ``config.yaml`` says exactly what was trained. Lengths that the
-reference gives in epochs (warm-ups, last-layer freeze) stay in epochs here; the engine turns them
-into iterations once it knows the dataset size.
+Every number of the DINOv2 recipe lives here (defaults from DINOv2's ``ssl_default_config.yaml``),
+so a run folder's ``config.yaml`` says exactly what was trained. Lengths that the reference gives in
+epochs (warm-ups, last-layer freeze) stay in epochs here; the engine turns them into iterations once
+it knows the dataset size.
+
+Each field is defined once, with :func:`opt`: its default, help text, whether it is a named flag of
+``fdbench pretrain`` and whether a resumed run may change it. :data:`OPTIONS` reads that metadata, so
+the CLI flags, ``--set section.field=value``, the ``--config`` file and the resume check cannot
+drift apart.
 
 Presets (``PRESETS``):
 
@@ -18,132 +23,169 @@ Presets (``PRESETS``):
 from __future__ import annotations
 
 import copy
+import dataclasses
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from fdbench.config import from_dict, to_dict
+import yaml
+
+from fdbench.config import from_dict, load_yaml, to_dict
 from fdbench.errors import FdbenchError
+
+
+def opt(default: Any, help: str = "", *, option: str | bool = False, flag: str | None = None,
+        choices: tuple[str, ...] | None = None, resume_safe: bool = False) -> Any:
+    """A recipe field with its command-line and resume metadata (the one place an option is defined).
+
+    ``option``: also a named flag of ``fdbench pretrain`` (True: named after the field; a string:
+    that name, e.g. ``curriculum`` for ``curriculum.name``); ``flag`` overrides the flag's spelling;
+    ``choices`` restricts the flag's values; ``resume_safe``: a re-run may change it without breaking
+    "continue exactly where it stopped" (logging, I/O, speed). Every field, named flag or not, is
+    reachable as ``--set section.field=value`` and from the ``--config`` YAML file.
+    """
+    metadata = {"help": help, "resume_safe": resume_safe, "choices": choices, "flag": flag, "option": option}
+    return field(default=default, metadata=metadata)
 
 
 @dataclass
 class ModelConfig:
     """The student/teacher backbone (see ``fdbench.models.build_backbone``)."""
 
-    arch: str = "vit_small"
-    patch_size: int = 16
-    drop_path_rate: float = 0.1          # student only; the teacher never drops paths
-    drop_path_uniform: bool = True       # DINOv2: the same rate in every block (False: timm's 0 -> rate ramp)
-    layerscale: float | None = 1e-5
-    reg_tokens: int = 0
+    arch: str = opt("vit_small", "Backbone: vit_pico, vit_nano, vit_tiny, vit_small, vit_base, vit_large.",
+                    option=True)
+    patch_size: int = opt(16, "Patch size: 8, 14 or 16.", option=True)
+    drop_path_rate: float = opt(0.1, "Student drop-path rate (the teacher never drops paths).", option=True)
+    drop_path_uniform: bool = opt(True, "DINOv2: the same drop-path rate in every block (false: timm's 0 -> rate ramp).")
+    layerscale: float | None = opt(1e-5, "LayerScale init (None: off).")
+    reg_tokens: int = opt(0, "Register tokens.")
 
 
 @dataclass
 class HeadConfig:
     """DINO head (and iBOT head, shared by default as in DINOv2)."""
 
-    prototypes: int = 65536
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    nlayers: int = 3
-    ibot_separate_head: bool = False
-    ibot_prototypes: int = 65536          # used only with a separate iBOT head
+    prototypes: int = opt(65536, "DINO/iBOT head prototypes (65536 in DINOv2).", option=True)
+    hidden_dim: int = opt(2048, "Head MLP hidden width.")
+    bottleneck_dim: int = opt(256, "Head bottleneck width.")
+    nlayers: int = opt(3, "Head MLP layers.")
+    ibot_separate_head: bool = opt(False, "A separate iBOT head instead of sharing the DINO head.")
+    ibot_prototypes: int = opt(65536, "iBOT prototypes (used only with a separate iBOT head).")
 
 
 @dataclass
 class LossConfig:
     """Loss weights, temperatures, centring and iBOT masking."""
 
-    dino_weight: float = 1.0
-    ibot_weight: float = 1.0
-    koleo_weight: float = 0.1
-    centering: str = "centering"          # "centering" (momentum mean) or "sinkhorn_knopp"
-    center_momentum: float = 0.9
-    student_temp: float = 0.1
-    teacher_temp: float = 0.07
-    warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: float = 30
-    mask_probability: float = 0.5         # share of global crops that get a block-wise mask
-    mask_ratio_min: float = 0.1
-    mask_ratio_max: float = 0.5
+    dino_weight: float = opt(1.0, "DINO (CLS) loss weight.")
+    ibot_weight: float = opt(1.0, "iBOT (masked patch) loss weight.")
+    koleo_weight: float = opt(0.1, "KoLeo regulariser weight.")
+    centering: str = opt("centering", "Teacher centring.", option=True, choices=("centering", "sinkhorn_knopp"))
+    center_momentum: float = opt(0.9, "Momentum of the teacher centre (centering).")
+    student_temp: float = opt(0.1, "Student softmax temperature.")
+    teacher_temp: float = opt(0.07, "Teacher softmax temperature after the warm-up.")
+    warmup_teacher_temp: float = opt(0.04, "Teacher temperature at the start of the warm-up.")
+    warmup_teacher_temp_epochs: float = opt(30, "Teacher temperature warm-up epochs.")
+    mask_probability: float = opt(0.5, "Share of global crops that get a block-wise iBOT mask.")
+    mask_ratio_min: float = opt(0.1, "Smallest masked share of a masked crop.")
+    mask_ratio_max: float = opt(0.5, "Largest masked share of a masked crop.")
 
 
 @dataclass
 class OptimConfig:
     """AdamW and the per-iteration schedules."""
 
-    base_lr: float = 0.004                # at batch 1024; scaled by sqrt(batch / 1024)
-    min_lr: float = 1e-6
-    warmup_epochs: float = 10
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.4
-    momentum_teacher: float = 0.992
-    final_momentum_teacher: float = 1.0
-    layerwise_decay: float = 0.9
-    patch_embed_lr_mult: float = 0.2
-    freeze_last_layer_epochs: float = 1
-    clip_grad: float = 3.0
-    weight_decay_rule: str = "dinov2"     # pretrain.param_groups.WD_RULES: dinov2 | no-decay-tokens
-    beta1: float = 0.9
-    beta2: float = 0.999
+    base_lr: float = opt(0.004, "Base lr at batch 1024 (scaled by sqrt(batch/1024)).", option=True, flag="--lr")
+    min_lr: float = opt(1e-6, "Final learning rate of the cosine schedule.")
+    warmup_epochs: float = opt(10, "Learning-rate warm-up epochs.", option=True)
+    weight_decay: float = opt(0.04, "Weight decay at the start (cosine schedule).")
+    weight_decay_end: float = opt(0.4, "Weight decay at the end.")
+    momentum_teacher: float = opt(0.992, "Teacher EMA momentum at the start (cosine to the final one).")
+    final_momentum_teacher: float = opt(1.0, "Teacher EMA momentum at the end.")
+    layerwise_decay: float = opt(0.9, "Layer-wise learning-rate decay.")
+    patch_embed_lr_mult: float = opt(0.2, "Learning-rate multiplier of the patch embedding.")
+    freeze_last_layer_epochs: float = opt(1, "Epochs the heads' last layer stays frozen.")
+    clip_grad: float = opt(3.0, "Gradient-norm clipping per part.")
+    weight_decay_rule: str = opt("dinov2", "Weight-decay exemptions: dinov2 (biases, norms, LayerScale) or no-decay-tokens (also cls/pos/mask/register tokens).",
+                                 choices=("dinov2", "no-decay-tokens"))
+    beta1: float = opt(0.9, "AdamW beta1.")
+    beta2: float = opt(0.999, "AdamW beta2.")
     # False: one set of schedules over the whole run (default, see the README);
     # True: the paper's code: at every stage switch reset AdamW and restart all schedules
-    stage_restart: bool = False
+    stage_restart: bool = opt(False, "At a stage switch reset AdamW and restart the schedules (the paper's code) "
+                                     "[default: no, one continuous schedule].", option=True)
 
 
 @dataclass
 class CropConfig:
     """Full-resolution multi-crop; the curriculum derives each stage's sizes from it."""
 
-    global_size: int = 224
-    local_size: int = 96
-    n_local: int = 8
-    global_scale: tuple[float, float] = (0.32, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.32)
-    inverted_blur: bool = False           # True reproduces the released models' blur probabilities
+    global_size: int = opt(224, "Full-resolution global crop size (px).", option=True)
+    local_size: int = opt(96, "Full-resolution local crop size (px).", option=True)
+    n_local: int = opt(8, "Local crops per image.", option=True)
+    global_scale: tuple[float, float] = opt((0.32, 1.0), "Area range of the global crops.")
+    local_scale: tuple[float, float] = opt((0.05, 0.32), "Area range of the local crops.")
+    inverted_blur: bool = opt(False, "Reproduce the released models' (inverted) blur probabilities.", option=True)
 
 
 @dataclass
 class CurriculumConfig:
     """``name`` is ``none``, ``two-stage`` or a path to a curriculum YAML file."""
 
-    name: str = "two-stage"
-    stage1_fraction: float = 0.75
-    stage1_scale: float = 0.5
-    stage1_global_size: int | None = None
-    stage1_local_size: int | None = None
-    noise_patching: bool | None = None    # None: the curriculum's default (on in two-stage's last stage)
-    noise_max_sigma: float = 0.5
+    name: str = opt("two-stage", "none (standard DINOv2), two-stage (FastDINOv2) or a curriculum FILE.yaml "
+                                 "[two-stage].", option="curriculum")
+    stage1_fraction: float = opt(0.75, "Share of epochs in stage 1 [0.75].", option=True)
+    stage1_scale: float = opt(0.5, "Stage-1 crop sizes as a share of full size [0.5].", option=True)
+    stage1_global_size: int | None = opt(None, "Explicit stage-1 global crop size (px).", option=True)
+    stage1_local_size: int | None = opt(None, "Explicit stage-1 local crop size (px).", option=True)
+    noise_patching: bool | None = opt(None, "Gaussian noise patching [default: on in two-stage's last stage, "
+                                            "off for none].", option=True)
+    noise_max_sigma: float = opt(0.5, "Noise patching's largest sigma [0.5].", option=True)
 
 
 @dataclass
 class DataConfig:
-    root: str | None = None               # None: the embedded synthetic dataset
-    class_list: str | None = None
-    workers: int | None = None            # None: min(8, cores - 1) DataLoader workers
-    pipeline: str = "auto"                # cpu (workers augment), gpu (workers decode, device augments); auto: gpu on CUDA
+    root: str | None = opt(None, "Dataset root (ImageFolder with train/ and val/, or cifar10:DIR ...) "
+                                 "[default: embedded dataset].", option="data")
+    class_list: str | None = opt(None, "File of class folder names to keep (e.g. ImageNet-100).", option=True)
+    workers: int | None = opt(None, "DataLoader worker processes [min(8, cores - 1)].", option=True,
+                              resume_safe=True)
+    pipeline: str = opt("auto", "Where the crops are made: cpu = DataLoader workers decode and augment; gpu = "
+                                "workers only decode, the whole batch is augmented on the training device (runs "
+                                "on --device cpu too); auto = gpu on CUDA, cpu otherwise [auto].",
+                        option="data_pipeline", choices=("auto", "cpu", "gpu"))
 
 
 @dataclass
 class RunConfig:
     """Length of the run, logging, checkpointing and the online kNN monitor."""
 
-    epochs: int = 200
-    batch_size: int = 1024                # global batch (split over DDP ranks)
-    seed: int = 0
-    device: str = "auto"
-    out: str | None = None                # None: runs/<curriculum name>
-    log_every: int = 10                   # iterations between metrics.csv rows
-    save_every_minutes: float = 10.0      # checkpoints/last.pt at least this often (and every epoch)
-    save_every_steps: int = 0             # 0: off; >0 also saves every N iterations
-    keep_every_epochs: int = 0            # 0: off; >0 keeps checkpoints/epoch_XXXX.pt every N epochs
-    eval_every: int = 1                   # epochs between kNN evaluations (0: only at the end)
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    knn_train_per_class: int = 100        # kNN memory bank: first N train images of each class
-    knn_val_per_class: int | None = None  # None: the whole val split
-    stop_after_steps: int = 0             # testing aid: stop (as if killed) after N iterations of this process
-    threads: int | None = None            # CPU intra-op threads (None: torch's default, one per core)
-    compile: bool | None = None           # torch.compile the backbones (None: on CUDA only)
+    epochs: int = opt(200, "Training epochs (all stages together).", option=True)
+    batch_size: int = opt(1024, "Global batch size (split over DDP processes).", option=True)
+    seed: int = opt(0, "Random seed [0].", option=True)
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N [auto].", option=True,
+                      resume_safe=True)
+    out: str | None = opt(None, "Run folder [default: runs/<curriculum>].", option=True, resume_safe=True)
+    log_every: int = opt(10, "Iterations between metrics.csv rows.", option=True, resume_safe=True)
+    save_every_minutes: float = opt(10.0, "Checkpoint at least this often (and every epoch).", option=True,
+                                    resume_safe=True)
+    save_every_steps: int = opt(0, "Also checkpoint every N iterations (0: off).", option=True, resume_safe=True)
+    keep_every_epochs: int = opt(0, "Keep checkpoints/epoch_XXXX.pt every N epochs (0: only last.pt).",
+                                 option=True, resume_safe=True)
+    eval_every: int = opt(1, "Epochs between kNN evaluations (0: only at the end).", option=True, resume_safe=True)
+    knn_k: int = opt(20, "Neighbours of the online kNN monitor.", resume_safe=True)
+    knn_temperature: float = opt(0.07, "Temperature of the online kNN monitor.", resume_safe=True)
+    knn_train_per_class: int = opt(100, "kNN memory bank: first N train images of each class.", resume_safe=True)
+    knn_val_per_class: int | None = opt(None, "kNN val images per class (None: the whole val split).",
+                                        resume_safe=True)
+    stop_after_steps: int = opt(0, "Testing aid: stop (as if killed) after N iterations of this process.",
+                                option=True, resume_safe=True)
+    threads: int | None = opt(None, "CPU intra-op threads [torch's default]; 1 is often faster on a busy shared "
+                                    "machine.", option=True, resume_safe=True)
+    # compiling changes the speed, not the maths
+    compile: bool | None = opt(None, "torch.compile the student and teacher backbones [on with CUDA, off on CPU].",
+                               option=True, resume_safe=True)
 
 
 @dataclass
@@ -171,8 +213,6 @@ class PretrainConfig:
 
     @property
     def run_name(self) -> str:
-        from pathlib import Path
-
         name = self.curriculum.name
         return Path(name).stem if name.endswith((".yaml", ".yml")) else name
 
@@ -279,47 +319,178 @@ def validate(cfg: PretrainConfig) -> None:
             raise FdbenchError(message)
 
 
-# option name -> (part, field): how flat options (CLI flags, a Python call) map onto the config
-OPTION_FIELDS = {
-    "arch": ("model", "arch"), "patch_size": ("model", "patch_size"), "drop_path_rate": ("model", "drop_path_rate"),
-    "prototypes": ("head", "prototypes"),
-    "centering": ("loss", "centering"),
-    "base_lr": ("optim", "base_lr"), "warmup_epochs": ("optim", "warmup_epochs"),
-    "stage_restart": ("optim", "stage_restart"),
-    "global_size": ("crops", "global_size"), "local_size": ("crops", "local_size"), "n_local": ("crops", "n_local"),
-    "inverted_blur": ("crops", "inverted_blur"),
-    "curriculum": ("curriculum", "name"), "stage1_fraction": ("curriculum", "stage1_fraction"),
-    "stage1_scale": ("curriculum", "stage1_scale"), "stage1_global_size": ("curriculum", "stage1_global_size"),
-    "stage1_local_size": ("curriculum", "stage1_local_size"), "noise_patching": ("curriculum", "noise_patching"),
-    "noise_max_sigma": ("curriculum", "noise_max_sigma"),
-    "data": ("data", "root"), "class_list": ("data", "class_list"), "workers": ("data", "workers"),
-    "epochs": ("run", "epochs"), "batch_size": ("run", "batch_size"), "seed": ("run", "seed"),
-    "device": ("run", "device"), "out": ("run", "out"), "eval_every": ("run", "eval_every"),
-    "log_every": ("run", "log_every"), "save_every_steps": ("run", "save_every_steps"),
-    "save_every_minutes": ("run", "save_every_minutes"), "keep_every_epochs": ("run", "keep_every_epochs"),
-    "stop_after_steps": ("run", "stop_after_steps"), "threads": ("run", "threads"),
-    "data_pipeline": ("data", "pipeline"), "compile": ("run", "compile"),
-}
+# ---- the fields as options: named flags, --set, YAML and resume rules all read the metadata above
+
+@dataclass(frozen=True)
+class Option:
+    """One leaf field of :class:`PretrainConfig`: ``key`` is ``section.field`` (``loss.koleo_weight``)."""
+
+    key: str
+    section: str
+    name: str
+    hint: Any                          # the field's annotation, resolved
+    default: Any
+    help: str
+    choices: tuple[str, ...] | None
+    resume_safe: bool
+    option: str | None                 # the named flag's parameter name (None: only --set / YAML)
+    flag: str | None                   # its spelling on the command line (``--lr``)
 
 
-def build_config(preset_name: str | None = None, **options: Any) -> PretrainConfig:
-    """A preset (default: ``cpu-tiny`` on CPU, ``gpu-small`` on CUDA) with flat overrides applied.
-
-    ``options`` use the CLI's names (``epochs=10, curriculum="none", data="/imagenet100"``);
-    ``None`` values mean "keep the preset's". The result is validated.
-    """
-    import dataclasses
-
-    unknown = set(options) - set(OPTION_FIELDS)
-    if unknown:
-        raise FdbenchError(f"unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(OPTION_FIELDS))}")
-    cfg = preset(preset_name or default_preset_name(options.get("device") or "auto"))
-    for name, value in options.items():
-        if value is None:
+def _options() -> dict[str, Option]:
+    found = {}
+    for part in dataclasses.fields(PretrainConfig):
+        if not dataclasses.is_dataclass(part.default_factory):
             continue
-        part, attr = OPTION_FIELDS[name]
-        if name in ("data", "class_list", "out") and value is not None:
-            value = str(value)
-        setattr(cfg, part, dataclasses.replace(getattr(cfg, part), **{attr: value}))
+        section = part.default_factory
+        hints = typing.get_type_hints(section)
+        for f in dataclasses.fields(section):
+            meta = f.metadata
+            name = (f.name if meta.get("option") is True else meta.get("option")) or None
+            flag = meta.get("flag") or ("--" + name.replace("_", "-") if name else None)
+            found[f"{part.name}.{f.name}"] = Option(
+                f"{part.name}.{f.name}", part.name, f.name, hints[f.name], f.default, meta.get("help", ""),
+                meta.get("choices"), bool(meta.get("resume_safe")), name, flag)
+    return found
+
+
+OPTIONS: dict[str, Option] = _options()
+# named flag parameter -> the option (``epochs``, ``base_lr``, ``curriculum``, ``data``, ...)
+NAMED_OPTIONS: dict[str, Option] = {o.option: o for o in OPTIONS.values() if o.option}
+OPTION_FIELDS = {name: (o.section, o.name) for name, o in NAMED_OPTIONS.items()}
+RESUME_SAFE_KEYS = frozenset(k for k, o in OPTIONS.items() if o.resume_safe)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def coerce(key: str, value: Any, hint: Any) -> Any:
+    """``value`` (from YAML or ``--set``, already YAML-parsed) as the type of field ``key``, or an error."""
+    def bad() -> FdbenchError:
+        return FdbenchError(f"bad value for {key}: expected {_type_name(hint)}, got {value!r}")
+
+    args = typing.get_args(hint)
+    if type(None) in args:                                     # Optional[X]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            return None
+        (inner,) = [a for a in args if a is not type(None)]
+        return coerce(key, value, inner)
+    if typing.get_origin(hint) is tuple:
+        if isinstance(value, str):
+            value = [v for v in value.strip("()[] ").split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise bad()
+        return tuple(coerce(key, v, a) for v, a in zip(value, args))
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise bad()
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise bad()
+        try:
+            return int(value)
+        except ValueError:
+            raise bad() from None
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+            raise bad()
+        try:
+            return float(value)
+        except ValueError:
+            raise bad() from None
+    if hint is str:
+        if isinstance(value, (dict, list, tuple)) or value is None:
+            raise bad()
+        return str(value)
+    raise bad()
+
+
+def set_option(cfg: PretrainConfig, key: str, value: Any) -> None:
+    """Set ``section.field`` on ``cfg`` in place, typed by the field's annotation."""
+    option = OPTIONS.get(key)
+    if option is None:
+        raise FdbenchError(f"unknown config key {key!r}; keys look like loss.koleo_weight "
+                           f"(sections: {', '.join(sorted({o.section for o in OPTIONS.values()}))})")
+    value = coerce(key, value, option.hint)
+    if option.choices and value not in option.choices:
+        raise FdbenchError(f"bad value for {key}: {value!r}; choose one of {', '.join(option.choices)}")
+    setattr(getattr(cfg, option.section), option.name, value)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """``"loss.koleo_weight=0.5"`` -> ``("loss.koleo_weight", 0.5)`` (the value read as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise FdbenchError(f"bad --set {text!r}: use --set section.field=value (e.g. loss.koleo_weight=0.5)")
+    key = key.strip()
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if key in OPTIONS and OPTIONS[key].hint in (str, str | None) and value is not None:
+        value = raw.strip()            # strings stay as typed ("runs/001" is not the number 1)
+    return key, value
+
+
+def flatten_file(data: dict[str, Any], source: str) -> tuple[str | None, dict[str, Any]]:
+    """A config file's ``(preset, {section.field: value})``.
+
+    The file may be nested like a run's ``config.yaml`` (``loss: {koleo_weight: 0.5}``), flat with
+    the named flags' names (``batch-size: 64``, ``curriculum: none``), or use dotted keys; sections
+    and flags can be mixed. ``curriculum`` and ``data`` are both a section and a flag: a mapping
+    means the section.
+    """
+    preset_name, values = None, {}
+    sections = {o.section for o in OPTIONS.values()}
+    for raw_key, value in data.items():
+        key = str(raw_key).replace("-", "_")
+        if key == "preset":
+            preset_name = None if value in (None, "auto") else str(value)
+        elif key in sections and isinstance(value, dict):
+            for name, v in value.items():
+                dotted = f"{key}.{str(name).replace('-', '_')}"
+                if dotted not in OPTIONS:
+                    raise FdbenchError(f"unknown key {key}.{name} in {source}")
+                values[dotted] = v
+        elif key in NAMED_OPTIONS:
+            values[NAMED_OPTIONS[key].key] = value
+        elif str(raw_key) in OPTIONS:
+            values[str(raw_key)] = value
+        elif key in ("lr",):
+            values["optim.base_lr"] = value
+        else:
+            raise FdbenchError(f"unknown key {raw_key!r} in {source}; use a section (model, loss, ...), "
+                               f"a dotted key (loss.koleo_weight) or a flag name ({', '.join(sorted(NAMED_OPTIONS))})")
+    return preset_name, values
+
+
+def load_config_file(path: str | Path) -> tuple[str | None, dict[str, Any]]:
+    return flatten_file(load_yaml(path), str(path))
+
+
+def build_config(preset_name: str | None = None, *, sets: dict[str, Any] | None = None,
+                 **options: Any) -> PretrainConfig:
+    """A preset (default: ``cpu-tiny`` on CPU, ``gpu-small`` on CUDA) with overrides applied.
+
+    ``options`` use the named flags' names (``epochs=10, curriculum="none", data="/imagenet100"``);
+    ``None`` values mean "keep the preset's". ``sets`` are dotted keys (``{"loss.koleo_weight": 0.5}``)
+    applied after them. Every value is typed by its field; the result is validated.
+    """
+    unknown = set(options) - set(NAMED_OPTIONS)
+    if unknown:
+        raise FdbenchError(f"unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(NAMED_OPTIONS))} "
+                           f"(every other field: sets={{'section.field': value}})")
+    sets = dict(sets or {})
+    device = options.get("device") or sets.get("run.device") or "auto"
+    cfg = preset(preset_name or default_preset_name(device))
+    for name, value in options.items():
+        if value is not None:
+            set_option(cfg, NAMED_OPTIONS[name].key, str(value) if isinstance(value, Path) else value)
+    for key, value in sets.items():
+        set_option(cfg, key, str(value) if isinstance(value, Path) else value)
     validate(cfg)
     return cfg

@@ -1,16 +1,20 @@
 """The DINOv2 training objective: DINO (CLS), iBOT (masked patches) and the KoLeo regulariser.
 
 All loss arithmetic runs in float32 whatever the autocast dtype of the logits, because softmax
-cross-entropies over 65536 prototypes lose too much precision in bf16.
+cross-entropies over 65536 prototypes lose too much precision in bf16. The per-row soft
+cross-entropy is computed in row chunks by a custom autograd function
+(:func:`soft_cross_entropy`) that keeps only the (bf16) logits for backward and recomputes the
+softmax chunk by chunk, instead of holding fp32 copies and log-softmaxes of every ``[rows, 65536]``
+matrix (the iBOT patch logits alone are thousands of such rows); the tests hold it to the plain
+formula.
 
 Notation: ``K`` prototypes, ``B`` images per process, ``G`` global crops, ``L`` local crops.
 Batches are crop-major: rows ``[c*B:(c+1)*B]`` hold crop ``c`` of every image.
 
 Teacher targets are built by one of two centrings, both shared by the DINO and iBOT losses:
 
-- mean centring: ``p_t = softmax((z_t - c) / T_t)``, where the centre ``c`` is an EMA of the mean
-  teacher logit, ``c <- m c + (1 - m) mean_rows(z_t)`` with ``m = 0.9``, the mean taken over every
-  row of every process;
+- mean centring (:class:`pretrain.center.Center`): ``p_t = softmax((z_t - c) / T_t)``, where the
+  centre ``c`` is an EMA of the mean teacher logit;
 - Sinkhorn-Knopp (SwAV / DINOv2): starting from ``Q = exp(z_t / T_t)`` (``K x B``), alternately
   normalise the prototypes (rows) to total mass ``1/K`` and the samples (columns) to ``1/B``
   (``B`` counted over all processes), 3 times, then rescale so every sample's distribution sums
@@ -24,18 +28,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DINOLoss", "iBOTPatchLoss", "KoLeoLoss", "sinkhorn_knopp"]
+from pretrain.center import Center, all_reduce
 
-
-def _distributed() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def _all_reduce(tensor: torch.Tensor, op=None) -> torch.Tensor:
-    """In-place all-reduce (sum by default) when running under torch.distributed; no-op otherwise."""
-    if _distributed():
-        dist.all_reduce(tensor, op=op if op is not None else dist.ReduceOp.SUM)
-    return tensor
+__all__ = ["Center", "DINOLoss", "iBOTPatchLoss", "KoLeoLoss", "sinkhorn_knopp", "soft_cross_entropy"]
 
 
 @torch.no_grad()
@@ -56,7 +51,7 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iteratio
     n_local, n_protos = z.shape
     # global max for a stable exp (-inf where this process holds no rows)
     zmax = z.max() if z.numel() else z.new_full((), float("-inf"))
-    zmax = _all_reduce(zmax.reshape(1).clone(), dist.ReduceOp.MAX)
+    zmax = all_reduce(zmax.reshape(1).clone(), dist.ReduceOp.MAX)
     if n_samples is None:
         n_samples = n_local
     if isinstance(n_samples, torch.Tensor):
@@ -64,13 +59,13 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iteratio
     else:
         # filled on the device: a host number copied with torch.tensor(..., device=cuda) would wait for it
         count = z.new_full((1,), float(n_samples))
-    _all_reduce(count)
+    all_reduce(count)
     q = torch.exp(z - zmax).t()  # [K, N]
     tiny = torch.finfo(q.dtype).tiny  # a prototype (or sample) whose mass underflowed stays at 0, not NaN
-    total = _all_reduce(q.sum().reshape(1))
+    total = all_reduce(q.sum().reshape(1))
     q /= total.clamp_min(tiny)
     for _ in range(n_iterations):
-        rows = _all_reduce(q.sum(dim=1, keepdim=True))
+        rows = all_reduce(q.sum(dim=1, keepdim=True))
         q /= rows.clamp_min(tiny)
         q /= n_protos
         q /= q.sum(dim=0, keepdim=True).clamp_min(tiny)
@@ -79,50 +74,78 @@ def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iteratio
     return q.t()
 
 
-class _TeacherCentring(nn.Module):
-    """Teacher post-processing shared by the DINO and iBOT losses: mean centring with an EMA centre."""
+DEFAULT_CHUNK_ROWS = 256
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
-        super().__init__()
-        self.out_dim = int(out_dim)
+
+def _blocks(n_rows: int, period: int, chunk: int):
+    """Row ranges ``(start, stop, target_start)``: each stays inside one period of the target rows."""
+    for base in range(0, n_rows, period):
+        for s in range(0, period, chunk):
+            stop = min(s + chunk, period)
+            yield base + s, base + stop, s, stop
+
+
+class _SoftCrossEntropy(torch.autograd.Function):
+    """Rows ``r``: ``CE_r = logsumexp(z_r/T) * sum_k p_r[k] - sum_k p_r[k] z_r[k] / T`` with
+    ``p_r = targets[r mod len(targets)]``; gradient ``(softmax(z_r/T) * sum_k p_r[k] - p_r) / T``."""
+
+    @staticmethod
+    def forward(ctx, logits: torch.Tensor, targets: torch.Tensor, temp: float, chunk: int):
+        n, period = logits.shape[0], targets.shape[0]
+        out = torch.empty(n, dtype=torch.float32, device=logits.device)
+        for start, stop, ts, te in _blocks(n, period, chunk):
+            z = logits[start:stop].float() / temp
+            p = targets[ts:te].float()
+            out[start:stop] = torch.logsumexp(z, dim=-1) * p.sum(dim=-1) - (p * z).sum(dim=-1)
+        ctx.save_for_backward(logits, targets)
+        ctx.temp, ctx.chunk = temp, chunk
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        logits, targets = ctx.saved_tensors
+        n, period = logits.shape[0], targets.shape[0]
+        grad = torch.empty_like(logits)
+        for start, stop, ts, te in _blocks(n, period, ctx.chunk):
+            z = logits[start:stop].float() / ctx.temp
+            p = targets[ts:te].float()
+            g = torch.softmax(z, dim=-1) * p.sum(dim=-1, keepdim=True) - p
+            grad[start:stop] = (g * (grad_out[start:stop].float() / ctx.temp).unsqueeze(1)).to(grad.dtype)
+        return grad, None, None, None
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temp: float = 1.0,
+                       chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+    """Per-row ``-sum_k p[k] log_softmax(z / temp)[k]`` (fp32) for ``logits [N,K]``, ``targets [T,K]``.
+
+    ``N`` must be a multiple of ``T``; row ``r`` uses target row ``r mod T`` (so one teacher matrix
+    serves several student crops without being repeated in memory). Targets get no gradient.
+    """
+    if logits.dim() != 2 or targets.dim() != 2 or logits.shape[1] != targets.shape[1]:
+        raise ValueError(f"soft_cross_entropy needs [N,K] logits and [T,K] targets, got "
+                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+    if targets.shape[0] == 0 or logits.shape[0] % targets.shape[0]:
+        raise ValueError(f"{logits.shape[0]} logit rows are not a multiple of {targets.shape[0]} target rows")
+    return _SoftCrossEntropy.apply(logits, targets.detach(), float(temp), max(1, int(chunk_rows)))
+
+
+class _CenteredLoss(Center):
+    """A teacher centre (:class:`pretrain.center.Center`) with the student's soft cross-entropy."""
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
+                 chunk_rows: int = DEFAULT_CHUNK_ROWS):
+        super().__init__(out_dim, center_momentum)
         self.student_temp = float(student_temp)
-        self.center_momentum = float(center_momentum)
-        # a buffer, so the centre travels with state_dict() into checkpoints and resumes exactly
-        self.register_buffer("center", torch.zeros(1, self.out_dim))
+        self.chunk_rows = int(chunk_rows)
 
     def soft_cross_entropy(self, student_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Per-row ``-sum_k p[k] log_softmax(z / T_s)[k]`` in fp32; row ``r`` of the student uses
         target row ``r mod len(targets)``, so one teacher matrix serves several student crops.
-        Subclasses may compute it differently (e.g. chunked, ``pretrain.fast_step``)."""
-        n, period = student_logits.shape[0], targets.shape[0]
-        log_p = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
-        ce = -(log_p.view(n // period, period, -1) * targets.detach().float()).sum(dim=-1)
-        return ce.reshape(n)
-
-    @torch.no_grad()
-    def softmax_center_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        """``softmax((z_t - c) / T_t)`` in float32, over the last dimension."""
-        return F.softmax((teacher_logits.detach().float() - self.center) / teacher_temp, dim=-1)
-
-    @torch.no_grad()
-    def update_center(self, teacher_logits: torch.Tensor) -> None:
-        """``c <- m c + (1 - m) * mean of all teacher rows`` (rows of every process; m = momentum).
-
-        A batch without rows (e.g. no masked patch anywhere) leaves the centre unchanged.
-        """
-        z = teacher_logits.detach().float().reshape(-1, self.out_dim)
-        # one all-reduce carries both the row sum and the row count (filled on the device: new_tensor
-        # would copy a host number over, which waits for the device)
-        stats = torch.cat([z.sum(dim=0), z.new_full((1,), float(z.shape[0]))])
-        _all_reduce(stats)
-        count = stats[-1]
-        batch_center = (stats[:-1] / count.clamp_min(1)).unsqueeze(0)
-        updated = self.center * self.center_momentum + batch_center * (1.0 - self.center_momentum)
-        # torch.where instead of `if count == 0`: no host-device sync in the training step
-        self.center.copy_(torch.where(count > 0, updated, self.center))
+        Computed in chunks of ``chunk_rows`` rows (:func:`soft_cross_entropy`)."""
+        return soft_cross_entropy(student_logits, targets, self.student_temp, self.chunk_rows)
 
 
-class DINOLoss(_TeacherCentring):
+class DINOLoss(_CenteredLoss):
     """DINO self-distillation loss on CLS-token prototype logits.
 
     ``loss = (1 / |P|) sum_{(s, t) in P} (1 / B) sum_b  -sum_k p_t[b, k] log_softmax(z_s[b] / T_s)[k]``
@@ -166,7 +189,7 @@ class DINOLoss(_TeacherCentring):
         return sinkhorn_knopp(teacher_logits, teacher_temp, n_iterations)
 
 
-class iBOTPatchLoss(_TeacherCentring):  # noqa: N801 (the method's name)
+class iBOTPatchLoss(_CenteredLoss):  # noqa: N801 (the method's name)
     """iBOT masked-image-modelling loss on the masked patch tokens of the global crops.
 
     With ``CE(p) = -sum_k p_t[p, k] log_softmax(z_s[p] / T_s)[k]`` for masked patch ``p``:

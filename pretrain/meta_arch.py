@@ -73,14 +73,14 @@ def _masked_tokens(patch_tokens: torch.Tensor, mask_indices: torch.Tensor | None
     return patch_tokens.flatten(0, 1).index_select(0, mask_indices)
 
 
-def _unwrap(module: nn.Module) -> nn.Module:
-    return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
-
-
 class MetaArch(nn.Module):
     """Student, EMA teacher and losses of one DINOv2 run."""
 
-    def __init__(self, cfg: PretrainConfig, device: torch.device | str = "cpu"):
+    def __init__(self, cfg: PretrainConfig, device: torch.device | str = "cpu", backbone: nn.Module | None = None):
+        """``backbone``: the student's backbone, instead of the one ``cfg.model`` describes. It must
+        follow :class:`fdbench.models.MaskableViT`'s interface (``backbone(x, masks=...)`` returns the
+        class token [N,D] and the patch tokens [N,P,D]; ``embed_dim``; ``config`` for the checkpoint);
+        the teacher is a copy of it (with its drop path, if it has any)."""
         super().__init__()
         from pretrain.heads import DINOHead
         from pretrain.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
@@ -88,10 +88,12 @@ class MetaArch(nn.Module):
         self.cfg = cfg
         self.device = torch.device(device)
         m, h, lc = cfg.model, cfg.head, cfg.loss
-        backbone = build_backbone(m.arch, img_size=cfg.crops.global_size, patch_size=m.patch_size,
-                                  reg_tokens=m.reg_tokens, drop_path_rate=m.drop_path_rate,
-                                  drop_path_uniform=m.drop_path_uniform,
-                                  layerscale=m.layerscale)
+        user_backbone = backbone is not None
+        if not user_backbone:
+            backbone = build_backbone(m.arch, img_size=cfg.crops.global_size, patch_size=m.patch_size,
+                                      reg_tokens=m.reg_tokens, drop_path_rate=m.drop_path_rate,
+                                      drop_path_uniform=m.drop_path_uniform,
+                                      layerscale=m.layerscale)
         dim = backbone.embed_dim
         dino_head = DINOHead(dim, h.prototypes, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim,
                              nlayers=h.nlayers)
@@ -100,9 +102,12 @@ class MetaArch(nn.Module):
         self.student = Student(backbone, dino_head, ibot_head)
 
         # the teacher starts as a copy of the student, without drop path, and never gets gradients
-        teacher_backbone = build_backbone(m.arch, img_size=cfg.crops.global_size, patch_size=m.patch_size,
-                                          reg_tokens=m.reg_tokens, drop_path_rate=0.0, layerscale=m.layerscale)
-        teacher_backbone.load_state_dict(backbone.state_dict())
+        if user_backbone:
+            teacher_backbone = copy.deepcopy(backbone)
+        else:
+            teacher_backbone = build_backbone(m.arch, img_size=cfg.crops.global_size, patch_size=m.patch_size,
+                                              reg_tokens=m.reg_tokens, drop_path_rate=0.0, layerscale=m.layerscale)
+            teacher_backbone.load_state_dict(backbone.state_dict())
         self.teacher = Student(teacher_backbone, copy.deepcopy(dino_head),
                                copy.deepcopy(ibot_head) if ibot_head is not None else None)
         self.teacher.requires_grad_(False).eval()
@@ -113,7 +118,24 @@ class MetaArch(nn.Module):
         self.koleo_loss = KoLeoLoss()
         self.to(self.device)
         self.student_ddp: nn.Module = self.student   # replaced by a DDP wrapper in wrap_ddp()
+        # the last step's teacher class embeddings [G*B,D] and DINO targets [G*B,K] (None before one)
+        self.teacher_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pairs = self._ema_pairs()
+
+    # ---- checkpoint -----------------------------------------------------------------------------------
+
+    def state_dict_parts(self) -> dict:
+        """The model's entries of a training checkpoint (student, teacher, the losses' centres)."""
+        return {"model": self.teacher.backbone.config.to_dict(),   # built at the full global crop size
+                "teacher_backbone": self.teacher.backbone.state_dict(),
+                "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
+                "losses": {"dino": self.dino_loss.state_dict(), "ibot": self.ibot_loss.state_dict()}}
+
+    def load_state_dict_parts(self, state: dict) -> None:
+        self.student.load_state_dict(state["student"])
+        self.teacher.load_state_dict(state["teacher"])
+        self.dino_loss.load_state_dict(state["losses"]["dino"])
+        self.ibot_loss.load_state_dict(state["losses"]["ibot"])
 
     # ---- set-up ------------------------------------------------------------------------------------
 
@@ -205,8 +227,11 @@ class MetaArch(nn.Module):
             cls_logits, patch_logits = logits.split([len(cls), len(masked)])
         else:
             cls_logits, patch_logits = self.teacher.dino_head(cls), self.teacher.ibot_head(masked)
-        return self._centre(cls_logits.float(), patch_logits.float() if mask_indices is not None else None,
-                            teacher_temp)
+        cls_probs, patch_probs = self._centre(cls_logits.float(),
+                                              patch_logits.float() if mask_indices is not None else None, teacher_temp)
+        # kept (on the device, no copy) for the collapse monitor, which reads them on logging steps
+        self.teacher_outputs = (cls, cls_probs)
+        return cls_probs, patch_probs
 
     def _centre(self, cls_logits, patch_logits, teacher_temp):
         """Centred (momentum mean, then the centre is updated) or Sinkhorn-Knopp teacher softmax."""

@@ -9,9 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.fast_step import (FastDINOLoss, FastiBOTPatchLoss, accelerate_meta_arch, maybe_compile,
-                                soft_cross_entropy, upgrade_loss)
-from pretrain.losses import DINOLoss, iBOTPatchLoss
+from pretrain.fast_step import accelerate_meta_arch, maybe_compile
+from pretrain.losses import DINOLoss, iBOTPatchLoss, soft_cross_entropy
 
 
 def plain_ce(logits, targets, temp):
@@ -71,12 +70,11 @@ def test_fast_dino_loss_equals_the_pairwise_definition_and_a_loss(n_local):
     sg = torch.randn(2 * b, k, generator=g, requires_grad=True)
     sl = torch.randn(n_local * b, k, generator=g, requires_grad=True) if n_local else None
     t = torch.softmax(torch.randn(2 * b, k, generator=g) / 0.05, dim=-1)
-    fast = FastDINOLoss(k)
-    fast.chunk_rows = 4
+    fast = DINOLoss(k, chunk_rows=4)
     ours = fast(sg, sl, t)
     ref = pairwise_dino(sg, sl, t, 2, 0.1)
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ours, DINOLoss(k)(sg, sl, t), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours, DINOLoss(k, chunk_rows=10**6)(sg, sl, t), rtol=1e-5, atol=1e-6)
     inputs = [sg] + ([sl] if sl is not None else [])
     for a, r in zip(torch.autograd.grad(ours, inputs), torch.autograd.grad(ref, inputs)):
         torch.testing.assert_close(a, r, rtol=1e-5, atol=1e-7)
@@ -90,24 +88,23 @@ def test_fast_ibot_loss_equals_per_image_weighting():
     m, k = int(masks.sum()), 20
     student = torch.randn(m, k, generator=g, requires_grad=True)
     teacher = torch.softmax(torch.randn(m, k, generator=g), dim=-1)
-    ours = FastiBOTPatchLoss(k)(student, teacher, masks)
+    ours = iBOTPatchLoss(k, chunk_rows=2)(student, teacher, masks)
     ce = plain_ce(student, teacher, 0.1)
     ref = (ce[:3].mean() + ce[3:].mean()) / 4   # (1/N) sum_i mean over image i's masked patches
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ours, iBOTPatchLoss(k)(student, teacher, masks), rtol=1e-5, atol=1e-6)
-    empty = FastiBOTPatchLoss(k)(torch.zeros(0, k, requires_grad=True), torch.zeros(0, k), torch.zeros(2, 9, dtype=torch.bool))
+    torch.testing.assert_close(ours, iBOTPatchLoss(k, chunk_rows=10**6)(student, teacher, masks), rtol=1e-5, atol=1e-6)
+    empty = iBOTPatchLoss(k, chunk_rows=2)(torch.zeros(0, k, requires_grad=True), torch.zeros(0, k), torch.zeros(2, 9, dtype=torch.bool))
     assert empty.item() == 0.0
 
 
-def test_upgrade_loss_shares_the_centre():
-    loss = DINOLoss(8, student_temp=0.2)
-    fast = upgrade_loss(loss)
-    assert isinstance(fast, FastDINOLoss) and fast.student_temp == 0.2
-    fast.update_center(torch.ones(4, 8))
-    torch.testing.assert_close(loss.center, fast.center)
-    assert set(fast.state_dict()) == set(loss.state_dict())
-    other = nn.Linear(2, 2)
-    assert upgrade_loss(other) is other
+def test_losses_keep_their_centre_as_the_checkpointed_buffer():
+    from pretrain.center import Center
+
+    loss = DINOLoss(8, student_temp=0.2, chunk_rows=3)
+    assert isinstance(loss, Center) and set(loss.state_dict()) == {"center"} == set(Center(8).state_dict())
+    loss.update_center(torch.ones(4, 8))
+    torch.testing.assert_close(loss.center, torch.full((1, 8), 0.1))   # 0.9 * 0 + 0.1 * 1
+    assert set(iBOTPatchLoss(8).state_dict()) == {"center"}
 
 
 def _model():

@@ -6,26 +6,35 @@ from pathlib import Path
 
 import click
 
-from fdbench.cli.common import config_option, device_option, echo, out_option, seed_option
+from fdbench.cli.common import config_option, echo, out_option
+from pretrain.config import OPTIONS, parse_assignment, set_option
+
+# the recipe fields bench-train names as flags (help from the field); any other: --set section.field=value
+BENCH_FLAGS = ("arch", "patch_size", "batch_size", "global_size", "local_size", "n_local", "stage1_scale",
+               "prototypes", "hidden_dim", "bottleneck_dim", "data", "class_list", "workers", "device", "seed")
+
+
+def recipe_flags(f):
+    from pretrain.bench import RECIPE_SHORTHANDS, bench_recipe
+
+    recipe = bench_recipe()
+    for name in reversed(BENCH_FLAGS):
+        option = OPTIONS[RECIPE_SHORTHANDS[name]]
+        section, field = option.key.split(".")
+        default = getattr(getattr(recipe, section), field)
+        kind = {int: int, float: float}.get(type(default), str)
+        f = click.option("--" + name.replace("_", "-"), name, type=kind, default=default,
+                         show_default=default is not None, help=option.help)(f)
+    return f
 
 
 @click.command("bench-train")
-@click.option("--arch", default="vit_small", show_default=True, help="Backbone (vit_pico ... vit_large).")
-@click.option("--patch-size", type=int, default=16, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Images per step.")
-@click.option("--global-size", type=int, default=224, show_default=True, help="Stage-2 global crop size (px).")
-@click.option("--local-size", type=int, default=96, show_default=True, help="Stage-2 local crop size (px).")
-@click.option("--n-local", type=int, default=8, show_default=True, help="Local crops per image.")
-@click.option("--stage1-scale", type=float, default=0.5, show_default=True, help="Stage-1 sizes as a share of stage 2.")
+@recipe_flags
+@click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Set any other recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable).")
 @click.option("--stages", default="stage1,stage2", show_default=True, help="Comma-separated: stage1, stage2.")
-@click.option("--prototypes", type=int, default=65536, show_default=True, help="DINO/iBOT head prototypes.")
-@click.option("--hidden-dim", type=int, default=2048, show_default=True, help="DINO head hidden width.")
-@click.option("--bottleneck-dim", type=int, default=256, show_default=True, help="DINO head bottleneck width.")
 @click.option("--steps", type=int, default=20, show_default=True, help="Timed steps per measurement.")
 @click.option("--warmup", type=int, default=5, show_default=True, help="Untimed steps first (compilation happens here).")
-@click.option("--data", default=None, help="Images for the end-to-end runs [default: the embedded dataset].")
-@click.option("--class-list", type=click.Path(dir_okay=False), default=None, help="Class folders to keep.")
-@click.option("--workers", type=int, default=None, help="DataLoader workers [cores - 1].")
 @click.option("--data-pipeline", "pipeline", type=click.Choice(["gpu", "cpu"]), default=None,
               help="Pipeline of the fast variant [gpu on CUDA, cpu on CPU]; gpu also runs on CPU tensors.")
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the backbones [on for CUDA].")
@@ -34,12 +43,8 @@ from fdbench.cli.common import config_option, device_option, echo, out_option, s
 @click.option("--decode-slack", type=float, default=1.0, show_default=True,
               help="Decode JPEGs this many times smaller than the smallest crop needs (gpu pipeline).")
 @out_option("bench", help="Folder for bench.csv and bench.json.")
-@device_option
-@seed_option
 @config_option
-def bench_train(arch, patch_size, batch_size, global_size, local_size, n_local, stage1_scale, stages, prototypes,
-                hidden_dim, bottleneck_dim, steps, warmup, data, class_list, workers, pipeline, compile_, reference,
-                no_e2e, decode_slack, out, device, seed):
+def bench_train(sets, stages, steps, warmup, pipeline, compile_, reference, no_e2e, decode_slack, out, **recipe):
     """Measure model-only and end-to-end img/s, TFLOP/s, MFU and peak memory of a training step.
 
     \b
@@ -50,12 +55,11 @@ def bench_train(arch, patch_size, batch_size, global_size, local_size, n_local, 
     """
     from pretrain.bench import BenchConfig, format_table, run_bench, summarise, write_results
 
-    cfg = BenchConfig(arch=arch, patch_size=patch_size, batch_size=batch_size, global_size=global_size,
-                      local_size=local_size, n_local=n_local, stage1_scale=stage1_scale,
-                      stages=tuple(s.strip() for s in stages.split(",") if s.strip()), prototypes=prototypes,
-                      hidden_dim=hidden_dim, bottleneck_dim=bottleneck_dim, steps=steps, warmup=warmup,
-                      data=data, class_list=class_list, workers=workers, pipeline=pipeline, compile=compile_,
-                      reference=reference, end_to_end=not no_e2e, decode_slack=decode_slack, device=device, seed=seed)
+    cfg = BenchConfig(stages=tuple(s.strip() for s in stages.split(",") if s.strip()), steps=steps, warmup=warmup,
+                      pipeline=pipeline, compile=compile_, reference=reference, end_to_end=not no_e2e,
+                      decode_slack=decode_slack, **recipe)
+    for text in sets:
+        set_option(cfg.recipe, *parse_assignment(text))
     rows = run_bench(cfg, log=echo, on_row=lambda done: write_results(done, Path(out), cfg))
     paths = write_results(rows, Path(out), cfg)
     click.echo(format_table(rows))

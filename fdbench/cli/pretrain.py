@@ -2,86 +2,58 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import typing
 
 import click
 
-from fdbench.cli.common import config_option, echo
+from fdbench.cli.common import echo
+from pretrain.config import NAMED_OPTIONS, PRESETS, Option, build_config, load_config_file, parse_assignment
 
 
-def _preset_names() -> list[str]:
-    from pretrain.config import PRESETS
+def _flag(option: Option):
+    """The click option of a named recipe field, built from the field's type and metadata."""
+    args = typing.get_args(option.hint)
+    base = next((a for a in args if a is not type(None)), option.hint)
+    if base is bool:
+        spelled = option.flag[2:]
+        return click.option(f"--{spelled}/--no-{spelled}", option.option, default=None, help=option.help)
+    kind = click.Choice(option.choices) if option.choices else {int: int, float: float}.get(base, str)
+    return click.option(option.flag, option.option, type=kind, default=None, help=option.help)
 
-    return list(PRESETS)
+
+def recipe_flags(f):
+    """One named flag per field whose metadata asks for one (``pretrain.config.opt(option=...)``)."""
+    for option in reversed(list(NAMED_OPTIONS.values())):
+        f = _flag(option)(f)
+    return f
 
 
 @click.command("pretrain")
-@click.option("--curriculum", default="two-stage", show_default=True,
-              help="none (standard DINOv2), two-stage (FastDINOv2) or a curriculum FILE.yaml.")
-@click.option("--preset", type=click.Choice(["auto", *_preset_names()]), default="auto", show_default=True,
-              help="Recipe to start from: auto = cpu-tiny on CPU, gpu-small on CUDA.")
-@click.option("--data", default=None,
-              help="Dataset root (ImageFolder with train/ and val/, or cifar10:DIR ...) [default: embedded dataset].")
-@click.option("--class-list", type=click.Path(dir_okay=False), default=None,
-              help="File of class folder names to keep (e.g. ImageNet-100).")
-@click.option("--arch", default=None, help="Backbone: vit_pico, vit_nano, vit_tiny, vit_small, vit_base, vit_large.")
-@click.option("--patch-size", type=int, default=None, help="Patch size: 8, 14 or 16.")
-@click.option("--epochs", type=int, default=None, help="Training epochs (all stages together).")
-@click.option("--batch-size", type=int, default=None, help="Global batch size (split over DDP processes).")
-@click.option("--prototypes", type=int, default=None, help="DINO/iBOT head prototypes (65536 in DINOv2).")
-@click.option("--drop-path-rate", type=float, default=None, help="Student drop-path rate.")
-@click.option("--warmup-epochs", type=float, default=None, help="Learning-rate warm-up epochs.")
-@click.option("--global-size", type=int, default=None, help="Full-resolution global crop size (px).")
-@click.option("--local-size", type=int, default=None, help="Full-resolution local crop size (px).")
-@click.option("--n-local", type=int, default=None, help="Local crops per image.")
-@click.option("--lr", "base_lr", type=float, default=None, help="Base lr at batch 1024 (scaled by sqrt(batch/1024)).")
-@click.option("--centering", type=click.Choice(["centering", "sinkhorn_knopp"]), default=None,
-              help="Teacher centring.")
-@click.option("--stage1-fraction", type=float, default=None, help="Share of epochs in stage 1 [0.75].")
-@click.option("--stage1-scale", type=float, default=None, help="Stage-1 crop sizes as a share of full size [0.5].")
-@click.option("--stage1-global-size", type=int, default=None, help="Explicit stage-1 global crop size (px).")
-@click.option("--stage1-local-size", type=int, default=None, help="Explicit stage-1 local crop size (px).")
-@click.option("--noise-patching/--no-noise-patching", default=None,
-              help="Gaussian noise patching [default: on in two-stage's last stage, off for none].")
-@click.option("--noise-max-sigma", type=float, default=None, help="Noise patching's largest sigma [0.5].")
-@click.option("--stage-restart/--no-stage-restart", default=None,
-              help="At a stage switch reset AdamW and restart the schedules (the paper's code) "
-                   "[default: no, one continuous schedule].")
-@click.option("--eval-every", type=int, default=None, help="Epochs between kNN evaluations (0: only at the end).")
-@click.option("--log-every", type=int, default=None, help="Iterations between metrics.csv rows.")
-@click.option("--save-every-steps", type=int, default=None, help="Also checkpoint every N iterations.")
-@click.option("--keep-every-epochs", type=int, default=None,
-              help="Keep checkpoints/epoch_XXXX.pt every N epochs (0: only last.pt).")
-@click.option("--workers", type=int, default=None, help="DataLoader worker processes [min(8, cores - 1)].")
-@click.option("--threads", type=int, default=None,
-              help="CPU intra-op threads [torch's default]; 1 is often faster on a busy shared machine.")
-@click.option("--data-pipeline", type=click.Choice(["auto", "cpu", "gpu"]), default=None,
-              help="Where the crops are made: cpu = DataLoader workers decode and augment; gpu = workers only "
-                   "decode, the whole batch is augmented on the training device (runs on --device cpu too); "
-                   "auto = gpu on CUDA, cpu otherwise [auto].")
-@click.option("--compile/--no-compile", default=None,
-              help="torch.compile the student and teacher backbones [on with CUDA, off on CPU].")
-@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
-@click.option("--seed", type=int, default=None, help="Random seed [0].")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Run folder [default: runs/<curriculum>].")
+@click.option("--preset", type=click.Choice(["auto", *PRESETS]), default=None,
+              help="Recipe to start from: auto = cpu-tiny on CPU, gpu-small on CUDA [auto].")
+@recipe_flags
+@click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Set any recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable; wins over the flags).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML recipe: a run's own config.yaml (nested sections), flag names (batch-size: 64) "
+                   "or dotted keys; the command line wins over the file.")
 @click.option("--resume", is_flag=True,
               help="Insist on continuing the run in --out (re-running the same command continues it anyway).")
-@config_option
-def pretrain(curriculum, preset, resume, **options):
+def pretrain(preset, sets, config_file, resume, **options):
     """Pretrain a ViT with DINOv2, with or without the FastDINOv2 curriculum.
 
     \b
     fdbench pretrain --curriculum two-stage          # embedded dataset, cpu-tiny on a CPU
     fdbench pretrain --curriculum none               # the DINOv2 baseline, same recipe
     fdbench pretrain --curriculum two-stage --preset vit-s-in100 --data /imagenet --class-list in100.txt
+    fdbench pretrain --set loss.koleo_weight=0.5 --set optim.weight_decay_end=0.2
+    fdbench pretrain --config runs/none/config.yaml --out runs/none-again   # reproduce a run
     fdbench pretrain --data-pipeline gpu --compile   # crops on the GPU, compiled step (the CUDA default)
     torchrun --nproc-per-node 4 -m fdbench pretrain ...   # data-parallel
     """
-    from pretrain.config import build_config
     from pretrain.engine import train
 
-    cfg = build_config(None if preset == "auto" else preset, curriculum=curriculum, **options)
+    cfg = recipe_from_command_line(preset, config_file, options, sets)
     echo(f"pretrain: curriculum {cfg.curriculum.name}, preset {cfg.preset}, {cfg.model.arch}/{cfg.model.patch_size}, "
          f"{cfg.run.epochs} epochs, batch {cfg.run.batch_size}, data {cfg.data.root or 'embedded synthetic'}")
     result = train(cfg, resume=resume, log=echo)
@@ -90,6 +62,16 @@ def pretrain(curriculum, preset, resume, **options):
         return
     _print_report(result)
     click.echo(str(result.final))
+
+
+def recipe_from_command_line(preset: str | None, config_file: str | None, options: dict,
+                             sets: tuple[str, ...]):
+    """preset -> the --config file -> the named flags given -> --set, later ones winning."""
+    file_preset, file_values = load_config_file(config_file) if config_file else (None, {})
+    chosen = preset if preset is not None else file_preset
+    given = {NAMED_OPTIONS[name].key: value for name, value in options.items() if value is not None}
+    assignments = dict(parse_assignment(text) for text in sets)
+    return build_config(None if chosen in (None, "auto") else chosen, sets={**file_values, **given, **assignments})
 
 
 def _print_report(result) -> None:
