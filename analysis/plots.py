@@ -154,7 +154,7 @@ def bandpass_figure(df: pd.DataFrame, *, chance_pct: float | None = None,
     ``df`` columns: ``checkpoint, filter ("low"/"high"), radius_frac, accuracy_pct``. ``crossings``
     maps a checkpoint to its crossing radius (fraction of Nyquist), marked with a dotted line.
     """
-    fig, axes = new_figure(width=5.6, height=3.8)
+    fig, axes = new_figure(width=7.6, height=3.8)
     ax = axes[0, 0]
     labels = list(dict.fromkeys(df["checkpoint"]))
     colors = checkpoint_colors(labels)
