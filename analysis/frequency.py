@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 
 from analysis import fourier
+from analysis import frequency_stats as fstats
 from analysis import plots
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json, progress
@@ -96,23 +97,30 @@ def _as_float01(images: torch.Tensor, device) -> torch.Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
-def error_rate(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
-               batch_size: int = 256, transform: Callable | None = None, device=None) -> float:
-    """Top-1 error (fraction) of ``classifier`` on ``images`` (optionally through ``transform``)."""
+def wrong_mask(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
+               batch_size: int = 256, transform: Callable | None = None, device=None) -> torch.Tensor:
+    """Per image: whether ``classifier`` gets it wrong (bool ``[n]``, optionally through ``transform``)."""
     device = device or images.device
-    wrong = 0
+    wrong = []
     for start in range(0, len(images), batch_size):
         x = _as_float01(images[start:start + batch_size], device)
         if transform is not None:
             x = transform(x)
-        wrong += int((_predict(classifier, x).cpu() != labels[start:start + batch_size].cpu()).sum())
-    return wrong / max(1, len(images))
+        wrong.append(_predict(classifier, x).cpu() != labels[start:start + batch_size].cpu())
+    return torch.cat(wrong) if wrong else torch.zeros(0, dtype=torch.bool)
+
+
+def error_rate(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
+               batch_size: int = 256, transform: Callable | None = None, device=None) -> float:
+    """Top-1 error (fraction) of ``classifier`` on ``images`` (optionally through ``transform``)."""
+    wrong = wrong_mask(classifier, images, labels, batch_size=batch_size, transform=transform, device=device)
+    return int(wrong.sum()) / max(1, len(images))
 
 
 def fourier_heatmap(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
                     window: int | None = None, batch_size: int = 256, seed: int = 0, device=None,
                     desc: str = "heat map", partial: str | Path | None = None, partial_key: str = "",
-                    save_every_s: float = 30.0) -> pd.DataFrame:
+                    save_every_s: float = 30.0, outcomes: dict | None = None) -> pd.DataFrame:
     """Error rate under a Fourier-basis perturbation for every frequency of a centred window.
 
     ``images``: [n, 3, N, N] (uint8 or float [0,1]); every (frequency, image) pair is one perturbed
@@ -123,6 +131,9 @@ def fourier_heatmap(classifier: Classifier, images: torch.Tensor, labels: torch.
     ``partial``: a file where the error counts so far are saved every ``save_every_s`` seconds; a later
     call with the same file and ``partial_key`` continues from there (the signs are fixed by the seed,
     so the result is identical to an uninterrupted run). The file is removed when the map is done.
+
+    ``outcomes``: a dict that receives the per-image results, ``wrong`` (bool ``[F, n]``, one row per
+    evaluated mirror pair) and ``index`` (``[window, window]``, the row each window cell shows).
     """
     import time
 
@@ -140,9 +151,9 @@ def fourier_heatmap(classifier: Classifier, images: torch.Tensor, labels: torch.
     labels = torch.as_tensor(labels).cpu()
     gen = torch.Generator().manual_seed(seed)
     signs = fourier.random_signs((len(unique), n, images.shape[1]), generator=gen)
-    wrong = torch.zeros(len(unique))
+    wrong = torch.zeros(len(unique), n, dtype=torch.bool)
     total = len(unique) * n
-    key = f"{partial_key}|{size}|{window}|{eps}|{n}|{seed}"
+    key = f"{partial_key}|{size}|{window}|{eps}|{n}|{seed}|per-image"
     first = 0
     if partial is not None and Path(partial).exists():
         try:
@@ -160,13 +171,15 @@ def fourier_heatmap(classifier: Classifier, images: torch.Tensor, labels: torch.
         fu, inv = torch.unique(f, return_inverse=True)
         bases = fourier.fourier_bases(size, unique[fu], device=device)[inv.to(device)]
         x = fourier.fourier_perturb(x_all[i.to(device)], bases, eps, signs[f, i].to(device))
-        wrong.index_add_(0, f, (_predict(classifier, x).cpu() != labels[i]).float())
+        wrong[f, i] = _predict(classifier, x).cpu() != labels[i]
         if partial is not None and time.monotonic() - last_save > save_every_s:
             atomic_torch_save({"key": key, "start": int(t[-1]) + 1, "wrong": wrong}, partial)
             last_save = time.monotonic()
     if partial is not None:
         Path(partial).unlink(missing_ok=True)
-    error = (wrong / n * 100).numpy()
+    if outcomes is not None:
+        outcomes.update(wrong=wrong.numpy(), index=index.numpy())
+    error = (wrong.float().mean(dim=1) * 100).numpy()
     w = fourier.window_frequencies(window).numpy()
     ky, kx = np.meshgrid(w, w, indexing="ij")
     radius = np.hypot(ky, kx)
@@ -184,23 +197,27 @@ def radius_fractions(steps: int) -> list[float]:
 
 def bandpass_accuracy(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
                       fractions: Sequence[float], batch_size: int = 256, device=None,
-                      desc: str = "band-pass") -> pd.DataFrame:
+                      desc: str = "band-pass", outcomes: dict | None = None) -> pd.DataFrame:
     """Accuracy on low- and high-pass filtered images for each radius ``r = frac * N/2``.
 
     Returns ``filter, radius, radius_frac, accuracy_pct, n``; the last fraction (sqrt 2) keeps every
-    coefficient in the low-pass image (clean accuracy) and none in the high-pass one.
+    coefficient in the low-pass image (clean accuracy) and none in the high-pass one. ``outcomes``: a
+    dict that receives ``wrong`` (bool ``[rows, n]``, aligned with the returned rows).
     """
     size = images.shape[-1]
     device = torch.device(device) if device is not None else images.device
-    rows = []
+    rows, wrong_rows = [], []
     for frac in progress(list(fractions), desc=desc, unit="radius"):
         # a hair above frac * N/2 so the corner coefficient counts as inside at frac = sqrt(2)
         radius = frac * size / 2 + 1e-6
         for kind in ("low", "high"):
-            err = error_rate(classifier, images, labels, batch_size=batch_size, device=device,
-                             transform=lambda x, r=radius, k=kind: fourier.band_pass(x, r, k))
+            wrong = wrong_mask(classifier, images, labels, batch_size=batch_size, device=device,
+                               transform=lambda x, r=radius, k=kind: fourier.band_pass(x, r, k))
+            wrong_rows.append(wrong.numpy())
             rows.append({"filter": kind, "radius": frac * size / 2, "radius_frac": frac,
-                         "accuracy_pct": 100 * (1 - err), "n": len(images)})
+                         "accuracy_pct": 100 * (1 - int(wrong.sum()) / max(1, len(images))), "n": len(images)})
+    if outcomes is not None:
+        outcomes["wrong"] = np.stack(wrong_rows) if wrong_rows else np.zeros((0, len(images)), dtype=bool)
     return pd.DataFrame(rows)
 
 
@@ -490,7 +507,7 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
         paths = []
     labels = checkpoint_labels(paths)
     report = FrequencyReport(out=out, summary=pd.DataFrame())
-    heatmaps, bandpasses, rows, infos = {}, {}, [], {}
+    heatmaps, bandpasses, rows, infos, outcomes = {}, {}, [], {}, {}
     spectra_source: Path | None = None       # the checkpoint whose data and size the spectra use
 
     for path, label in zip(paths, labels):
@@ -499,20 +516,24 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
         info = {"checkpoint": label, "path": str(path)}
         for analysis in [a for a in ("heatmap", "bandpass") if a in config.analyses]:
             csv, meta = folder / f"{analysis}.csv", folder / f"{analysis}.json"
+            npz = folder / f"{analysis}_outcomes.npz"
             params = _analysis_params(analysis, config, path)
-            if csv.exists() and _params_match(meta, params):
+            if csv.exists() and npz.exists() and _params_match(meta, params):
                 announce(f"{label}: {analysis} already done ({csv}), reusing it")
-                df, saved = pd.read_csv(csv), json.loads(meta.read_text())
+                df, saved, kept = pd.read_csv(csv), json.loads(meta.read_text()), fstats.load_outcomes(npz)
             else:
                 if model is None:
                     model = _load_model(path, config, device, label, announce)
-                df, saved = _run_one(analysis, model, config, device, label, params,
-                                     partial=folder / f"{analysis}.partial.pt")
+                df, saved, kept = _run_one(analysis, model, config, device, label, params,
+                                           partial=folder / f"{analysis}.partial.pt")
+                # the per-image outcomes first: a CSV without them would be taken as finished work
+                fstats.save_outcomes(npz, **kept)
                 atomic_write_csv(csv, df)
                 atomic_write_json(meta, saved)
-                report.files.append(csv)
+                report.files += [csv, npz]
             info.update(saved["info"])
             (heatmaps if analysis == "heatmap" else bandpasses)[label] = df
+            outcomes[(analysis, label)] = kept
         if "spectra" in config.analyses and spectra_source is None:
             spectra_source = path
         infos[label] = info
@@ -526,10 +547,13 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
         info = dict(infos[label])
         if label in heatmaps:
             info.update(heatmap_summary(heatmaps[label], info["heatmap_clean_error_pct"], info["image_size"]))
+            info.update(_heatmap_intervals(heatmaps[label], outcomes[("heatmap", label)], info, config.seed))
         if label in bandpasses:
             bp = bandpasses[label]
             info.update({"crossing_frac": crossing_radius(bp), "lowpass_auc_pct": bandpass_auc(bp, "low"),
                          "highpass_auc_pct": bandpass_auc(bp, "high")})
+            lo_hi, bandpasses[label] = _bandpass_intervals(bp, outcomes[("bandpass", label)], config.seed)
+            info.update(lo_hi)
         if results is not None:
             info.update(group_accuracy(results, [label]))
         rows.append(info)
@@ -540,7 +564,7 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
         report.files += [out / "summary.csv", out / "summary.json"]
 
     report.figures = draw_figures(out, heatmaps, bandpasses, infos, spectra, centroids, results, config,
-                                  report.files)
+                                  report.files, outcomes)
     return report
 
 
@@ -557,7 +581,9 @@ def _run_one(analysis: str, model: _Model, config: FrequencyConfig, device, labe
     n = config.n_images if analysis == "heatmap" else config.bandpass_images
     idx = _stratified(model.val_labels, n, config.seed)
     images, labels = model.val_images[idx], model.val_labels[idx]
-    clean_err = 100 * error_rate(model.classifier, images, labels, batch_size=config.batch_size, device=device)
+    clean_wrong = wrong_mask(model.classifier, images, labels, batch_size=config.batch_size, device=device)
+    clean_err = 100 * float(clean_wrong.float().mean())
+    kept: dict = {}
     info = {"image_size": model.size, "data_root": model.root, "num_classes": model.num_classes,
             "curriculum": model.curriculum}
     if analysis == "heatmap":
@@ -566,14 +592,52 @@ def _run_one(analysis: str, model: _Model, config: FrequencyConfig, device, labe
         df = fourier_heatmap(model.classifier, images, labels, eps=eps, window=window,
                              batch_size=config.batch_size, seed=config.seed, device=device,
                              desc=f"{label}: heat map", partial=partial,
-                             partial_key=json.dumps(params, sort_keys=True))
+                             partial_key=json.dumps(params, sort_keys=True), outcomes=kept)
         info.update({"eps": eps, "window": window, "heatmap_images": len(images),
                      "heatmap_clean_error_pct": clean_err})
     else:
         df = bandpass_accuracy(model.classifier, images, labels, fractions=radius_fractions(config.radii),
-                               batch_size=config.batch_size, device=device, desc=f"{label}: band-pass")
+                               batch_size=config.batch_size, device=device, desc=f"{label}: band-pass",
+                               outcomes=kept)
         info.update({"bandpass_images": len(images), "clean_top1_pct": 100 - clean_err})
-    return df, {"params": params, "info": info}
+    kept.update(clean_wrong=clean_wrong.numpy(), images=idx.numpy())
+    return df, {"params": params, "info": info}, kept
+
+
+def _cell_outcomes(df: pd.DataFrame, kept: dict) -> np.ndarray:
+    """``[window cells, n]`` outcomes in the heat-map frame's row order (mirror pairs shown twice)."""
+    return kept["wrong"][kept["index"].ravel()]
+
+
+def _heatmap_intervals(df: pd.DataFrame, kept: dict, info: dict, seed: int) -> dict[str, float]:
+    """``<number>_lo`` / ``<number>_hi``: 95% bootstrap intervals (over images) of the heat-map numbers."""
+    cells = _cell_outcomes(df, kept)
+    weights = fstats.bootstrap_weights(cells.shape[1], seed=seed)
+    samples = fstats.heatmap_summary_samples(cells, df["radius"].to_numpy(float), kept["clean_wrong"],
+                                             int(df["kx"].nunique()), info["image_size"], weights)
+    out = {}
+    for name, values in samples.items():
+        lo, hi = fstats.interval(values)
+        out.update({f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
+    return out
+
+
+def _bandpass_intervals(df: pd.DataFrame, kept: dict, seed: int) -> tuple[dict[str, float], pd.DataFrame]:
+    """Bootstrap intervals of crossing radius and AUCs, and the curve with ``accuracy_pct_lo/_hi``."""
+    wrong = kept["wrong"]
+    weights = fstats.bootstrap_weights(wrong.shape[1], seed=seed)
+    df = df.reset_index(drop=True).copy()
+    low = df.index[df["filter"] == "low"][np.argsort(df.loc[df["filter"] == "low", "radius_frac"].to_numpy())]
+    high = df.index[df["filter"] == "high"][np.argsort(df.loc[df["filter"] == "high", "radius_frac"].to_numpy())]
+    samples = fstats.bandpass_samples(df.loc[low, "radius_frac"].to_numpy(float), wrong[low], wrong[high], weights)
+    for rows, key in ((low, "low"), (high, "high")):
+        lo, hi = fstats.interval(samples[key])
+        df.loc[rows, "accuracy_pct_lo"], df.loc[rows, "accuracy_pct_hi"] = lo, hi
+    out = {}
+    for name in ("crossing_frac", "lowpass_auc_pct", "highpass_auc_pct"):
+        lo, hi = fstats.interval(samples[name])
+        out.update({f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
+    return out, df
 
 
 def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names, report):
@@ -637,8 +701,13 @@ def comparison_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
-def draw_figures(out: Path, heatmaps, bandpasses, infos, spectra, centroids, results, config, files) -> dict:
-    """Every figure, each drawn from the DataFrame that is (or was) written as its CSV."""
+def draw_figures(out: Path, heatmaps, bandpasses, infos, spectra, centroids, results, config, files,
+                 outcomes: dict | None = None) -> dict:
+    """Every figure, each drawn from the DataFrame that is (or was) written as its CSV.
+
+    ``outcomes``: per-image outcomes by ``(analysis, label)``; with them the heat maps get their ring
+    curves with bootstrap intervals and the difference map marks its significant cells."""
+    outcomes = outcomes or {}
     figures = {}
 
     def emit(name, fig):
@@ -653,9 +722,23 @@ def draw_figures(out: Path, heatmaps, bandpasses, infos, spectra, centroids, res
                 df, vmax=vmax, title=f"{label}: Fourier heat map (eps {info['eps']:.2f}, "
                                      f"{info['heatmap_images']} images, clean error {info['heatmap_clean_error_pct']:.1f}%)"))
         same = [l for l in heatmaps if len(heatmaps[l]) == len(next(iter(heatmaps.values())))]
-        if len(same) >= 2:
-            la, lb = comparison_pair(infos, same)
+        pair = comparison_pair(infos, same) if len(same) >= 2 else None
+        rings = _ring_tables(heatmaps, outcomes, infos, pair, config.seed)
+        if rings is not None:
+            curves, diff = rings
+            atomic_write_csv(out / "heatmap_rings.csv", curves)
+            files.append(out / "heatmap_rings.csv")
+            if diff is not None:
+                atomic_write_csv(out / "heatmap_rings_difference.csv", diff)
+                files.append(out / "heatmap_rings_difference.csv")
+            emit("heatmap_rings", plots.ring_curve_figure(curves, diff, pair=pair))
+        if pair is not None:
+            la, lb = pair
             comp = comparison_frame(heatmaps[la], heatmaps[lb])
+            paired = _paired_cells(heatmaps, outcomes, la, lb)
+            if paired is not None:
+                comp["p_value"] = fstats.mcnemar_p(*paired)
+                comp["significant"] = fstats.benjamini_hochberg(comp["p_value"].to_numpy())
             atomic_write_csv(out / "heatmap_comparison.csv", comp)
             files.append(out / "heatmap_comparison.csv")
             emit("heatmap_comparison", plots.heatmap_comparison_figure(
@@ -679,3 +762,36 @@ def draw_figures(out: Path, heatmaps, bandpasses, infos, spectra, centroids, res
             files.append(out / "robustness_vs_frequency.csv")
             emit("robustness_vs_frequency", plots.robustness_frequency_figure(table))
     return figures
+
+
+def _paired_cells(heatmaps, outcomes, la: str, lb: str):
+    """Both checkpoints' ``[cells, n]`` outcomes when they were measured on the same images, else None."""
+    ka, kb = outcomes.get(("heatmap", la)), outcomes.get(("heatmap", lb))
+    if ka is None or kb is None or not np.array_equal(ka["images"], kb["images"]) or \
+            ka["wrong"].shape != kb["wrong"].shape:
+        return None
+    return _cell_outcomes(heatmaps[la], ka), _cell_outcomes(heatmaps[lb], kb)
+
+
+def _ring_tables(heatmaps, outcomes, infos, pair, seed: int):
+    """(ring curves of every checkpoint, paired ring difference of the pair or None), or None without
+    per-image outcomes."""
+    frames = []
+    for label, df in heatmaps.items():
+        kept = outcomes.get(("heatmap", label))
+        if kept is None:
+            return None
+        curve = fstats.ring_curve(_cell_outcomes(df, kept), df["radius"].to_numpy(float),
+                                  infos[label]["image_size"], seed=seed)
+        frames.append(curve.assign(checkpoint=label))
+    curves = pd.concat(frames, ignore_index=True)
+    curves = curves[["checkpoint"] + [c for c in curves.columns if c != "checkpoint"]]
+    diff = None
+    if pair is not None:
+        paired = _paired_cells(heatmaps, outcomes, *pair)
+        if paired is not None:
+            diff = fstats.ring_difference(*paired, heatmaps[pair[0]]["radius"].to_numpy(float),
+                                          infos[pair[0]]["image_size"], seed=seed)
+            diff.insert(0, "b", pair[1])
+            diff.insert(0, "a", pair[0])
+    return curves, diff

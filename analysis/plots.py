@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 
 from corruptions import registry
 from fdbench.io import atomic_open
@@ -23,7 +24,7 @@ from fdbench.io import atomic_open
 __all__ = [
     "STYLE", "new_figure", "save_figure", "checkpoint_colors", "nice_max", "heatmap_array",
     "draw_heatmap", "heatmap_figure", "heatmap_comparison_figure", "bandpass_figure",
-    "spectra_figure", "robustness_frequency_figure", "FAMILY_OF",
+    "spectra_figure", "robustness_frequency_figure", "ring_curve_figure", "FAMILY_OF",
 ]
 
 STYLE = {
@@ -125,9 +126,18 @@ def heatmap_comparison_figure(df: pd.DataFrame, label_a: str, label_b: str, *, s
     draw_heatmap(fig, axes[0, 0], df, value="error_a", vmin=0, vmax=vmax, title=f"A: {label_a}")
     draw_heatmap(fig, axes[0, 1], df, value="error_b", vmin=0, vmax=vmax, title=f"B: {label_b}")
     bound = max(1.0, float(df["diff"].abs().max()))
+    title = "B - A"
+    if "significant" in df.columns:
+        sig = df[df["significant"].astype(bool)]
+        title = f"B - A; outlined: significant ({len(sig)} of {len(df)} cells,\nMcNemar, FDR 5%)"
     draw_heatmap(fig, axes[0, 2], df, value="diff", cmap=DIFF_CMAP,
                  norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound),
-                 label="error-rate difference B - A (pp)", title="B - A")
+                 label="error-rate difference B - A (pp)", title=title)
+    if "significant" in df.columns and len(sig):
+        # only the cells whose difference survives McNemar + Benjamini-Hochberg are marked
+        for _, row in sig.iterrows():
+            axes[0, 2].add_patch(Rectangle((row["kx"] - 0.5, row["ky"] - 0.5), 1, 1, fill=False,
+                                           edgecolor="black", linewidth=0.8))
     if suptitle:
         fig.suptitle(suptitle)
     return fig
@@ -140,7 +150,7 @@ def bandpass_figure(df: pd.DataFrame, *, chance_pct: float | None = None,
     ``df`` columns: ``checkpoint, filter ("low"/"high"), radius_frac, accuracy_pct``. ``crossings``
     maps a checkpoint to its crossing radius (fraction of Nyquist), marked with a dotted line.
     """
-    fig, axes = new_figure(width=5.6, height=3.8)
+    fig, axes = new_figure(width=7.6, height=3.8)
     ax = axes[0, 0]
     labels = list(dict.fromkeys(df["checkpoint"]))
     colors = checkpoint_colors(labels)
@@ -149,6 +159,9 @@ def bandpass_figure(df: pd.DataFrame, *, chance_pct: float | None = None,
             part = df[(df["checkpoint"] == label) & (df["filter"] == kind)].sort_values("radius_frac")
             ax.plot(part["radius_frac"], part["accuracy_pct"], style, marker="o", markersize=2.5,
                     color=colors[label], label=f"{label}, {kind}-pass")
+            if "accuracy_pct_lo" in part.columns and part["accuracy_pct_lo"].notna().any():
+                ax.fill_between(part["radius_frac"], part["accuracy_pct_lo"], part["accuracy_pct_hi"],
+                                color=colors[label], alpha=0.15 if kind == "low" else 0.08, linewidth=0)
         if crossings and crossings.get(label) is not None and np.isfinite(crossings[label]):
             ax.axvline(crossings[label], color=colors[label], linestyle=":", linewidth=1)
     if chance_pct is not None:
@@ -158,7 +171,53 @@ def bandpass_figure(df: pd.DataFrame, *, chance_pct: float | None = None,
     ax.set_ylim(0, 100)
     ax.set_xlim(0, float(df["radius_frac"].max()))
     ax.set_title("Band-pass accuracy: low-pass keeps |k| <= r, high-pass |k| > r")
-    ax.legend(loc="center right", frameon=False)
+    # outside the axes: inside, any corner can hold a curve
+    note = " (bands: 95% bootstrap CI over images)" if "accuracy_pct_lo" in df.columns else ""
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="curve" + note,
+              title_fontsize=7)
+    return fig
+
+
+def ring_curve_figure(curves: pd.DataFrame, diff: pd.DataFrame | None = None, *,
+                      pair: tuple[str, str] | None = None) -> Figure:
+    """Radially averaged heat map: error vs |k| per checkpoint with 95% bands, and the paired B - A curve.
+
+    ``curves`` columns: ``checkpoint, radius_frac, error_pct, error_pct_lo, error_pct_hi``; ``diff``:
+    ``radius_frac, diff_pp, diff_pp_lo, diff_pp_hi, significant`` (rings whose interval excludes 0
+    are drawn filled).
+    """
+    fig, axes = new_figure(1, 2 if diff is not None else 1, width=4.8, height=3.6)
+    ax = axes[0, 0]
+    labels = list(dict.fromkeys(curves["checkpoint"]))
+    colors = checkpoint_colors(labels)
+    for label in labels:
+        part = curves[curves["checkpoint"] == label].sort_values("radius_frac")
+        ax.plot(part["radius_frac"], part["error_pct"], marker="o", markersize=2.5, color=colors[label],
+                label=f"{label} (n={int(part['n'].iloc[0])} images)")
+        ax.fill_between(part["radius_frac"], part["error_pct_lo"], part["error_pct_hi"], color=colors[label],
+                        alpha=0.2, linewidth=0)
+    ax.set_ylim(0, nice_max(float(curves["error_pct_hi"].max())))
+    ax.set_xlabel("frequency |k| (fraction of Nyquist; ring = round(|k|))")
+    ax.set_ylabel("error rate under the perturbation (%)")
+    ax.set_title("Ring-averaged Fourier heat map (95% bootstrap CI)")
+    ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.2), ncol=1)
+    if diff is not None:
+        ax = axes[0, 1]
+        d = diff.sort_values("radius_frac")
+        ax.fill_between(d["radius_frac"], d["diff_pp_lo"], d["diff_pp_hi"], color="0.6", alpha=0.35, linewidth=0,
+                        label="95% paired bootstrap CI")
+        ax.plot(d["radius_frac"], d["diff_pp"], color="0.15", linewidth=1)
+        sig = d["significant"].astype(bool)
+        ax.plot(d.loc[sig, "radius_frac"], d.loc[sig, "diff_pp"], "o", color="#D55E00", markersize=4,
+                label=f"CI excludes 0 ({int(sig.sum())} of {len(d)} rings)")
+        ax.plot(d.loc[~sig, "radius_frac"], d.loc[~sig, "diff_pp"], "o", mfc="white", color="0.15",
+                markersize=3.5, label="CI covers 0")
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        a, b = pair if pair else ("A", "B")
+        ax.set_xlabel("frequency |k| (fraction of Nyquist)")
+        ax.set_ylabel(f"error difference {b} - {a} (pp)")
+        ax.set_title(f"{b} - {a}, paired over the same images")
+        ax.legend(frameon=False, loc="upper left", bbox_to_anchor=(0.0, -0.2))
     return fig
 
 

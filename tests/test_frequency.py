@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from analysis import fourier, frequency, plots
+from analysis import frequency_stats as fstats
 from fdbench.errors import FdbenchError
 
 N = 16
@@ -194,6 +195,23 @@ def test_runner_files_match_figures_and_resume(two_runs, tmp_path, monkeypatch):
     diff = np.asarray(fig.axes[2].images[0].get_array())
     assert np.allclose(diff, b - a)
     assert np.allclose(comp.pivot(index="ky", columns="kx", values="diff").to_numpy(), b - a)
+
+    # ring curves: each ring's error is the mean of its heat-map cells (all cells see the same n images),
+    # inside its bootstrap interval; the per-image outcomes reproduce the heat map
+    rings = pd.read_csv(out / "heatmap_rings.csv")
+    for label in ("none", "two-stage"):
+        csv = pd.read_csv(out / label / "heatmap.csv")
+        kept = fstats.load_outcomes(out / label / "heatmap_outcomes.npz")
+        assert np.allclose(100 * kept["wrong"][kept["index"].ravel()].mean(axis=1), csv["error_pct"])
+        by_ring = csv.groupby(np.floor(csv["radius"] + 0.5).astype(int))["error_pct"].mean()
+        mine = rings[rings["checkpoint"] == label].set_index("ring")
+        assert np.allclose(mine["error_pct"], by_ring.loc[mine.index])
+        assert (mine["error_pct_lo"] <= mine["error_pct"] + 1e-9).all()
+        assert (mine["error_pct"] <= mine["error_pct_hi"] + 1e-9).all()
+    ring_diff = pd.read_csv(out / "heatmap_rings_difference.csv")
+    by_ring = comp.groupby(np.floor(comp["radius_frac"] * 16 + 0.5).astype(int))["diff"].mean()
+    assert np.allclose(ring_diff.set_index("ring")["diff_pp"], by_ring.loc[ring_diff["ring"]])
+    assert {"crossing_frac_lo", "crossing_frac_hi", "heatmap_centroid_frac_lo"} <= set(pd.read_csv(out / "summary.csv"))
 
     # band-pass lines carry the CSV's numbers
     bp = pd.read_csv(out / "bandpass.csv")
