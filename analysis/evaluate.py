@@ -34,6 +34,8 @@ import torch
 
 from analysis.metrics import (CLEAN, GROUPS, UNNORMALISED, alexnet_baseline, baseline_from_results,
                               normalisation_name, parse_corruptions, parse_severities, summarise, topk_accuracy)
+from analysis.outcomes import FILENAME as OUTCOMES_FILE
+from analysis.outcomes import Outcomes
 from analysis.probes import fit_linear_probe, knn_probe
 from fdbench.errors import FdbenchError
 
@@ -182,16 +184,22 @@ def dataset_features(encoder, dataset, *, batch_size: int = 256, workers: int = 
 # ---- the evaluation -----------------------------------------------------------------------------
 
 class _Store:
-    """results.csv rows in memory, keyed by (checkpoint, protocol, corruption, severity)."""
+    """results.csv rows and per-image outcomes in memory, keyed by (checkpoint, protocol, corruption,
+    severity). A cell counts as finished only with both (older folders without outcomes.npz are
+    recomputed cell by cell, so their paired statistics become available)."""
 
-    def __init__(self, rows: list[dict]):
+    def __init__(self, rows: list[dict], outcomes: Outcomes | None = None):
         self.rows = {(r["checkpoint"], r["protocol"], r["corruption"], int(r["severity"])): r for r in rows}
+        self.outcomes = outcomes or Outcomes()
 
     def has(self, label, protocol, corruption, severity) -> bool:
-        return (label, protocol, corruption, severity) in self.rows
+        key = (label, protocol, corruption, severity)
+        return key in self.rows and key in self.outcomes
 
-    def add(self, row: dict) -> None:
-        self.rows[(row["checkpoint"], row["protocol"], row["corruption"], row["severity"])] = row
+    def add(self, row: dict, correct) -> None:
+        key = (row["checkpoint"], row["protocol"], row["corruption"], row["severity"])
+        self.rows[key] = row
+        self.outcomes.add(key, correct)
 
     def frame(self):
         import pandas as pd
@@ -292,7 +300,8 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
     num_classes = len(open_dataset(root, "val").classes)
     baseline = _choose_baseline(config, num_classes)
     announce(f"normalisation: {normalisation_name(baseline)}")
-    store = _Store([] if config.overwrite else _read_previous(out, settings, fingerprints))
+    store = (_Store([]) if config.overwrite else
+             _Store(_read_previous(out, settings, fingerprints), Outcomes.load(out / OUTCOMES_FILE)))
     if store.rows:
         announce(f"resuming: {len(store.rows)} finished result rows found in {out}/results.csv")
 
@@ -326,14 +335,16 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
                                                     "heldout_train_accuracy": lin.val_accuracy}
             for corruption, severity in todo:
                 bar.set_postfix_str(f"{label} {corruption} {severity}" if severity else f"{label} clean")
-                feats = _cell_features(encoder, val_images, corruption, severity, corrupt_fn, corrupted_root,
-                                       classes, size, config, device)
-                cell_labels = feats[1] if isinstance(feats, tuple) else val_labels
-                feats = feats[0] if isinstance(feats, tuple) else feats
+                feats, cell_labels = _cell_features(encoder, val_images, val_labels, corruption, severity,
+                                                    corrupt_fn, corrupted_root, classes, size, config)
                 for protocol in protocols:
-                    acc = topk_accuracy(probes[protocol].logits(feats.to(device)), cell_labels, ks=(1, 5))
+                    logits = probes[protocol].logits(feats.to(device))
+                    acc = topk_accuracy(logits, cell_labels, ks=(1, 5))
+                    # the same top-1 rule as topk_accuracy, per image, for the paired statistics
+                    correct = (logits.topk(1, dim=1).indices[:, 0].cpu() == cell_labels.cpu()).numpy()
                     store.add({"checkpoint": label, "protocol": protocol, "corruption": corruption,
-                               "severity": severity, "n": len(cell_labels), "top1": acc[1], "top5": acc[5]})
+                               "severity": severity, "n": len(cell_labels), "top1": acc[1], "top5": acc[5]},
+                              correct)
                 computed += 1
                 _write_outputs(out, store, baseline, settings, ckpt_info)
                 bar.update(1)
@@ -399,19 +410,21 @@ def _check_corrupted_root(root: Path, names, severities) -> None:
                            f"<root>/<corruption>/<severity>/<class>/<image>), e.g. {', '.join(missing[:3])}")
 
 
-def _cell_features(encoder, val_images, corruption, severity, corrupt_fn, corrupted_root, classes, size,
-                   config, device):
+def _cell_features(encoder, val_images, val_labels, corruption, severity, corrupt_fn, corrupted_root, classes,
+                   size, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of one cell's val images; the labels are the val labels except for a
+    ``--corrupted-root`` folder, which carries its own."""
     from fdbench.data import ImageFolderDataset, eval_transform
     from fdbench.features import extract_features
 
     if corruption == CLEAN:
-        return extract_features(encoder, val_images, batch_size=config.batch_size)
+        return extract_features(encoder, val_images, batch_size=config.batch_size), val_labels
     if corrupted_root is not None:
         # stored corrupted images are already cropped: only resize to the evaluation size
         ds = ImageFolderDataset(corrupted_root / corruption / str(severity), eval_transform(size, size), classes)
         return dataset_features(encoder, ds, batch_size=config.batch_size, workers=config.workers)
     return corrupted_features(encoder, val_images, corruption, severity, corrupt_fn,
-                              batch_size=config.batch_size, seed=config.seed)
+                              batch_size=config.batch_size, seed=config.seed), val_labels
 
 
 # ---- outputs ------------------------------------------------------------------------------------
@@ -476,7 +489,9 @@ def _write_outputs(out: Path, store: _Store, baseline, settings: dict, ckpt_info
     normalisation = normalisation_name(baseline)
     table = summary_table(summary, aggregates, normalised=normalisation != UNNORMALISED)
     paths = {"results": out / "results.csv", "summary": out / "summary.csv", "summary_json": out / "summary.json",
-             "table": out / "summary_table.csv"}
+             "table": out / "summary_table.csv", "outcomes": out / OUTCOMES_FILE}
+    # outcomes first: a row in results.csv without its outcomes is recomputed on resume, never the reverse
+    store.outcomes.save(paths["outcomes"])
     atomic_write_csv(paths["results"], results)
     atomic_write_csv(paths["summary"], summary)
     atomic_write_csv(paths["table"], table)

@@ -257,3 +257,24 @@ def test_corrupted_root_folder_is_read_instead_of_corrupting(tmp_path, tiny_data
     for protocol in ("linear", "knn"):
         assert res.loc[(protocol, "fog"), "top1"] == res.loc[(protocol, "clean"), "top1"]
         assert res.loc[(protocol, "fog"), "n"] == 40
+
+
+def test_per_image_outcomes_agree_with_results_and_survive_resume(tmp_path, tiny_dataset):
+    from analysis.outcomes import Outcomes
+
+    ckpt = _checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    evaluate_corruptions([ckpt], out, _cfg(tiny_dataset), corrupt_fn=Recorder())
+    res = pd.read_csv(out / "results.csv")
+    outcomes = Outcomes.load(out / "outcomes.npz")
+    assert len(outcomes.cells) == len(res)
+    for row in res.itertuples():
+        correct = outcomes.get((row.checkpoint, row.protocol, row.corruption, int(row.severity)))
+        assert len(correct) == row.n and correct.mean() == pytest.approx(row.top1)
+    # results.csv rows whose outcomes are missing are recomputed (and only those)
+    del outcomes.cells[("m", "knn", "fog", 2)], outcomes.cells[("m", "linear", "fog", 2)]
+    outcomes.save(out / "outcomes.npz")
+    rec = Recorder()
+    report = evaluate_corruptions([ckpt], out, _cfg(tiny_dataset), corrupt_fn=rec)
+    assert {(n, s) for n, s, _, _ in rec.calls} == {("fog", 2)} and report.computed_cells == 1
+    assert len(Outcomes.load(out / "outcomes.npz").cells) == len(res)
