@@ -68,6 +68,7 @@ class EvalConfig:
     workers: int = 0
     overwrite: bool = False
     floors: bool = True                    # also evaluate the pixels and random-init floors
+    ceiling: str | None = None             # a `fdbench ceiling` checkpoint, evaluated as kind "ceiling"
 
 
 @dataclass
@@ -294,6 +295,11 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
                                f"got {config.n_last_blocks}")
     fingerprints = {label: file_sha256(lb.meta["path"]) for label, lb in zip(labels, loaded)}
     entries = [_Entry(label, "pretrained", lb, fingerprints[label]) for label, lb in zip(labels, loaded)]
+    if config.ceiling:
+        ceiling = load_backbone(config.ceiling)
+        label = "ceiling" if "ceiling" not in labels else "supervised-ceiling"
+        fingerprints[label] = file_sha256(ceiling.meta["path"])
+        entries.append(_Entry(label, "ceiling", ceiling, fingerprints[label]))
     if config.floors:
         for floor in floors(loaded[0], config.seed):
             label = floor.label if floor.label not in labels else f"floor-{floor.label}"
