@@ -95,9 +95,10 @@ def paired_tables(labels: list[str], reference: str | None, eval_sources: dict) 
 
 
 def floor_headline(headline: dict, floors: pd.DataFrame) -> None:
-    """Add each floor's clean top-1 to each run's headline numbers (in place)."""
+    """Add each floor's (and the ceiling's) clean top-1 to each run's headline numbers (in place)."""
     for row in floors.itertuples():
-        key = f"{row.protocol}_{row.floor.replace('-', '_')}_floor_clean_top1_pct"
+        name = "ceiling" if row.kind == "ceiling" else f"{row.floor.replace('-', '_')}_floor"
+        key = f"{row.protocol}_{name}_clean_top1_pct"
         if row.run in headline:
             headline[row.run][key] = row.floor_clean_top1_pct
 

@@ -706,6 +706,8 @@ HEADLINE_ROWS = [
     ("  floor: pixels, kNN (%)", "knn_pixels_floor_clean_top1_pct", "{:.1f}"),
     ("  floor: random-init, linear (%)", "linear_random_init_floor_clean_top1_pct", "{:.1f}"),
     ("  floor: random-init, kNN (%)", "knn_random_init_floor_clean_top1_pct", "{:.1f}"),
+    ("  ceiling: supervised, linear (%)", "linear_ceiling_clean_top1_pct", "{:.1f}"),
+    ("  ceiling: supervised, kNN (%)", "knn_ceiling_clean_top1_pct", "{:.1f}"),
     ("mean corruption error, linear (%)", "linear_mean_corruption_error_pct", "{:.1f}"),
     ("mean corruption error, kNN (%)", "knn_mean_corruption_error_pct", "{:.1f}"),
     ("mCE vs reference, linear (%)", "linear_mCE_vs_ref_pct", "{:.1f}"),
