@@ -26,7 +26,7 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -34,11 +34,16 @@ import torch
 
 from analysis.metrics import (CLEAN, GROUPS, UNNORMALISED, alexnet_baseline, baseline_from_results,
                               normalisation_name, parse_corruptions, parse_severities, summarise, topk_accuracy)
+from analysis.floors import PixelEncoder, floors
+from analysis.outcomes import FILENAME as OUTCOMES_FILE
+from analysis.outcomes import Outcomes
 from analysis.probes import fit_linear_probe, knn_probe
+from analysis.stats import differences
 from fdbench.errors import FdbenchError
 
 PROTOCOLS = ("linear", "knn")
-RESULT_COLUMNS = ["checkpoint", "protocol", "corruption", "severity", "n", "top1", "top5"]
+RESULT_COLUMNS = ["checkpoint", "kind", "protocol", "corruption", "severity", "n", "top1", "top5"]
+KINDS = ("pretrained", "floor", "ceiling")
 CHUNK = 32   # images per corruption seed; batches are whole numbers of chunks
 # settings that must match for stored results to be reused
 RESUME_KEYS = ("data", "corrupted_root", "seed", "n_last_blocks", "k", "temperature")
@@ -62,6 +67,8 @@ class EvalConfig:
     temperature: float = 0.07
     workers: int = 0
     overwrite: bool = False
+    floors: bool = True                    # also evaluate the pixels and random-init floors
+    ceiling: str | None = None             # a `fdbench ceiling` checkpoint, evaluated as kind "ceiling"
 
 
 @dataclass
@@ -182,16 +189,22 @@ def dataset_features(encoder, dataset, *, batch_size: int = 256, workers: int = 
 # ---- the evaluation -----------------------------------------------------------------------------
 
 class _Store:
-    """results.csv rows in memory, keyed by (checkpoint, protocol, corruption, severity)."""
+    """results.csv rows and per-image outcomes in memory, keyed by (checkpoint, protocol, corruption,
+    severity). A cell counts as finished only with both (older folders without outcomes.npz are
+    recomputed cell by cell, so their paired statistics become available)."""
 
-    def __init__(self, rows: list[dict]):
+    def __init__(self, rows: list[dict], outcomes: Outcomes | None = None):
         self.rows = {(r["checkpoint"], r["protocol"], r["corruption"], int(r["severity"])): r for r in rows}
+        self.outcomes = outcomes or Outcomes()
 
     def has(self, label, protocol, corruption, severity) -> bool:
-        return (label, protocol, corruption, severity) in self.rows
+        key = (label, protocol, corruption, severity)
+        return key in self.rows and key in self.outcomes
 
-    def add(self, row: dict) -> None:
-        self.rows[(row["checkpoint"], row["protocol"], row["corruption"], row["severity"])] = row
+    def add(self, row: dict, correct) -> None:
+        key = (row["checkpoint"], row["protocol"], row["corruption"], row["severity"])
+        self.rows[key] = row
+        self.outcomes.add(key, correct)
 
     def frame(self):
         import pandas as pd
@@ -211,6 +224,8 @@ def _read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> l
         previous = json.loads(summary.read_text()) if summary.exists() else {}
     except (ValueError, OSError) as err:
         raise FdbenchError(f"cannot resume from {out}: {err}; use another --out or --overwrite") from None
+    if "kind" not in frame.columns and list(frame.columns) == [c for c in RESULT_COLUMNS if c != "kind"]:
+        frame.insert(1, "kind", "pretrained")        # written before floors existed
     if list(frame.columns) != RESULT_COLUMNS:
         raise FdbenchError(f"{results} is not an eval-corruptions results.csv; use another --out or --overwrite")
     old = previous.get("settings", {})
@@ -279,6 +294,17 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
             raise FdbenchError(f"--n-last-blocks must be between 1 and {len(lb.model.blocks)} for {path}, "
                                f"got {config.n_last_blocks}")
     fingerprints = {label: file_sha256(lb.meta["path"]) for label, lb in zip(labels, loaded)}
+    entries = [_Entry(label, "pretrained", lb, fingerprints[label]) for label, lb in zip(labels, loaded)]
+    if config.ceiling:
+        ceiling = load_backbone(config.ceiling)
+        label = "ceiling" if "ceiling" not in labels else "supervised-ceiling"
+        fingerprints[label] = file_sha256(ceiling.meta["path"])
+        entries.append(_Entry(label, "ceiling", ceiling, fingerprints[label]))
+    if config.floors:
+        for floor in floors(loaded[0], config.seed):
+            label = floor.label if floor.label not in labels else f"floor-{floor.label}"
+            entries.append(_Entry(label, "floor", floor.loaded, floor.fingerprint))
+            fingerprints[label] = floor.fingerprint
     root = _choose_data(config, [lb.meta for lb in loaded], announce)
     corrupted_root = Path(config.corrupted_root) if config.corrupted_root else None
     if corrupted_root is not None:
@@ -292,7 +318,8 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
     num_classes = len(open_dataset(root, "val").classes)
     baseline = _choose_baseline(config, num_classes)
     announce(f"normalisation: {normalisation_name(baseline)}")
-    store = _Store([] if config.overwrite else _read_previous(out, settings, fingerprints))
+    store = (_Store([]) if config.overwrite else
+             _Store(_read_previous(out, settings, fingerprints), Outcomes.load(out / OUTCOMES_FILE)))
     if store.rows:
         announce(f"resuming: {len(store.rows)} finished result rows found in {out}/results.csv")
 
@@ -301,13 +328,17 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
     val_cache: dict[int, tuple] = {}
     ckpt_info: dict[str, dict] = {}
     computed = skipped = 0
-    bar = progress(total=len(labels) * len(cells), desc="eval-corruptions", unit="cell")
+    bar = progress(total=len(entries) * len(cells), desc="eval-corruptions", unit="cell")
     try:
-        for label, lb in zip(labels, loaded):
-            size = _eval_size(lb, native)
+        for entry in entries:
+            label, lb = entry.label, entry.loaded
+            # floors use the first checkpoint's evaluation size: the same val tensors, the same pixels
+            size = _eval_size(lb or loaded[0], native)
             resize = size if native else None
-            ckpt_info[label] = {"path": lb.meta["path"], "sha256": fingerprints[label], "source": lb.source,
-                                "arch": lb.config.arch, "patch_size": lb.config.patch_size, "image_size": size}
+            ckpt_info[label] = {"kind": entry.kind, "path": (lb.meta.get("path") if lb else None),
+                                "sha256": entry.fingerprint, "source": lb.source if lb else "pixels",
+                                "arch": lb.config.arch if lb else "pixels",
+                                "patch_size": lb.config.patch_size if lb else None, "image_size": size}
             todo = [(c, s) for c, s in cells if not all(store.has(label, p, c, s) for p in protocols)]
             skipped += len(cells) - len(todo)
             bar.update(len(cells) - len(todo))
@@ -317,23 +348,25 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
                 val_cache[size] = load_split_tensor(root, "val", size, resize=resize, workers=config.workers,
                                                     batch_size=config.batch_size, desc="loading val")
             val_images, val_labels, classes = val_cache[size]
-            encoder = _encoder(lb, config.n_last_blocks, device)
-            probes = _fit_probes(encoder, lb, label, root, size, resize, classes, protocols, config, out,
-                                 fingerprints[label], device, announce)
+            encoder = PixelEncoder(size).to(device) if lb is None else _encoder(lb, config.n_last_blocks, device)
+            probes = _fit_probes(encoder, label, root, size, resize, classes, protocols, config, out,
+                                 entry.fingerprint, device, announce)
             if "linear" in probes:
                 lin = probes["linear"]
                 ckpt_info[label]["linear_probe"] = {"lr": lin.lr, "weight_decay": lin.weight_decay,
                                                     "heldout_train_accuracy": lin.val_accuracy}
             for corruption, severity in todo:
                 bar.set_postfix_str(f"{label} {corruption} {severity}" if severity else f"{label} clean")
-                feats = _cell_features(encoder, val_images, corruption, severity, corrupt_fn, corrupted_root,
-                                       classes, size, config, device)
-                cell_labels = feats[1] if isinstance(feats, tuple) else val_labels
-                feats = feats[0] if isinstance(feats, tuple) else feats
+                feats, cell_labels = _cell_features(encoder, val_images, val_labels, corruption, severity,
+                                                    corrupt_fn, corrupted_root, classes, size, config)
                 for protocol in protocols:
-                    acc = topk_accuracy(probes[protocol].logits(feats.to(device)), cell_labels, ks=(1, 5))
-                    store.add({"checkpoint": label, "protocol": protocol, "corruption": corruption,
-                               "severity": severity, "n": len(cell_labels), "top1": acc[1], "top5": acc[5]})
+                    logits = probes[protocol].logits(feats.to(device))
+                    acc = topk_accuracy(logits, cell_labels, ks=(1, 5))
+                    # the same top-1 rule as topk_accuracy, per image, for the paired statistics
+                    correct = (logits.topk(1, dim=1).indices[:, 0].cpu() == cell_labels.cpu()).numpy()
+                    store.add({"checkpoint": label, "kind": entry.kind, "protocol": protocol, "corruption": corruption,
+                               "severity": severity, "n": len(cell_labels), "top1": acc[1], "top5": acc[5]},
+                              correct)
                 computed += 1
                 _write_outputs(out, store, baseline, settings, ckpt_info)
                 bar.update(1)
@@ -341,9 +374,20 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
     finally:
         bar.close()
     files = _write_outputs(out, store, baseline, settings, ckpt_info)
+    files["differences"] = _write_differences(out, store, baseline, protocols)
     return EvalReport(out, *files["frames"], normalisation=files["normalisation"],
                       computed_cells=computed, skipped_cells=skipped,
                       files={k: v for k, v in files.items() if k not in ("frames", "normalisation")})
+
+
+@dataclass
+class _Entry:
+    """One encoder to evaluate: a checkpoint (kind pretrained) or a floor (``loaded`` None: pixels)."""
+
+    label: str
+    kind: str
+    loaded: object
+    fingerprint: str
 
 
 def _eval_size(lb, native: int | None) -> int:
@@ -359,7 +403,7 @@ def _encoder(lb, n_last_blocks: int, device: torch.device):
     return FrozenEncoder(lb.model, n_last_blocks=n_last_blocks).to(device)
 
 
-def _fit_probes(encoder, lb, label, root, size, resize, classes, protocols, config, out, sha, device, announce):
+def _fit_probes(encoder, label, root, size, resize, classes, protocols, config, out, sha, device, announce):
     """Clean train features (cached in OUT/cache, keyed by checkpoint checksum and settings) -> probes."""
     from fdbench.data import eval_transform, open_dataset
     from fdbench.io import atomic_torch_save
@@ -399,19 +443,21 @@ def _check_corrupted_root(root: Path, names, severities) -> None:
                            f"<root>/<corruption>/<severity>/<class>/<image>), e.g. {', '.join(missing[:3])}")
 
 
-def _cell_features(encoder, val_images, corruption, severity, corrupt_fn, corrupted_root, classes, size,
-                   config, device):
+def _cell_features(encoder, val_images, val_labels, corruption, severity, corrupt_fn, corrupted_root, classes,
+                   size, config) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of one cell's val images; the labels are the val labels except for a
+    ``--corrupted-root`` folder, which carries its own."""
     from fdbench.data import ImageFolderDataset, eval_transform
     from fdbench.features import extract_features
 
     if corruption == CLEAN:
-        return extract_features(encoder, val_images, batch_size=config.batch_size)
+        return extract_features(encoder, val_images, batch_size=config.batch_size), val_labels
     if corrupted_root is not None:
         # stored corrupted images are already cropped: only resize to the evaluation size
         ds = ImageFolderDataset(corrupted_root / corruption / str(severity), eval_transform(size, size), classes)
         return dataset_features(encoder, ds, batch_size=config.batch_size, workers=config.workers)
     return corrupted_features(encoder, val_images, corruption, severity, corrupt_fn,
-                              batch_size=config.batch_size, seed=config.seed)
+                              batch_size=config.batch_size, seed=config.seed), val_labels
 
 
 # ---- outputs ------------------------------------------------------------------------------------
@@ -472,11 +518,15 @@ def _write_outputs(out: Path, store: _Store, baseline, settings: dict, ckpt_info
     from fdbench.io import atomic_write_csv, atomic_write_json
 
     results = store.frame()
-    summary, aggregates = summarise(results, baseline)
+    summary, aggregates = summarise(results.drop(columns="kind"), baseline)
+    kinds = dict(zip(results["checkpoint"], results["kind"]))
+    summary.insert(1, "kind", summary["checkpoint"].map(kinds))
     normalisation = normalisation_name(baseline)
     table = summary_table(summary, aggregates, normalised=normalisation != UNNORMALISED)
     paths = {"results": out / "results.csv", "summary": out / "summary.csv", "summary_json": out / "summary.json",
-             "table": out / "summary_table.csv"}
+             "table": out / "summary_table.csv", "outcomes": out / OUTCOMES_FILE}
+    # outcomes first: a row in results.csv without its outcomes is recomputed on resume, never the reverse
+    store.outcomes.save(paths["outcomes"])
     atomic_write_csv(paths["results"], results)
     atomic_write_csv(paths["summary"], summary)
     atomic_write_csv(paths["table"], table)
@@ -499,5 +549,42 @@ def _write_outputs(out: Path, store: _Store, baseline, settings: dict, ckpt_info
     return {**paths, "frames": (results, summary, aggregates, table), "normalisation": normalisation}
 
 
-def config_dict(config: EvalConfig) -> dict:
-    return asdict(config)
+def _denominators(baseline, protocol: str, store: _Store, label: str) -> dict | None:
+    """corruption -> sum_s B(s, c) over the evaluated severities (the mCE denominators), or None."""
+    base = baseline.get(protocol) if isinstance(baseline, dict) else baseline
+    if base is None:
+        return None
+    severities: dict[str, list[int]] = {}
+    for ck, p, c, s in store.rows:
+        if ck == label and p == protocol and c != CLEAN:
+            severities.setdefault(c, []).append(s)
+    out = {}
+    for corruption, sev in severities.items():
+        errors = base.severity_errors(corruption, sorted(sev))
+        if errors is not None:
+            out[corruption] = float(sum(errors))
+    return out
+
+
+def difference_pairs(store: _Store) -> list[tuple[str, str]]:
+    """(reference, other): every later pretrained checkpoint against the first, and every pretrained
+    checkpoint against each floor and ceiling (the difference is pretrained minus floor)."""
+    kinds = dict((r["checkpoint"], r["kind"]) for r in store.rows.values())
+    pretrained = [k for k, v in kinds.items() if v == "pretrained"]
+    others = [k for k, v in kinds.items() if v != "pretrained"]
+    pairs = [(pretrained[0], b) for b in pretrained[1:]] if pretrained else []
+    return pairs + [(floor, ckpt) for ckpt in pretrained for floor in others]
+
+
+def _write_differences(out: Path, store: _Store, baseline, protocols) -> Path:
+    """differences.csv: paired bootstrap intervals and McNemar p-values for ``difference_pairs``."""
+    import pandas as pd
+
+    from fdbench.io import atomic_write_csv
+
+    frames = [differences(store.outcomes, a, b, protocol, denominators=_denominators(baseline, protocol, store, a))
+              for a, b in difference_pairs(store) for protocol in protocols]
+    path = out / "differences.csv"
+    frames = [f for f in frames if len(f)]
+    atomic_write_csv(path, pd.concat(frames, ignore_index=True) if frames else differences(store.outcomes, "", "", ""))
+    return path

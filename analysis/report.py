@@ -53,6 +53,8 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from analysis.paired import floor_headline, paired_findings, paired_tables
+
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json, atomic_write_text
 
@@ -672,8 +674,9 @@ def findings(labels: list[str], reference: str | None, headline: dict,
             if math.isnan(dc):
                 continue
             verdict = "about equal" if abs(dc) <= CLEAN_TOLERANCE_PP else ("higher" if dc > 0 else "lower")
-            parts.append(f"{protocol} probe: clean accuracy {dc:+.1f} pp ({verdict}, tolerance "
-                         f"{CLEAN_TOLERANCE_PP:g} pp), noise-group accuracy {dn:+.1f} pp "
+            # point estimates only: the statistically worded lines come from analysis.paired
+            parts.append(f"{protocol} probe: clean accuracy {dc:+.1f} pp ({verdict} by point estimate, tolerance "
+                         f"{CLEAN_TOLERANCE_PP:g} pp; not a test), noise-group accuracy {dn:+.1f} pp "
                          f"({'up' if dn > 0 else 'not up'}), blur-group {db:+.1f} pp, "
                          f"mCE vs {reference} {h[f'{protocol}_mCE_vs_ref_pct']:.1f}%")
         if not math.isnan(h["heatmap_centroid_frac"]) and not math.isnan(ref["heatmap_centroid_frac"]):
@@ -699,6 +702,12 @@ HEADLINE_ROWS = [
     ("final online kNN top-1 (%)", "final_knn_top1_pct", "{:.1f}"),
     ("clean top-1, linear (%)", "linear_clean_top1_pct", "{:.1f}"),
     ("clean top-1, kNN (%)", "knn_clean_top1_pct", "{:.1f}"),
+    ("  floor: pixels, linear (%)", "linear_pixels_floor_clean_top1_pct", "{:.1f}"),
+    ("  floor: pixels, kNN (%)", "knn_pixels_floor_clean_top1_pct", "{:.1f}"),
+    ("  floor: random-init, linear (%)", "linear_random_init_floor_clean_top1_pct", "{:.1f}"),
+    ("  floor: random-init, kNN (%)", "knn_random_init_floor_clean_top1_pct", "{:.1f}"),
+    ("  ceiling: supervised, linear (%)", "linear_ceiling_clean_top1_pct", "{:.1f}"),
+    ("  ceiling: supervised, kNN (%)", "knn_ceiling_clean_top1_pct", "{:.1f}"),
     ("mean corruption error, linear (%)", "linear_mean_corruption_error_pct", "{:.1f}"),
     ("mean corruption error, kNN (%)", "knn_mean_corruption_error_pct", "{:.1f}"),
     ("mCE vs reference, linear (%)", "linear_mCE_vs_ref_pct", "{:.1f}"),
@@ -908,7 +917,11 @@ def compare(runs: Sequence[str | Path], out: str | Path = "reports/compare", *, 
     t.update(extra_tables)
     report.missing = t["missing"]
     report.headline = headline_numbers(labels, t["cost"], t["robustness"], t["frequency"])
-    report.findings = findings(labels, ref, report.headline, _chance_pct(freq))
+    paired = paired_tables(labels, ref, eval_sources)
+    t.update(paired)
+    floor_headline(report.headline, paired["floors"])
+    # the statistics first: a run that does not beat its floors makes the point-estimate lines moot
+    report.findings = paired_findings(labels, ref, paired) + findings(labels, ref, report.headline, _chance_pct(freq))
     t["headline"] = headline_frame(report.headline)
 
     for name, df in t.items():
@@ -1036,6 +1049,14 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
     if report.findings:
         d.heading("Findings")
         d.items(report.findings)
+    if not t["floors"].empty:
+        d.heading("Floors and paired differences")
+        d.text("Floors: the same probes on raw pixels and on the architecture at random initialisation, on the "
+               "same images and corrupted pixels. Intervals: paired bootstrap over val images (95%); p: McNemar's "
+               "exact test. A difference whose interval covers 0 is not distinguishable at this sample size.")
+        d.table("floors", t["floors"], "Clean top-1 of each run beside its floors (run minus floor)")
+    if not t["differences"].empty:
+        d.table("differences", t["differences"], "Each run minus the reference, per metric")
 
     d.heading("Cost")
     d.text("Wall-clock counts the training steps with their data loading (not the kNN evaluations or "

@@ -4,7 +4,9 @@ Steps (each one's outputs live under ``out``)::
 
     train-none         out/none/            fdbench pretrain --curriculum none
     train-two-stage    out/two-stage/       fdbench pretrain --curriculum two-stage (same preset)
-    eval-corruptions   out/evals/corruptions/   all 19 corruptions x 5 severities, linear + kNN probes
+    ceiling            out/ceiling/         fdbench ceiling out/none (supervised, the none run's budget)
+    eval-corruptions   out/evals/corruptions/   all 19 corruptions x 5 severities, linear + kNN probes,
+                                            with the pixels / random-init floors and the ceiling
     frequency          out/evals/frequency/     heat maps, band-pass curves, corruption spectra
     report             out/report/          fdbench compare (report.html, report.md, CSVs, figures)
 
@@ -38,7 +40,7 @@ from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_json
 
 CURRICULA = ("none", "two-stage")
-STEPS = ("train-none", "train-two-stage", "eval-corruptions", "frequency", "report")
+STEPS = ("train-none", "train-two-stage", "ceiling", "eval-corruptions", "frequency", "report")
 STATE_FILE = "demo.json"
 
 
@@ -195,6 +197,7 @@ def _settings(config: DemoConfig, cuda: bool) -> tuple[str, int | None, int]:
 
 def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | None = None) -> DemoResult:
     """Train both curricula, evaluate, analyse, compare; skip what is already done (see module doc)."""
+    from analysis.ceiling import CeilingConfig, train_ceiling
     from analysis.evaluate import EvalConfig, default_corrupt_fn, evaluate_corruptions
     from analysis.frequency import FrequencyConfig, run_frequency_analysis
     from analysis.metrics import parse_corruptions
@@ -233,16 +236,24 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
         run_step(log, f"train-{curriculum}", fp, [finals[curriculum], run_dir / "summary.json"],
                  lambda cfg=cfg: _train(train, cfg, announce), announce, records)
 
-    # 3. both checkpoints on every corruption and severity, both probes
+    # the supervised ceiling of the reference run's budget (same steps and batch, with labels)
+    ceiling_dir = out / "ceiling"
+    fp = fingerprint([finals["none"]], {"ceiling": 1, "seed": config.seed})
+    run_step(log, "ceiling", fp, [ceiling_dir / "ceiling.pt"],
+             lambda: train_ceiling(out / "none", ceiling_dir, CeilingConfig(seed=config.seed, device=config.device),
+                                   announce=announce), announce, records)
+
+    # 3. both checkpoints, the floors and the ceiling on every corruption and severity, both probes
     evals = out / "evals" / "corruptions"
     checkpoints = [finals[c] for c in CURRICULA]
     eval_config = EvalConfig(data=config.data, protocol=config.protocol, corruptions=config.corruptions,
                              severities=config.severities, batch_size=config.eval_batch_size,
-                             device=config.device, seed=config.seed)
-    fp = fingerprint(checkpoints, {"eval": _stable(asdict(eval_config))})
+                             device=config.device, seed=config.seed, ceiling=str(ceiling_dir / "ceiling.pt"))
+    fp = fingerprint([*checkpoints, ceiling_dir / "ceiling.pt"], {"eval": _stable(asdict(eval_config))})
 
     def evaluate():
-        shared = SharedCorruptions(default_corrupt_fn(), reuses=len(checkpoints) - 1)
+        # every encoder after the first asks for the same chunks: the other checkpoints, 2 floors, the ceiling
+        shared = SharedCorruptions(default_corrupt_fn(), reuses=len(checkpoints) - 1 + 2 + 1)
         report = evaluate_corruptions(checkpoints, evals, eval_config, corrupt_fn=shared, announce=announce)
         announce(f"[demo] eval-corruptions: {report.computed_cells} cell(s) computed, {report.skipped_cells} "
                  f"reused; corrupted chunks made {shared.misses}, reused {shared.hits}")

@@ -67,14 +67,22 @@ def test_demo_runs_every_step_and_writes_the_report(tiny_demo):
     for curriculum in ("none", "two-stage"):
         assert (out / curriculum / "final.pt").is_file() and (out / curriculum / "summary.json").is_file()
     results = pd.read_csv(out / "evals" / "corruptions" / "results.csv")
-    # 2 checkpoints x 2 probes x (clean + 2 corruptions x 2 severities)
-    assert len(results) == 2 * 2 * 5 and set(results["checkpoint"]) == {"none", "two-stage"}
+    # 2 checkpoints x 2 probes x (clean + 2 corruptions x 2 severities), beside 2 floors and the ceiling
+    pretrained = results[results["kind"] == "pretrained"]
+    assert len(pretrained) == 2 * 2 * 5 and set(pretrained["checkpoint"]) == {"none", "two-stage"}
+    assert dict(zip(results["checkpoint"], results["kind"])) == {
+        "none": "pretrained", "two-stage": "pretrained", "pixels": "floor", "random-init": "floor",
+        "ceiling": "ceiling"}
+    assert len(results) == 5 * 2 * 5
+    assert (out / "ceiling" / "ceiling.json").is_file()
     assert (out / "evals" / "frequency" / "summary.csv").is_file()
     assert result.report_html == out / "report" / "report.html" and result.report_html.is_file()
     head = result.report.headline
     assert set(head) == {"none", "two-stage"} and result.report.reference == "none"
     assert head["two-stage"]["flops_ratio_vs_ref"] > 1.2          # half the epochs at half resolution
     for run in head:
+        assert 0 <= head[run]["knn_pixels_floor_clean_top1_pct"] <= 100
+        assert 0 <= head[run]["linear_ceiling_clean_top1_pct"] <= 100
         assert 0 <= head[run]["linear_clean_top1_pct"] <= 100 and not math.isnan(head[run]["heatmap_mean_error_pct"])
     assert result.report.missing["status"].eq("partial").all()   # only 2 of the 15 common corruptions
     state = json.loads((out / "demo.json").read_text())

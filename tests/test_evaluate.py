@@ -44,7 +44,9 @@ def _identity(images, name, severity, generator=None):
 
 
 def _cfg(data, **kw):
-    base = dict(data=str(data), corruptions="gaussian_noise,fog", severities="1-2", device="cpu", batch_size=32)
+    # floors off: these tests count the checkpoints' own cells; the floors have tests of their own
+    base = dict(data=str(data), corruptions="gaussian_noise,fog", severities="1-2", device="cpu", batch_size=32,
+                floors=False)
     return EvalConfig(**{**base, **kw})
 
 
@@ -52,7 +54,7 @@ def test_identity_corruption_keeps_clean_accuracy_and_writes_every_output(tmp_pa
     ckpt = _checkpoint(tmp_path / "m.pt")
     report = evaluate_corruptions([ckpt], tmp_path / "out", _cfg(tiny_dataset), corrupt_fn=_identity)
     res = pd.read_csv(tmp_path / "out" / "results.csv")
-    assert list(res.columns) == ["checkpoint", "protocol", "corruption", "severity", "n", "top1", "top5"]
+    assert list(res.columns) == ["checkpoint", "kind", "protocol", "corruption", "severity", "n", "top1", "top5"]
     assert len(res) == 2 * (1 + 2 * 2) and set(res["n"]) == {40}
     for protocol, rows in res.groupby("protocol"):
         clean = rows[rows["corruption"] == "clean"]["top1"].item()
@@ -198,7 +200,7 @@ def test_cli_runs_the_real_corruptions_and_prints_the_table(tmp_path, tiny_datas
     pytest.importorskip("corruptions")
     ckpt = _checkpoint(tmp_path / "m.pt")
     code, out, err = _cli(["eval-corruptions", str(ckpt), "--data", str(tiny_dataset), "--corruptions",
-                           "gaussian_noise,contrast", "--severities", "5", "--device", "cpu",
+                           "gaussian_noise,contrast", "--severities", "5", "--device", "cpu", "--no-floors",
                            "--out", str(tmp_path / "ev")], capsys)
     assert code == 0, err
     assert "m:linear top1 %" in out and "gaussian_noise" in out and "contrast" in out
@@ -257,3 +259,76 @@ def test_corrupted_root_folder_is_read_instead_of_corrupting(tmp_path, tiny_data
     for protocol in ("linear", "knn"):
         assert res.loc[(protocol, "fog"), "top1"] == res.loc[(protocol, "clean"), "top1"]
         assert res.loc[(protocol, "fog"), "n"] == 40
+
+
+def test_per_image_outcomes_agree_with_results_and_survive_resume(tmp_path, tiny_dataset):
+    from analysis.outcomes import Outcomes
+
+    ckpt = _checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    evaluate_corruptions([ckpt], out, _cfg(tiny_dataset), corrupt_fn=Recorder())
+    res = pd.read_csv(out / "results.csv")
+    outcomes = Outcomes.load(out / "outcomes.npz")
+    assert len(outcomes.cells) == len(res)
+    for row in res.itertuples():
+        correct = outcomes.get((row.checkpoint, row.protocol, row.corruption, int(row.severity)))
+        assert len(correct) == row.n and correct.mean() == pytest.approx(row.top1)
+    # results.csv rows whose outcomes are missing are recomputed (and only those)
+    del outcomes.cells[("m", "knn", "fog", 2)], outcomes.cells[("m", "linear", "fog", 2)]
+    outcomes.save(out / "outcomes.npz")
+    rec = Recorder()
+    report = evaluate_corruptions([ckpt], out, _cfg(tiny_dataset), corrupt_fn=rec)
+    assert {(n, s) for n, s, _, _ in rec.calls} == {("fog", 2)} and report.computed_cells == 1
+    assert len(Outcomes.load(out / "outcomes.npz").cells) == len(res)
+
+
+def test_floors_see_the_same_corrupted_pixels_are_kinds_in_results_and_resume(tmp_path, tiny_dataset):
+    import torch.nn.functional as F
+
+    from fdbench.data import load_split_tensor
+
+    ckpt = _checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "out"
+    rec = Recorder()
+    evaluate_corruptions([ckpt], out, _cfg(tiny_dataset, floors=True), corrupt_fn=rec)
+    res = pd.read_csv(out / "results.csv")
+    assert dict(zip(res["checkpoint"], res["kind"])) == {"m": "pretrained", "pixels": "floor",
+                                                         "random-init": "floor"}
+    assert len(res) == 3 * 2 * (1 + 2 * 2)
+    # every encoder got the identical corrupted batch of each (corruption, severity, chunk seed)
+    seen: dict = {}
+    for name, severity, seed, images in rec.calls:
+        seen.setdefault((name, severity, seed), []).append(images)
+    assert len(seen) == 4 * 2 and all(len(v) == 3 for v in seen.values())     # 40 images: 2 chunks per cell
+    assert all(torch.equal(v[0], w) for v in seen.values() for w in v[1:])
+    summary = pd.read_csv(out / "summary.csv")
+    assert set(summary.query("checkpoint == 'pixels'")["kind"]) == {"floor"}
+    # the pixels floor's clean kNN accuracy, computed here from its definition
+    xtr, ytr, _ = load_split_tensor(str(tiny_dataset), "train", 32, resize=32)
+    xva, yva, _ = load_split_tensor(str(tiny_dataset), "val", 32, resize=32)
+
+    def pix(x):   # 32 px: 3 * 32 * 32 < 4096, no pooling; each image's mean removed
+        f = x.float().flatten(1) / 255.0
+        return F.normalize(f - f.mean(1, keepdim=True), dim=1)
+
+    sims, idx = (pix(xva) @ pix(xtr).T).topk(20, dim=1)
+    votes = torch.zeros(len(xva), 4).scatter_add_(1, ytr[idx], (sims / 0.07).exp())
+    expected = (votes.argmax(1) == yva).float().mean().item()
+    got = res.query("checkpoint == 'pixels' and protocol == 'knn' and corruption == 'clean'")["top1"].item()
+    assert got == pytest.approx(expected)
+    # differences.csv: the checkpoint against each floor
+    diffs = pd.read_csv(out / "differences.csv")
+    assert set(zip(diffs["reference"], diffs["checkpoint"])) == {("pixels", "m"), ("random-init", "m")}
+    # resume: nothing recomputed, the corruption function is never called again
+    rec = Recorder()
+    report = evaluate_corruptions([ckpt], out, _cfg(tiny_dataset, floors=True), corrupt_fn=rec)
+    assert report.computed_cells == 0 and report.skipped_cells == 3 * 5 and rec.calls == []
+
+
+def test_floor_pixel_factor_keeps_features_under_4k():
+    from analysis.floors import PixelEncoder
+
+    for size in (32, 36, 64, 96, 224):
+        enc = PixelEncoder(size)
+        assert enc(torch.zeros(2, 3, size, size, dtype=torch.uint8)).shape == (2, enc.dim) and enc.dim < 4096
+    assert PixelEncoder(32).factor == 1 and PixelEncoder(224).factor == 7     # 3 * 38^2 = 4332 at 6, 3072 at 7

@@ -428,3 +428,46 @@ def test_findings_warn_when_models_are_near_chance():
     ok = findings(["none", "two-stage"], "none", {"none": {**base, "linear_clean_top1_pct": 50.0},
                                                   "two-stage": strong}, chance_pct=10.0)
     assert len(ok) == 1 and "Caution" not in ok[0]
+
+
+def test_floors_and_paired_differences_lead_the_findings(fixture_runs, tmp_path):
+    """Per-image outcomes written by hand for the clean cells: none right on images 0-79, two-stage on
+    0-78, the pixels floor on 10-99, the random-init floor on 0-29 (100 val images)."""
+    import numpy as np
+    from scipy.stats import binomtest
+
+    from analysis.outcomes import Outcomes
+
+    root, runs, _ = fixture_runs
+    folder = root / "evals" / "corruptions"
+    results = pd.read_csv(folder / "results.csv")
+    results.insert(1, "kind", "pretrained")
+    idx = np.arange(100)
+    correct = {"none": idx < 80, "two-stage": idx < 79, "pixels": idx >= 10, "random-init": idx < 30}
+    extra, outcomes = [], Outcomes()
+    for label, right in correct.items():
+        for protocol in ("linear", "knn"):
+            outcomes.add((label, protocol, "clean", 0), right)
+            if label in ("pixels", "random-init"):
+                extra.append(dict(checkpoint=label, kind="floor", protocol=protocol, corruption="clean", severity=0,
+                                  n=100, top1=right.mean(), top5=1.0))
+    outcomes.save(folder / "outcomes.npz")
+    pd.concat([results, pd.DataFrame(extra)]).to_csv(folder / "results.csv", index=False)
+    rep = compare([runs["none"], runs["two-stage"]], tmp_path / "report", figures=False)
+
+    floors = csv(rep, "floors").set_index(["run", "floor", "protocol"])
+    row = floors.loc[("none", "pixels", "linear")]
+    assert row["floor_clean_top1_pct"] == pytest.approx(90.0) and row["difference_pp"] == pytest.approx(-10.0)
+    # none right & pixels wrong on images 0-9 (10), the reverse on 80-99 (20)
+    assert row["p_value"] == pytest.approx(binomtest(10, 30, 0.5).pvalue)
+    assert rep.headline["none"]["knn_pixels_floor_clean_top1_pct"] == pytest.approx(90.0)
+    assert rep.headline["none"]["linear_random_init_floor_clean_top1_pct"] == pytest.approx(30.0)
+    text = " ".join(rep.findings)
+    assert "**none** (linear probe) does not beat its best floor, **pixels**" in text
+    assert "robustness comparisons between such encoders are not meaningful" in text
+    diffs = csv(rep, "differences")
+    clean = diffs[(diffs["metric"] == "clean top-1") & (diffs["protocol"] == "knn")].iloc[0]
+    assert clean["difference"] == pytest.approx(-0.01) and clean["p_value"] == pytest.approx(1.0)
+    assert clean["verdict"] == "not distinguishable at this sample size (95% CI covers 0)"
+    assert "**two-stage** vs **none** (knn probe, paired over 100 images): clean top-1 -1.0 pp" in text
+    assert "floor: pixels" in rep.markdown.read_text()

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fdbench.cli.demo", "demo"),
     "pretrain": ("fdbench.cli.pretrain", "pretrain"),
     "eval-corruptions": ("fdbench.cli.evaluate", "eval_corruptions"),
+    "ceiling": ("fdbench.cli.ceiling", "ceiling"),
     "frequency-analysis": ("fdbench.cli.frequency", "frequency_analysis"),
     "compare": ("fdbench.cli.compare", "compare"),
     "make-corruptions": ("fdbench.cli.corruptions", "make_corruptions"),

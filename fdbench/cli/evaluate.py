@@ -30,12 +30,18 @@ from fdbench.cli.common import config_option, device_option, echo, out_option, s
               help="Features: class tokens of the last N blocks + patch-token mean (DINOv2 linear eval: 1 or 4).")
 @click.option("--workers", type=int, default=0, show_default=True, help="Image-decoding worker processes.")
 @click.option("--overwrite", is_flag=True, help="Discard results already in --out instead of resuming.")
+@click.option("--floors/--no-floors", default=True, show_default=True,
+              help="Also evaluate the floors: the probes on raw pixels and on the first checkpoint's "
+                   "architecture at random initialisation (same images, same corrupted pixels).")
+@click.option("--ceiling", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="A supervised checkpoint written by `fdbench ceiling`, evaluated beside the others "
+                   "with kind 'ceiling'.")
 @device_option
 @seed_option
 @out_option("evals/corruptions")
 @config_option
 def eval_corruptions(checkpoints, data, protocol, corruptions, severities, corrupted_root, baseline, batch_size,
-                     n_last_blocks, workers, overwrite, device, seed, out):
+                     n_last_blocks, workers, overwrite, floors, ceiling, device, seed, out):
     """Accuracy of frozen backbones on clean and corrupted images (linear / kNN probes), CE and mCE.
 
     Finished (checkpoint, protocol, corruption, severity) cells in --out are kept: re-running the same
@@ -46,10 +52,11 @@ def eval_corruptions(checkpoints, data, protocol, corruptions, severities, corru
     config = EvalConfig(data=data, protocol=protocol, corruptions=corruptions, severities=severities,
                         corrupted_root=str(corrupted_root) if corrupted_root else None, baseline=baseline,
                         batch_size=batch_size, device=device, seed=seed, n_last_blocks=n_last_blocks,
-                        workers=workers, overwrite=overwrite)
+                        workers=workers, overwrite=overwrite, floors=floors,
+                        ceiling=str(ceiling) if ceiling else None)
     report = evaluate_corruptions(list(checkpoints), out, config, announce=echo)
     echo(f"{report.computed_cells} cell(s) computed, {report.skipped_cells} reused; normalisation: "
          f"{report.normalisation}")
     click.echo(format_table(report.table))
     echo(f"wrote {report.files['results']}, {report.files['summary']}, {report.files['summary_json']}, "
-         f"{report.files['table']}")
+         f"{report.files['table']}, {report.files['outcomes']}, {report.files['differences']}")
