@@ -42,6 +42,7 @@ import torch
 import torch.distributed as dist
 
 from fdbench.checkpoint import read_checkpoint, save_checkpoint
+from fdbench.lock import lock_folder
 from fdbench.config import save_yaml
 from fdbench.data import open_dataset, resolve_root
 from fdbench.device import resolve_device, seed_everything
@@ -426,9 +427,14 @@ def train(cfg: PretrainConfig, *, resume: bool = False, log: Callable[[str], Non
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     d = setup_distributed(cfg.run.device)
+    lock = None
     try:
+        if d.main:   # one writer per run folder; a second pretrain (or its start-up clean-up) is refused
+            lock = lock_folder(Path(cfg.run.out or Path("runs") / cfg.run_name), "pretrain")
         return _train(cfg, d, resume, log if (log and d.main) else (lambda message: None))
     finally:
+        if lock is not None:
+            lock.release()
         if d.owns_group:
             dist.destroy_process_group()
 

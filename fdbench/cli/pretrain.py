@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fdbench.cli.common import config_option, echo
+from fdbench.cli.common import absolute_data, config_option, echo
 
 
 def _preset_names() -> list[str]:
@@ -81,6 +81,7 @@ def pretrain(curriculum, preset, resume, **options):
     from pretrain.config import build_config
     from pretrain.engine import train
 
+    options["data"] = absolute_data(options.get("data"))   # stored resolved: resumes/evals from any folder
     cfg = build_config(None if preset == "auto" else preset, curriculum=curriculum, **options)
     echo(f"pretrain: curriculum {cfg.curriculum.name}, preset {cfg.preset}, {cfg.model.arch}/{cfg.model.patch_size}, "
          f"{cfg.run.epochs} epochs, batch {cfg.run.batch_size}, data {cfg.data.root or 'embedded synthetic'}")
