@@ -282,7 +282,7 @@ def validate(cfg: PretrainConfig) -> None:
         (math.isfinite(cfg.optim.warmup_epochs) and cfg.optim.warmup_epochs >= 0,
          f"--warmup-epochs must be a finite number >= 0 (got {cfg.optim.warmup_epochs})"),
         (math.isfinite(cfg.optim.base_lr) and cfg.optim.base_lr > 0,
-         f"--base-lr must be a finite positive number (got {cfg.optim.base_lr})"),
+         f"--lr must be a finite positive number (got {cfg.optim.base_lr})"),
         (cfg.run.save_every_steps >= 0, f"--save-every-steps must be 0 (off) or more (got {cfg.run.save_every_steps})"),
         (cfg.run.keep_every_epochs >= 0, f"--keep-every-epochs must be 0 (off) or more (got {cfg.run.keep_every_epochs})"),
         (cfg.run.stop_after_steps >= 0, f"--stop-after-steps must be 0 (off) or more (got {cfg.run.stop_after_steps})"),
@@ -299,7 +299,7 @@ def validate(cfg: PretrainConfig) -> None:
     if cfg.curriculum.name == "none" and cfg.curriculum.stage1_fraction != CurriculumConfig.stage1_fraction:
         print(f"warning: --stage1-fraction {cfg.curriculum.stage1_fraction} has no effect with --curriculum none",
               file=sys.stderr)
-    if cfg.curriculum.name == "two-stage" and int(cfg.run.epochs * cfg.curriculum.stage1_fraction) >= cfg.run.epochs:
+    if cfg.curriculum.name == "two-stage" and cfg.run.epochs < 2:
         print(f"warning: with --epochs {cfg.run.epochs} the two-stage curriculum never reaches its full-resolution "
               f"stage; use more epochs", file=sys.stderr)
 
