@@ -2,16 +2,19 @@
 
 ``fcntl.flock`` locks belong to the open file, so the kernel drops them when the process exits or
 is killed (kill -9 included): a dead holder's lock is reclaimed by the next command without any
-staleness guess. The file keeps the holder's PID and command so a refused second writer can say
+staleness guess. A clean exit removes the file; the file keeps the holder's PID and command so a refused second writer can say
 who holds the folder. Locks are re-entrant within one process (the demo runs commands in-process).
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import fcntl
 import os
 from pathlib import Path
+
+import click
 
 from fdbench.errors import FdbenchError
 
@@ -21,16 +24,21 @@ _held: dict[str, list] = {}   # resolved folder -> [fd, depth]
 
 class FolderLock:
     def __init__(self, key: str):
-        self.key = key
+        self.key, self.released = key, False
 
     def release(self) -> None:
         entry = _held.get(self.key)
-        if entry is None:
+        if entry is None or self.released:
             return
+        self.released = True
         entry[1] -= 1
         if entry[1] <= 0:
             _held.pop(self.key, None)
             try:
+                # removed while still held, so no other process can be holding this inode; a
+                # killed process leaves the file behind, unlocked, and the next command reuses it
+                with contextlib.suppress(OSError):
+                    os.unlink(self.key)
                 fcntl.flock(entry[0], fcntl.LOCK_UN)
             finally:
                 os.close(entry[0])
@@ -57,23 +65,39 @@ def lock_folder(folder: str | os.PathLike, command: str, *, name: str = LOCK_NAM
     key = str(folder.resolve() / name)
     if key in _held:
         _held[key][1] += 1
-        return FolderLock(key)
+        return _until_command_ends(FolderLock(key))
     path = Path(key)
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:
-        raise FdbenchError(f"cannot write to output folder {folder}: {err.strerror}") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = _read_holder(fd)
+    while True:
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:
+            raise FdbenchError(f"cannot write to output folder {folder}: {err.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise FdbenchError(f"{folder} is in use by another fdbench process ({holder}); wait for it to "
+                               f"finish or use another output folder") from None
+        # the holder we waited on may have removed the file on release: lock the file now at `path`
+        try:
+            if os.fstat(fd).st_ino == os.stat(path).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         os.close(fd)
-        raise FdbenchError(f"{folder} is in use by another fdbench process ({holder}); wait for it to "
-                           f"finish or use another output folder") from None
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
     _held[key] = [fd, 1]
-    return FolderLock(key)
+    return _until_command_ends(FolderLock(key))
+
+
+def _until_command_ends(lock: FolderLock) -> FolderLock:
+    # inside a CLI command the lock ends with the command (in-process callers run several)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None:
+        ctx.call_on_close(lock.release)
+    return lock
 
 
 def _read_holder(fd: int) -> str:
