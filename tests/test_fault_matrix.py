@@ -54,6 +54,14 @@ def _dataset_at(tmp: Path) -> None:
                            workers=1)
 
 
+def _clash_source(tmp: Path) -> None:
+    from PIL import Image
+
+    (tmp / "src" / "a").mkdir(parents=True)
+    for ext in ("png", "tif"):
+        Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp / "src" / "a" / f"x.{ext}")
+
+
 CASES: list[tuple[str, list[str], list[str], object]] = [
     # ---- make-dataset
     ("md-overwrite-user-folder", ["make-dataset", "--out", "{tmp}/user", "--overwrite"], ["not an fdbench", "dataset.json"], _user_folder),
@@ -164,6 +172,7 @@ CASES: list[tuple[str, list[str], list[str], object]] = [
     ("mc-batch-0", MC + ["--batch-size", "0"], ["batch size"], None),
     ("mc-format", MC + ["--format", "gif"], ["gif"], None),
     ("mc-backend", MC + ["--backend", "jax"], ["jax"], None),
+    ("mc-name-clash", ["make-corruptions", "{tmp}/src", "{tmp}/c", "--device", "cpu"], ["both be written", "x.jpg"], _clash_source),
     ("mc-yaml-float-batch", MC + ["--config", "{tmp}/c.yaml"], ["whole number"], _yaml("batch-size: 3.5\n")),
     # ---- corruption-fidelity
     ("cf-size-16", ["corruption-fidelity", "--size", "16", "--out", "{tmp}/fid"], ["--size"], None),
@@ -215,3 +224,234 @@ def test_bad_input_is_one_line_exit_2(name, argv, words, setup, tmp_path, matrix
     after = _snapshot(tmp_path, matrix_data)
     assert {k: after.get(k) for k in before} == before, "files that existed before were changed or deleted"
     assert not [p for p in after if p not in before and p.endswith(".tmp")], "a temp file was left behind"
+
+
+# ---------------------------------------------------------------- item tests beyond the table
+
+def _run(argv, capsys):
+    with pytest.raises(SystemExit) as info:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return info.value.code, out, err
+
+
+def _marker(path: Path) -> dict:
+    import json
+
+    return json.loads((path / "dataset.json").read_text())
+
+
+SMALL = ["--classes", "2", "--train-per-class", "1", "--val-per-class", "1", "--size", "32"]
+
+
+def test_make_dataset_overwrite_replaces_only_when_the_new_one_is_complete(tmp_path, capsys, monkeypatch):
+    import fdbench.synthetic as synthetic
+
+    out = tmp_path / "ds"
+    assert _run(["make-dataset", "--out", out, *SMALL], capsys)[0] == 0
+    old = _snapshot(out)
+    # an overwrite that dies half-way (here: the third class folder fails) keeps the old dataset
+    calls = []
+
+    def dying(job):
+        calls.append(job)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(job)
+
+    real = synthetic._render_split_class
+    monkeypatch.setattr(synthetic, "_render_split_class", dying)
+    with pytest.raises(KeyboardInterrupt):   # the same path the CLI takes, in one process
+        synthetic.make_synthetic_dataset(out, synthetic.SyntheticSpec(classes=2, train_per_class=2, val_per_class=1,
+                                                                      size=32), workers=1, overwrite=True)
+    assert _snapshot(out) == old
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]   # no temp or .old folder left behind
+    monkeypatch.setattr(synthetic, "_render_split_class", real)
+    # a complete overwrite swaps the new one in
+    code, _, err = _run(["make-dataset", "--out", out, "--classes", "3", "--train-per-class", "1",
+                         "--val-per-class", "1", "--size", "32", "--overwrite"], capsys)
+    assert code == 0 and "wrote" in err and _marker(out)["classes"] == 3
+    assert len(list((out / "train").iterdir())) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
+    assert oct(out.stat().st_mode & 0o777) != oct(0o700)
+
+
+def test_make_dataset_same_dataset_is_kept_and_says_so(tmp_path, capsys):
+    out = tmp_path / "ds"
+    assert _run(["make-dataset", "--out", out, *SMALL], capsys)[0] == 0
+    before = _snapshot(out)
+    code, _, err = _run(["make-dataset", "--out", out, *SMALL], capsys)
+    assert code == 0 and "kept the existing" in err and _snapshot(out) == before
+
+
+def test_relative_data_is_stored_absolute(tmp_path, monkeypatch, capsys, matrix_data):
+    import pretrain.engine as engine
+
+    seen = {}
+
+    def fake_train(cfg, **kwargs):
+        seen["root"] = cfg.data.root
+        raise engine.FdbenchError("stopped before training")
+
+    monkeypatch.setattr(engine, "train", fake_train)
+    monkeypatch.chdir(matrix_data.parent)
+    code, _, _ = _run(["pretrain", "--data", matrix_data.name, "--out", tmp_path / "run", "--device", "cpu"], capsys)
+    assert code == 2 and seen["root"] == str(matrix_data.resolve())
+    from fdbench.cli.common import absolute_data
+
+    assert absolute_data(f"cifar10:{matrix_data.name}") == f"cifar10:{matrix_data.resolve()}"
+    assert absolute_data(None) is None
+
+
+# ---------------------------------------------------------------- subprocess cases: locks, kill -9, disk
+
+ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+HOLD = ("import sys, time; from fdbench.lock import lock_folder; lock_folder(sys.argv[1], 'test-holder', "
+        "name=sys.argv[2]); print('held', flush=True); time.sleep(120)")
+
+
+def _holder(folder: Path, name: str = ".fdbench.lock") -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), name], env=ENV, stdout=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+@pytest.mark.parametrize("command", ["pretrain", "eval-corruptions", "frequency-analysis", "compare",
+                                     "make-corruptions", "make-dataset"])
+def test_second_writer_is_refused_and_a_killed_holders_lock_is_reclaimed(command, tmp_path, capsys, matrix_data):
+    out = tmp_path / "out"
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    argv = {"pretrain": ["pretrain", "--data", matrix_data, "--out", out, "--device", "cpu", "--batch-size", "4"],
+            "eval-corruptions": ["eval-corruptions", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
+            "frequency-analysis": ["frequency-analysis", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
+            "compare": ["compare", tmp_path / "junk.pt", "--out", out],
+            "make-corruptions": ["make-corruptions", matrix_data / "val", out, "--device", "cpu"],
+            "make-dataset": ["make-dataset", "--out", out, *SMALL]}[command]
+    if command == "make-dataset":
+        holder = _holder(tmp_path, ".out.fdbench.lock")
+    else:
+        out.mkdir()
+        (out / "checkpoints").mkdir()
+        # an in-flight atomic write of the holder: the refused command's start-up clean-up must not touch it
+        (out / "checkpoints" / ".last.pt.abc123.tmp").write_bytes(b"in flight")
+        holder = _holder(out)
+    try:
+        before = _snapshot(tmp_path)
+        code, _, err = _run(argv, capsys)
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and "Traceback" not in err, err
+        assert "in use by another fdbench process" in err and f"PID {holder.pid}" in err and "test-holder" in err
+        assert _snapshot(tmp_path) == before
+    finally:
+        holder.kill()   # SIGKILL: no clean-up runs, the kernel drops the flock
+        holder.wait()
+    from fdbench.lock import lock_folder
+
+    folder, name = (tmp_path, ".out.fdbench.lock") if command == "make-dataset" else (out, ".fdbench.lock")
+    with lock_folder(folder, "after-kill", name=name):
+        assert (folder / name).read_text().split()[0] == str(os.getpid())
+    assert not (folder / name).exists()
+
+
+@pytest.mark.slow
+def test_two_pretrain_processes_on_one_folder(tmp_path, matrix_data):
+    """Two real processes with different recipes: the second is refused while the first trains."""
+    args = [sys.executable, "-m", "fdbench", "pretrain", "--data", str(matrix_data), "--out", str(tmp_path / "run"),
+            "--device", "cpu", "--batch-size", "4", "--epochs", "500", "--threads", "1"]
+    first = subprocess.Popen(args + ["--curriculum", "none"], env=ENV, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "run" / "config.yaml").exists() and time.time() < deadline and first.poll() is None:
+            time.sleep(0.05)
+        config_before = (tmp_path / "run" / "config.yaml").read_bytes()
+        second = subprocess.run(args + ["--curriculum", "two-stage"], env=ENV, capture_output=True, text=True,
+                                timeout=120)
+        assert first.poll() is None, "the first run ended before the second started; the test proves nothing"
+    finally:
+        first.kill()
+        first.wait()
+    assert second.returncode == 2 and "Traceback" not in second.stderr, second.stderr
+    assert f"PID {first.pid}, pretrain" in second.stderr.splitlines()[-1]
+    assert (tmp_path / "run" / "config.yaml").read_bytes() == config_before
+
+
+@pytest.mark.slow
+def test_kill_9_during_make_corruptions_then_resume_is_byte_identical(tmp_path, matrix_data):
+    args = [sys.executable, "-m", "fdbench", "make-corruptions", str(matrix_data / "train"), "OUT", "--device", "cpu",
+            "--corruptions", "gaussian_noise,contrast", "--batch-size", "1", "--workers", "0",
+            "--no-resize"]
+    reference = tmp_path / "ref"
+    subprocess.run([reference if a == "OUT" else a for a in args], env=ENV, check=True, capture_output=True,
+                   timeout=300)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([out if a == "OUT" else a for a in args], env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(list(out.rglob("*.jpg"))) < 5:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    partial = len(list(out.rglob("*.jpg")))
+    resumed = subprocess.run([out if a == "OUT" else a for a in args], env=ENV, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    ref, got = _snapshot(reference), _snapshot(out)
+    assert {Path(k).relative_to(reference).as_posix(): v for k, v in ref.items()} == \
+        {Path(k).relative_to(out).as_posix(): v for k, v in got.items()}
+    assert 0 < partial or proc.returncode is not None
+
+
+@pytest.fixture
+def tiny_mount(tmp_path):
+    """A 1 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+    def mount(options: str) -> Path:
+        where = tmp_path / f"mnt-{options.replace(',', '-')}"
+        where.mkdir()
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(where)
+        return where
+
+    mounted: list[Path] = []
+    yield mount
+    for where in mounted:
+        subprocess.run(["umount", "-l", str(where)], capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="no mount command")
+@pytest.mark.parametrize("command", ["make-dataset", "make-corruptions", "pretrain"])
+def test_full_disk_is_one_line_exit_2_and_keeps_earlier_files(command, tiny_mount, matrix_data):
+    disk = tiny_mount("size=1m")
+    (disk / "earlier.txt").write_text("kept\n")
+    argv = {"make-dataset": ["make-dataset", "--out", disk / "ds", "--classes", "4", "--train-per-class", "200",
+                             "--val-per-class", "1", "--size", "64"],
+            "make-corruptions": ["make-corruptions", matrix_data / "train", disk / "c", "--device", "cpu",
+                                 "--format", "png", "--corruptions", "gaussian_noise,shot_noise,impulse_noise"],
+            "pretrain": ["pretrain", "--data", matrix_data, "--out", disk / "run", "--device", "cpu",
+                         "--batch-size", "4", "--epochs", "1", "--curriculum", "none", "--threads", "1"]}[command]
+    done = subprocess.run([sys.executable, "-m", "fdbench", *map(str, argv)], env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr and "No space left on device" in done.stderr.splitlines()[-1]
+    assert (disk / "earlier.txt").read_text() == "kept\n"
+    assert not [p for p in disk.rglob("*.tmp")], "a temp file was left on the full disk"
+    if command == "make-corruptions":   # nothing torn under a final name: every image decodes
+        from PIL import Image
+
+        for png in disk.rglob("*.png"):
+            Image.open(png).load()
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="no mount command")
+@pytest.mark.parametrize("command", ["make-dataset", "make-corruptions"])
+def test_read_only_output_is_one_line_exit_2(command, tiny_mount, matrix_data, tmp_path):
+    disk = tiny_mount("size=1m,ro")
+    argv = {"make-dataset": ["make-dataset", "--out", disk / "ds", *SMALL],
+            "make-corruptions": ["make-corruptions", matrix_data / "val", disk / "c", "--device", "cpu"]}[command]
+    done = subprocess.run([sys.executable, "-m", "fdbench", *map(str, argv)], env=ENV, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.count("\n") == 1 and "Read-only file system" in done.stderr

@@ -86,6 +86,9 @@ def make_corruptions(src, out, corruptions, severities, backend, params, batch_s
         click.echo(str(paths[0]))
         return
     lock_folder(out, "make-corruptions")   # one writer per OUT; released at exit or when killed
+    # temp files of writes a kill -9 interrupted: ours to remove only now that OUT is locked
+    for stale in out.rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     summary = write_corruptions(src, out, cfg)
     echo(f"{summary.images} source images x {len(cfg.corruptions)} corruptions x {len(cfg.severities)} "
          f"severities: wrote {summary.written}, skipped {summary.skipped} already done "
