@@ -62,6 +62,31 @@ def _clash_source(tmp: Path) -> None:
         Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp / "src" / "a" / f"x.{ext}")
 
 
+def _odd_checkpoints(tmp: Path) -> None:
+    import torch
+    from safetensors.torch import save
+
+    torch.save({"format": "fdbench/1", "kind": "backbone", "teacher_backbone": {}}, tmp / "nomodel.pt")
+    torch.save({"format": "fdbench/1", "kind": "backbone", "model": "vit_small", "teacher_backbone": {}},
+               tmp / "strmodel.pt")
+    torch.save({"format": "fdbench/1", "kind": "backbone", "model": {"arch": "vit_nano", "patch_size": 8},
+                "teacher_backbone": {"x": torch.zeros(1)}}, tmp / "wrongkeys.pt")
+    (tmp / "badmeta.safetensors").write_bytes(save({"w": torch.zeros(2)}, metadata={"fdbench": "{not json"}))
+    (tmp / "nometa.safetensors").write_bytes(save({"w": torch.zeros(2)}))
+    (tmp / "garbage.safetensors").write_bytes(b"\x00" * 64)
+    torch.save({"cls_token": torch.zeros(1, 1, 384), "pos_embed": torch.zeros(1, 257, 384),
+                "patch_embed.proj.weight": torch.zeros(384, 3, 14, 14),
+                **{f"blocks.{i}.norm1.weight": torch.zeros(384) for i in range(12)}}, tmp / "dinov2_nomlp.pth")
+    torch.save([1, 2, 3], tmp / "list.pt")
+
+
+def _bad_images(tmp: Path) -> None:
+    (tmp / "imgs").mkdir()
+    (tmp / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
+    (tmp / "results.csv").write_text("checkpoint,protocol,corruption,severity,top1\nx,knn,gaussian_noise,three,abc\n")
+    (tmp / "junk.pt").write_bytes(b"junk")
+
+
 CASES: list[tuple[str, list[str], list[str], object]] = [
     # ---- make-dataset
     ("md-overwrite-user-folder", ["make-dataset", "--out", "{tmp}/user", "--overwrite"], ["not an fdbench", "dataset.json"], _user_folder),
@@ -183,6 +208,20 @@ CASES: list[tuple[str, list[str], list[str], object]] = [
     ("ex-missing", ["export", "{tmp}/nope.pt", "--out", "{tmp}/b.safetensors"], ["not found"], None),
     ("ex-junk", ["export", "{tmp}/junk.pt", "--out", "{tmp}/b.safetensors"], ["junk.pt"], _junk_ckpt),
     ("ex-no-out", ["export", "{tmp}/junk.pt"], ["--out"], _junk_ckpt),
+    # ---- damaged or odd checkpoints (export and eval load them the same way)
+    ("ck-no-model", ["export", "{tmp}/nomodel.pt", "--out", "{tmp}/b.safetensors"], ["nomodel.pt", "model"], _odd_checkpoints),
+    ("ck-model-string", ["export", "{tmp}/strmodel.pt", "--out", "{tmp}/b.safetensors"], ["strmodel.pt"], _odd_checkpoints),
+    ("ck-wrong-keys", ["export", "{tmp}/wrongkeys.pt", "--out", "{tmp}/b.safetensors"], ["does not match"], _odd_checkpoints),
+    ("ck-safetensors-bad-json", ["export", "{tmp}/badmeta.safetensors", "--out", "{tmp}/b.safetensors"], ["badmeta.safetensors"], _odd_checkpoints),
+    ("ck-safetensors-no-meta", ["export", "{tmp}/nometa.safetensors", "--out", "{tmp}/b.safetensors"], ["no fdbench config"], _odd_checkpoints),
+    ("ck-safetensors-garbage", ["export", "{tmp}/garbage.safetensors", "--out", "{tmp}/b.safetensors"], ["garbage.safetensors"], _odd_checkpoints),
+    ("ck-dinov2-missing-mlp", ["export", "{tmp}/dinov2_nomlp.pth", "--out", "{tmp}/b.safetensors"], ["dinov2_nomlp.pth"], _odd_checkpoints),
+    ("ck-list", ["export", "{tmp}/list.pt", "--out", "{tmp}/b.safetensors"], ["list.pt"], _odd_checkpoints),
+    ("ck-eval-no-model", ["eval-corruptions", "{tmp}/nomodel.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"], ["nomodel.pt"], _odd_checkpoints),
+    ("ck-eval-string-model", ["eval-corruptions", "{tmp}/strmodel.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"], ["strmodel.pt"], _odd_checkpoints),
+    ("ck-freq-bad-json", ["frequency-analysis", "{tmp}/badmeta.safetensors", "--data", "{data}", "--out", "{tmp}/fq", "--device", "cpu"], ["badmeta.safetensors"], _odd_checkpoints),
+    ("cmp-any-file-as-ckpt", ["compare", "{tmp}/results.csv", "--out", "{tmp}/rep"], ["neither a run folder"], _bad_images),
+    ("cf-unreadable-image", ["corruption-fidelity", "--images", "{tmp}/imgs", "--out", "{tmp}/fid", "--size", "32", "--corruptions", "gaussian_noise", "--device", "cpu"], ["broken.png"], _bad_images),
     # ---- top level
     ("cli-unknown-command", ["train-everything"], ["train-everything"], None),
 ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from PIL import UnidentifiedImageError
 
 from fdbench.cli.common import config_option, device_option, echo, seed_option
 from fdbench.errors import FdbenchError
@@ -125,7 +126,10 @@ def corruption_fidelity(images, out, count, size, corruptions, severities, repea
     if count is not None and count < 1:
         raise FdbenchError(f"--count must be at least 1, got {count}")
     dev = resolve_device(device)
-    imgs = load_images(images, size, count) if images is not None else default_images(size, count)
+    try:
+        imgs = load_images(images, size, count) if images is not None else default_images(size, count)
+    except UnidentifiedImageError as err:   # one damaged file in --images: name it
+        raise FdbenchError(f"cannot read an image in --images: {err}") from None
     path, frame = write_fidelity(out, imgs, corruptions=names(corruptions), severities=parse_severities(severities),
                                  repeats=repeats, seed=seed, device=dev)
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_columns", 30):
