@@ -197,6 +197,7 @@ def write_corruptions(src: str | Path, out: str | Path, cfg: WriterConfig | None
     device = torch.device(cfg.device)
     nb = (len(files) + cfg.batch_size - 1) // cfg.batch_size
     jobs = [(n, s) for n in names for s in cfg.severities]
+    _check_name_clashes(files, cfg.format)
     rows: list[str] = []
     targets = {}
     for n, s in jobs:
@@ -248,6 +249,17 @@ def write_corruptions(src: str | Path, out: str | Path, cfg: WriterConfig | None
     atomic_write_text(manifest, "file,corruption,severity,seed,source\n" + "\n".join(rows) + "\n")
     return WriteSummary(out=out, images=len(files), written=written, skipped=skipped, seconds=seconds,
                         manifest=manifest)
+
+
+def _check_name_clashes(files: list[tuple[Path, str]], fmt: str) -> None:
+    """``x.png`` and ``x.tif`` in one class would both become ``x.jpg``: one image silently lost."""
+    seen: dict[tuple[str, str], Path] = {}
+    for path, cls in files:
+        key = (cls, output_name(path, fmt))
+        if key in seen:
+            raise FdbenchError(f"{seen[key]} and {path} would both be written as {cls}/{output_name(path, fmt)}; "
+                               f"rename one of them")
+        seen[key] = path
 
 
 def _csv_field(text: str) -> str:

@@ -100,20 +100,28 @@ def _torch_load(path: Path, map_location) -> Any:
 def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedBackbone:
     """Load a backbone from any accepted file kind, in eval mode."""
     path = _existing(path)
-    if path.suffix == ".safetensors":
-        loaded = _load_safetensors(path)
-    else:
-        state = _torch_load(path, "cpu")
-        if isinstance(state, dict) and state.get("format") == FORMAT:
-            loaded = _load_fdbench(state)
-        elif isinstance(state, dict) and _looks_like_dinov2(state):
-            loaded = _load_dinov2_official(state)
-        else:
-            raise FdbenchError(f"{path} holds neither an fdbench checkpoint nor a DINOv2 backbone; "
-                               f"expected {EXPECTED}")
+    try:
+        loaded = _load_any(path)
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        # a file of the right kind with missing or mistyped entries (no `model`, `model` a string,
+        # metadata that is not JSON, an official .pth missing a key): name it instead of a traceback
+        detail = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0][:160] if str(err) else ""
+        raise FdbenchError(f"{path} is damaged or incomplete ({detail or type(err).__name__}); "
+                           f"expected {EXPECTED}") from None
     loaded.model.to(map_location).eval()
     loaded.meta.setdefault("path", str(path))
     return loaded
+
+
+def _load_any(path: Path) -> LoadedBackbone:
+    if path.suffix == ".safetensors":
+        return _load_safetensors(path)
+    state = _torch_load(path, "cpu")
+    if isinstance(state, dict) and state.get("format") == FORMAT:
+        return _load_fdbench(state)
+    if isinstance(state, dict) and _looks_like_dinov2(state):
+        return _load_dinov2_official(state)
+    raise FdbenchError(f"{path} holds neither an fdbench checkpoint nor a DINOv2 backbone; expected {EXPECTED}")
 
 
 def _load_fdbench(state: dict) -> LoadedBackbone:

@@ -79,7 +79,32 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     import torch
 
     with atomic_open(path, "wb") as fh:
-        torch.save(obj, fh)
+        sink = _RecordingWriter(fh)
+        try:
+            torch.save(obj, sink)
+        except RuntimeError:
+            # torch's zip writer turns a failed write (ENOSPC, EIO) into an opaque RuntimeError;
+            # raise the OS error itself so the CLI can name it in one line
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+
+
+class _RecordingWriter:
+    """A write-only file wrapper that remembers the first OSError raised by ``write``."""
+
+    def __init__(self, fh):
+        self._fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as err:
+            self.error = self.error or err
+            raise
+
+    def flush(self) -> None:
+        self._fh.flush()
 
 
 def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",

@@ -19,6 +19,7 @@ and PNGs are written with fixed compression settings.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -155,19 +156,23 @@ def make_synthetic_dataset(out: str | Path, spec: SyntheticSpec = SyntheticSpec(
     """
     if not 2 <= spec.classes <= len(CLASS_NAMES):
         raise FdbenchError(f"--classes must be between 2 and {len(CLASS_NAMES)}, got {spec.classes}")
-    if spec.size < 32:
-        raise FdbenchError(f"--size must be at least 32 px, got {spec.size}")
+    if not 32 <= spec.size <= 1024:
+        raise FdbenchError(f"--size must be between 32 and 1024 px, got {spec.size}")
     if spec.train_per_class < 1 or spec.val_per_class < 1:
         raise FdbenchError("--train-per-class and --val-per-class must be at least 1")
     out = Path(out)
-    if out.exists():
-        if not overwrite and (out / "dataset.json").exists():
-            return out
-        if any(out.iterdir()) and not overwrite:
-            raise FdbenchError(f"{out} exists and is not an fdbench synthetic dataset; choose another --out")
-        shutil.rmtree(out)
+    existing = _existing_dataset(out)
+    if existing is not None and not overwrite:
+        if existing != _marker(spec):
+            raise FdbenchError(f"{out} already holds a different synthetic dataset ({_describe(existing)}); "
+                               f"add --overwrite to replace it, or choose another --out")
+        return out
+    if existing is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
+        # never delete what fdbench did not write, --overwrite or not
+        raise FdbenchError(f"{out} exists and is not an fdbench synthetic dataset (no dataset.json marker); "
+                           f"refusing to write into or delete it: choose another --out")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         jobs = [(tmp, split, sid, c, n, spec)
                 for sid, (split, n) in enumerate((("train", spec.train_per_class), ("val", spec.val_per_class)))
@@ -179,13 +184,60 @@ def make_synthetic_dataset(out: str | Path, spec: SyntheticSpec = SyntheticSpec(
         else:
             for job in jobs:
                 _render_split_class(job)
-        atomic_write_json(tmp / "dataset.json", {"name": "fdbench-synthetic", "version": VERSION,
-                                                 **asdict(spec), "class_names": list(CLASS_NAMES[:spec.classes])})
-        _move_into_place(tmp, out)
+        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700 folders; a dataset should read like mkdir's
+        atomic_write_json(tmp / MARKER, _marker(spec))
+        if existing is not None or (out.is_dir() and not any(out.iterdir())):
+            _swap_into_place(tmp, out)
+        else:
+            _move_into_place(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+MARKER = "dataset.json"
+
+
+def _marker(spec: SyntheticSpec) -> dict:
+    return {"name": "fdbench-synthetic", "version": VERSION, **asdict(spec),
+            "class_names": list(CLASS_NAMES[:spec.classes])}
+
+
+def _describe(marker: dict) -> str:
+    keys = ("classes", "train_per_class", "val_per_class", "size", "seed", "version")
+    return ", ".join(f"{k.replace('_', '-')} {marker.get(k)}" for k in keys)
+
+
+def _existing_dataset(out: Path) -> dict | None:
+    """The marker of the fdbench dataset at ``out``, or None when ``out`` is not one."""
+    try:
+        marker = json.loads((out / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and marker.get("name") == "fdbench-synthetic" else None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    """Replace the old dataset only once the new one is complete: rename old aside, new in, drop old.
+
+    A kill between the two renames leaves the complete old dataset under ``.<name>.*.old`` beside
+    ``out`` (never nothing)."""
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.rmdir(old)
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _move_into_place(tmp: Path, out: Path) -> None:

@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
+import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -317,6 +319,51 @@ def validate(cfg: PretrainConfig) -> None:
     for ok, message in checks:
         if not ok:
             raise FdbenchError(message)
+    _validate_types(cfg)
+    more = [
+        (cfg.run.log_every >= 1, f"--log-every must be at least 1 (got {cfg.run.log_every})"),
+        (0.0 <= cfg.model.drop_path_rate < 1.0, f"--drop-path-rate must be in [0, 1) (got {cfg.model.drop_path_rate})"),
+        (math.isfinite(cfg.optim.warmup_epochs) and cfg.optim.warmup_epochs >= 0,
+         f"--warmup-epochs must be a finite number >= 0 (got {cfg.optim.warmup_epochs})"),
+        (math.isfinite(cfg.optim.base_lr) and cfg.optim.base_lr > 0,
+         f"--lr must be a finite positive number (got {cfg.optim.base_lr})"),
+        (cfg.run.save_every_steps >= 0, f"--save-every-steps must be 0 (off) or more (got {cfg.run.save_every_steps})"),
+        (cfg.run.keep_every_epochs >= 0, f"--keep-every-epochs must be 0 (off) or more (got {cfg.run.keep_every_epochs})"),
+        (cfg.run.stop_after_steps >= 0, f"--stop-after-steps must be 0 (off) or more (got {cfg.run.stop_after_steps})"),
+        (math.isfinite(cfg.run.save_every_minutes) and cfg.run.save_every_minutes > 0,
+         f"--save-every-minutes must be a finite positive number (got {cfg.run.save_every_minutes})"),
+        (cfg.crops.n_local == 0 or 0 < cfg.crops.local_size <= cfg.crops.global_size,
+         f"local crop size {cfg.crops.local_size} must be between 1 and the global crop size {cfg.crops.global_size}"),
+        (cfg.head.prototypes >= 1, f"--prototypes must be at least 1 (got {cfg.head.prototypes})"),
+    ]
+    for ok, message in more:
+        if not ok:
+            raise FdbenchError(message)
+    # legitimate but probably not meant: say so instead of passing silently
+    if cfg.curriculum.name == "none" and cfg.curriculum.stage1_fraction != CurriculumConfig.stage1_fraction:
+        print(f"warning: --stage1-fraction {cfg.curriculum.stage1_fraction} has no effect with --curriculum none",
+              file=sys.stderr)
+    if cfg.curriculum.name == "two-stage" and cfg.run.epochs < 2:
+        print(f"warning: with --epochs {cfg.run.epochs} the two-stage curriculum never reaches its full-resolution "
+              f"stage; use more epochs", file=sys.stderr)
+
+
+def _validate_types(cfg: PretrainConfig) -> None:
+    """A YAML list or a float where an integer belongs: name the field instead of failing deep inside."""
+    for part in fields(cfg):
+        section = getattr(cfg, part.name)
+        if not is_dataclass(section):
+            continue
+        for f in fields(section):
+            value, kinds = getattr(section, f.name), str(f.type).replace(" ", "").split("|")
+            if value is None and "None" in kinds:
+                continue
+            ok = ((value is not None and not isinstance(value, bool) and isinstance(value, int) and "int" in kinds)
+                  or (isinstance(value, (int, float)) and not isinstance(value, bool) and "float" in kinds)
+                  or (isinstance(value, bool) and "bool" in kinds) or (isinstance(value, str) and "str" in kinds)
+                  or not {"int", "float", "bool", "str"} & set(kinds))
+            if not ok:
+                raise FdbenchError(f"{part.name}.{f.name} must be {' or '.join(kinds)}, got {value!r}")
 
 
 # ---- the fields as options: named flags, --set, YAML and resume rules all read the metadata above

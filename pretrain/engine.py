@@ -31,6 +31,7 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
+from fdbench.lock import lock_folder
 from fdbench.data import open_dataset, resolve_root
 from fdbench.device import seed_everything
 from fdbench.errors import FdbenchError
@@ -205,11 +206,16 @@ def train(cfg: PretrainConfig, *, resume: bool = False, log: Callable[[str], Non
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
     dist_ctx = setup_distributed(cfg.run.device)
+    lock = None
     try:
+        if dist_ctx.main:   # one writer per run folder; a second pretrain (or its start-up clean-up) is refused
+            lock = lock_folder(Path(cfg.run.out or Path("runs") / cfg.run_name), "pretrain")
         trainer = Trainer(cfg, dist_ctx, log if (log and dist_ctx.main) else (lambda message: None),
                           backbone=backbone, train_set=train_set)
         return trainer.run(resume)
     finally:
+        if lock is not None:
+            lock.release()
         if dist_ctx.owns_group:
             dist.destroy_process_group()
 

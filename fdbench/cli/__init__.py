@@ -6,6 +6,7 @@ importing the training or analysis engines.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import importlib.util
 import sys
@@ -86,4 +87,24 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted: finished work is saved; re-run the same command to resume", err=True)
         sys.exit(130)
+    except OSError as err:
+        if err.errno not in _DISK_ERRORS:
+            raise
+        click.echo(f"error: {os_error_message(err)}", err=True)
+        sys.exit(2)
     sys.exit(0)
+
+
+# file-system conditions a user fixes (free space, permissions), not bugs: one line, exit 2.
+# Every write goes through fdbench.io's atomic writer, so files that existed before are intact.
+_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.EFBIG}
+
+
+def os_error_message(err: OSError) -> str:
+    where = f" ({err.filename})" if err.filename else ""
+    hint = {errno.ENOSPC: "; free some space and re-run the same command to resume",
+            errno.EDQUOT: "; free some space and re-run the same command to resume",
+            errno.EROFS: "; choose a writable output folder",
+            errno.EACCES: "; check the folder's permissions"}.get(err.errno, "")
+    return f"{err.strerror or err}{where}{hint}"

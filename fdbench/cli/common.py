@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import math
+
 import click
 
 from fdbench.config import load_yaml
+from fdbench.errors import FdbenchError
 
 
 def _load_config(ctx: click.Context, param: click.Parameter, value):
@@ -19,15 +22,28 @@ def _load_config(ctx: click.Context, param: click.Parameter, value):
         return None
     data = load_yaml(value)
     names = {p.name for p in ctx.command.params}
+    params = {p.name: p for p in ctx.command.params}
     mapped = {}
     for key, val in data.items():
         name = str(key).replace("-", "_")
         if name not in names or name == "config":
             valid = ", ".join(sorted(n.replace("_", "-") for n in names if n != "config"))
             raise click.BadParameter(f"unknown key {key!r} in {value}; valid keys: {valid}", ctx, param)
+        _check_yaml_value(key, val, params[name], value, ctx, param)
         mapped[name] = val
     ctx.default_map = {**(ctx.default_map or {}), **mapped}
     return value
+
+
+def _check_yaml_value(key, val, target: click.Parameter, file, ctx, param) -> None:
+    """click converts a YAML value with int()/float(): 16.7 would silently become 16, a list a string."""
+    many = getattr(target, "multiple", False) or (target.nargs != 1)
+    if isinstance(val, (list, dict)) and not many:
+        raise click.BadParameter(f"key {key!r} in {file} must be a single value, got a {type(val).__name__}",
+                                 ctx, param)
+    if isinstance(target.type, click.types.IntParamType) and not isinstance(val, bool) and isinstance(val, float):
+        if not val.is_integer():
+            raise click.BadParameter(f"key {key!r} in {file} must be a whole number, got {val}", ctx, param)
 
 
 def config_option(f):
@@ -50,6 +66,32 @@ def out_option(default: str, help: str = "Output folder."):
         return click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=default,
                             show_default=True, help=help)(f)
     return deco
+
+
+def check_range(option: str, value, low=None, high=None) -> None:
+    """One-line error (exit 2) for an option outside [low, high]."""
+    if (low is not None and value < low) or (high is not None and value > high):
+        bounds = (f"between {low} and {high}" if low is not None and high is not None
+                  else f"at least {low}" if low is not None else f"at most {high}")
+        raise FdbenchError(f"{option} must be {bounds}, got {value}")
+
+
+def check_finite(option: str, value: float, *, positive: bool = False) -> None:
+    if not math.isfinite(value) or (positive and value <= 0):
+        raise FdbenchError(f"{option} must be a finite{' positive' if positive else ''} number, got {value}")
+
+
+def absolute_data(spec: str | None) -> str | None:
+    """A ``--data`` value with its folder made absolute (``DIR`` or ``kind:DIR``).
+
+    Stored in configs and checkpoints, a relative path would mean another folder (or nothing) when
+    the checkpoint is evaluated or resumed from elsewhere."""
+    if spec is None or str(spec) == "":
+        return spec
+    kind, sep, rest = str(spec).partition(":")
+    if sep and kind in ("cifar10", "cifar100", "stl10"):
+        return f"{kind}:{Path(rest).resolve()}"
+    return str(Path(spec).resolve())
 
 
 def echo(message: str) -> None:

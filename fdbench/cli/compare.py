@@ -7,6 +7,11 @@ from pathlib import Path
 import click
 
 from fdbench.cli.common import config_option, echo, out_option
+from fdbench.errors import FdbenchError
+from fdbench.lock import lock_folder
+
+
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 
 @click.command("compare")
@@ -35,6 +40,13 @@ def compare(runs, evals, frequency, reference, title, figures, out):
     """
     from analysis.report import compare as run_compare
 
+    for run in runs:
+        if not run.exists():
+            raise FdbenchError(f"run not found: {run}")
+        if run.is_file() and run.suffix.lower() not in CHECKPOINT_SUFFIXES:
+            raise FdbenchError(f"{run} is neither a run folder nor a checkpoint "
+                               f"({', '.join(CHECKPOINT_SUFFIXES)})")
+    lock_folder(out, "compare")   # one writer per --out; released at exit or when killed
     report = run_compare(list(runs), out, evals=list(evals), frequency=list(frequency), reference=reference,
                          title=title, figures=figures, announce=echo)
     print_headline(report)

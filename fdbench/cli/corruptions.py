@@ -5,9 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
+from PIL import UnidentifiedImageError
 
 from fdbench.cli.common import config_option, device_option, echo, seed_option
 from fdbench.errors import FdbenchError
+from fdbench.lock import lock_folder
 
 
 def parse_severities(text: str) -> tuple[int, ...]:
@@ -27,6 +29,16 @@ def parse_severities(text: str) -> tuple[int, ...]:
     if not out or any(s < 1 or s > 5 for s in out):
         raise FdbenchError(f"severities must be in 1-5, got {text!r}")
     return tuple(sorted(out))
+
+
+def check_outside_source(src: Path, out: Path) -> None:
+    """OUT inside SRC would add a class folder and a manifest to the dataset being read."""
+    if not src.exists():
+        raise FdbenchError(f"source folder not found: {src}")
+    s, o = src.resolve(), out.resolve()
+    if o == s or s in o.parents:
+        raise FdbenchError(f"OUT {out} is inside SRC {src}: the corrupted copies would become part of the "
+                           f"source dataset; choose an OUT outside SRC")
 
 
 _CORRUPTIONS_HELP = ("Corruptions: a subset (all, common, extra, noise, blur, weather, digital) or names, "
@@ -62,6 +74,7 @@ def make_corruptions(src, out, corruptions, severities, backend, params, batch_s
     from corruptions.writer import WriterConfig, write_corruptions, write_preview
     from fdbench.device import resolve_device
 
+    check_outside_source(src, out)
     dev = resolve_device(device)
     if backend == "reference" and dev.type != "cpu":
         dev = resolve_device("cpu")  # numpy only; images come back to CPU anyway
@@ -73,6 +86,10 @@ def make_corruptions(src, out, corruptions, severities, backend, params, batch_s
         echo(f"preview of {len(cfg.corruptions)} corruptions x {len(cfg.severities)} severities")
         click.echo(str(paths[0]))
         return
+    lock_folder(out, "make-corruptions")   # one writer per OUT; released at exit or when killed
+    # temp files of writes a kill -9 interrupted: ours to remove only now that OUT is locked
+    for stale in out.rglob(".*.tmp"):
+        stale.unlink(missing_ok=True)
     summary = write_corruptions(src, out, cfg)
     echo(f"{summary.images} source images x {len(cfg.corruptions)} corruptions x {len(cfg.severities)} "
          f"severities: wrote {summary.written}, skipped {summary.skipped} already done "
@@ -109,7 +126,10 @@ def corruption_fidelity(images, out, count, size, corruptions, severities, repea
     if count is not None and count < 1:
         raise FdbenchError(f"--count must be at least 1, got {count}")
     dev = resolve_device(device)
-    imgs = load_images(images, size, count) if images is not None else default_images(size, count)
+    try:
+        imgs = load_images(images, size, count) if images is not None else default_images(size, count)
+    except UnidentifiedImageError as err:   # one damaged file in --images: name it
+        raise FdbenchError(f"cannot read an image in --images: {err}") from None
     path, frame = write_fidelity(out, imgs, corruptions=names(corruptions), severities=parse_severities(severities),
                                  repeats=repeats, seed=seed, device=dev)
     with pd.option_context("display.width", 200, "display.max_rows", 500, "display.max_columns", 30):

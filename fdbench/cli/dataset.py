@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from fdbench.cli.common import config_option, echo, seed_option
+from fdbench.lock import lock_folder
 
 
 @click.command("make-dataset")
@@ -27,7 +28,11 @@ def make_dataset(kind, classes, train_per_class, val_per_class, size, out, overw
     spec = SyntheticSpec(classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
                          size=size, seed=seed)
     out = out or cache_dir() / spec.folder_name()
-    path = make_synthetic_dataset(out, spec, overwrite=overwrite)
+    existed = (out / "dataset.json").exists()
+    # the dataset folder itself is swapped on --overwrite, so the lock is a sibling file
+    with lock_folder(out.parent, "make-dataset", name=f".{out.name}.fdbench.lock"):
+        path = make_synthetic_dataset(out, spec, overwrite=overwrite)
     n = classes * (train_per_class + val_per_class)
-    echo(f"synthetic dataset: {classes} classes, {n} images of {size} px")
+    verb = "kept the existing" if existed and not overwrite else "wrote"
+    echo(f"{verb} synthetic dataset: {classes} classes, {n} images of {size} px")
     click.echo(str(path))

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from fdbench.cli.common import config_option, device_option, echo, out_option, seed_option
+from fdbench.cli.common import absolute_data, check_range, config_option, device_option, echo, out_option, seed_option
+from fdbench.errors import FdbenchError
+from fdbench.lock import lock_folder
 
 
 @click.command("eval-corruptions")
@@ -49,7 +51,14 @@ def eval_corruptions(checkpoints, data, protocol, corruptions, severities, corru
     """
     from analysis.evaluate import EvalConfig, evaluate_corruptions, format_table
 
-    config = EvalConfig(data=data, protocol=protocol, corruptions=corruptions, severities=severities,
+    check_range("--batch-size", batch_size, 1)
+    check_range("--n-last-blocks", n_last_blocks, 1)
+    check_range("--workers", workers, 0)
+    for ckpt in checkpoints:
+        if not ckpt.exists():
+            raise FdbenchError(f"checkpoint not found: {ckpt}")
+    lock_folder(out, "eval-corruptions")   # one writer per --out; released at exit or when killed
+    config = EvalConfig(data=absolute_data(data), protocol=protocol, corruptions=corruptions, severities=severities,
                         corrupted_root=str(corrupted_root) if corrupted_root else None, baseline=baseline,
                         batch_size=batch_size, device=device, seed=seed, n_last_blocks=n_last_blocks,
                         workers=workers, overwrite=overwrite, floors=floors,

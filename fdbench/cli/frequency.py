@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import click
 
-from fdbench.cli.common import config_option, device_option, echo, out_option, seed_option
+from fdbench.cli.common import check_finite, check_range, config_option, device_option, echo, out_option, seed_option
+from fdbench.lock import lock_folder
 
 
 @click.command("frequency-analysis")
@@ -46,6 +47,15 @@ def frequency_analysis(checkpoints, data, analyses, eps, window, n_images, bandp
     """
     from analysis.frequency import FrequencyConfig, run_frequency_analysis
 
+    if eps is not None:
+        check_finite("--eps", eps, positive=True)
+    if window is not None:
+        check_range("--window", window, 1)
+    for name, value in (("--n-images", n_images), ("--bandpass-images", bandpass_images), ("--radii", radii),
+                        ("--batch-size", batch_size)):
+        check_range(name, value, 1)
+    check_range("--severity", severity, 1, 5)
+    lock_folder(out, "frequency-analysis")   # one writer per --out; released at exit or when killed
     config = FrequencyConfig(
         checkpoints=list(checkpoints), data=data,
         analyses=[a.strip() for a in analyses.split(",") if a.strip()], eps=eps, window=window,

@@ -6,7 +6,7 @@ import typing
 
 import click
 
-from fdbench.cli.common import echo
+from fdbench.cli.common import absolute_data, echo
 from pretrain.config import NAMED_OPTIONS, PRESETS, Option, build_config, load_config_file, parse_assignment
 
 
@@ -71,7 +71,10 @@ def recipe_from_command_line(preset: str | None, config_file: str | None, option
     chosen = preset if preset is not None else file_preset
     given = {NAMED_OPTIONS[name].key: value for name, value in options.items() if value is not None}
     assignments = dict(parse_assignment(text) for text in sets)
-    return build_config(None if chosen in (None, "auto") else chosen, sets={**file_values, **given, **assignments})
+    values = {**file_values, **given, **assignments}
+    if values.get("data.root"):   # stored resolved: resumes and evaluations work from any folder
+        values["data.root"] = absolute_data(values["data.root"])
+    return build_config(None if chosen in (None, "auto") else chosen, sets=values)
 
 
 def _print_report(result) -> None:
