@@ -415,7 +415,10 @@ def _type_name(hint: Any) -> str:
 def coerce(key: str, value: Any, hint: Any) -> Any:
     """``value`` (from YAML or ``--set``, already YAML-parsed) as the type of field ``key``, or an error."""
     def bad() -> FdbenchError:
-        return FdbenchError(f"bad value for {key}: expected {_type_name(hint)}, got {value!r}")
+        expected = {int: "a whole number (int)", float: "a number (float)"}.get(hint, _type_name(hint))
+        if isinstance(value, (list, dict)) and typing.get_origin(hint) is not tuple:
+            expected = f"a single value ({_type_name(hint)}), not a {type(value).__name__}"
+        return FdbenchError(f"bad value for {key}: expected {expected}, got {value!r}")
 
     args = typing.get_args(hint)
     if type(None) in args:                                     # Optional[X]
@@ -436,6 +439,8 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
             return value.lower() in ("true", "yes", "on")
         raise bad()
     if hint is int:
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)             # YAML 16.0: a whole number written as a float
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise bad()
         try:
@@ -512,6 +517,10 @@ def flatten_file(data: dict[str, Any], source: str) -> tuple[str | None, dict[st
         else:
             raise FdbenchError(f"unknown key {raw_key!r} in {source}; use a section (model, loss, ...), "
                                f"a dotted key (loss.koleo_weight) or a flag name ({', '.join(sorted(NAMED_OPTIONS))})")
+    for dotted, value in values.items():   # typed now, named as written, even where a flag overrides it
+        written = next((k for k in data if str(k).replace("-", "_") in (dotted, dotted.split(".")[1])), dotted)
+        coerce(f"{written} ({dotted}) in {source}" if written != dotted else f"{dotted} in {source}",
+               value, OPTIONS[dotted].hint)
     return preset_name, values
 
 
