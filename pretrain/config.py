@@ -12,8 +12,8 @@ drift apart.
 
 Presets (``PRESETS``):
 
-- ``cpu-tiny``: ViT-nano/8 on 64 px images (the embedded dataset) with a small head; a full run
-  takes a few minutes on 2 CPU cores. Warm-ups are shortened to fit the 4-epoch run.
+- ``cpu-tiny``: ViT-nano/8 on 32 px images (the embedded dataset) with a small head; a full run
+  takes a few minutes on 2 CPU cores. Warm-ups are shortened to fit the 8-epoch run.
 - ``gpu-small``: what ``fdbench pretrain`` picks on a CUDA machine when no preset is given: ViT-S/8
   on 64 px images, 100 epochs.
 - ``vit-s-in100``: the paper's ViT-S/16 ImageNet-100 recipe (224/96 crops, 8 local crops).
@@ -220,21 +220,22 @@ class PretrainConfig:
 
 
 def _cpu_tiny() -> PretrainConfig:
-    # Sized for a 2-core CPU: ~1 s per full-resolution step of 64 images (2.4 GFLOPs per image),
-    # ~0.3 s at stage-1 resolution. The whole run is 4 epochs (184 iterations), so the recipe is
-    # adapted to a short run: 1 warm-up epoch, a faster teacher (momentum 0.95 -> 1; at 0.992 the
-    # teacher would still hold a quarter of its random initialisation at the end), a constant
-    # sharp teacher temperature 0.04 and a larger lr (0.004 at batch 64). On the embedded dataset
-    # (v2) this reaches ~37% online kNN (chance 10%); Sinkhorn-Knopp centring, KoLeo 0.5, half the
-    # lr or momentum 0.99 did not do clearly better in trials (see the README's status section).
+    # Sized for a 2-core CPU and the embedded dataset (v3, 32 px): ViT-nano/8 on 32/16 px crops
+    # (4x4 and 2x2 patch grids), ~0.8 s per step of 64 images on an idle 2-core machine. 8 epochs
+    # (376 iterations): at 32 px a step costs a fraction of a 64 px one, and a plain supervised
+    # ViT needed ~600 steps to learn these shapes, so the same minutes buy more, cheaper steps
+    # (184 steps at 64 px stayed at 21% even with labels). Adapted to a short run: 1 warm-up epoch,
+    # a faster teacher (momentum 0.95 -> 1; at 0.992 the teacher would still hold a large share of
+    # its random initialisation at the end), a constant sharp teacher temperature 0.04 and a larger
+    # lr (0.004 at batch 64). See benchmarks/embedded_search/ for the trials behind these values.
     return PretrainConfig(
         preset="cpu-tiny",
         model=ModelConfig(arch="vit_nano", patch_size=8, drop_path_rate=0.0),
         head=HeadConfig(prototypes=4096, hidden_dim=512, bottleneck_dim=128, ibot_prototypes=4096),
         loss=LossConfig(teacher_temp=0.04, warmup_teacher_temp=0.04, warmup_teacher_temp_epochs=1),
         optim=OptimConfig(base_lr=0.016, warmup_epochs=1, momentum_teacher=0.95),
-        crops=CropConfig(global_size=64, local_size=32, n_local=2),
-        run=RunConfig(epochs=4, batch_size=64, log_every=5, knn_train_per_class=100),
+        crops=CropConfig(global_size=32, local_size=16, n_local=2),
+        run=RunConfig(epochs=8, batch_size=64, log_every=5, knn_train_per_class=100),
     )
 
 

@@ -15,7 +15,7 @@ from fdbench.lock import lock_folder
 @click.option("--classes", type=int, default=10, show_default=True, help="Number of classes (2-12).")
 @click.option("--train-per-class", type=int, default=300, show_default=True)
 @click.option("--val-per-class", type=int, default=50, show_default=True)
-@click.option("--size", type=int, default=64, show_default=True, help="Image side in pixels (>= 32).")
+@click.option("--size", type=int, default=32, show_default=True, help="Image side in pixels (>= 32; the embedded dataset is 32).")
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
               help="Output folder [default: the cache folder every command uses when given no --data].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
