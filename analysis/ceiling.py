@@ -35,8 +35,8 @@ from fdbench.models import build_backbone
 
 @dataclass
 class CeilingConfig:
-    steps: int | None = None          # default: the run's optimiser steps
-    batch_size: int | None = None     # default: the run's global batch
+    steps: int | None = None  # default: the run's optimiser steps
+    batch_size: int | None = None  # default: the run's global batch
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_fraction: float = 0.1
@@ -64,7 +64,7 @@ def _augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     dy = torch.randint(0, 9, (n,), generator=gen).tolist()
     dx = torch.randint(0, 9, (n,), generator=gen).tolist()
     flip = torch.rand(n, generator=gen) < 0.5
-    out = torch.stack([padded[i, :, dy[i]:dy[i] + h, dx[i]:dx[i] + w] for i in range(n)])
+    out = torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(n)])
     return torch.where(flip.view(-1, 1, 1, 1).to(x.device), out.flip(3), out)
 
 
@@ -75,8 +75,13 @@ def _lr_at(step: int, steps: int, config: CeilingConfig) -> float:
     return config.lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
 
 
-def train_ceiling(run: str | Path, out: str | Path, config: CeilingConfig = CeilingConfig(), *,
-                  announce: Callable[[str], None] | None = None) -> Path:
+def train_ceiling(
+    run: str | Path,
+    out: str | Path,
+    config: CeilingConfig = CeilingConfig(),
+    *,
+    announce: Callable[[str], None] | None = None,
+) -> Path:
     """Train the supervised ceiling of ``run``; returns the path of the written checkpoint."""
     announce = announce or (lambda message: None)
     run, out = Path(run), Path(out)
@@ -91,8 +96,9 @@ def train_ceiling(run: str | Path, out: str | Path, config: CeilingConfig = Ceil
         raise FdbenchError(f"{run / 'final.pt'} records no training data root")
     size = int(data.get("image_size") or first.config.img_size)
     native = dataset_resolution(root)
-    images, labels, classes = load_split_tensor(root, "train", size, resize=size if native else None,
-                                                desc="loading train")
+    images, labels, classes = load_split_tensor(
+        root, "train", size, resize=size if native else None, desc="loading train"
+    )
     device = resolve_device(config.device)
     torch.manual_seed(config.seed)
     model = build_backbone(first.config).to(device).train()
@@ -102,8 +108,10 @@ def train_ceiling(run: str | Path, out: str | Path, config: CeilingConfig = Ceil
     mean = torch.tensor(IMAGENET_MEAN, device=device).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD, device=device).view(1, 3, 1, 1)
     gen = torch.Generator().manual_seed(config.seed)
-    announce(f"ceiling: {first.config.arch} with labels, {steps} AdamW steps of batch {batch} "
-             f"(the budget of {run.name}), {len(images)} train images at {size} px")
+    announce(
+        f"ceiling: {first.config.arch} with labels, {steps} AdamW steps of batch {batch} "
+        f"(the budget of {run.name}), {len(images)} train images at {size} px"
+    )
     correct = seen = 0
     loss = torch.zeros(())
     for step in progress(range(steps), desc="ceiling", unit="step"):
@@ -118,15 +126,28 @@ def train_ceiling(run: str | Path, out: str | Path, config: CeilingConfig = Ceil
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         optimiser.step()
-        if step >= steps - max(1, steps // 10):       # training accuracy over the last tenth of steps
+        if step >= steps - max(1, steps // 10):  # training accuracy over the last tenth of steps
             correct += int((logits.argmax(1) == y).sum())
             seen += len(y)
     model.eval()
     path = out / "ceiling.pt"
-    record = {"run": str(run), "steps": steps, "batch_size": batch, "recipe": asdict(config),
-              "final_loss": float(loss.detach()), "train_accuracy_last_tenth": correct / seen if seen else None}
-    save_checkpoint({"kind": "backbone", "model": first.config.to_dict(),
-                     "teacher_backbone": {k: v.cpu() for k, v in model.state_dict().items()},
-                     "data": data, "run_name": f"ceiling-{run.name}"}, path)
+    record = {
+        "run": str(run),
+        "steps": steps,
+        "batch_size": batch,
+        "recipe": asdict(config),
+        "final_loss": float(loss.detach()),
+        "train_accuracy_last_tenth": correct / seen if seen else None,
+    }
+    save_checkpoint(
+        {
+            "kind": "backbone",
+            "model": first.config.to_dict(),
+            "teacher_backbone": {k: v.cpu() for k, v in model.state_dict().items()},
+            "data": data,
+            "run_name": f"ceiling-{run.name}",
+        },
+        path,
+    )
     atomic_write_json(out / "ceiling.json", record)
     return path

@@ -32,8 +32,18 @@ from typing import Callable, Sequence
 
 import torch
 
-from analysis.metrics import (CLEAN, GROUPS, UNNORMALISED, alexnet_baseline, baseline_from_results,
-                              normalisation_name, parse_corruptions, parse_severities, summarise, topk_accuracy)
+from analysis.metrics import (
+    CLEAN,
+    GROUPS,
+    UNNORMALISED,
+    alexnet_baseline,
+    baseline_from_results,
+    normalisation_name,
+    parse_corruptions,
+    parse_severities,
+    summarise,
+    topk_accuracy,
+)
 from analysis.floors import PixelEncoder, floors
 from analysis.outcomes import FILENAME as OUTCOMES_FILE
 from analysis.outcomes import Outcomes
@@ -44,7 +54,7 @@ from fdbench.errors import FdbenchError
 PROTOCOLS = ("linear", "knn")
 RESULT_COLUMNS = ["checkpoint", "kind", "protocol", "corruption", "severity", "n", "top1", "top5"]
 KINDS = ("pretrained", "floor", "ceiling")
-CHUNK = 32   # images per corruption seed; batches are whole numbers of chunks
+CHUNK = 32  # images per corruption seed; batches are whole numbers of chunks
 # settings that must match for stored results to be reused
 RESUME_KEYS = ("data", "corrupted_root", "seed", "n_last_blocks", "k", "temperature")
 
@@ -54,8 +64,8 @@ class EvalConfig:
     """Options of ``fdbench eval-corruptions`` (see the CLI help for each)."""
 
     data: str | None = None
-    protocol: str = "both"                 # linear | knn | both
-    corruptions: str = "common"            # common | extra | all | group | comma-separated names
+    protocol: str = "both"  # linear | knn | both
+    corruptions: str = "common"  # common | extra | all | group | comma-separated names
     severities: str = "1-5"
     corrupted_root: str | None = None
     baseline: str | None = None
@@ -67,17 +77,17 @@ class EvalConfig:
     temperature: float = 0.07
     workers: int = 0
     overwrite: bool = False
-    floors: bool = True                    # also evaluate the pixels and random-init floors
-    ceiling: str | None = None             # a `fdbench ceiling` checkpoint, evaluated as kind "ceiling"
+    floors: bool = True  # also evaluate the pixels and random-init floors
+    ceiling: str | None = None  # a `fdbench ceiling` checkpoint, evaluated as kind "ceiling"
 
 
 @dataclass
 class EvalReport:
     out: Path
-    results: "object"          # pandas DataFrame, results.csv
-    summary: "object"          # pandas DataFrame, summary.csv
-    aggregates: dict           # summary.json["checkpoints"][label]["protocols"]
-    table: "object"            # pandas DataFrame, summary_table.csv (the printed table)
+    results: "object"  # pandas DataFrame, results.csv
+    summary: "object"  # pandas DataFrame, summary.csv
+    aggregates: dict  # summary.json["checkpoints"][label]["protocols"]
+    table: "object"  # pandas DataFrame, summary_table.csv (the printed table)
     normalisation: str
     computed_cells: int = 0
     skipped_cells: int = 0
@@ -99,15 +109,19 @@ def chunk_seed(seed: int, corruption: str, severity: int, start: int) -> int:
     return int.from_bytes(digest, "little") & ((1 << 63) - 1)
 
 
-def corrupt_images(images: torch.Tensor, start: int, corruption: str, severity: int, corrupt_fn: Callable,
-                   seed: int = 0) -> torch.Tensor:
+def corrupt_images(
+    images: torch.Tensor, start: int, corruption: str, severity: int, corrupt_fn: Callable, seed: int = 0
+) -> torch.Tensor:
     """Corrupt images whose first one has dataset index ``start`` (a multiple of ``CHUNK``), chunk by
     chunk, each chunk with its own seed ``chunk_seed(seed, corruption, severity, chunk start)``."""
     if start % CHUNK:
         raise ValueError(f"batches must start at a multiple of {CHUNK}, got {start}")
-    parts = [corrupt_fn(images[i:i + CHUNK], corruption, severity,
-                        generator=chunk_seed(seed, corruption, severity, start + i))
-             for i in range(0, len(images), CHUNK)]
+    parts = [
+        corrupt_fn(
+            images[i : i + CHUNK], corruption, severity, generator=chunk_seed(seed, corruption, severity, start + i)
+        )
+        for i in range(0, len(images), CHUNK)
+    ]
     return torch.cat(parts)
 
 
@@ -117,6 +131,7 @@ def default_corrupt_fn() -> Callable:
 
     def fn(images, name, severity, generator=None):
         return corrupt(images, name, severity, backend="torch", generator=generator, params="auto")
+
     return fn
 
 
@@ -152,19 +167,28 @@ def file_sha256(path: str | Path) -> str:
 
 # ---- features -----------------------------------------------------------------------------------
 
+
 def _batch_size(requested: int) -> int:
     # whole chunks per batch, so a chunk never straddles two batches (its seed covers all of it)
     return max(CHUNK, requested // CHUNK * CHUNK)
 
 
 @torch.no_grad()
-def corrupted_features(encoder, images: torch.Tensor, corruption: str, severity: int, corrupt_fn: Callable, *,
-                       batch_size: int = 256, seed: int = 0) -> torch.Tensor:
+def corrupted_features(
+    encoder,
+    images: torch.Tensor,
+    corruption: str,
+    severity: int,
+    corrupt_fn: Callable,
+    *,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> torch.Tensor:
     """Features of ``images`` (uint8 [N,3,H,W], on any device) corrupted on the encoder's device."""
     bs = _batch_size(batch_size)
     out = []
     for start in range(0, len(images), bs):
-        batch = images[start:start + bs].to(encoder.device, non_blocking=True)
+        batch = images[start : start + bs].to(encoder.device, non_blocking=True)
         out.append(encoder(corrupt_images(batch, start, corruption, severity, corrupt_fn, seed)).cpu())
     return torch.cat(out) if out else torch.empty(0, encoder.dim)
 
@@ -187,6 +211,7 @@ def dataset_features(encoder, dataset, *, batch_size: int = 256, workers: int = 
 
 
 # ---- the evaluation -----------------------------------------------------------------------------
+
 
 class _Store:
     """results.csv rows and per-image outcomes in memory, keyed by (checkpoint, protocol, corruption,
@@ -225,18 +250,22 @@ def _read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> l
     except (ValueError, OSError) as err:
         raise FdbenchError(f"cannot resume from {out}: {err}; use another --out or --overwrite") from None
     if "kind" not in frame.columns and list(frame.columns) == [c for c in RESULT_COLUMNS if c != "kind"]:
-        frame.insert(1, "kind", "pretrained")        # written before floors existed
+        frame.insert(1, "kind", "pretrained")  # written before floors existed
     if list(frame.columns) != RESULT_COLUMNS:
         raise FdbenchError(f"{results} is not an eval-corruptions results.csv; use another --out or --overwrite")
     old = previous.get("settings", {})
     changed = [k for k in RESUME_KEYS if k in old and old[k] != settings[k]]
     if changed:
-        raise FdbenchError(f"{out} holds results computed with other settings ({', '.join(changed)}); "
-                           f"use another --out, or --overwrite to discard them")
+        raise FdbenchError(
+            f"{out} holds results computed with other settings ({', '.join(changed)}); "
+            f"use another --out, or --overwrite to discard them"
+        )
     for label, info in previous.get("checkpoints", {}).items():
         if label in fingerprints and info.get("sha256") not in (None, fingerprints[label]):
-            raise FdbenchError(f"{out} holds results of another file named {label!r} (checksum differs); "
-                               f"use another --out, or --overwrite to discard them")
+            raise FdbenchError(
+                f"{out} holds results of another file named {label!r} (checksum differs); "
+                f"use another --out, or --overwrite to discard them"
+            )
     frame["checkpoint"] = frame["checkpoint"].astype(str)
     return frame.to_dict("records")
 
@@ -263,9 +292,14 @@ def _choose_baseline(config: EvalConfig, num_classes: int):
     return None
 
 
-def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, config: EvalConfig = EvalConfig(), *,
-                         corrupt_fn: Callable | None = None, announce: Callable[[str], None] | None = None
-                         ) -> EvalReport:
+def evaluate_corruptions(
+    checkpoints: Sequence[str | Path],
+    out: str | Path,
+    config: EvalConfig = EvalConfig(),
+    *,
+    corrupt_fn: Callable | None = None,
+    announce: Callable[[str], None] | None = None,
+) -> EvalReport:
     """Evaluate each checkpoint on clean and corrupted val images; write and return the results.
 
     ``corrupt_fn(images, name, severity, generator=seed)`` replaces ``corruptions.corrupt`` (tests,
@@ -288,11 +322,12 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
     device = resolve_device(config.device)
 
     labels = checkpoint_labels(checkpoints)
-    loaded = [load_backbone(path) for path in checkpoints]          # bad files fail here, before any work
+    loaded = [load_backbone(path) for path in checkpoints]  # bad files fail here, before any work
     for path, lb in zip(checkpoints, loaded):
         if not 1 <= config.n_last_blocks <= len(lb.model.blocks):
-            raise FdbenchError(f"--n-last-blocks must be between 1 and {len(lb.model.blocks)} for {path}, "
-                               f"got {config.n_last_blocks}")
+            raise FdbenchError(
+                f"--n-last-blocks must be between 1 and {len(lb.model.blocks)} for {path}, got {config.n_last_blocks}"
+            )
     fingerprints = {label: file_sha256(lb.meta["path"]) for label, lb in zip(labels, loaded)}
     entries = [_Entry(label, "pretrained", lb, fingerprints[label]) for label, lb in zip(labels, loaded)]
     if config.ceiling:
@@ -311,15 +346,23 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
         _check_corrupted_root(corrupted_root, names, severities)
     elif corrupt_fn is None:
         corrupt_fn = default_corrupt_fn()
-    settings = {"data": root, "corrupted_root": str(corrupted_root) if corrupted_root else None,
-                "seed": config.seed, "n_last_blocks": config.n_last_blocks, "k": config.k,
-                "temperature": config.temperature}
+    settings = {
+        "data": root,
+        "corrupted_root": str(corrupted_root) if corrupted_root else None,
+        "seed": config.seed,
+        "n_last_blocks": config.n_last_blocks,
+        "k": config.k,
+        "temperature": config.temperature,
+    }
     # opening val checks the data early and gives the class count that picks the normalisation
     num_classes = len(open_dataset(root, "val").classes)
     baseline = _choose_baseline(config, num_classes)
     announce(f"normalisation: {normalisation_name(baseline)}")
-    store = (_Store([]) if config.overwrite else
-             _Store(_read_previous(out, settings, fingerprints), Outcomes.load(out / OUTCOMES_FILE)))
+    store = (
+        _Store([])
+        if config.overwrite
+        else _Store(_read_previous(out, settings, fingerprints), Outcomes.load(out / OUTCOMES_FILE))
+    )
     if store.rows:
         announce(f"resuming: {len(store.rows)} finished result rows found in {out}/results.csv")
 
@@ -335,38 +378,74 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
             # floors use the first checkpoint's evaluation size: the same val tensors, the same pixels
             size = _eval_size(lb or loaded[0], native)
             resize = size if native else None
-            ckpt_info[label] = {"kind": entry.kind, "path": (lb.meta.get("path") if lb else None),
-                                "sha256": entry.fingerprint, "source": lb.source if lb else "pixels",
-                                "arch": lb.config.arch if lb else "pixels",
-                                "patch_size": lb.config.patch_size if lb else None, "image_size": size}
+            ckpt_info[label] = {
+                "kind": entry.kind,
+                "path": (lb.meta.get("path") if lb else None),
+                "sha256": entry.fingerprint,
+                "source": lb.source if lb else "pixels",
+                "arch": lb.config.arch if lb else "pixels",
+                "patch_size": lb.config.patch_size if lb else None,
+                "image_size": size,
+            }
             todo = [(c, s) for c, s in cells if not all(store.has(label, p, c, s) for p in protocols)]
             skipped += len(cells) - len(todo)
             bar.update(len(cells) - len(todo))
             if not todo:
                 continue
             if size not in val_cache:
-                val_cache[size] = load_split_tensor(root, "val", size, resize=resize, workers=config.workers,
-                                                    batch_size=config.batch_size, desc="loading val")
+                val_cache[size] = load_split_tensor(
+                    root,
+                    "val",
+                    size,
+                    resize=resize,
+                    workers=config.workers,
+                    batch_size=config.batch_size,
+                    desc="loading val",
+                )
             val_images, val_labels, classes = val_cache[size]
             encoder = PixelEncoder(size).to(device) if lb is None else _encoder(lb, config.n_last_blocks, device)
-            probes = _fit_probes(encoder, label, root, size, resize, classes, protocols, config, out,
-                                 entry.fingerprint, device, announce)
+            probes = _fit_probes(
+                encoder, label, root, size, resize, classes, protocols, config, out, entry.fingerprint, device, announce
+            )
             if "linear" in probes:
                 lin = probes["linear"]
-                ckpt_info[label]["linear_probe"] = {"lr": lin.lr, "weight_decay": lin.weight_decay,
-                                                    "heldout_train_accuracy": lin.val_accuracy}
+                ckpt_info[label]["linear_probe"] = {
+                    "lr": lin.lr,
+                    "weight_decay": lin.weight_decay,
+                    "heldout_train_accuracy": lin.val_accuracy,
+                }
             for corruption, severity in todo:
                 bar.set_postfix_str(f"{label} {corruption} {severity}" if severity else f"{label} clean")
-                feats, cell_labels = _cell_features(encoder, val_images, val_labels, corruption, severity,
-                                                    corrupt_fn, corrupted_root, classes, size, config)
+                feats, cell_labels = _cell_features(
+                    encoder,
+                    val_images,
+                    val_labels,
+                    corruption,
+                    severity,
+                    corrupt_fn,
+                    corrupted_root,
+                    classes,
+                    size,
+                    config,
+                )
                 for protocol in protocols:
                     logits = probes[protocol].logits(feats.to(device))
                     acc = topk_accuracy(logits, cell_labels, ks=(1, 5))
                     # the same top-1 rule as topk_accuracy, per image, for the paired statistics
                     correct = (logits.topk(1, dim=1).indices[:, 0].cpu() == cell_labels.cpu()).numpy()
-                    store.add({"checkpoint": label, "kind": entry.kind, "protocol": protocol, "corruption": corruption,
-                               "severity": severity, "n": len(cell_labels), "top1": acc[1], "top5": acc[5]},
-                              correct)
+                    store.add(
+                        {
+                            "checkpoint": label,
+                            "kind": entry.kind,
+                            "protocol": protocol,
+                            "corruption": corruption,
+                            "severity": severity,
+                            "n": len(cell_labels),
+                            "top1": acc[1],
+                            "top5": acc[5],
+                        },
+                        correct,
+                    )
                 computed += 1
                 _write_outputs(out, store, baseline, settings, ckpt_info)
                 bar.update(1)
@@ -375,9 +454,14 @@ def evaluate_corruptions(checkpoints: Sequence[str | Path], out: str | Path, con
         bar.close()
     files = _write_outputs(out, store, baseline, settings, ckpt_info)
     files["differences"] = _write_differences(out, store, baseline, protocols)
-    return EvalReport(out, *files["frames"], normalisation=files["normalisation"],
-                      computed_cells=computed, skipped_cells=skipped,
-                      files={k: v for k, v in files.items() if k not in ("frames", "normalisation")})
+    return EvalReport(
+        out,
+        *files["frames"],
+        normalisation=files["normalisation"],
+        computed_cells=computed,
+        skipped_cells=skipped,
+        files={k: v for k, v in files.items() if k not in ("frames", "normalisation")},
+    )
 
 
 @dataclass
@@ -416,21 +500,28 @@ def _fit_probes(encoder, label, root, size, resize, classes, protocols, config, 
     else:
         train = open_dataset(root, "train", eval_transform(size, resize))
         if list(train.classes) != list(classes):
-            raise FdbenchError(f"train and val of {root} have different classes "
-                               f"({len(train.classes)} vs {len(classes)}); they must match")
+            raise FdbenchError(
+                f"train and val of {root} have different classes "
+                f"({len(train.classes)} vs {len(classes)}); they must match"
+            )
         announce(f"{label}: encoding {len(train)} train images at {size} px")
-        feats, labels = dataset_features(encoder, train, batch_size=config.batch_size, workers=config.workers,
-                                         desc=f"{label} train features")
+        feats, labels = dataset_features(
+            encoder, train, batch_size=config.batch_size, workers=config.workers, desc=f"{label} train features"
+        )
         atomic_torch_save({"feats": feats, "labels": labels}, cache)
     probes = {}
     if "linear" in protocols:
-        lin = probes["linear"] = fit_linear_probe(feats, labels, seed=config.seed, device=device,
-                                                  num_classes=len(classes))
-        announce(f"{label}: linear probe lr {lin.lr:g}, weight decay {lin.weight_decay:g}"
-                 + (f" (held-out train accuracy {lin.val_accuracy:.3f})" if lin.val_accuracy is not None else ""))
+        lin = probes["linear"] = fit_linear_probe(
+            feats, labels, seed=config.seed, device=device, num_classes=len(classes)
+        )
+        announce(
+            f"{label}: linear probe lr {lin.lr:g}, weight decay {lin.weight_decay:g}"
+            + (f" (held-out train accuracy {lin.val_accuracy:.3f})" if lin.val_accuracy is not None else "")
+        )
     if "knn" in protocols:
-        probes["knn"] = knn_probe(feats, labels, k=config.k, temperature=config.temperature, device=device,
-                                  num_classes=len(classes))
+        probes["knn"] = knn_probe(
+            feats, labels, k=config.k, temperature=config.temperature, device=device, num_classes=len(classes)
+        )
     return probes
 
 
@@ -439,12 +530,15 @@ def _check_corrupted_root(root: Path, names, severities) -> None:
         raise FdbenchError(f"--corrupted-root folder not found: {root}")
     missing = [f"{c}/{s}" for c in names for s in severities if not (root / c / str(s)).is_dir()]
     if missing:
-        raise FdbenchError(f"{len(missing)} corruption folder(s) missing under {root} (expected "
-                           f"<root>/<corruption>/<severity>/<class>/<image>), e.g. {', '.join(missing[:3])}")
+        raise FdbenchError(
+            f"{len(missing)} corruption folder(s) missing under {root} (expected "
+            f"<root>/<corruption>/<severity>/<class>/<image>), e.g. {', '.join(missing[:3])}"
+        )
 
 
-def _cell_features(encoder, val_images, val_labels, corruption, severity, corrupt_fn, corrupted_root, classes,
-                   size, config) -> tuple[torch.Tensor, torch.Tensor]:
+def _cell_features(
+    encoder, val_images, val_labels, corruption, severity, corrupt_fn, corrupted_root, classes, size, config
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) of one cell's val images; the labels are the val labels except for a
     ``--corrupted-root`` folder, which carries its own."""
     from fdbench.data import ImageFolderDataset, eval_transform
@@ -456,11 +550,13 @@ def _cell_features(encoder, val_images, val_labels, corruption, severity, corrup
         # stored corrupted images are already cropped: only resize to the evaluation size
         ds = ImageFolderDataset(corrupted_root / corruption / str(severity), eval_transform(size, size), classes)
         return dataset_features(encoder, ds, batch_size=config.batch_size, workers=config.workers)
-    return corrupted_features(encoder, val_images, corruption, severity, corrupt_fn,
-                              batch_size=config.batch_size, seed=config.seed), val_labels
+    return corrupted_features(
+        encoder, val_images, corruption, severity, corrupt_fn, batch_size=config.batch_size, seed=config.seed
+    ), val_labels
 
 
 # ---- outputs ------------------------------------------------------------------------------------
+
 
 def _clean_nan(obj):
     if isinstance(obj, dict):
@@ -480,8 +576,9 @@ def summary_table(summary, aggregates: dict, normalised: bool):
     second = "CE %" if normalised else "mean err % (unnormalised)"
     columns, data = [], {}
     order = list(dict.fromkeys(summary["corruption"])) if len(summary) else []
-    row_names = ["clean"] + order + [f"{g} (mean)" for g in GROUPS] + ["common (mean)", "mCE", "relative mCE",
-                                                                       "extra (mean)"]
+    row_names = (
+        ["clean"] + order + [f"{g} (mean)" for g in GROUPS] + ["common (mean)", "mCE", "relative mCE", "extra (mean)"]
+    )
     for ckpt, per_protocol in aggregates.items():
         for protocol, agg in per_protocol.items():
             acc_col, err_col = f"{ckpt}:{protocol} top1 %", f"{ckpt}:{protocol} {second}"
@@ -523,8 +620,13 @@ def _write_outputs(out: Path, store: _Store, baseline, settings: dict, ckpt_info
     summary.insert(1, "kind", summary["checkpoint"].map(kinds))
     normalisation = normalisation_name(baseline)
     table = summary_table(summary, aggregates, normalised=normalisation != UNNORMALISED)
-    paths = {"results": out / "results.csv", "summary": out / "summary.csv", "summary_json": out / "summary.json",
-             "table": out / "summary_table.csv", "outcomes": out / OUTCOMES_FILE}
+    paths = {
+        "results": out / "results.csv",
+        "summary": out / "summary.csv",
+        "summary_json": out / "summary.json",
+        "table": out / "summary_table.csv",
+        "outcomes": out / OUTCOMES_FILE,
+    }
     # outcomes first: a row in results.csv without its outcomes is recomputed on resume, never the reverse
     store.outcomes.save(paths["outcomes"])
     atomic_write_csv(paths["results"], results)
@@ -541,11 +643,20 @@ def _write_outputs(out: Path, store: _Store, baseline, settings: dict, ckpt_info
         info = {**previous.get(label, {}), **ckpt_info.get(label, {})}
         info.pop("protocols", None)
         checkpoints[label] = {**info, "protocols": aggregates[label]}
-    atomic_write_json(paths["summary_json"], _clean_nan({
-        "normalisation": normalisation, "settings": settings, "checkpoints": checkpoints,
-        "notes": ["accuracies and errors are fractions in [0, 1]; mCE and relative mCE average the common "
-                  "corruptions evaluated (see common_corruptions); group means use the common corruptions only"],
-    }))
+    atomic_write_json(
+        paths["summary_json"],
+        _clean_nan(
+            {
+                "normalisation": normalisation,
+                "settings": settings,
+                "checkpoints": checkpoints,
+                "notes": [
+                    "accuracies and errors are fractions in [0, 1]; mCE and relative mCE average the common "
+                    "corruptions evaluated (see common_corruptions); group means use the common corruptions only"
+                ],
+            }
+        ),
+    )
     return {**paths, "frames": (results, summary, aggregates, table), "normalisation": normalisation}
 
 
@@ -582,8 +693,11 @@ def _write_differences(out: Path, store: _Store, baseline, protocols) -> Path:
 
     from fdbench.io import atomic_write_csv
 
-    frames = [differences(store.outcomes, a, b, protocol, denominators=_denominators(baseline, protocol, store, a))
-              for a, b in difference_pairs(store) for protocol in protocols]
+    frames = [
+        differences(store.outcomes, a, b, protocol, denominators=_denominators(baseline, protocol, store, a))
+        for a, b in difference_pairs(store)
+        for protocol in protocols
+    ]
     path = out / "differences.csv"
     frames = [f for f in frames if len(f)]
     atomic_write_csv(path, pd.concat(frames, ignore_index=True) if frames else differences(store.outcomes, "", "", ""))

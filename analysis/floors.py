@@ -46,7 +46,7 @@ class PixelEncoder(nn.Module):
         self.factor = pixel_factor(size)
         side = -(-size // self.factor)
         self.dim = 3 * side * side
-        self.register_buffer("_anchor", torch.zeros(()), persistent=False)   # carries the device
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # carries the device
 
     @property
     def device(self) -> torch.device:
@@ -64,8 +64,8 @@ class PixelEncoder(nn.Module):
 @dataclass
 class Floor:
     label: str
-    loaded: LoadedBackbone | None       # None for pixels
-    fingerprint: str                    # stands in for a checkpoint's SHA-256 (cache and resume keys)
+    loaded: LoadedBackbone | None  # None for pixels
+    fingerprint: str  # stands in for a checkpoint's SHA-256 (cache and resume keys)
 
 
 def random_init(first: LoadedBackbone, seed: int) -> LoadedBackbone:
@@ -77,5 +77,7 @@ def random_init(first: LoadedBackbone, seed: int) -> LoadedBackbone:
 def floors(first: LoadedBackbone, seed: int) -> list[Floor]:
     rand = random_init(first, seed)
     arch = hashlib.sha256(repr(sorted(first.config.to_dict().items())).encode()).hexdigest()[:16]
-    return [Floor(PIXELS, None, hashlib.sha256(f"pixels|{MAX_PIXEL_DIMS}".encode()).hexdigest()),
-            Floor(RANDOM_INIT, rand, hashlib.sha256(f"random-init|{arch}|{seed}".encode()).hexdigest())]
+    return [
+        Floor(PIXELS, None, hashlib.sha256(f"pixels|{MAX_PIXEL_DIMS}".encode()).hexdigest()),
+        Floor(RANDOM_INIT, rand, hashlib.sha256(f"random-init|{arch}|{seed}".encode()).hexdigest()),
+    ]

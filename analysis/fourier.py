@@ -37,9 +37,22 @@ import torch
 from fdbench.errors import FdbenchError
 
 __all__ = [
-    "EPS_ANCHORS", "default_eps", "default_window", "window_frequencies", "canonical", "half_plane",
-    "fourier_basis", "fourier_bases", "random_signs", "fourier_perturb", "radius_grid",
-    "band_pass", "low_pass", "high_pass", "power_spectrum", "radial_power_spectrum",
+    "EPS_ANCHORS",
+    "default_eps",
+    "default_window",
+    "window_frequencies",
+    "canonical",
+    "half_plane",
+    "fourier_basis",
+    "fourier_bases",
+    "random_signs",
+    "fourier_perturb",
+    "radius_grid",
+    "band_pass",
+    "low_pass",
+    "high_pass",
+    "power_spectrum",
+    "radial_power_spectrum",
     "spectral_centroid",
 ]
 
@@ -105,7 +118,7 @@ def half_plane(size: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     if window > size:
         raise FdbenchError(f"the heat-map window ({window}) cannot exceed the image size ({size})")
     w = window_frequencies(window)
-    grid = torch.stack(torch.meshgrid(w, w, indexing="ij"), dim=-1)      # [W, W, 2] = (ky, kx)
+    grid = torch.stack(torch.meshgrid(w, w, indexing="ij"), dim=-1)  # [W, W, 2] = (ky, kx)
     reps = canonical(grid, size).reshape(-1, 2)
     unique, index = torch.unique(reps, dim=0, return_inverse=True)
     return unique, index.reshape(window, window)
@@ -116,7 +129,7 @@ def fourier_bases(size: int, freqs: torch.Tensor, *, device=None, dtype=torch.fl
     freqs = torch.as_tensor(freqs, device=device).reshape(-1, 2).to(torch.float64)
     pos = torch.arange(size, device=freqs.device, dtype=torch.float64)
     # phase in float64: 2 pi k n / N must be exact enough that the DFT is clean at k and -k only
-    phase = (freqs[:, 0, None, None] * pos[None, :, None] + freqs[:, 1, None, None] * pos[None, None, :])
+    phase = freqs[:, 0, None, None] * pos[None, :, None] + freqs[:, 1, None, None] * pos[None, None, :]
     basis = torch.cos(2 * math.pi * (phase % size) / size)
     basis = basis / basis.flatten(1).norm(dim=1).view(-1, 1, 1)
     return basis.to(dtype)
@@ -132,8 +145,9 @@ def random_signs(shape, generator: torch.Generator | None = None) -> torch.Tenso
     return torch.randint(0, 2, tuple(shape), generator=generator).float().mul_(2).sub_(1)
 
 
-def fourier_perturb(images: torch.Tensor, bases: torch.Tensor, eps: float, signs: torch.Tensor,
-                    *, clamp: bool = True) -> torch.Tensor:
+def fourier_perturb(
+    images: torch.Tensor, bases: torch.Tensor, eps: float, signs: torch.Tensor, *, clamp: bool = True
+) -> torch.Tensor:
     """``x + eps * r_c * U`` per channel, clamped to [0,1] unless ``clamp=False``.
 
     ``images``: float [B, C, N, N] in [0,1]; ``bases``: [B, N, N] (one basis per image) or [N, N];
@@ -147,7 +161,7 @@ def fourier_perturb(images: torch.Tensor, bases: torch.Tensor, eps: float, signs
 
 def radius_grid(size: int, *, device=None) -> torch.Tensor:
     """``|k|`` in cycles/image for every DFT coefficient, in ``torch.fft.fft2`` (unshifted) order."""
-    k = torch.fft.fftfreq(size, d=1.0 / size, device=device)          # 0, 1, ..., -N/2, ..., -1
+    k = torch.fft.fftfreq(size, d=1.0 / size, device=device)  # 0, 1, ..., -N/2, ..., -1
     return torch.sqrt(k[:, None] ** 2 + k[None, :] ** 2)
 
 

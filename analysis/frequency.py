@@ -51,7 +51,7 @@ from fdbench.io import atomic_write_csv, atomic_write_json, progress
 
 ANALYSES = ("heatmap", "bandpass", "spectra")
 PROBES = ("linear", "knn")
-DEFAULT_RESULTS = Path("evals/corruptions/results.csv")   # where `fdbench eval-corruptions` writes by default
+DEFAULT_RESULTS = Path("evals/corruptions/results.csv")  # where `fdbench eval-corruptions` writes by default
 Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -59,33 +59,34 @@ Classifier = Callable[[torch.Tensor], torch.Tensor]
 class FrequencyConfig:
     """Options of ``fdbench frequency-analysis`` (the CLI mirrors these names)."""
 
-    checkpoints: list[str] = field(default_factory=list)   # empty: runs/*/final.pt
-    data: str | None = None              # dataset root; default: each checkpoint's training data
+    checkpoints: list[str] = field(default_factory=list)  # empty: runs/*/final.pt
+    data: str | None = None  # dataset root; default: each checkpoint's training data
     analyses: list[str] = field(default_factory=lambda: list(ANALYSES))
-    eps: float | None = None             # default: fourier.default_eps(image size)
-    window: int | None = None            # default: fourier.default_window(image size)
-    n_images: int = 32                   # heat-map and spectra images (class-balanced val subset)
-    bandpass_images: int = 256           # band-pass images (class-balanced val subset)
-    radii: int = 16                      # band-pass radius steps between 0 and Nyquist
-    probe: str = "linear"                # linear | knn
-    results: str | None = None           # eval-corruptions results.csv (default: DEFAULT_RESULTS if present)
-    severity: int = 3                    # severity drawn in the spectra figure
+    eps: float | None = None  # default: fourier.default_eps(image size)
+    window: int | None = None  # default: fourier.default_window(image size)
+    n_images: int = 32  # heat-map and spectra images (class-balanced val subset)
+    bandpass_images: int = 256  # band-pass images (class-balanced val subset)
+    radii: int = 16  # band-pass radius steps between 0 and Nyquist
+    probe: str = "linear"  # linear | knn
+    results: str | None = None  # eval-corruptions results.csv (default: DEFAULT_RESULTS if present)
+    severity: int = 3  # severity drawn in the spectra figure
     batch_size: int = 256
     device: str = "auto"
     seed: int = 0
     out: str = "evals/frequency"
-    runs: str = "runs"                   # where to look for checkpoints when none are given
+    runs: str = "runs"  # where to look for checkpoints when none are given
 
 
 @dataclass
 class FrequencyReport:
     out: Path
     summary: pd.DataFrame
-    figures: dict = field(default_factory=dict)      # name -> matplotlib Figure (also saved as PNG + PDF)
+    figures: dict = field(default_factory=dict)  # name -> matplotlib Figure (also saved as PNG + PDF)
     files: list[Path] = field(default_factory=list)
 
 
 # ---- analyses on any classifier -----------------------------------------------------------------
+
 
 def _predict(classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
     out = classifier(images)
@@ -97,30 +98,56 @@ def _as_float01(images: torch.Tensor, device) -> torch.Tensor:
     return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
 
 
-def wrong_mask(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
-               batch_size: int = 256, transform: Callable | None = None, device=None) -> torch.Tensor:
+def wrong_mask(
+    classifier: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    transform: Callable | None = None,
+    device=None,
+) -> torch.Tensor:
     """Per image: whether ``classifier`` gets it wrong (bool ``[n]``, optionally through ``transform``)."""
     device = device or images.device
     wrong = []
     for start in range(0, len(images), batch_size):
-        x = _as_float01(images[start:start + batch_size], device)
+        x = _as_float01(images[start : start + batch_size], device)
         if transform is not None:
             x = transform(x)
-        wrong.append(_predict(classifier, x).cpu() != labels[start:start + batch_size].cpu())
+        wrong.append(_predict(classifier, x).cpu() != labels[start : start + batch_size].cpu())
     return torch.cat(wrong) if wrong else torch.zeros(0, dtype=torch.bool)
 
 
-def error_rate(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
-               batch_size: int = 256, transform: Callable | None = None, device=None) -> float:
+def error_rate(
+    classifier: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int = 256,
+    transform: Callable | None = None,
+    device=None,
+) -> float:
     """Top-1 error (fraction) of ``classifier`` on ``images`` (optionally through ``transform``)."""
     wrong = wrong_mask(classifier, images, labels, batch_size=batch_size, transform=transform, device=device)
     return int(wrong.sum()) / max(1, len(images))
 
 
-def fourier_heatmap(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *, eps: float,
-                    window: int | None = None, batch_size: int = 256, seed: int = 0, device=None,
-                    desc: str = "heat map", partial: str | Path | None = None, partial_key: str = "",
-                    save_every_s: float = 30.0, outcomes: dict | None = None) -> pd.DataFrame:
+def fourier_heatmap(
+    classifier: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    eps: float,
+    window: int | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    device=None,
+    desc: str = "heat map",
+    partial: str | Path | None = None,
+    partial_key: str = "",
+    save_every_s: float = 30.0,
+    outcomes: dict | None = None,
+) -> pd.DataFrame:
     """Error rate under a Fourier-basis perturbation for every frequency of a centred window.
 
     ``images``: [n, 3, N, N] (uint8 or float [0,1]); every (frequency, image) pair is one perturbed
@@ -158,13 +185,18 @@ def fourier_heatmap(classifier: Classifier, images: torch.Tensor, labels: torch.
     if partial is not None and Path(partial).exists():
         try:
             state = torch.load(partial, weights_only=True)
-        except Exception:                       # a damaged partial file only costs the redone work
+        except Exception:  # a damaged partial file only costs the redone work
             state = {}
         if state.get("key") == key and state["wrong"].shape == wrong.shape:
             first, wrong = int(state["start"]), state["wrong"]
     last_save = time.monotonic()
-    for start in progress(range(first, total, batch_size), desc=desc, unit="batch",
-                          initial=first // batch_size, total=math.ceil(total / batch_size)):
+    for start in progress(
+        range(first, total, batch_size),
+        desc=desc,
+        unit="batch",
+        initial=first // batch_size,
+        total=math.ceil(total / batch_size),
+    ):
         t = torch.arange(start, min(start + batch_size, total))
         f, i = t // n, t % n
         # basis images for the few distinct frequencies of this batch, then one per item
@@ -183,9 +215,16 @@ def fourier_heatmap(classifier: Classifier, images: torch.Tensor, labels: torch.
     w = fourier.window_frequencies(window).numpy()
     ky, kx = np.meshgrid(w, w, indexing="ij")
     radius = np.hypot(ky, kx)
-    return pd.DataFrame({"ky": ky.ravel(), "kx": kx.ravel(), "radius": radius.ravel(),
-                         "radius_frac": radius.ravel() / (size / 2),
-                         "error_pct": error[index.numpy().ravel()], "n": n})
+    return pd.DataFrame(
+        {
+            "ky": ky.ravel(),
+            "kx": kx.ravel(),
+            "radius": radius.ravel(),
+            "radius_frac": radius.ravel() / (size / 2),
+            "error_pct": error[index.numpy().ravel()],
+            "n": n,
+        }
+    )
 
 
 def radius_fractions(steps: int) -> list[float]:
@@ -195,9 +234,17 @@ def radius_fractions(steps: int) -> list[float]:
     return [i / steps for i in range(steps + 1)] + [math.sqrt(2)]
 
 
-def bandpass_accuracy(classifier: Classifier, images: torch.Tensor, labels: torch.Tensor, *,
-                      fractions: Sequence[float], batch_size: int = 256, device=None,
-                      desc: str = "band-pass", outcomes: dict | None = None) -> pd.DataFrame:
+def bandpass_accuracy(
+    classifier: Classifier,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    fractions: Sequence[float],
+    batch_size: int = 256,
+    device=None,
+    desc: str = "band-pass",
+    outcomes: dict | None = None,
+) -> pd.DataFrame:
     """Accuracy on low- and high-pass filtered images for each radius ``r = frac * N/2``.
 
     Returns ``filter, radius, radius_frac, accuracy_pct, n``; the last fraction (sqrt 2) keeps every
@@ -211,19 +258,38 @@ def bandpass_accuracy(classifier: Classifier, images: torch.Tensor, labels: torc
         # a hair above frac * N/2 so the corner coefficient counts as inside at frac = sqrt(2)
         radius = frac * size / 2 + 1e-6
         for kind in ("low", "high"):
-            wrong = wrong_mask(classifier, images, labels, batch_size=batch_size, device=device,
-                               transform=lambda x, r=radius, k=kind: fourier.band_pass(x, r, k))
+            wrong = wrong_mask(
+                classifier,
+                images,
+                labels,
+                batch_size=batch_size,
+                device=device,
+                transform=lambda x, r=radius, k=kind: fourier.band_pass(x, r, k),
+            )
             wrong_rows.append(wrong.numpy())
-            rows.append({"filter": kind, "radius": frac * size / 2, "radius_frac": frac,
-                         "accuracy_pct": 100 * (1 - int(wrong.sum()) / max(1, len(images))), "n": len(images)})
+            rows.append(
+                {
+                    "filter": kind,
+                    "radius": frac * size / 2,
+                    "radius_frac": frac,
+                    "accuracy_pct": 100 * (1 - int(wrong.sum()) / max(1, len(images))),
+                    "n": len(images),
+                }
+            )
     if outcomes is not None:
         outcomes["wrong"] = np.stack(wrong_rows) if wrong_rows else np.zeros((0, len(images)), dtype=bool)
     return pd.DataFrame(rows)
 
 
-def corruption_spectra(images: torch.Tensor, corrupt_fn: Callable, corruption_names: Sequence[str], *,
-                       severities: Sequence[int] = (1, 2, 3, 4, 5), seed: int = 0,
-                       desc: str = "spectra") -> tuple[pd.DataFrame, pd.DataFrame]:
+def corruption_spectra(
+    images: torch.Tensor,
+    corrupt_fn: Callable,
+    corruption_names: Sequence[str],
+    *,
+    severities: Sequence[int] = (1, 2, 3, 4, 5),
+    seed: int = 0,
+    desc: str = "spectra",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Radial power spectra of ``corrupt_fn(x, name, severity) - x`` over ``images`` (float [0,1]).
 
     Returns ``(spectra, centroids)``: ``spectra`` has ``corruption, severity, radius, radius_frac,
@@ -242,14 +308,30 @@ def corruption_spectra(images: torch.Tensor, corrupt_fn: Callable, corruption_na
         radius, mean_power, total_power = fourier.radial_power_spectrum(delta)
         centroid = fourier.spectral_centroid(delta)
         for r, mp, tp in zip(radius.tolist(), mean_power.tolist(), total_power.tolist()):
-            spec_rows.append({"corruption": name, "severity": sev, "radius": r, "radius_frac": r / (size / 2),
-                              "mean_power": mp, "total_power": tp})
-        cent_rows.append({"corruption": name, "severity": sev, "centroid": centroid,
-                          "centroid_frac": centroid / (size / 2), "energy": float(total_power.sum())})
+            spec_rows.append(
+                {
+                    "corruption": name,
+                    "severity": sev,
+                    "radius": r,
+                    "radius_frac": r / (size / 2),
+                    "mean_power": mp,
+                    "total_power": tp,
+                }
+            )
+        cent_rows.append(
+            {
+                "corruption": name,
+                "severity": sev,
+                "centroid": centroid,
+                "centroid_frac": centroid / (size / 2),
+                "energy": float(total_power.sum()),
+            }
+        )
     return pd.DataFrame(spec_rows), pd.DataFrame(cent_rows)
 
 
 # ---- summary numbers ----------------------------------------------------------------------------
+
 
 def heatmap_summary(df: pd.DataFrame, clean_error_pct: float, size: int) -> dict[str, float]:
     """Mean / low-band / high-band error and the error-increase-weighted frequency (module docstring)."""
@@ -257,10 +339,12 @@ def heatmap_summary(df: pd.DataFrame, clean_error_pct: float, size: int) -> dict
     low = df["radius"] < window / 4
     excess = (df["error_pct"] - clean_error_pct).clip(lower=0)
     centroid = float((excess * df["radius"]).sum() / excess.sum() / (size / 2)) if excess.sum() > 0 else math.nan
-    return {"heatmap_mean_error_pct": float(df["error_pct"].mean()),
-            "heatmap_low_error_pct": float(df.loc[low, "error_pct"].mean()) if low.any() else math.nan,
-            "heatmap_high_error_pct": float(df.loc[~low, "error_pct"].mean()) if (~low).any() else math.nan,
-            "heatmap_centroid_frac": centroid}
+    return {
+        "heatmap_mean_error_pct": float(df["error_pct"].mean()),
+        "heatmap_low_error_pct": float(df.loc[low, "error_pct"].mean()) if low.any() else math.nan,
+        "heatmap_high_error_pct": float(df.loc[~low, "error_pct"].mean()) if (~low).any() else math.nan,
+        "heatmap_centroid_frac": centroid,
+    }
 
 
 def crossing_radius(df: pd.DataFrame) -> float:
@@ -298,8 +382,10 @@ def read_results(path: str | Path) -> pd.DataFrame:
         raise FdbenchError(f"cannot read {path} as CSV ({str(err).splitlines()[0]})") from None
     need = {"checkpoint", "protocol", "corruption", "severity", "top1"}
     if not need <= set(df.columns):
-        raise FdbenchError(f"{path} is not an eval-corruptions results.csv: needs columns "
-                           f"{', '.join(sorted(need))}, has {', '.join(map(str, df.columns))}")
+        raise FdbenchError(
+            f"{path} is not an eval-corruptions results.csv: needs columns "
+            f"{', '.join(sorted(need))}, has {', '.join(map(str, df.columns))}"
+        )
     return df
 
 
@@ -325,12 +411,19 @@ def robustness_table(results: pd.DataFrame, centroids: pd.DataFrame) -> pd.DataF
             cent = centroids[(centroids["corruption"] == name) & centroids["severity"].isin(cells["severity"])]
             if cent.empty:
                 continue
-            rows.append({"checkpoint": str(ckpt), "corruption": name,
-                         "centroid_frac": float(cent["centroid_frac"].mean()),
-                         "top1_pct": 100 * float(cells["top1"].mean()), "clean_top1_pct": 100 * clean_top1,
-                         "drop_pp": 100 * (clean_top1 - float(cells["top1"].mean()))})
-    return pd.DataFrame(rows, columns=["checkpoint", "corruption", "centroid_frac", "top1_pct",
-                                       "clean_top1_pct", "drop_pp"])
+            rows.append(
+                {
+                    "checkpoint": str(ckpt),
+                    "corruption": name,
+                    "centroid_frac": float(cent["centroid_frac"].mean()),
+                    "top1_pct": 100 * float(cells["top1"].mean()),
+                    "clean_top1_pct": 100 * clean_top1,
+                    "drop_pp": 100 * (clean_top1 - float(cells["top1"].mean())),
+                }
+            )
+    return pd.DataFrame(
+        rows, columns=["checkpoint", "corruption", "centroid_frac", "top1_pct", "clean_top1_pct", "drop_pp"]
+    )
 
 
 def group_accuracy(results: pd.DataFrame, keys: Sequence[str]) -> dict[str, float]:
@@ -342,13 +435,15 @@ def group_accuracy(results: pd.DataFrame, keys: Sequence[str]) -> dict[str, floa
     part = res[res["checkpoint"].astype(str).isin([str(k) for k in keys])]
     if part.empty:
         return {}
-    out = {f"{g}_top1_pct": 100 * float(part[part["corruption"].isin(GROUPS[g])]["top1"].mean())
-           for g in ("noise", "blur")}
+    out = {
+        f"{g}_top1_pct": 100 * float(part[part["corruption"].isin(GROUPS[g])]["top1"].mean()) for g in ("noise", "blur")
+    }
     out["noise_minus_blur_pp"] = out["noise_top1_pct"] - out["blur_top1_pct"]
     return out
 
 
 # ---- checkpoints ---------------------------------------------------------------------------------
+
 
 def find_checkpoints(paths: Sequence[str], runs: str | Path = "runs", announce=None) -> list[Path]:
     """The given checkpoint files, or every ``<runs>/*/final.pt`` when none are given."""
@@ -356,11 +451,12 @@ def find_checkpoints(paths: Sequence[str], runs: str | Path = "runs", announce=N
         return [Path(p) for p in paths]
     found = sorted(Path(runs).glob("*/final.pt"))
     if not found:
-        raise FdbenchError(f"no checkpoints given and none found under {runs}/*/final.pt: train some with "
-                           f"`fdbench pretrain` first, or pass checkpoint files")
+        raise FdbenchError(
+            f"no checkpoints given and none found under {runs}/*/final.pt: train some with "
+            f"`fdbench pretrain` first, or pass checkpoint files"
+        )
     if announce:
-        announce(f"analysing {len(found)} checkpoint(s) found under {runs}/: "
-                 + ", ".join(str(p) for p in found))
+        announce(f"analysing {len(found)} checkpoint(s) found under {runs}/: " + ", ".join(str(p) for p in found))
     return found
 
 
@@ -440,10 +536,13 @@ def _load_model(path: Path, config: FrequencyConfig, device: torch.device, label
     probe.to(device)
 
     need = max(config.n_images, config.bandpass_images)
-    val_x, val_y, _ = load_split_tensor(root, "val", size, resize=resize,
-                                        max_per_class=math.ceil(need / num_classes), desc=f"{label}: val")
-    announce(f"{label}: {loaded.config.arch}/{loaded.config.patch_size} at {size} px, {config.probe} probe "
-             f"on {len(feats)} train images, data {root or 'embedded synthetic dataset'}")
+    val_x, val_y, _ = load_split_tensor(
+        root, "val", size, resize=resize, max_per_class=math.ceil(need / num_classes), desc=f"{label}: val"
+    )
+    announce(
+        f"{label}: {loaded.config.arch}/{loaded.config.patch_size} at {size} px, {config.probe} probe "
+        f"on {len(feats)} train images, data {root or 'embedded synthetic dataset'}"
+    )
 
     def classify(images: torch.Tensor) -> torch.Tensor:
         return probe.logits(encoder(images))
@@ -455,6 +554,7 @@ def _load_model(path: Path, config: FrequencyConfig, device: torch.device, label
 
 
 # ---- the runner ----------------------------------------------------------------------------------
+
 
 def _params_match(meta_path: Path, params: dict) -> bool:
     try:
@@ -481,9 +581,12 @@ def _validate(config: FrequencyConfig) -> None:
     radius_fractions(config.radii)
 
 
-def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], None] = lambda m: None,
-                           corrupt_fn: Callable | None = None, corruption_names: Sequence[str] | None = None
-                           ) -> FrequencyReport:
+def run_frequency_analysis(
+    config: FrequencyConfig,
+    announce: Callable[[str], None] = lambda m: None,
+    corrupt_fn: Callable | None = None,
+    corruption_names: Sequence[str] | None = None,
+) -> FrequencyReport:
     """Run the requested analyses for every checkpoint, write CSVs + figures under ``config.out``.
 
     Work already done with the same parameters (per analysis and checkpoint, recorded in a JSON beside
@@ -508,7 +611,7 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
     labels = checkpoint_labels(paths)
     report = FrequencyReport(out=out, summary=pd.DataFrame())
     heatmaps, bandpasses, rows, infos, outcomes = {}, {}, [], {}, {}
-    spectra_source: Path | None = None       # the checkpoint whose data and size the spectra use
+    spectra_source: Path | None = None  # the checkpoint whose data and size the spectra use
 
     for path, label in zip(paths, labels):
         folder = out / label
@@ -524,8 +627,9 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
             else:
                 if model is None:
                     model = _load_model(path, config, device, label, announce)
-                df, saved, kept = _run_one(analysis, model, config, device, label, params,
-                                           partial=folder / f"{analysis}.partial.pt")
+                df, saved, kept = _run_one(
+                    analysis, model, config, device, label, params, partial=folder / f"{analysis}.partial.pt"
+                )
                 # the per-image outcomes first: a CSV without them would be taken as finished work
                 fstats.save_outcomes(npz, **kept)
                 atomic_write_csv(csv, df)
@@ -540,8 +644,9 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
 
     spectra = centroids = None
     if "spectra" in config.analyses:
-        spectra, centroids = _spectra(config, out, spectra_source, device, announce, corrupt_fn,
-                                      corruption_names, report)
+        spectra, centroids = _spectra(
+            config, out, spectra_source, device, announce, corrupt_fn, corruption_names, report
+        )
 
     for label in labels:
         info = dict(infos[label])
@@ -550,8 +655,13 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
             info.update(_heatmap_intervals(heatmaps[label], outcomes[("heatmap", label)], info, config.seed))
         if label in bandpasses:
             bp = bandpasses[label]
-            info.update({"crossing_frac": crossing_radius(bp), "lowpass_auc_pct": bandpass_auc(bp, "low"),
-                         "highpass_auc_pct": bandpass_auc(bp, "high")})
+            info.update(
+                {
+                    "crossing_frac": crossing_radius(bp),
+                    "lowpass_auc_pct": bandpass_auc(bp, "low"),
+                    "highpass_auc_pct": bandpass_auc(bp, "high"),
+                }
+            )
             lo_hi, bandpasses[label] = _bandpass_intervals(bp, outcomes[("bandpass", label)], config.seed)
             info.update(lo_hi)
         if results is not None:
@@ -563,42 +673,69 @@ def run_frequency_analysis(config: FrequencyConfig, announce: Callable[[str], No
         atomic_write_json(out / "summary.json", {"config": asdict(config), "checkpoints": rows})
         report.files += [out / "summary.csv", out / "summary.json"]
 
-    report.figures = draw_figures(out, heatmaps, bandpasses, infos, spectra, centroids, results, config,
-                                  report.files, outcomes)
+    report.figures = draw_figures(
+        out, heatmaps, bandpasses, infos, spectra, centroids, results, config, report.files, outcomes
+    )
     return report
 
 
 def _analysis_params(analysis: str, config: FrequencyConfig, path: Path) -> dict:
-    common = {"checkpoint": str(Path(path).resolve()), "mtime": Path(path).stat().st_mtime if Path(path).exists() else None,
-              "data": config.data, "probe": config.probe, "seed": config.seed}
+    common = {
+        "checkpoint": str(Path(path).resolve()),
+        "mtime": Path(path).stat().st_mtime if Path(path).exists() else None,
+        "data": config.data,
+        "probe": config.probe,
+        "seed": config.seed,
+    }
     if analysis == "heatmap":
         return {**common, "eps": config.eps, "window": config.window, "n_images": config.n_images}
     return {**common, "bandpass_images": config.bandpass_images, "radii": config.radii}
 
 
-def _run_one(analysis: str, model: _Model, config: FrequencyConfig, device, label: str, params: dict,
-             partial: Path | None = None):
+def _run_one(
+    analysis: str, model: _Model, config: FrequencyConfig, device, label: str, params: dict, partial: Path | None = None
+):
     n = config.n_images if analysis == "heatmap" else config.bandpass_images
     idx = _stratified(model.val_labels, n, config.seed)
     images, labels = model.val_images[idx], model.val_labels[idx]
     clean_wrong = wrong_mask(model.classifier, images, labels, batch_size=config.batch_size, device=device)
     clean_err = 100 * float(clean_wrong.float().mean())
     kept: dict = {}
-    info = {"image_size": model.size, "data_root": model.root, "num_classes": model.num_classes,
-            "curriculum": model.curriculum}
+    info = {
+        "image_size": model.size,
+        "data_root": model.root,
+        "num_classes": model.num_classes,
+        "curriculum": model.curriculum,
+    }
     if analysis == "heatmap":
         eps = config.eps if config.eps is not None else fourier.default_eps(model.size)
         window = config.window or fourier.default_window(model.size)
-        df = fourier_heatmap(model.classifier, images, labels, eps=eps, window=window,
-                             batch_size=config.batch_size, seed=config.seed, device=device,
-                             desc=f"{label}: heat map", partial=partial,
-                             partial_key=json.dumps(params, sort_keys=True), outcomes=kept)
-        info.update({"eps": eps, "window": window, "heatmap_images": len(images),
-                     "heatmap_clean_error_pct": clean_err})
+        df = fourier_heatmap(
+            model.classifier,
+            images,
+            labels,
+            eps=eps,
+            window=window,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            device=device,
+            desc=f"{label}: heat map",
+            partial=partial,
+            partial_key=json.dumps(params, sort_keys=True),
+            outcomes=kept,
+        )
+        info.update({"eps": eps, "window": window, "heatmap_images": len(images), "heatmap_clean_error_pct": clean_err})
     else:
-        df = bandpass_accuracy(model.classifier, images, labels, fractions=radius_fractions(config.radii),
-                               batch_size=config.batch_size, device=device, desc=f"{label}: band-pass",
-                               outcomes=kept)
+        df = bandpass_accuracy(
+            model.classifier,
+            images,
+            labels,
+            fractions=radius_fractions(config.radii),
+            batch_size=config.batch_size,
+            device=device,
+            desc=f"{label}: band-pass",
+            outcomes=kept,
+        )
         info.update({"bandpass_images": len(images), "clean_top1_pct": 100 - clean_err})
     kept.update(clean_wrong=clean_wrong.numpy(), images=idx.numpy())
     return df, {"params": params, "info": info}, kept
@@ -613,8 +750,9 @@ def _heatmap_intervals(df: pd.DataFrame, kept: dict, info: dict, seed: int) -> d
     """``<number>_lo`` / ``<number>_hi``: 95% bootstrap intervals (over images) of the heat-map numbers."""
     cells = _cell_outcomes(df, kept)
     weights = fstats.bootstrap_weights(cells.shape[1], seed=seed)
-    samples = fstats.heatmap_summary_samples(cells, df["radius"].to_numpy(float), kept["clean_wrong"],
-                                             int(df["kx"].nunique()), info["image_size"], weights)
+    samples = fstats.heatmap_summary_samples(
+        cells, df["radius"].to_numpy(float), kept["clean_wrong"], int(df["kx"].nunique()), info["image_size"], weights
+    )
     out = {}
     for name, values in samples.items():
         lo, hi = fstats.interval(values)
@@ -658,8 +796,13 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
         root = config.data
         native = dataset_resolution(root)
         size, resize = native or 224, None
-    params = {"data": str(root) if root else None, "size": size, "n_images": config.n_images, "seed": config.seed,
-              "corruptions": list(corruption_names)}
+    params = {
+        "data": str(root) if root else None,
+        "size": size,
+        "n_images": config.n_images,
+        "seed": config.seed,
+        "corruptions": list(corruption_names),
+    }
     csv, cent_csv, meta = out / "spectra.csv", out / "spectra_centroids.csv", out / "spectra.json"
     if csv.exists() and cent_csv.exists() and _params_match(meta, params):
         announce(f"spectra already done ({csv}), reusing them")
@@ -667,11 +810,13 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
     from fdbench.data import open_dataset
 
     num_classes = len(open_dataset(root, "val").classes)
-    x, y, _ = load_split_tensor(root, "val", size, resize=resize,
-                                max_per_class=math.ceil(config.n_images / num_classes), desc="spectra: val")
+    x, y, _ = load_split_tensor(
+        root, "val", size, resize=resize, max_per_class=math.ceil(config.n_images / num_classes), desc="spectra: val"
+    )
     idx = _stratified(y, config.n_images, config.seed)
-    announce(f"corruption spectra: {len(corruption_names)} corruptions x 5 severities on {len(idx)} "
-             f"images at {size} px")
+    announce(
+        f"corruption spectra: {len(corruption_names)} corruptions x 5 severities on {len(idx)} images at {size} px"
+    )
     spectra, centroids = corruption_spectra(x[idx], corrupt_fn, corruption_names, seed=config.seed)
     atomic_write_csv(csv, spectra)
     atomic_write_csv(cent_csv, centroids)
@@ -681,6 +826,7 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
 
 
 # ---- figures -------------------------------------------------------------------------------------
+
 
 def comparison_pair(infos: dict[str, dict], labels: Sequence[str]) -> tuple[str, str]:
     """(A, B) for the difference map: the standard curriculum ("none") as A and another as B when the
@@ -695,14 +841,16 @@ def comparison_pair(infos: dict[str, dict], labels: Sequence[str]) -> tuple[str,
 def comparison_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
     """Two heat maps on the same window joined cell by cell, with ``diff = error_b - error_a`` (pp)."""
     merged = a[["ky", "kx", "radius_frac", "error_pct"]].merge(
-        b[["ky", "kx", "error_pct"]], on=["ky", "kx"], suffixes=("_a", "_b"))
+        b[["ky", "kx", "error_pct"]], on=["ky", "kx"], suffixes=("_a", "_b")
+    )
     merged = merged.rename(columns={"error_pct_a": "error_a", "error_pct_b": "error_b"})
     merged["diff"] = merged["error_b"] - merged["error_a"]
     return merged
 
 
-def draw_figures(out: Path, heatmaps, bandpasses, infos, spectra, centroids, results, config, files,
-                 outcomes: dict | None = None) -> dict:
+def draw_figures(
+    out: Path, heatmaps, bandpasses, infos, spectra, centroids, results, config, files, outcomes: dict | None = None
+) -> dict:
     """Every figure, each drawn from the DataFrame that is (or was) written as its CSV.
 
     ``outcomes``: per-image outcomes by ``(analysis, label)``; with them the heat maps get their ring
@@ -718,9 +866,15 @@ def draw_figures(out: Path, heatmaps, bandpasses, infos, spectra, centroids, res
         vmax = plots.nice_max(max(float(df["error_pct"].max()) for df in heatmaps.values()))
         for label, df in heatmaps.items():
             info = infos[label]
-            emit(f"{label}/heatmap", plots.heatmap_figure(
-                df, vmax=vmax, title=f"{label}: Fourier heat map (eps {info['eps']:.2f}, "
-                                     f"{info['heatmap_images']} images, clean error {info['heatmap_clean_error_pct']:.1f}%)"))
+            emit(
+                f"{label}/heatmap",
+                plots.heatmap_figure(
+                    df,
+                    vmax=vmax,
+                    title=f"{label}: Fourier heat map (eps {info['eps']:.2f}, "
+                    f"{info['heatmap_images']} images, clean error {info['heatmap_clean_error_pct']:.1f}%)",
+                ),
+            )
         same = [l for l in heatmaps if len(heatmaps[l]) == len(next(iter(heatmaps.values())))]
         pair = comparison_pair(infos, same) if len(same) >= 2 else None
         rings = _ring_tables(heatmaps, outcomes, infos, pair, config.seed)
@@ -741,23 +895,32 @@ def draw_figures(out: Path, heatmaps, bandpasses, infos, spectra, centroids, res
                 comp["significant"] = fstats.benjamini_hochberg(comp["p_value"].to_numpy())
             atomic_write_csv(out / "heatmap_comparison.csv", comp)
             files.append(out / "heatmap_comparison.csv")
-            emit("heatmap_comparison", plots.heatmap_comparison_figure(
-                comp, la, lb, suptitle="Fourier heat maps: error rate under a unit Fourier perturbation"))
+            emit(
+                "heatmap_comparison",
+                plots.heatmap_comparison_figure(
+                    comp, la, lb, suptitle="Fourier heat maps: error rate under a unit Fourier perturbation"
+                ),
+            )
     if bandpasses:
         combined = pd.concat([df.assign(checkpoint=label) for label, df in bandpasses.items()], ignore_index=True)
         combined = combined[["checkpoint"] + [c for c in combined.columns if c != "checkpoint"]]
         atomic_write_csv(out / "bandpass.csv", combined)
         files.append(out / "bandpass.csv")
         chance = 100 / max(infos[l].get("num_classes", 1) for l in bandpasses)
-        emit("bandpass", plots.bandpass_figure(combined, chance_pct=chance,
-                                               crossings={l: crossing_radius(df) for l, df in bandpasses.items()}))
+        emit(
+            "bandpass",
+            plots.bandpass_figure(
+                combined, chance_pct=chance, crossings={l: crossing_radius(df) for l, df in bandpasses.items()}
+            ),
+        )
     if spectra is not None:
         emit("spectra", plots.spectra_figure(spectra, severity=config.severity))
         if results is not None:
             table = robustness_table(results, centroids)
             if table.empty:
-                raise FdbenchError("the eval-corruptions results have no clean rows or no corruption in common "
-                                   "with the spectra")
+                raise FdbenchError(
+                    "the eval-corruptions results have no clean rows or no corruption in common with the spectra"
+                )
             atomic_write_csv(out / "robustness_vs_frequency.csv", table)
             files.append(out / "robustness_vs_frequency.csv")
             emit("robustness_vs_frequency", plots.robustness_frequency_figure(table))
@@ -767,8 +930,12 @@ def draw_figures(out: Path, heatmaps, bandpasses, infos, spectra, centroids, res
 def _paired_cells(heatmaps, outcomes, la: str, lb: str):
     """Both checkpoints' ``[cells, n]`` outcomes when they were measured on the same images, else None."""
     ka, kb = outcomes.get(("heatmap", la)), outcomes.get(("heatmap", lb))
-    if ka is None or kb is None or not np.array_equal(ka["images"], kb["images"]) or \
-            ka["wrong"].shape != kb["wrong"].shape:
+    if (
+        ka is None
+        or kb is None
+        or not np.array_equal(ka["images"], kb["images"])
+        or ka["wrong"].shape != kb["wrong"].shape
+    ):
         return None
     return _cell_outcomes(heatmaps[la], ka), _cell_outcomes(heatmaps[lb], kb)
 
@@ -781,8 +948,9 @@ def _ring_tables(heatmaps, outcomes, infos, pair, seed: int):
         kept = outcomes.get(("heatmap", label))
         if kept is None:
             return None
-        curve = fstats.ring_curve(_cell_outcomes(df, kept), df["radius"].to_numpy(float),
-                                  infos[label]["image_size"], seed=seed)
+        curve = fstats.ring_curve(
+            _cell_outcomes(df, kept), df["radius"].to_numpy(float), infos[label]["image_size"], seed=seed
+        )
         frames.append(curve.assign(checkpoint=label))
     curves = pd.concat(frames, ignore_index=True)
     curves = curves[["checkpoint"] + [c for c in curves.columns if c != "checkpoint"]]
@@ -790,8 +958,9 @@ def _ring_tables(heatmaps, outcomes, infos, pair, seed: int):
     if pair is not None:
         paired = _paired_cells(heatmaps, outcomes, *pair)
         if paired is not None:
-            diff = fstats.ring_difference(*paired, heatmaps[pair[0]]["radius"].to_numpy(float),
-                                          infos[pair[0]]["image_size"], seed=seed)
+            diff = fstats.ring_difference(
+                *paired, heatmaps[pair[0]]["radius"].to_numpy(float), infos[pair[0]]["image_size"], seed=seed
+            )
             diff.insert(0, "b", pair[1])
             diff.insert(0, "a", pair[0])
     return curves, diff

@@ -37,6 +37,7 @@ LEVEL = 0.95
 
 # ---- the per-image outcome archive ---------------------------------------------------------------
 
+
 def save_outcomes(path: str | Path, **arrays: np.ndarray) -> None:
     """Write boolean outcome matrices ``[..., n]`` as packed bits (8 images a byte) plus any other
     array as is, into one ``.npz`` written atomically. Each boolean ``name`` is stored as
@@ -73,6 +74,7 @@ def load_outcomes(path: str | Path) -> dict[str, np.ndarray]:
 
 # ---- bootstrap -----------------------------------------------------------------------------------
 
+
 def bootstrap_indices(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.ndarray:
     """``[resamples, n]`` image indices drawn with replacement (the scheme of the module docstring)."""
     if n < 1:
@@ -92,12 +94,13 @@ def bootstrap_weights(n: int, resamples: int = RESAMPLES, seed: int = 0) -> np.n
 def interval(samples: np.ndarray, level: float = LEVEL, axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """Percentile interval of bootstrap ``samples`` along ``axis`` (NaN samples ignored)."""
     tail = 100 * (1 - level) / 2
-    with warnings.catch_warnings():               # a statistic that is NaN on every resample stays NaN
+    with warnings.catch_warnings():  # a statistic that is NaN on every resample stays NaN
         warnings.simplefilter("ignore", RuntimeWarning)
         return (np.nanpercentile(samples, tail, axis=axis), np.nanpercentile(samples, 100 - tail, axis=axis))
 
 
 # ---- rings ---------------------------------------------------------------------------------------
+
 
 def ring_of(radius: np.ndarray) -> np.ndarray:
     """The ring (integer ``round(|k|)``, half away from zero) of each cell's radius in cycles/image."""
@@ -109,13 +112,20 @@ def per_image_rings(cell_wrong: np.ndarray, radius: np.ndarray) -> tuple[np.ndar
     that image i got wrong; ``cell_wrong`` is ``[cells, n]`` boolean, ``radius`` ``[cells]``."""
     ring = ring_of(radius)
     rings = np.unique(ring)
-    member = (ring[None, :] == rings[:, None]).astype(float)              # [R, cells]
+    member = (ring[None, :] == rings[:, None]).astype(float)  # [R, cells]
     cells = member.sum(axis=1)
     return rings, cells.astype(int), member @ cell_wrong.astype(float) / cells[:, None]
 
 
-def ring_curve(cell_wrong: np.ndarray, radius: np.ndarray, size: int, *, resamples: int = RESAMPLES,
-               seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
+def ring_curve(
+    cell_wrong: np.ndarray,
+    radius: np.ndarray,
+    size: int,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> pd.DataFrame:
     """Error vs |k| pooled over each ring, with its bootstrap interval over images.
 
     Returns ``ring, radius_frac (ring / (N/2)), cells, n, error_pct, error_pct_lo, error_pct_hi``.
@@ -123,27 +133,55 @@ def ring_curve(cell_wrong: np.ndarray, radius: np.ndarray, size: int, *, resampl
     rings, cells, e = per_image_rings(cell_wrong, radius)
     w = bootstrap_weights(e.shape[1], resamples, seed)
     lo, hi = interval(100 * e @ w.T, level)
-    return pd.DataFrame({"ring": rings, "radius_frac": rings / (size / 2), "cells": cells, "n": e.shape[1],
-                         "error_pct": 100 * e.mean(axis=1), "error_pct_lo": lo, "error_pct_hi": hi})
+    return pd.DataFrame(
+        {
+            "ring": rings,
+            "radius_frac": rings / (size / 2),
+            "cells": cells,
+            "n": e.shape[1],
+            "error_pct": 100 * e.mean(axis=1),
+            "error_pct_lo": lo,
+            "error_pct_hi": hi,
+        }
+    )
 
 
-def ring_difference(wrong_a: np.ndarray, wrong_b: np.ndarray, radius: np.ndarray, size: int, *,
-                    resamples: int = RESAMPLES, seed: int = 0, level: float = LEVEL) -> pd.DataFrame:
+def ring_difference(
+    wrong_a: np.ndarray,
+    wrong_b: np.ndarray,
+    radius: np.ndarray,
+    size: int,
+    *,
+    resamples: int = RESAMPLES,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> pd.DataFrame:
     """Paired ring curve of B - A (percentage points) with its bootstrap interval; a ring is
     ``significant`` when the interval excludes 0."""
     if wrong_a.shape != wrong_b.shape:
-        raise FdbenchError(f"paired ring curves need the same cells and images, got {wrong_a.shape} and "
-                           f"{wrong_b.shape}")
+        raise FdbenchError(
+            f"paired ring curves need the same cells and images, got {wrong_a.shape} and {wrong_b.shape}"
+        )
     rings, cells, ea = per_image_rings(wrong_a, radius)
     _, _, eb = per_image_rings(wrong_b, radius)
     d = 100 * (eb - ea)
     lo, hi = interval(d @ bootstrap_weights(d.shape[1], resamples, seed).T, level)
-    return pd.DataFrame({"ring": rings, "radius_frac": rings / (size / 2), "cells": cells, "n": d.shape[1],
-                         "diff_pp": d.mean(axis=1), "diff_pp_lo": lo, "diff_pp_hi": hi,
-                         "significant": (lo > 0) | (hi < 0)})
+    return pd.DataFrame(
+        {
+            "ring": rings,
+            "radius_frac": rings / (size / 2),
+            "cells": cells,
+            "n": d.shape[1],
+            "diff_pp": d.mean(axis=1),
+            "diff_pp_lo": lo,
+            "diff_pp_hi": hi,
+            "significant": (lo > 0) | (hi < 0),
+        }
+    )
 
 
 # ---- cells of a difference map -------------------------------------------------------------------
+
 
 def mcnemar_p(wrong_a: np.ndarray, wrong_b: np.ndarray) -> np.ndarray:
     """Exact two-sided McNemar p-value per row of two ``[cells, n]`` boolean outcome matrices."""
@@ -167,20 +205,24 @@ def benjamini_hochberg(p: np.ndarray, q: float = 0.05) -> np.ndarray:
 
 # ---- summary numbers with intervals --------------------------------------------------------------
 
-def heatmap_summary_samples(cell_wrong: np.ndarray, radius: np.ndarray, clean_wrong: np.ndarray, window: int,
-                            size: int, weights: np.ndarray) -> dict[str, np.ndarray]:
+
+def heatmap_summary_samples(
+    cell_wrong: np.ndarray, radius: np.ndarray, clean_wrong: np.ndarray, window: int, size: int, weights: np.ndarray
+) -> dict[str, np.ndarray]:
     """The heat-map summary numbers (definitions in :mod:`analysis.frequency`) on every resample."""
-    err = 100 * cell_wrong.astype(float) @ weights.T                      # [cells, B]
-    clean = 100 * weights @ clean_wrong.astype(float)                      # [B]
+    err = 100 * cell_wrong.astype(float) @ weights.T  # [cells, B]
+    clean = 100 * weights @ clean_wrong.astype(float)  # [B]
     low = radius < window / 4
     excess = np.clip(err - clean[None, :], 0, None)
     total = excess.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         centroid = np.where(total > 0, (excess * radius[:, None]).sum(axis=0) / total / (size / 2), np.nan)
-    return {"heatmap_mean_error_pct": err.mean(axis=0),
-            "heatmap_low_error_pct": err[low].mean(axis=0) if low.any() else np.full(len(clean), np.nan),
-            "heatmap_high_error_pct": err[~low].mean(axis=0) if (~low).any() else np.full(len(clean), np.nan),
-            "heatmap_centroid_frac": centroid}
+    return {
+        "heatmap_mean_error_pct": err.mean(axis=0),
+        "heatmap_low_error_pct": err[low].mean(axis=0) if low.any() else np.full(len(clean), np.nan),
+        "heatmap_high_error_pct": err[~low].mean(axis=0) if (~low).any() else np.full(len(clean), np.nan),
+        "heatmap_centroid_frac": centroid,
+    }
 
 
 def crossing_of(fracs: np.ndarray, low: np.ndarray, high: np.ndarray) -> float:
@@ -204,14 +246,18 @@ def auc_of(fracs: np.ndarray, acc: np.ndarray) -> float:
     return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
 
 
-def bandpass_samples(fracs: np.ndarray, low_wrong: np.ndarray, high_wrong: np.ndarray,
-                     weights: np.ndarray) -> dict[str, np.ndarray]:
+def bandpass_samples(
+    fracs: np.ndarray, low_wrong: np.ndarray, high_wrong: np.ndarray, weights: np.ndarray
+) -> dict[str, np.ndarray]:
     """Per resample: accuracy of every low/high point and crossing radius and AUCs.
 
     ``fracs`` ``[R]`` sorted; ``low_wrong``/``high_wrong`` ``[R, n]`` boolean."""
-    low = 100 * (1 - low_wrong.astype(float) @ weights.T)                 # [R, B]
+    low = 100 * (1 - low_wrong.astype(float) @ weights.T)  # [R, B]
     high = 100 * (1 - high_wrong.astype(float) @ weights.T)
-    return {"low": low, "high": high,
-            "crossing_frac": np.array([crossing_of(fracs, low[:, b], high[:, b]) for b in range(low.shape[1])]),
-            "lowpass_auc_pct": np.array([auc_of(fracs, low[:, b]) for b in range(low.shape[1])]),
-            "highpass_auc_pct": np.array([auc_of(fracs, high[:, b]) for b in range(low.shape[1])])}
+    return {
+        "low": low,
+        "high": high,
+        "crossing_frac": np.array([crossing_of(fracs, low[:, b], high[:, b]) for b in range(low.shape[1])]),
+        "lowpass_auc_pct": np.array([auc_of(fracs, low[:, b]) for b in range(low.shape[1])]),
+        "highpass_auc_pct": np.array([auc_of(fracs, high[:, b]) for b in range(low.shape[1])]),
+    }

@@ -34,16 +34,29 @@ COMMON: tuple[str, ...] = registry.COMMON
 EXTRA: tuple[str, ...] = registry.EXTRA
 ALL: tuple[str, ...] = registry.ALL
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
-CLEAN = "clean"   # the corruption name of clean rows in results.csv (severity 0)
+CLEAN = "clean"  # the corruption name of clean rows in results.csv (severity 0)
 
 # AlexNet top-1 error on ImageNet-C, mean over the five severities (FACTS.md)
 ALEXNET_MEAN_ERRORS: dict[str, float] = {
-    "gaussian_noise": 0.886428, "shot_noise": 0.894468, "impulse_noise": 0.922640,
-    "defocus_blur": 0.819880, "glass_blur": 0.826268, "motion_blur": 0.785948, "zoom_blur": 0.798360,
-    "snow": 0.866816, "frost": 0.826572, "fog": 0.819324,
-    "brightness": 0.564592, "contrast": 0.853204, "elastic_transform": 0.646056, "pixelate": 0.717840,
+    "gaussian_noise": 0.886428,
+    "shot_noise": 0.894468,
+    "impulse_noise": 0.922640,
+    "defocus_blur": 0.819880,
+    "glass_blur": 0.826268,
+    "motion_blur": 0.785948,
+    "zoom_blur": 0.798360,
+    "snow": 0.866816,
+    "frost": 0.826572,
+    "fog": 0.819324,
+    "brightness": 0.564592,
+    "contrast": 0.853204,
+    "elastic_transform": 0.646056,
+    "pixelate": 0.717840,
     "jpeg_compression": 0.606500,
-    "speckle_noise": 0.845388, "gaussian_blur": 0.787108, "spatter": 0.717512, "saturate": 0.658248,
+    "speckle_noise": 0.845388,
+    "gaussian_blur": 0.787108,
+    "spatter": 0.717512,
+    "saturate": 0.658248,
 }
 ALEXNET_CLEAN_ERROR = 0.4348
 
@@ -70,8 +83,10 @@ def parse_corruptions(spec: str | Sequence[str]) -> list[str]:
     for item in items:
         found = sets.get(item.lower(), (item,) if item in ALL else None)
         if found is None:
-            raise FdbenchError(f"unknown corruption {item!r}: use common, extra, all, noise, blur, weather, "
-                               f"digital or names from: {', '.join(ALL)}")
+            raise FdbenchError(
+                f"unknown corruption {item!r}: use common, extra, all, noise, blur, weather, "
+                f"digital or names from: {', '.join(ALL)}"
+            )
         out.extend(n for n in found if n not in out)
     if not out:
         raise FdbenchError("no corruptions selected: use common, extra, all, a group or names")
@@ -105,9 +120,9 @@ def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] 
     """
     labels = labels.to(logits.device)
     kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices == labels.view(-1, 1)         # [N, kmax]
+    top = logits.topk(kmax, dim=1).indices == labels.view(-1, 1)  # [N, kmax]
     # integer counts / n: exact fractions, no float32 rounding in results.csv
-    return {k: int(top[:, :min(k, kmax)].any(dim=1).sum()) / len(labels) if len(labels) else math.nan for k in ks}
+    return {k: int(top[:, : min(k, kmax)].any(dim=1).sum()) / len(labels) if len(labels) else math.nan for k in ks}
 
 
 def corruption_error(errors: Sequence[float], baseline_errors: Sequence[float]) -> float:
@@ -115,8 +130,9 @@ def corruption_error(errors: Sequence[float], baseline_errors: Sequence[float]) 
     return float(sum(errors)) / float(sum(baseline_errors))
 
 
-def relative_corruption_error(errors: Sequence[float], clean_error: float,
-                              baseline_errors: Sequence[float], baseline_clean_error: float) -> float:
+def relative_corruption_error(
+    errors: Sequence[float], clean_error: float, baseline_errors: Sequence[float], baseline_clean_error: float
+) -> float:
     """Relative CE_c = sum_s (E(s, c) - E_clean) / sum_s (B(s, c) - B_clean)."""
     num = sum(e - clean_error for e in errors)
     den = sum(b - baseline_clean_error for b in baseline_errors)
@@ -178,8 +194,9 @@ def baseline_from_results(path: str | Path) -> dict[str, Baseline]:
     names = list(dict.fromkeys(frame["checkpoint"]))
     if checkpoint is None:
         if len(names) != 1:
-            raise FdbenchError(f"baseline {file} holds {len(names)} checkpoints ({', '.join(names)}); "
-                               f"pick one with {file}#NAME")
+            raise FdbenchError(
+                f"baseline {file} holds {len(names)} checkpoints ({', '.join(names)}); pick one with {file}#NAME"
+            )
         checkpoint = names[0]
     if checkpoint not in names:
         raise FdbenchError(f"checkpoint {checkpoint!r} is not in baseline {file} (it has: {', '.join(names)})")
@@ -187,10 +204,14 @@ def baseline_from_results(path: str | Path) -> dict[str, Baseline]:
     out = {}
     for protocol, rows in frame.groupby("protocol"):
         clean = rows[rows["corruption"] == CLEAN]["top1"]
-        errors = {(str(r.corruption), int(r.severity)): 1.0 - float(r.top1)
-                  for r in rows.itertuples() if r.corruption != CLEAN}
-        out[str(protocol)] = Baseline(f"{checkpoint} ({file.name})", 1.0 - float(clean.iloc[0]) if len(clean) else None,
-                                      errors)
+        errors = {
+            (str(r.corruption), int(r.severity)): 1.0 - float(r.top1)
+            for r in rows.itertuples()
+            if r.corruption != CLEAN
+        }
+        out[str(protocol)] = Baseline(
+            f"{checkpoint} ({file.name})", 1.0 - float(clean.iloc[0]) if len(clean) else None, errors
+        )
     return out
 
 
@@ -227,16 +248,36 @@ def summarise(results, baseline: Baseline | Mapping[str, Baseline] | None = None
                 if base.clean_error is not None and not math.isnan(clean_top1):
                     rel = relative_corruption_error(err, 1.0 - clean_top1, denom, base.clean_error)
             per[corruption] = {
-                "checkpoint": ckpt, "protocol": protocol, "corruption": corruption, "group": group_of(corruption),
-                "severities": ",".join(map(str, sev)), "n": int(cells["n"].iloc[0]),
-                "top1": float(cells["top1"].mean()), "top5": float(cells["top5"].mean()),
-                "error": sum(err) / len(err), "ce": ce, "relative_ce": rel, "normalisation": norm_name,
+                "checkpoint": ckpt,
+                "protocol": protocol,
+                "corruption": corruption,
+                "group": group_of(corruption),
+                "severities": ",".join(map(str, sev)),
+                "n": int(cells["n"].iloc[0]),
+                "top1": float(cells["top1"].mean()),
+                "top5": float(cells["top5"].mean()),
+                "error": sum(err) / len(err),
+                "ce": ce,
+                "relative_ce": rel,
+                "normalisation": norm_name,
             }
         ordered = sorted(per, key=lambda c: (ALL.index(c) if c in ALL else len(ALL), c))
         records.extend(per[c] for c in ordered)
         aggregates.setdefault(str(ckpt), {})[str(protocol)] = _aggregate(per, clean_top1, clean_top5, norm_name)
-    columns = ["checkpoint", "protocol", "corruption", "group", "severities", "n", "top1", "top5", "error",
-               "ce", "relative_ce", "normalisation"]
+    columns = [
+        "checkpoint",
+        "protocol",
+        "corruption",
+        "group",
+        "severities",
+        "n",
+        "top1",
+        "top5",
+        "error",
+        "ce",
+        "relative_ce",
+        "normalisation",
+    ]
     return pd.DataFrame.from_records(records, columns=columns), aggregates
 
 
@@ -260,16 +301,19 @@ def _aggregate(per: dict, clean_top1: float, clean_top5: float, norm_name: str) 
     extra = [c for c in EXTRA if c in per]
 
     def block(names):
-        return {"corruptions": len(names),
-                "top1": _mean(per[c]["top1"] for c in names) if names else math.nan,
-                "error": _mean(per[c]["error"] for c in names) if names else math.nan,
-                "ce": _mean(per[c]["ce"] for c in names) if names else math.nan,
-                "relative_ce": _mean(per[c]["relative_ce"] for c in names) if names else math.nan}
+        return {
+            "corruptions": len(names),
+            "top1": _mean(per[c]["top1"] for c in names) if names else math.nan,
+            "error": _mean(per[c]["error"] for c in names) if names else math.nan,
+            "ce": _mean(per[c]["ce"] for c in names) if names else math.nan,
+            "relative_ce": _mean(per[c]["relative_ce"] for c in names) if names else math.nan,
+        }
 
     common_block = block(common)
     return {
         "normalisation": norm_name,
-        "clean_top1": clean_top1, "clean_top5": clean_top5,
+        "clean_top1": clean_top1,
+        "clean_top5": clean_top5,
         "clean_error": 1.0 - clean_top1 if not math.isnan(clean_top1) else math.nan,
         # mCE / relative mCE: means over the common corruptions that were evaluated (n of 15)
         "common_corruptions": len(common),
@@ -277,7 +321,10 @@ def _aggregate(per: dict, clean_top1: float, clean_top5: float, norm_name: str) 
         "mean_corrupted_error": common_block["error"],
         "mCE": common_block["ce"],
         "relative_mCE": common_block["relative_ce"],
-        "groups": {g: block([c for c in members if c in per]) for g, members in GROUPS.items()
-                   if any(c in per for c in members)},
+        "groups": {
+            g: block([c for c in members if c in per])
+            for g, members in GROUPS.items()
+            if any(c in per for c in members)
+        },
         "extra": block(extra) if extra else None,
     }

@@ -19,7 +19,7 @@ from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_bytes
 
 FILENAME = "outcomes.npz"
-Key = tuple[str, str, str, int]      # (checkpoint, protocol, corruption, severity)
+Key = tuple[str, str, str, int]  # (checkpoint, protocol, corruption, severity)
 
 
 def _name(key: Key) -> str:
@@ -69,6 +69,7 @@ class Outcomes:
                 names = [n for n in data.files if not n.startswith("n:")]
                 cells = {_key(n): np.unpackbits(data[n], count=int(data["n:" + n])).astype(bool) for n in names}
         except (ValueError, OSError, KeyError) as err:
-            raise FdbenchError(f"cannot read per-image outcomes {path}: {err}; use another --out or --overwrite"
-                               ) from None
+            raise FdbenchError(
+                f"cannot read per-image outcomes {path}: {err}; use another --out or --overwrite"
+            ) from None
         return cls(cells)

@@ -38,7 +38,7 @@ class _Folders:
             self.results[key] = frame
             try:
                 self.outcomes[key] = Outcomes.load(key / FILENAME)
-            except Exception:       # an unreadable outcomes file means no intervals, not a failed report
+            except Exception:  # an unreadable outcomes file means no intervals, not a failed report
                 self.outcomes[key] = Outcomes()
         return self.results[key], self.outcomes[key]
 
@@ -50,8 +50,9 @@ def _floor_labels(results: pd.DataFrame | None) -> list[str]:
 
 
 def _clean(results: pd.DataFrame, label: str, protocol: str) -> float:
-    rows = results[(results["checkpoint"] == label) & (results["protocol"] == protocol)
-                   & (results["corruption"] == CLEAN)]
+    rows = results[
+        (results["checkpoint"] == label) & (results["protocol"] == protocol) & (results["corruption"] == CLEAN)
+    ]
     return float(rows["top1"].iloc[0]) if len(rows) else math.nan
 
 
@@ -75,10 +76,21 @@ def paired_tables(labels: list[str], reference: str | None, eval_sources: dict) 
                 if row.empty:
                     continue
                 r = row.iloc[0]
-                floor_rows.append({"run": run, "floor": floor, "kind": kind, "protocol": protocol,
-                                   "run_clean_top1_pct": 100 * r["value"], "floor_clean_top1_pct": 100 * r["reference_value"],
-                                   "difference_pp": 100 * r["difference"], "ci_lo_pp": 100 * r["ci_lo"],
-                                   "ci_hi_pp": 100 * r["ci_hi"], "p_value": r["p_value"], "verdict": r["verdict"]})
+                floor_rows.append(
+                    {
+                        "run": run,
+                        "floor": floor,
+                        "kind": kind,
+                        "protocol": protocol,
+                        "run_clean_top1_pct": 100 * r["value"],
+                        "floor_clean_top1_pct": 100 * r["reference_value"],
+                        "difference_pp": 100 * r["difference"],
+                        "ci_lo_pp": 100 * r["ci_lo"],
+                        "ci_hi_pp": 100 * r["ci_hi"],
+                        "p_value": r["p_value"],
+                        "verdict": r["verdict"],
+                    }
+                )
         if reference is None or run == reference or reference not in eval_sources:
             continue
         ref_src = eval_sources[reference][0]
@@ -88,8 +100,19 @@ def paired_tables(labels: list[str], reference: str | None, eval_sources: dict) 
         table = pd.concat([table, differences(outcomes, ref_src["label"], src["label"], "knn")], ignore_index=True)
         table["reference"], table["checkpoint"] = reference, run
         diff_parts.append(table.rename(columns={"checkpoint": "run"}))
-    floor_cols = ["run", "floor", "kind", "protocol", "run_clean_top1_pct", "floor_clean_top1_pct", "difference_pp",
-                  "ci_lo_pp", "ci_hi_pp", "p_value", "verdict"]
+    floor_cols = [
+        "run",
+        "floor",
+        "kind",
+        "protocol",
+        "run_clean_top1_pct",
+        "floor_clean_top1_pct",
+        "difference_pp",
+        "ci_lo_pp",
+        "ci_hi_pp",
+        "p_value",
+        "verdict",
+    ]
     diffs = pd.concat(diff_parts, ignore_index=True) if diff_parts else pd.DataFrame()
     return {"floors": pd.DataFrame(floor_rows, columns=floor_cols), "differences": diffs}
 
@@ -116,19 +139,25 @@ def paired_findings(labels: list[str], reference: str | None, tables: dict[str, 
             best = rows.loc[rows["floor_clean_top1_pct"].idxmax()]
             if best["verdict"] != "better":
                 weak.append(run)
-                out.append(f"**{run}** ({protocol} probe) does not beat its best floor, **{best['floor']}**, on clean "
-                           f"accuracy by a statistically supported margin: {best['run_clean_top1_pct']:.1f}% vs "
-                           f"{best['floor_clean_top1_pct']:.1f}%, difference {best['difference_pp']:+.1f} pp "
-                           f"(95% CI {best['ci_lo_pp']:+.1f} to {best['ci_hi_pp']:+.1f}; {best['verdict']}).")
+                out.append(
+                    f"**{run}** ({protocol} probe) does not beat its best floor, **{best['floor']}**, on clean "
+                    f"accuracy by a statistically supported margin: {best['run_clean_top1_pct']:.1f}% vs "
+                    f"{best['floor_clean_top1_pct']:.1f}%, difference {best['difference_pp']:+.1f} pp "
+                    f"(95% CI {best['ci_lo_pp']:+.1f} to {best['ci_hi_pp']:+.1f}; {best['verdict']})."
+                )
             else:
-                out.append(f"**{run}** ({protocol} probe) beats its best floor, **{best['floor']}**: "
-                           f"{best['difference_pp']:+.1f} pp (95% CI {best['ci_lo_pp']:+.1f} to "
-                           f"{best['ci_hi_pp']:+.1f}).")
+                out.append(
+                    f"**{run}** ({protocol} probe) beats its best floor, **{best['floor']}**: "
+                    f"{best['difference_pp']:+.1f} pp (95% CI {best['ci_lo_pp']:+.1f} to "
+                    f"{best['ci_hi_pp']:+.1f})."
+                )
     weak = list(dict.fromkeys(weak))
     if weak:
-        out.append(f"**Caution**: {', '.join(weak)} do(es) not beat the best floor; robustness comparisons between "
-                   "such encoders are not meaningful (they compare encoders worse than, or no better than, their "
-                   "own input or an untrained network).")
+        out.append(
+            f"**Caution**: {', '.join(weak)} do(es) not beat the best floor; robustness comparisons between "
+            "such encoders are not meaningful (they compare encoders worse than, or no better than, their "
+            "own input or an untrained network)."
+        )
     if not diffs.empty:
         for (run, protocol), rows in diffs.groupby(["run", "protocol"], sort=False):
             parts = []
@@ -138,13 +167,19 @@ def paired_findings(labels: list[str], reference: str | None, tables: dict[str, 
                     continue
                 r = r.iloc[0]
                 p = "" if pd.isna(r["p_value"]) else f", McNemar p = {r['p_value']:.3g}"
-                parts.append(f"{metric} {100 * r['difference']:+.1f} pp (95% CI {100 * r['ci_lo']:+.1f} to "
-                             f"{100 * r['ci_hi']:+.1f}{p}): {r['verdict']}")
+                parts.append(
+                    f"{metric} {100 * r['difference']:+.1f} pp (95% CI {100 * r['ci_lo']:+.1f} to "
+                    f"{100 * r['ci_hi']:+.1f}{p}): {r['verdict']}"
+                )
             if parts:
-                out.append(f"**{run}** vs **{reference}** ({protocol} probe, paired over {int(rows['n'].iloc[0])} "
-                           f"images): " + "; ".join(parts) + ".")
+                out.append(
+                    f"**{run}** vs **{reference}** ({protocol} probe, paired over {int(rows['n'].iloc[0])} "
+                    f"images): " + "; ".join(parts) + "."
+                )
     elif reference is not None and len(labels) > 1:
-        out.append("No paired intervals between runs: their per-image outcomes were not evaluated in one "
-                   f"eval-corruptions call (run `fdbench eval-corruptions` on all checkpoints together); "
-                   f"differences from point estimates are not evidence. '{INDISTINCT}' is the default.")
+        out.append(
+            "No paired intervals between runs: their per-image outcomes were not evaluated in one "
+            f"eval-corruptions call (run `fdbench eval-corruptions` on all checkpoints together); "
+            f"differences from point estimates are not evidence. '{INDISTINCT}' is the default."
+        )
     return out

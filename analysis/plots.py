@@ -22,9 +22,20 @@ from corruptions import registry
 from fdbench.io import atomic_open
 
 __all__ = [
-    "STYLE", "new_figure", "save_figure", "checkpoint_colors", "nice_max", "heatmap_array",
-    "draw_heatmap", "heatmap_figure", "heatmap_comparison_figure", "bandpass_figure",
-    "spectra_figure", "robustness_frequency_figure", "ring_curve_figure", "FAMILY_OF",
+    "STYLE",
+    "new_figure",
+    "save_figure",
+    "checkpoint_colors",
+    "nice_max",
+    "heatmap_array",
+    "draw_heatmap",
+    "heatmap_figure",
+    "heatmap_comparison_figure",
+    "bandpass_figure",
+    "spectra_figure",
+    "robustness_frequency_figure",
+    "ring_curve_figure",
+    "FAMILY_OF",
 ]
 
 STYLE = {
@@ -37,15 +48,20 @@ STYLE = {
     "axes.grid": False,
     "savefig.bbox": "tight",
 }
-ERROR_CMAP = "viridis"        # sequential: error rate 0 -> max
-DIFF_CMAP = "RdBu_r"          # diverging, centred at 0: red = more errors
+ERROR_CMAP = "viridis"  # sequential: error rate 0 -> max
+DIFF_CMAP = "RdBu_r"  # diverging, centred at 0: red = more errors
 # colour-blind-safe qualitative palette (Okabe-Ito), one colour per checkpoint in every figure
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#F0E442", "#000000")
 
 # ImageNet-C families (one definition: corruptions.registry.FAMILIES); used to group corruption curves
 # and to colour points. The four extra corruptions go with the family their ImageNet-C paper places them in.
-FAMILY_OF = {**{name: family for family, members in registry.FAMILIES.items() for name in members},
-             "speckle_noise": "noise", "gaussian_blur": "blur", "spatter": "weather", "saturate": "digital"}
+FAMILY_OF = {
+    **{name: family for family, members in registry.FAMILIES.items() for name in members},
+    "speckle_noise": "noise",
+    "gaussian_blur": "blur",
+    "spatter": "weather",
+    "saturate": "digital",
+}
 FAMILIES = ("noise", "blur", "weather", "digital", "other")
 
 
@@ -91,14 +107,33 @@ def heatmap_array(df: pd.DataFrame, value: str = "error_pct") -> tuple[np.ndarra
     return table.to_numpy(dtype=float), table.index.to_numpy(), table.columns.to_numpy()
 
 
-def draw_heatmap(fig: Figure, ax, df: pd.DataFrame, *, value: str = "error_pct", vmin=None, vmax=None,
-                 cmap: str = ERROR_CMAP, norm=None, label: str = "error rate (%)", title: str = ""):
+def draw_heatmap(
+    fig: Figure,
+    ax,
+    df: pd.DataFrame,
+    *,
+    value: str = "error_pct",
+    vmin=None,
+    vmax=None,
+    cmap: str = ERROR_CMAP,
+    norm=None,
+    label: str = "error rate (%)",
+    title: str = "",
+):
     """Heat map with low frequencies at the centre, axes in cycles/image and a colour bar."""
     arr, ky, kx = heatmap_array(df, value)
     extent = (kx[0] - 0.5, kx[-1] + 0.5, ky[0] - 0.5, ky[-1] + 0.5)
-    image = ax.imshow(arr, origin="lower", extent=extent, cmap=cmap, interpolation="nearest",
-                      norm=norm, vmin=None if norm is not None else vmin,
-                      vmax=None if norm is not None else vmax, aspect="equal")
+    image = ax.imshow(
+        arr,
+        origin="lower",
+        extent=extent,
+        cmap=cmap,
+        interpolation="nearest",
+        norm=norm,
+        vmin=None if norm is not None else vmin,
+        vmax=None if norm is not None else vmax,
+        aspect="equal",
+    )
     ax.set_xlabel("horizontal frequency $k_x$ (cycles/image)")
     ax.set_ylabel("vertical frequency $k_y$ (cycles/image)")
     if title:
@@ -130,21 +165,30 @@ def heatmap_comparison_figure(df: pd.DataFrame, label_a: str, label_b: str, *, s
     if "significant" in df.columns:
         sig = df[df["significant"].astype(bool)]
         title = f"B - A; outlined: significant ({len(sig)} of {len(df)} cells,\nMcNemar, FDR 5%)"
-    draw_heatmap(fig, axes[0, 2], df, value="diff", cmap=DIFF_CMAP,
-                 norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound),
-                 label="error-rate difference B - A (pp)", title=title)
+    draw_heatmap(
+        fig,
+        axes[0, 2],
+        df,
+        value="diff",
+        cmap=DIFF_CMAP,
+        norm=TwoSlopeNorm(vcenter=0.0, vmin=-bound, vmax=bound),
+        label="error-rate difference B - A (pp)",
+        title=title,
+    )
     if "significant" in df.columns and len(sig):
         # only the cells whose difference survives McNemar + Benjamini-Hochberg are marked
         for _, row in sig.iterrows():
-            axes[0, 2].add_patch(Rectangle((row["kx"] - 0.5, row["ky"] - 0.5), 1, 1, fill=False,
-                                           edgecolor="black", linewidth=0.8))
+            axes[0, 2].add_patch(
+                Rectangle((row["kx"] - 0.5, row["ky"] - 0.5), 1, 1, fill=False, edgecolor="black", linewidth=0.8)
+            )
     if suptitle:
         fig.suptitle(suptitle)
     return fig
 
 
-def bandpass_figure(df: pd.DataFrame, *, chance_pct: float | None = None,
-                    crossings: dict[str, float] | None = None) -> Figure:
+def bandpass_figure(
+    df: pd.DataFrame, *, chance_pct: float | None = None, crossings: dict[str, float] | None = None
+) -> Figure:
     """Low-pass (solid) and high-pass (dashed) accuracy against the filter radius, every checkpoint.
 
     ``df`` columns: ``checkpoint, filter ("low"/"high"), radius_frac, accuracy_pct``. ``crossings``
@@ -157,11 +201,24 @@ def bandpass_figure(df: pd.DataFrame, *, chance_pct: float | None = None,
     for label in labels:
         for kind, style in (("low", "-"), ("high", "--")):
             part = df[(df["checkpoint"] == label) & (df["filter"] == kind)].sort_values("radius_frac")
-            ax.plot(part["radius_frac"], part["accuracy_pct"], style, marker="o", markersize=2.5,
-                    color=colors[label], label=f"{label}, {kind}-pass")
+            ax.plot(
+                part["radius_frac"],
+                part["accuracy_pct"],
+                style,
+                marker="o",
+                markersize=2.5,
+                color=colors[label],
+                label=f"{label}, {kind}-pass",
+            )
             if "accuracy_pct_lo" in part.columns and part["accuracy_pct_lo"].notna().any():
-                ax.fill_between(part["radius_frac"], part["accuracy_pct_lo"], part["accuracy_pct_hi"],
-                                color=colors[label], alpha=0.15 if kind == "low" else 0.08, linewidth=0)
+                ax.fill_between(
+                    part["radius_frac"],
+                    part["accuracy_pct_lo"],
+                    part["accuracy_pct_hi"],
+                    color=colors[label],
+                    alpha=0.15 if kind == "low" else 0.08,
+                    linewidth=0,
+                )
         if crossings and crossings.get(label) is not None and np.isfinite(crossings[label]):
             ax.axvline(crossings[label], color=colors[label], linestyle=":", linewidth=1)
     if chance_pct is not None:
@@ -173,13 +230,13 @@ def bandpass_figure(df: pd.DataFrame, *, chance_pct: float | None = None,
     ax.set_title("Band-pass accuracy: low-pass keeps |k| <= r, high-pass |k| > r")
     # outside the axes: inside, any corner can hold a curve
     note = " (bands: 95% bootstrap CI over images)" if "accuracy_pct_lo" in df.columns else ""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="curve" + note,
-              title_fontsize=7)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="curve" + note, title_fontsize=7)
     return fig
 
 
-def ring_curve_figure(curves: pd.DataFrame, diff: pd.DataFrame | None = None, *,
-                      pair: tuple[str, str] | None = None) -> Figure:
+def ring_curve_figure(
+    curves: pd.DataFrame, diff: pd.DataFrame | None = None, *, pair: tuple[str, str] | None = None
+) -> Figure:
     """Radially averaged heat map: error vs |k| per checkpoint with 95% bands, and the paired B - A curve.
 
     ``curves`` columns: ``checkpoint, radius_frac, error_pct, error_pct_lo, error_pct_hi``; ``diff``:
@@ -192,10 +249,17 @@ def ring_curve_figure(curves: pd.DataFrame, diff: pd.DataFrame | None = None, *,
     colors = checkpoint_colors(labels)
     for label in labels:
         part = curves[curves["checkpoint"] == label].sort_values("radius_frac")
-        ax.plot(part["radius_frac"], part["error_pct"], marker="o", markersize=2.5, color=colors[label],
-                label=f"{label} (n={int(part['n'].iloc[0])} images)")
-        ax.fill_between(part["radius_frac"], part["error_pct_lo"], part["error_pct_hi"], color=colors[label],
-                        alpha=0.2, linewidth=0)
+        ax.plot(
+            part["radius_frac"],
+            part["error_pct"],
+            marker="o",
+            markersize=2.5,
+            color=colors[label],
+            label=f"{label} (n={int(part['n'].iloc[0])} images)",
+        )
+        ax.fill_between(
+            part["radius_frac"], part["error_pct_lo"], part["error_pct_hi"], color=colors[label], alpha=0.2, linewidth=0
+        )
     ax.set_ylim(0, nice_max(float(curves["error_pct_hi"].max())))
     ax.set_xlabel("frequency |k| (fraction of Nyquist; ring = round(|k|))")
     ax.set_ylabel("error rate under the perturbation (%)")
@@ -204,14 +268,34 @@ def ring_curve_figure(curves: pd.DataFrame, diff: pd.DataFrame | None = None, *,
     if diff is not None:
         ax = axes[0, 1]
         d = diff.sort_values("radius_frac")
-        ax.fill_between(d["radius_frac"], d["diff_pp_lo"], d["diff_pp_hi"], color="0.6", alpha=0.35, linewidth=0,
-                        label="95% paired bootstrap CI")
+        ax.fill_between(
+            d["radius_frac"],
+            d["diff_pp_lo"],
+            d["diff_pp_hi"],
+            color="0.6",
+            alpha=0.35,
+            linewidth=0,
+            label="95% paired bootstrap CI",
+        )
         ax.plot(d["radius_frac"], d["diff_pp"], color="0.15", linewidth=1)
         sig = d["significant"].astype(bool)
-        ax.plot(d.loc[sig, "radius_frac"], d.loc[sig, "diff_pp"], "o", color="#D55E00", markersize=4,
-                label=f"CI excludes 0 ({int(sig.sum())} of {len(d)} rings)")
-        ax.plot(d.loc[~sig, "radius_frac"], d.loc[~sig, "diff_pp"], "o", mfc="white", color="0.15",
-                markersize=3.5, label="CI covers 0")
+        ax.plot(
+            d.loc[sig, "radius_frac"],
+            d.loc[sig, "diff_pp"],
+            "o",
+            color="#D55E00",
+            markersize=4,
+            label=f"CI excludes 0 ({int(sig.sum())} of {len(d)} rings)",
+        )
+        ax.plot(
+            d.loc[~sig, "radius_frac"],
+            d.loc[~sig, "diff_pp"],
+            "o",
+            mfc="white",
+            color="0.15",
+            markersize=3.5,
+            label="CI covers 0",
+        )
         ax.axhline(0, color="0.5", linewidth=0.8)
         a, b = pair if pair else ("A", "B")
         ax.set_xlabel("frequency |k| (fraction of Nyquist)")
@@ -263,12 +347,17 @@ def robustness_frequency_figure(df: pd.DataFrame) -> Figure:
         for family, marker in markers.items():
             rows = part[part["corruption"].map(lambda c: FAMILY_OF.get(c, "other")) == family]
             if len(rows):
-                ax.scatter(rows["centroid_frac"], rows["drop_pp"], color=colors[label], marker=marker, s=22,
-                           alpha=0.85)
+                ax.scatter(rows["centroid_frac"], rows["drop_pp"], color=colors[label], marker=marker, s=22, alpha=0.85)
     first = df[df["checkpoint"] == labels[0]] if labels else df
     for _, row in first.iterrows():
-        ax.annotate(row["corruption"].replace("_", " "), (row["centroid_frac"], row["drop_pp"]),
-                    fontsize=6, xytext=(3, 3), textcoords="offset points", color="0.3")
+        ax.annotate(
+            row["corruption"].replace("_", " "),
+            (row["centroid_frac"], row["drop_pp"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+            color="0.3",
+        )
     for label in labels:
         ax.scatter([], [], color=colors[label], marker="o", label=label)
     for family, marker in markers.items():

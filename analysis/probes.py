@@ -31,8 +31,7 @@ import torch.nn.functional as F
 
 from fdbench.errors import FdbenchError
 
-__all__ = ["LinearProbe", "KNNProbe", "fit_linear_probe", "knn_probe", "stratified_split",
-           "DEFAULT_LRS", "DEFAULT_WDS"]
+__all__ = ["LinearProbe", "KNNProbe", "fit_linear_probe", "knn_probe", "stratified_split", "DEFAULT_LRS", "DEFAULT_WDS"]
 
 DEFAULT_LRS = (1e-3, 3e-3, 1e-2, 3e-2)
 DEFAULT_WDS = (0.0, 1e-4, 1e-3, 1e-2)
@@ -43,8 +42,9 @@ def _check_inputs(feats: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
         raise FdbenchError(f"features must be a 2-D tensor [N, D], got shape {tuple(getattr(feats, 'shape', ()))}")
     labels = torch.as_tensor(labels)
     if labels.ndim != 1 or len(labels) != len(feats):
-        raise FdbenchError(f"labels must be 1-D with one entry per feature row: {tuple(labels.shape)} "
-                           f"labels for {len(feats)} features")
+        raise FdbenchError(
+            f"labels must be 1-D with one entry per feature row: {tuple(labels.shape)} labels for {len(feats)} features"
+        )
     if len(feats) == 0:
         raise FdbenchError("no training features: the probe needs at least one labelled example")
     if labels.dtype.is_floating_point or labels.min() < 0:
@@ -70,14 +70,14 @@ def stratified_split(labels: torch.Tensor, fraction: float, seed: int = 0) -> tu
 class LinearProbe:
     """A trained linear classifier on standardised features; see the module docstring."""
 
-    mean: torch.Tensor          # [D]
-    std: torch.Tensor           # [D]
-    weight: torch.Tensor        # [D, C]
-    bias: torch.Tensor          # [C]
+    mean: torch.Tensor  # [D]
+    std: torch.Tensor  # [D]
+    weight: torch.Tensor  # [D, C]
+    bias: torch.Tensor  # [C]
     lr: float
     weight_decay: float
-    val_accuracy: float | None = None          # accuracy of the chosen pair on the held-out part
-    grid: list[dict] = field(default_factory=list)   # every pair: {"lr", "weight_decay", "val_accuracy"}
+    val_accuracy: float | None = None  # accuracy of the chosen pair on the held-out part
+    grid: list[dict] = field(default_factory=list)  # every pair: {"lr", "weight_decay", "val_accuracy"}
 
     @property
     def num_classes(self) -> int:
@@ -98,8 +98,16 @@ class LinearProbe:
         return self.logits(feats).argmax(dim=1)
 
 
-def _train_stack(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: torch.Tensor, wds: torch.Tensor,
-                 epochs: int, batch_size: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def _train_stack(
+    z: torch.Tensor,
+    y: torch.Tensor,
+    num_classes: int,
+    lrs: torch.Tensor,
+    wds: torch.Tensor,
+    epochs: int,
+    batch_size: int,
+    gen: torch.Generator,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Train G = len(lrs) linear classifiers on the same standardised features at once.
 
     Adam by hand because each classifier has its own learning rate and weight decay:
@@ -125,11 +133,11 @@ def _train_stack(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: torch.
     for _ in range(epochs):
         order = torch.randperm(n, generator=gen).to(z.device) if steps_per_epoch > 1 else None
         for s in range(steps_per_epoch):
-            idx = order[s * batch_size:(s + 1) * batch_size] if order is not None else slice(None)
+            idx = order[s * batch_size : (s + 1) * batch_size] if order is not None else slice(None)
             xb, yb = z[idx], y[idx]
             # gradient of the mean cross-entropy in closed form (no autograd: this loop is overhead-bound
             # on small data): dL/dlogits = (softmax - onehot) / B, dL/dW = x^T dL/dlogits, dL/db = sum
-            probs = (torch.einsum("nd,gdc->gnc", xb, weight) + bias).softmax(dim=2)     # [G, B, C]
+            probs = (torch.einsum("nd,gdc->gnc", xb, weight) + bias).softmax(dim=2)  # [G, B, C]
             probs[:, torch.arange(len(yb), device=z.device), yb] -= 1
             probs /= len(yb)
             grads = (torch.einsum("nd,gnc->gdc", xb, probs), probs.sum(dim=1, keepdim=True))
@@ -137,18 +145,28 @@ def _train_stack(z: torch.Tensor, y: torch.Tensor, num_classes: int, lrs: torch.
             lr_t = lr_col * 0.5 * (1 + math.cos(math.pi * (t - 1) / total))
             with torch.no_grad():
                 for i, (p, grad) in enumerate(zip(params, grads)):
-                    if i == 0:   # L2 penalty on the weights only, not the bias (as usual for probes)
+                    if i == 0:  # L2 penalty on the weights only, not the bias (as usual for probes)
                         grad = grad + wd_col * p
                     m[i].mul_(b1).add_(grad, alpha=1 - b1)
                     v[i].mul_(b2).addcmul_(grad, grad, value=1 - b2)
-                    step = (m[i] / (1 - b1 ** t)) / ((v[i] / (1 - b2 ** t)).sqrt() + eps)
+                    step = (m[i] / (1 - b1**t)) / ((v[i] / (1 - b2**t)).sqrt() + eps)
                     p.sub_(lr_t * step)
     return weight.detach(), bias.detach()
 
 
-def fit_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, *, val_fraction: float = 0.2,
-                     lrs=DEFAULT_LRS, wds=DEFAULT_WDS, epochs: int = 100, batch_size: int = 4096,
-                     seed: int = 0, device=None, num_classes: int | None = None) -> LinearProbe:
+def fit_linear_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    *,
+    val_fraction: float = 0.2,
+    lrs=DEFAULT_LRS,
+    wds=DEFAULT_WDS,
+    epochs: int = 100,
+    batch_size: int = 4096,
+    seed: int = 0,
+    device=None,
+    num_classes: int | None = None,
+) -> LinearProbe:
     """Pick (lr, weight decay) from the grid on a stratified held-out ``val_fraction`` of train,
     then refit on all of train with the chosen pair (see the module docstring).
 
@@ -183,35 +201,61 @@ def fit_linear_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, *, v
         fit_idx, held_idx = fit_idx.to(device), held_idx.to(device)
         mu, sd = standardise(feats[fit_idx])
         z_fit, z_held = (feats[fit_idx] - mu) / sd, (feats[held_idx] - mu) / sd
-        w, b = _train_stack(z_fit, labels[fit_idx], num_classes, torch.tensor([p[0] for p in pairs]),
-                            torch.tensor([p[1] for p in pairs]), epochs, batch_size, gen)
+        w, b = _train_stack(
+            z_fit,
+            labels[fit_idx],
+            num_classes,
+            torch.tensor([p[0] for p in pairs]),
+            torch.tensor([p[1] for p in pairs]),
+            epochs,
+            batch_size,
+            gen,
+        )
         with torch.no_grad():
-            pred = (torch.einsum("nd,gdc->gnc", z_held, w) + b).argmax(dim=2)     # [G, N_held]
+            pred = (torch.einsum("nd,gdc->gnc", z_held, w) + b).argmax(dim=2)  # [G, N_held]
             accs = (pred == labels[held_idx]).float().mean(dim=1).cpu().tolist()
         grid = [{"lr": lr, "weight_decay": wd, "val_accuracy": acc} for (lr, wd), acc in zip(pairs, accs)]
         # first best in grid order: ties go to the smaller lr / smaller decay
         best = max(range(len(pairs)), key=lambda i: (accs[i], -i))
         chosen, best_acc = pairs[best], accs[best]
     elif len(pairs) > 1:
-        raise FdbenchError("choosing among several lr / weight-decay values needs a held-out part of "
-                           "train: use val_fraction > 0 (and at least 2 samples per class) or a single pair")
+        raise FdbenchError(
+            "choosing among several lr / weight-decay values needs a held-out part of "
+            "train: use val_fraction > 0 (and at least 2 samples per class) or a single pair"
+        )
     mu, sd = standardise(feats)
-    w, b = _train_stack((feats - mu) / sd, labels, num_classes, torch.tensor([chosen[0]]),
-                        torch.tensor([chosen[1]]), epochs, batch_size, gen)
-    return LinearProbe(mean=mu, std=sd, weight=w[0], bias=b[0, 0], lr=chosen[0], weight_decay=chosen[1],
-                       val_accuracy=best_acc, grid=grid)
+    w, b = _train_stack(
+        (feats - mu) / sd,
+        labels,
+        num_classes,
+        torch.tensor([chosen[0]]),
+        torch.tensor([chosen[1]]),
+        epochs,
+        batch_size,
+        gen,
+    )
+    return LinearProbe(
+        mean=mu,
+        std=sd,
+        weight=w[0],
+        bias=b[0, 0],
+        lr=chosen[0],
+        weight_decay=chosen[1],
+        val_accuracy=best_acc,
+        grid=grid,
+    )
 
 
 @dataclass
 class KNNProbe:
     """Weighted kNN vote over L2-normalised training features; see the module docstring."""
 
-    train_feats: torch.Tensor     # [N, D], rows of unit norm
-    train_labels: torch.Tensor    # [N]
+    train_feats: torch.Tensor  # [N, D], rows of unit norm
+    train_labels: torch.Tensor  # [N]
     num_classes: int
     k: int = 20
     temperature: float = 0.07
-    max_chunk_elements: int = 1 << 27   # similarity entries per chunk (512 MiB of float32)
+    max_chunk_elements: int = 1 << 27  # similarity entries per chunk (512 MiB of float32)
 
     def to(self, device) -> "KNNProbe":
         self.train_feats, self.train_labels = self.train_feats.to(device), self.train_labels.to(device)
@@ -227,8 +271,8 @@ class KNNProbe:
         chunk = max(1, min(4096, self.max_chunk_elements // max(1, len(self.train_feats))))
         out = []
         for start in range(0, len(feats), chunk):
-            q = F.normalize(feats[start:start + chunk].to(device, torch.float32), dim=1)
-            sims, idx = (q @ self.train_feats.T).topk(k, dim=1)                 # [B, k]
+            q = F.normalize(feats[start : start + chunk].to(device, torch.float32), dim=1)
+            sims, idx = (q @ self.train_feats.T).topk(k, dim=1)  # [B, k]
             weights = (sims / self.temperature).exp()
             scores = torch.zeros(len(q), self.num_classes, device=device)
             scores.scatter_add_(1, self.train_labels[idx], weights)
@@ -241,8 +285,15 @@ class KNNProbe:
         return self.logits(feats).argmax(dim=1)
 
 
-def knn_probe(train_feats: torch.Tensor, train_labels: torch.Tensor, *, k: int = 20, temperature: float = 0.07,
-              device=None, num_classes: int | None = None) -> KNNProbe:
+def knn_probe(
+    train_feats: torch.Tensor,
+    train_labels: torch.Tensor,
+    *,
+    k: int = 20,
+    temperature: float = 0.07,
+    device=None,
+    num_classes: int | None = None,
+) -> KNNProbe:
     """A kNN probe over the given training features (k = 20, T = 0.07 as in DINO/DINOv2)."""
     feats, labels = _check_inputs(train_feats, train_labels)
     if k < 1:

@@ -61,11 +61,12 @@ from fdbench.io import atomic_write_csv, atomic_write_json, atomic_write_text
 RUN_FILES = ("summary.json", "metrics.csv", "config.yaml", "final.pt")
 EVAL_SUBDIRS = ("evals/corruptions", "eval-corruptions", "evals", "corruptions")
 FREQ_SUBDIRS = ("evals/frequency", "frequency-analysis", "frequency")
-CLEAN_TOLERANCE_PP = 2.0     # "clean accuracy about equal": within this many percentage points
+CLEAN_TOLERANCE_PP = 2.0  # "clean accuracy about equal": within this many percentage points
 GROUP_ORDER = ("noise", "blur", "weather", "digital", "extra")
 
 
 # ---- what was found --------------------------------------------------------------------------------
+
 
 @dataclass
 class RunRecord:
@@ -125,15 +126,16 @@ class CompareReport:
     html: Path
     reference: str | None
     runs: list[str]
-    tables: dict[str, pd.DataFrame] = field(default_factory=dict)   # name -> table (also name.csv)
-    figures: dict[str, list[Path]] = field(default_factory=dict)    # name -> [png, pdf]
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)  # name -> table (also name.csv)
+    figures: dict[str, list[Path]] = field(default_factory=dict)  # name -> [png, pdf]
     missing: pd.DataFrame = field(default_factory=pd.DataFrame)
-    headline: dict[str, dict] = field(default_factory=dict)         # run -> headline numbers
+    headline: dict[str, dict] = field(default_factory=dict)  # run -> headline numbers
     findings: list[str] = field(default_factory=list)
     files: list[Path] = field(default_factory=list)
 
 
 # ---- loading runs ----------------------------------------------------------------------------------
+
 
 def _is_run_folder(path: Path) -> bool:
     return path.is_dir() and any((path / f).exists() for f in RUN_FILES)
@@ -145,17 +147,18 @@ def expand_runs(paths: Sequence[str | Path], announce: Callable[[str], None]) ->
     for raw in paths:
         p = Path(raw)
         if not p.exists():
-            raise FdbenchError(f"run not found: {p} (pass run folders written by `fdbench pretrain`, or "
-                               f"checkpoint files)")
+            raise FdbenchError(
+                f"run not found: {p} (pass run folders written by `fdbench pretrain`, or checkpoint files)"
+            )
         if p.is_file() and p.name == "final.pt":
             p = p.parent
         if p.is_dir() and not _is_run_folder(p):
             children = sorted(c for c in p.iterdir() if _is_run_folder(c))
             if not children:
-                raise FdbenchError(f"{p} is not a run folder (it has none of {', '.join(RUN_FILES)}) and "
-                                   f"holds no run folders")
-            announce(f"{p}: comparing the {len(children)} runs inside it: "
-                     + ", ".join(c.name for c in children))
+                raise FdbenchError(
+                    f"{p} is not a run folder (it has none of {', '.join(RUN_FILES)}) and holds no run folders"
+                )
+            announce(f"{p}: comparing the {len(children)} runs inside it: " + ", ".join(c.name for c in children))
             out.extend(children)
         else:
             out.append(p)
@@ -190,8 +193,9 @@ def _labels_for(paths: list[Path]) -> list[str]:
 
 def load_run(path: Path, label: str) -> RunRecord:
     if path.is_file():
-        return RunRecord(label, path, path, is_run=False,
-                         notes=["a checkpoint file, not a run folder: no training record"])
+        return RunRecord(
+            label, path, path, is_run=False, notes=["a checkpoint file, not a run folder: no training record"]
+        )
     rec = RunRecord(label, path, path / "final.pt" if (path / "final.pt").exists() else None, is_run=True)
     rec.summary = _read_json(path / "summary.json") if (path / "summary.json").exists() else None
     if (path / "summary.json").exists() and rec.summary is None:
@@ -206,12 +210,13 @@ def load_run(path: Path, label: str) -> RunRecord:
 
         try:
             rec.config = load_yaml(path / "config.yaml")
-        except Exception:   # a broken config only costs its details in the runs table
+        except Exception:  # a broken config only costs its details in the runs table
             rec.notes.append(f"{path / 'config.yaml'} is unreadable")
     if rec.checkpoint is None:
         last = path / "checkpoints" / "last.pt"
-        rec.notes.append("no final.pt (training unfinished?)" + (" - checkpoints/last.pt exists" if last.exists()
-                                                                  else ""))
+        rec.notes.append(
+            "no final.pt (training unfinished?)" + (" - checkpoints/last.pt exists" if last.exists() else "")
+        )
     return rec
 
 
@@ -229,6 +234,7 @@ def choose_reference(records: list[RunRecord], reference: str | None) -> str | N
 
 
 # ---- finding eval-corruptions and frequency-analysis outputs -----------------------------------------
+
 
 def _candidates(record: RunRecord, explicit: Sequence[str | Path], subdirs: Sequence[str], marker: str) -> list[Path]:
     base = record.path if record.path.is_dir() else record.path.parent
@@ -287,8 +293,9 @@ class _Cache:
         return self.freqs[key]
 
 
-def find_eval_rows(record: RunRecord, explicit: Sequence[str | Path], cache: _Cache
-                   ) -> tuple[pd.DataFrame | None, list[dict]]:
+def find_eval_rows(
+    record: RunRecord, explicit: Sequence[str | Path], cache: _Cache
+) -> tuple[pd.DataFrame | None, list[dict]]:
     """This entry's results.csv rows (relabelled with its label) and where they came from.
 
     Rows from several folders are merged; the first folder (explicit ``--evals`` first, then the run
@@ -306,8 +313,14 @@ def find_eval_rows(record: RunRecord, explicit: Sequence[str | Path], cache: _Ca
                 rows = src.results[src.results["checkpoint"] == label].copy()
                 rows["checkpoint"] = record.label
                 parts.append(rows)
-                sources.append({"folder": str(folder), "label": label, "settings": src.summary.get("settings", {}),
-                                "normalisation": src.summary.get("normalisation")})
+                sources.append(
+                    {
+                        "folder": str(folder),
+                        "label": label,
+                        "settings": src.summary.get("settings", {}),
+                        "normalisation": src.summary.get("normalisation"),
+                    }
+                )
                 break
     if not parts:
         return None, []
@@ -319,7 +332,7 @@ def find_eval_rows(record: RunRecord, explicit: Sequence[str | Path], cache: _Ca
 @dataclass
 class FrequencyData:
     folder: Path
-    label: str                       # the label used inside the frequency folder
+    label: str  # the label used inside the frequency folder
     summary: dict
     heatmap: pd.DataFrame | None = None
     bandpass: pd.DataFrame | None = None
@@ -352,6 +365,7 @@ def find_frequency(record: RunRecord, explicit: Sequence[str | Path], cache: _Ca
 
 # ---- tables ----------------------------------------------------------------------------------------
 
+
 def _pct(x) -> float:
     return 100.0 * float(x) if x is not None and not _isnan(x) else math.nan
 
@@ -380,15 +394,26 @@ def runs_table(records: list[RunRecord], reference: str | None) -> pd.DataFrame:
         s = r.summary or {}
         cfg = r.config or {}
         model = cfg.get("model", {}) if isinstance(cfg.get("model"), dict) else {}
-        rows.append({
-            "run": r.label, "reference": r.label == reference, "kind": "run" if r.is_run else "checkpoint",
-            "curriculum": r.curriculum, "preset": s.get("preset", cfg.get("preset")),
-            "arch": s.get("arch", model.get("arch")), "patch_size": s.get("patch_size", model.get("patch_size")),
-            "epochs": s.get("epochs", (cfg.get("run") or {}).get("epochs") if isinstance(cfg.get("run"), dict) else None),
-            "batch_size": s.get("batch_size"), "iterations": s.get("iterations"),
-            "finished": s.get("finished") if s else None, "device": s.get("device"),
-            "data": s.get("data"), "path": str(r.path),
-        })
+        rows.append(
+            {
+                "run": r.label,
+                "reference": r.label == reference,
+                "kind": "run" if r.is_run else "checkpoint",
+                "curriculum": r.curriculum,
+                "preset": s.get("preset", cfg.get("preset")),
+                "arch": s.get("arch", model.get("arch")),
+                "patch_size": s.get("patch_size", model.get("patch_size")),
+                "epochs": s.get(
+                    "epochs", (cfg.get("run") or {}).get("epochs") if isinstance(cfg.get("run"), dict) else None
+                ),
+                "batch_size": s.get("batch_size"),
+                "iterations": s.get("iterations"),
+                "finished": s.get("finished") if s else None,
+                "device": s.get("device"),
+                "data": s.get("data"),
+                "path": str(r.path),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -409,32 +434,43 @@ def cost_tables(records: list[RunRecord], reference: str | None) -> tuple[pd.Dat
             fpi = st.get("flops_per_image")
             mem = st.get("peak_memory_bytes")
             peak = max(peak, float(mem or 0))
-            stage_rows.append({
-                "run": r.label, "stage": st.get("name"),
-                "epochs": f"{st.get('start_epoch')}-{(st.get('end_epoch') or 0) - 1}",
-                "global_px": st.get("global_size"), "local_px": st.get("local_size"), "n_local": st.get("n_local"),
-                "noise_patching": st.get("noise_patching"), "iterations": st.get("iterations"),
-                "wall_clock_s": st.get("wall_clock_s"), "img_per_s": st.get("img_per_s"),
-                "step_time_ms": 1000 * st["step_time_s"] if st.get("step_time_s") is not None else math.nan,
-                "peak_memory_mb": float(mem) / 2**20 if mem is not None else math.nan,
-                "gflops_per_image": fpi / 1e9 if fpi is not None else math.nan,
-                "tflops": (fpi * (st.get("iterations") or 0) * batch / 1e12) if fpi is not None else math.nan,
-            })
+            stage_rows.append(
+                {
+                    "run": r.label,
+                    "stage": st.get("name"),
+                    "epochs": f"{st.get('start_epoch')}-{(st.get('end_epoch') or 0) - 1}",
+                    "global_px": st.get("global_size"),
+                    "local_px": st.get("local_size"),
+                    "n_local": st.get("n_local"),
+                    "noise_patching": st.get("noise_patching"),
+                    "iterations": st.get("iterations"),
+                    "wall_clock_s": st.get("wall_clock_s"),
+                    "img_per_s": st.get("img_per_s"),
+                    "step_time_ms": 1000 * st["step_time_s"] if st.get("step_time_s") is not None else math.nan,
+                    "peak_memory_mb": float(mem) / 2**20 if mem is not None else math.nan,
+                    "gflops_per_image": fpi / 1e9 if fpi is not None else math.nan,
+                    "tflops": (fpi * (st.get("iterations") or 0) * batch / 1e12) if fpi is not None else math.nan,
+                }
+            )
         flops = s.get("flops") or {}
         wall = float(s.get("wall_clock_s") or math.nan)
         total = float(flops.get("total_flops") or math.nan)
         images = sum(float(st.get("images") or 0) for st in s.get("stages", []))
-        total_rows.append({
-            "run": r.label, "status": "ok" if s.get("finished") else f"unfinished (step {s.get('step')} of "
-                                                                    f"{s.get('iterations')})",
-            "curriculum": r.curriculum, "wall_clock_s": wall,
-            "img_per_s": images / wall if wall and not math.isnan(wall) and wall > 0 else math.nan,
-            "total_tflops": total / 1e12, "peak_memory_mb": peak / 2**20 if peak else math.nan,
-            "speedup_vs_ref": ref_wall / wall if wall and not math.isnan(ref_wall) else math.nan,
-            "flops_ratio_vs_ref": ref_flops / total if total and not math.isnan(ref_flops) else math.nan,
-            "flops_ratio_vs_none_schedule": flops.get("flops_ratio_vs_none", math.nan),
-            "final_knn_top1_pct": _pct((s.get("knn") or {}).get("final_top1")),
-        })
+        total_rows.append(
+            {
+                "run": r.label,
+                "status": "ok" if s.get("finished") else f"unfinished (step {s.get('step')} of {s.get('iterations')})",
+                "curriculum": r.curriculum,
+                "wall_clock_s": wall,
+                "img_per_s": images / wall if wall and not math.isnan(wall) and wall > 0 else math.nan,
+                "total_tflops": total / 1e12,
+                "peak_memory_mb": peak / 2**20 if peak else math.nan,
+                "speedup_vs_ref": ref_wall / wall if wall and not math.isnan(ref_wall) else math.nan,
+                "flops_ratio_vs_ref": ref_flops / total if total and not math.isnan(ref_flops) else math.nan,
+                "flops_ratio_vs_none_schedule": flops.get("flops_ratio_vs_none", math.nan),
+                "final_knn_top1_pct": _pct((s.get("knn") or {}).get("final_top1")),
+            }
+        )
     totals = pd.DataFrame(total_rows)
     if "curriculum" not in totals.columns:
         totals = totals.reindex(columns=["run", "status"])
@@ -449,24 +485,42 @@ def convergence_tables(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataF
         m = r.metrics
         if m is not None and ipe:
             for row in m[m["row"] == "knn"].to_dict("records"):
-                knn_rows.append({"run": r.label, "epoch": row["step"] / ipe, "step": int(row["step"]),
-                                 "wall_clock_s": row.get("elapsed_s"), "knn_top1_pct": _pct(row.get("knn_top1")),
-                                 "knn_top5_pct": _pct(row.get("knn_top5"))})
+                knn_rows.append(
+                    {
+                        "run": r.label,
+                        "epoch": row["step"] / ipe,
+                        "step": int(row["step"]),
+                        "wall_clock_s": row.get("elapsed_s"),
+                        "knn_top1_pct": _pct(row.get("knn_top1")),
+                        "knn_top5_pct": _pct(row.get("knn_top5")),
+                    }
+                )
             for row in m[m["row"] == "train"].to_dict("records"):
-                loss_rows.append({"run": r.label, "epoch": row["step"] / ipe, "step": int(row["step"]),
-                                  "stage": row.get("stage_name"), "wall_clock_s": row.get("elapsed_s"),
-                                  **{k: row.get(k) for k in ("loss", "dino", "ibot", "koleo", "lr", "img_per_s")}})
+                loss_rows.append(
+                    {
+                        "run": r.label,
+                        "epoch": row["step"] / ipe,
+                        "step": int(row["step"]),
+                        "stage": row.get("stage_name"),
+                        "wall_clock_s": row.get("elapsed_s"),
+                        **{k: row.get(k) for k in ("loss", "dino", "ibot", "koleo", "lr", "img_per_s")},
+                    }
+                )
         if r.summary and r.summary.get("stages"):
             wall = 0.0
             for i, st in enumerate(r.summary["stages"]):
                 if i > 0:
-                    switch_rows.append({"run": r.label, "stage": st.get("name"), "epoch": st.get("start_epoch"),
-                                        "wall_clock_s": wall})
+                    switch_rows.append(
+                        {"run": r.label, "stage": st.get("name"), "epoch": st.get("start_epoch"), "wall_clock_s": wall}
+                    )
                 wall += float(st.get("wall_clock_s") or 0.0)
     cols_knn = ["run", "epoch", "step", "wall_clock_s", "knn_top1_pct", "knn_top5_pct"]
     cols_loss = ["run", "epoch", "step", "stage", "wall_clock_s", "loss", "dino", "ibot", "koleo", "lr", "img_per_s"]
-    return (pd.DataFrame(knn_rows, columns=cols_knn), pd.DataFrame(loss_rows, columns=cols_loss),
-            pd.DataFrame(switch_rows, columns=["run", "stage", "epoch", "wall_clock_s"]))
+    return (
+        pd.DataFrame(knn_rows, columns=cols_knn),
+        pd.DataFrame(loss_rows, columns=cols_loss),
+        pd.DataFrame(switch_rows, columns=["run", "stage", "epoch", "wall_clock_s"]),
+    )
 
 
 def _baseline_from_rows(results: pd.DataFrame, label: str) -> dict:
@@ -477,14 +531,18 @@ def _baseline_from_rows(results: pd.DataFrame, label: str) -> dict:
     part = results[results["checkpoint"] == label]
     for protocol, rows in part.groupby("protocol"):
         clean = rows[rows["corruption"] == CLEAN]["top1"]
-        errors = {(str(c), int(s)): 1.0 - float(t) for c, s, t in zip(rows["corruption"], rows["severity"], rows["top1"])
-                  if c != CLEAN}
+        errors = {
+            (str(c), int(s)): 1.0 - float(t)
+            for c, s, t in zip(rows["corruption"], rows["severity"], rows["top1"])
+            if c != CLEAN
+        }
         out[str(protocol)] = Baseline(label, 1.0 - float(clean.iloc[0]) if len(clean) else None, errors)
     return out
 
 
-def robustness_tables(results: pd.DataFrame, labels: list[str], reference: str | None, alexnet: bool
-                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def robustness_tables(
+    results: pd.DataFrame, labels: list[str], reference: str | None, alexnet: bool
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(per run x protocol, per corruption, per group x severity) from run-labelled results rows."""
     from analysis.metrics import CLEAN, EXTRA, GROUPS, alexnet_baseline, summarise
 
@@ -507,27 +565,46 @@ def robustness_tables(results: pd.DataFrame, labels: list[str], reference: str |
             groups = agg.get("groups", {})
             a_ref = agg_ref.get(run, {}).get(protocol, {})
             a_ax = agg_ax.get(run, {}).get(protocol, {})
-            main_rows.append({
-                "run": run, "protocol": protocol, "clean_top1_pct": _pct(agg["clean_top1"]),
-                "mean_corrupted_top1_pct": _pct(agg["mean_corrupted_top1"]),
-                "mean_corruption_error_pct": _pct(agg["mean_corrupted_error"]),
-                "mCE_vs_ref_pct": _pct(a_ref.get("mCE")), "relative_mCE_vs_ref_pct": _pct(a_ref.get("relative_mCE")),
-                **({"mCE_alexnet_pct": _pct(a_ax.get("mCE")), "relative_mCE_alexnet_pct": _pct(a_ax.get("relative_mCE"))}
-                   if alexnet else {}),
-                **{f"{g}_top1_pct": _pct(groups[g]["top1"]) if g in groups else math.nan for g in GROUPS},
-                "extra_top1_pct": _pct(agg["extra"]["top1"]) if agg.get("extra") else math.nan,
-                "common_corruptions": agg["common_corruptions"],
-            })
+            main_rows.append(
+                {
+                    "run": run,
+                    "protocol": protocol,
+                    "clean_top1_pct": _pct(agg["clean_top1"]),
+                    "mean_corrupted_top1_pct": _pct(agg["mean_corrupted_top1"]),
+                    "mean_corruption_error_pct": _pct(agg["mean_corrupted_error"]),
+                    "mCE_vs_ref_pct": _pct(a_ref.get("mCE")),
+                    "relative_mCE_vs_ref_pct": _pct(a_ref.get("relative_mCE")),
+                    **(
+                        {
+                            "mCE_alexnet_pct": _pct(a_ax.get("mCE")),
+                            "relative_mCE_alexnet_pct": _pct(a_ax.get("relative_mCE")),
+                        }
+                        if alexnet
+                        else {}
+                    ),
+                    **{f"{g}_top1_pct": _pct(groups[g]["top1"]) if g in groups else math.nan for g in GROUPS},
+                    "extra_top1_pct": _pct(agg["extra"]["top1"]) if agg.get("extra") else math.nan,
+                    "common_corruptions": agg["common_corruptions"],
+                }
+            )
     main = pd.DataFrame(main_rows)
 
     clean = {(r.checkpoint, r.protocol): r.top1 for r in results[results["corruption"] == CLEAN].itertuples()}
     per_rows = []
     for r in per_raw.itertuples():
         ce, rel = ref_ce.get((r.checkpoint, r.protocol, r.corruption), (math.nan, math.nan))
-        row = {"run": r.checkpoint, "protocol": r.protocol, "corruption": r.corruption, "group": r.group,
-               "severities": r.severities, "top1_pct": _pct(r.top1), "error_pct": _pct(r.error),
-               "drop_pp": _pct(clean.get((r.checkpoint, r.protocol), math.nan)) - _pct(r.top1),
-               "ce_vs_ref_pct": _pct(ce), "relative_ce_vs_ref_pct": _pct(rel)}
+        row = {
+            "run": r.checkpoint,
+            "protocol": r.protocol,
+            "corruption": r.corruption,
+            "group": r.group,
+            "severities": r.severities,
+            "top1_pct": _pct(r.top1),
+            "error_pct": _pct(r.error),
+            "drop_pp": _pct(clean.get((r.checkpoint, r.protocol), math.nan)) - _pct(r.top1),
+            "ce_vs_ref_pct": _pct(ce),
+            "relative_ce_vs_ref_pct": _pct(rel),
+        }
         if alexnet:
             row["ce_alexnet_pct"] = _pct(ax_ce.get((r.checkpoint, r.protocol, r.corruption), (math.nan,))[0])
         per_rows.append(row)
@@ -542,17 +619,43 @@ def robustness_tables(results: pd.DataFrame, labels: list[str], reference: str |
             if cells.empty:
                 continue
             if len(base):
-                sev_rows.append({"run": run, "protocol": protocol, "group": group, "severity": 0,
-                                 "top1_pct": _pct(base.iloc[0]), "corruptions": 0})
+                sev_rows.append(
+                    {
+                        "run": run,
+                        "protocol": protocol,
+                        "group": group,
+                        "severity": 0,
+                        "top1_pct": _pct(base.iloc[0]),
+                        "corruptions": 0,
+                    }
+                )
             for sev, part in cells.groupby("severity"):
-                sev_rows.append({"run": run, "protocol": protocol, "group": group, "severity": int(sev),
-                                 "top1_pct": _pct(part["top1"].mean()), "corruptions": int(part["corruption"].nunique())})
+                sev_rows.append(
+                    {
+                        "run": run,
+                        "protocol": protocol,
+                        "group": group,
+                        "severity": int(sev),
+                        "top1_pct": _pct(part["top1"].mean()),
+                        "corruptions": int(part["corruption"].nunique()),
+                    }
+                )
     return main, per, pd.DataFrame(sev_rows)
 
 
-FREQ_COLUMNS = ("clean_top1_pct", "heatmap_mean_error_pct", "heatmap_low_error_pct", "heatmap_high_error_pct",
-                "heatmap_centroid_frac", "crossing_frac", "lowpass_auc_pct", "highpass_auc_pct",
-                "noise_top1_pct", "blur_top1_pct", "noise_minus_blur_pp")
+FREQ_COLUMNS = (
+    "clean_top1_pct",
+    "heatmap_mean_error_pct",
+    "heatmap_low_error_pct",
+    "heatmap_high_error_pct",
+    "heatmap_centroid_frac",
+    "crossing_frac",
+    "lowpass_auc_pct",
+    "highpass_auc_pct",
+    "noise_top1_pct",
+    "blur_top1_pct",
+    "noise_minus_blur_pp",
+)
 
 
 def frequency_table(records: list[RunRecord], freq: dict[str, FrequencyData]) -> pd.DataFrame:
@@ -562,58 +665,122 @@ def frequency_table(records: list[RunRecord], freq: dict[str, FrequencyData]) ->
         if data is None:
             continue
         s = data.summary
-        rows.append({"run": r.label, **{c: s.get(c, math.nan) for c in FREQ_COLUMNS},
-                     "image_size": s.get("image_size"), "eps": s.get("eps"), "window": s.get("window"),
-                     "heatmap_images": s.get("heatmap_images"), "bandpass_images": s.get("bandpass_images"),
-                     "source": str(data.folder)})
+        rows.append(
+            {
+                "run": r.label,
+                **{c: s.get(c, math.nan) for c in FREQ_COLUMNS},
+                "image_size": s.get("image_size"),
+                "eps": s.get("eps"),
+                "window": s.get("window"),
+                "heatmap_images": s.get("heatmap_images"),
+                "bandpass_images": s.get("bandpass_images"),
+                "source": str(data.folder),
+            }
+        )
     return pd.DataFrame(rows)
 
 
-def missing_table(records: list[RunRecord], eval_found: dict, freq: dict[str, FrequencyData],
-                  eval_dirs: Sequence, freq_dirs: Sequence) -> pd.DataFrame:
+def missing_table(
+    records: list[RunRecord], eval_found: dict, freq: dict[str, FrequencyData], eval_dirs: Sequence, freq_dirs: Sequence
+) -> pd.DataFrame:
     """One row per (run, piece) that is missing, with what to run to produce it."""
     rows = []
     for r in records:
         ckpt = str(r.checkpoint) if r.checkpoint else f"{r.path}/final.pt"
         if r.is_run:
             if not r.summary:
-                rows.append({"run": r.label, "piece": "training summary (summary.json)", "status": "missing",
-                             "how_to_get_it": f"finish the run: re-run its `fdbench pretrain` command (--out {r.path})"})
+                rows.append(
+                    {
+                        "run": r.label,
+                        "piece": "training summary (summary.json)",
+                        "status": "missing",
+                        "how_to_get_it": f"finish the run: re-run its `fdbench pretrain` command (--out {r.path})",
+                    }
+                )
             elif not r.summary.get("finished"):
-                rows.append({"run": r.label, "piece": "training", "status": "unfinished",
-                             "how_to_get_it": f"re-run its `fdbench pretrain` command (--out {r.path}) to continue"})
+                rows.append(
+                    {
+                        "run": r.label,
+                        "piece": "training",
+                        "status": "unfinished",
+                        "how_to_get_it": f"re-run its `fdbench pretrain` command (--out {r.path}) to continue",
+                    }
+                )
             if r.metrics is None:
-                rows.append({"run": r.label, "piece": "training metrics (metrics.csv)", "status": "missing",
-                             "how_to_get_it": "written by `fdbench pretrain` while training"})
+                rows.append(
+                    {
+                        "run": r.label,
+                        "piece": "training metrics (metrics.csv)",
+                        "status": "missing",
+                        "how_to_get_it": "written by `fdbench pretrain` while training",
+                    }
+                )
         found = eval_found.get(r.label) or {}
         if r.checkpoint is None:
-            rows.append({"run": r.label, "piece": "checkpoint (final.pt)", "status": "missing",
-                         "how_to_get_it": "finish training; evaluation needs final.pt"})
+            rows.append(
+                {
+                    "run": r.label,
+                    "piece": "checkpoint (final.pt)",
+                    "status": "missing",
+                    "how_to_get_it": "finish training; evaluation needs final.pt",
+                }
+            )
         for protocol in ("linear", "knn"):
             if protocol not in found.get("protocols", set()):
-                rows.append({"run": r.label, "piece": f"eval-corruptions ({protocol} probe)", "status": "missing",
-                             "how_to_get_it": f"fdbench eval-corruptions {ckpt} --protocol {protocol} "
-                                              f"--corruptions all (then pass --evals DIR to compare)"})
+                rows.append(
+                    {
+                        "run": r.label,
+                        "piece": f"eval-corruptions ({protocol} probe)",
+                        "status": "missing",
+                        "how_to_get_it": f"fdbench eval-corruptions {ckpt} --protocol {protocol} "
+                        f"--corruptions all (then pass --evals DIR to compare)",
+                    }
+                )
         if found and found.get("common", 0) < 15:
-            rows.append({"run": r.label, "piece": "eval-corruptions (common corruptions)", "status": "partial",
-                         "how_to_get_it": f"{found.get('common', 0)} of the 15 common corruptions evaluated; mCE "
-                                          f"averages only those"})
+            rows.append(
+                {
+                    "run": r.label,
+                    "piece": "eval-corruptions (common corruptions)",
+                    "status": "partial",
+                    "how_to_get_it": f"{found.get('common', 0)} of the 15 common corruptions evaluated; mCE "
+                    f"averages only those",
+                }
+            )
         data = freq.get(r.label)
         if data is None:
-            rows.append({"run": r.label, "piece": "frequency-analysis", "status": "missing",
-                         "how_to_get_it": f"fdbench frequency-analysis {ckpt} --results <eval dir>/results.csv "
-                                          f"(then pass --frequency DIR to compare)"})
+            rows.append(
+                {
+                    "run": r.label,
+                    "piece": "frequency-analysis",
+                    "status": "missing",
+                    "how_to_get_it": f"fdbench frequency-analysis {ckpt} --results <eval dir>/results.csv "
+                    f"(then pass --frequency DIR to compare)",
+                }
+            )
         else:
             if data.heatmap is None:
-                rows.append({"run": r.label, "piece": "Fourier heat map", "status": "missing",
-                             "how_to_get_it": f"fdbench frequency-analysis {ckpt} --analyses heatmap"})
+                rows.append(
+                    {
+                        "run": r.label,
+                        "piece": "Fourier heat map",
+                        "status": "missing",
+                        "how_to_get_it": f"fdbench frequency-analysis {ckpt} --analyses heatmap",
+                    }
+                )
             if data.bandpass is None:
-                rows.append({"run": r.label, "piece": "band-pass curves", "status": "missing",
-                             "how_to_get_it": f"fdbench frequency-analysis {ckpt} --analyses bandpass"})
+                rows.append(
+                    {
+                        "run": r.label,
+                        "piece": "band-pass curves",
+                        "status": "missing",
+                        "how_to_get_it": f"fdbench frequency-analysis {ckpt} --analyses bandpass",
+                    }
+                )
     return pd.DataFrame(rows, columns=["run", "piece", "status", "how_to_get_it"])
 
 
 # ---- findings and headline -------------------------------------------------------------------------
+
 
 def _get(df: pd.DataFrame, run: str, column: str, **where) -> float:
     if df is None or df.empty or column not in df.columns:
@@ -628,11 +795,26 @@ def _get(df: pd.DataFrame, run: str, column: str, **where) -> float:
 def headline_numbers(labels: list[str], cost: pd.DataFrame, robust: pd.DataFrame, freq: pd.DataFrame) -> dict:
     out = {}
     for run in labels:
-        h = {k: _get(cost, run, k) for k in ("wall_clock_s", "speedup_vs_ref", "total_tflops", "flops_ratio_vs_ref",
-                                             "flops_ratio_vs_none_schedule", "final_knn_top1_pct")}
+        h = {
+            k: _get(cost, run, k)
+            for k in (
+                "wall_clock_s",
+                "speedup_vs_ref",
+                "total_tflops",
+                "flops_ratio_vs_ref",
+                "flops_ratio_vs_none_schedule",
+                "final_knn_top1_pct",
+            )
+        }
         for protocol in ("linear", "knn"):
-            for k in ("clean_top1_pct", "mean_corruption_error_pct", "mCE_vs_ref_pct", "relative_mCE_vs_ref_pct",
-                      "noise_top1_pct", "blur_top1_pct"):
+            for k in (
+                "clean_top1_pct",
+                "mean_corruption_error_pct",
+                "mCE_vs_ref_pct",
+                "relative_mCE_vs_ref_pct",
+                "noise_top1_pct",
+                "blur_top1_pct",
+            ):
                 h[f"{protocol}_{k}"] = _get(robust, run, k, protocol=protocol)
         for k in ("heatmap_mean_error_pct", "heatmap_centroid_frac", "crossing_frac", "noise_minus_blur_pp"):
             h[k] = _get(freq, run, k)
@@ -646,16 +828,17 @@ def _chance_pct(freq: dict) -> float | None:
     return 100.0 / max(classes) if classes else None
 
 
-def findings(labels: list[str], reference: str | None, headline: dict,
-             chance_pct: float | None = None) -> list[str]:
+def findings(labels: list[str], reference: str | None, headline: dict, chance_pct: float | None = None) -> list[str]:
     """Plain sentences: each run against the reference, in the paper's three directions.
 
     With ``chance_pct`` known, a run whose clean linear accuracy is under twice chance gets a
     warning: differences between barely trained models say little about the curriculum.
     """
     if reference is None:
-        return ["No reference run (none trained with --curriculum none; choose one with --reference): "
-                "no ratios or differences."]
+        return [
+            "No reference run (none trained with --curriculum none; choose one with --reference): "
+            "no ratios or differences."
+        ]
     ref = headline[reference]
     out = []
     for run in labels:
@@ -664,9 +847,11 @@ def findings(labels: list[str], reference: str | None, headline: dict,
         h = headline[run]
         parts = []
         if not math.isnan(h["flops_ratio_vs_ref"]):
-            parts.append(f"{h['flops_ratio_vs_ref']:.2f}x fewer training FLOPs and a {h['speedup_vs_ref']:.2f}x "
-                         f"wall-clock speed-up than {reference} "
-                         f"({'cheaper' if h['flops_ratio_vs_ref'] > 1 and h['speedup_vs_ref'] > 1 else 'NOT cheaper in both'})")
+            parts.append(
+                f"{h['flops_ratio_vs_ref']:.2f}x fewer training FLOPs and a {h['speedup_vs_ref']:.2f}x "
+                f"wall-clock speed-up than {reference} "
+                f"({'cheaper' if h['flops_ratio_vs_ref'] > 1 and h['speedup_vs_ref'] > 1 else 'NOT cheaper in both'})"
+            )
         for protocol in ("linear", "knn"):
             dc = h[f"{protocol}_clean_top1_pct"] - ref[f"{protocol}_clean_top1_pct"]
             dn = h[f"{protocol}_noise_top1_pct"] - ref[f"{protocol}_noise_top1_pct"]
@@ -675,22 +860,31 @@ def findings(labels: list[str], reference: str | None, headline: dict,
                 continue
             verdict = "about equal" if abs(dc) <= CLEAN_TOLERANCE_PP else ("higher" if dc > 0 else "lower")
             # point estimates only: the statistically worded lines come from analysis.paired
-            parts.append(f"{protocol} probe: clean accuracy {dc:+.1f} pp ({verdict} by point estimate, tolerance "
-                         f"{CLEAN_TOLERANCE_PP:g} pp; not a test), noise-group accuracy {dn:+.1f} pp "
-                         f"({'up' if dn > 0 else 'not up'}), blur-group {db:+.1f} pp, "
-                         f"mCE vs {reference} {h[f'{protocol}_mCE_vs_ref_pct']:.1f}%")
+            parts.append(
+                f"{protocol} probe: clean accuracy {dc:+.1f} pp ({verdict} by point estimate, tolerance "
+                f"{CLEAN_TOLERANCE_PP:g} pp; not a test), noise-group accuracy {dn:+.1f} pp "
+                f"({'up' if dn > 0 else 'not up'}), blur-group {db:+.1f} pp, "
+                f"mCE vs {reference} {h[f'{protocol}_mCE_vs_ref_pct']:.1f}%"
+            )
         if not math.isnan(h["heatmap_centroid_frac"]) and not math.isnan(ref["heatmap_centroid_frac"]):
-            parts.append(f"heat-map sensitivity centroid {ref['heatmap_centroid_frac']:.3f} -> "
-                         f"{h['heatmap_centroid_frac']:.3f} of Nyquist, mean heat-map error "
-                         f"{ref['heatmap_mean_error_pct']:.1f}% -> {h['heatmap_mean_error_pct']:.1f}%")
+            parts.append(
+                f"heat-map sensitivity centroid {ref['heatmap_centroid_frac']:.3f} -> "
+                f"{h['heatmap_centroid_frac']:.3f} of Nyquist, mean heat-map error "
+                f"{ref['heatmap_mean_error_pct']:.1f}% -> {h['heatmap_mean_error_pct']:.1f}%"
+            )
         out.append(f"**{run}** vs **{reference}**: " + ("; ".join(parts) if parts else "nothing to compare yet"))
     if chance_pct:
-        weak = [f"{run} {headline[run]['linear_clean_top1_pct']:.1f}%" for run in labels
-                if headline[run]["linear_clean_top1_pct"] < 2 * chance_pct]
+        weak = [
+            f"{run} {headline[run]['linear_clean_top1_pct']:.1f}%"
+            for run in labels
+            if headline[run]["linear_clean_top1_pct"] < 2 * chance_pct
+        ]
         if weak:
-            out.append(f"**Caution**: clean linear accuracy under twice chance ({chance_pct:.1f}%): "
-                       f"{', '.join(weak)}. These models are barely trained, so the differences above "
-                       "say little about the curriculum; train longer before drawing conclusions.")
+            out.append(
+                f"**Caution**: clean linear accuracy under twice chance ({chance_pct:.1f}%): "
+                f"{', '.join(weak)}. These models are barely trained, so the differences above "
+                "say little about the curriculum; train longer before drawing conclusions."
+            )
     return out
 
 
@@ -723,8 +917,9 @@ HEADLINE_ROWS = [
 
 def headline_frame(headline: dict) -> pd.DataFrame:
     """The headline numbers as a table: one row per quantity, one column per run."""
-    return pd.DataFrame([{"quantity": title, **{run: headline[run].get(key) for run in headline}}
-                         for title, key, _ in HEADLINE_ROWS])
+    return pd.DataFrame(
+        [{"quantity": title, **{run: headline[run].get(key) for run in headline}} for title, key, _ in HEADLINE_ROWS]
+    )
 
 
 def headline_table(headline: dict) -> str:
@@ -736,12 +931,15 @@ def headline_table(headline: dict) -> str:
         cells = ["-" if v is None or (isinstance(v, float) and math.isnan(v)) else fmt.format(v) for v in values]
         rows.append([title, *cells])
     widths = [max(len(str(x)) for x in col) for col in zip(["", *runs], *rows)]
-    lines = ["  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-             for row in [["", *runs], *rows]]
+    lines = [
+        "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        for row in [["", *runs], *rows]
+    ]
     return "\n".join(lines)
 
 
 # ---- rendering -------------------------------------------------------------------------------------
+
 
 def _fmt(column: str, value: Any) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -774,8 +972,10 @@ def html_table(df: pd.DataFrame) -> str:
     if df is None or df.empty:
         return "<p><em>(no rows)</em></p>"
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(c, v))}</td>" for c, v in zip(df.columns, row)) + "</tr>"
-                   for row in df.itertuples(index=False))
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(_fmt(c, v))}</td>" for c, v in zip(df.columns, row)) + "</tr>"
+        for row in df.itertuples(index=False)
+    )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -836,8 +1036,10 @@ class _Doc:
         return "\n".join(lines)
 
     def html(self) -> str:
-        parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
-                 f"<style>{CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"]
+        parts = [
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(self.title)}</title>"
+            f"<style>{CSS}</style></head><body><h1>{html.escape(self.title)}</h1>"
+        ]
         for b in self.blocks:
             if b[0] == "h":
                 parts.append(f"<h{b[1]}>{html.escape(b[2])}</h{b[1]}>")
@@ -852,17 +1054,28 @@ class _Doc:
                 parts.append(html_table(b[2]))
             elif b[0] == "fig":
                 data = base64.b64encode(b[1].read_bytes()).decode("ascii")
-                parts.append(f"<figure><img alt='{html.escape(b[2])}' src='data:image/png;base64,{data}'>"
-                             f"<figcaption>{html.escape(b[2])}</figcaption></figure>")
+                parts.append(
+                    f"<figure><img alt='{html.escape(b[2])}' src='data:image/png;base64,{data}'>"
+                    f"<figcaption>{html.escape(b[2])}</figcaption></figure>"
+                )
         parts.append("</body></html>")
         return "\n".join(parts)
 
 
 # ---- the command -----------------------------------------------------------------------------------
 
-def compare(runs: Sequence[str | Path], out: str | Path = "reports/compare", *, evals: Sequence[str | Path] = (),
-            frequency: Sequence[str | Path] = (), reference: str | None = None, title: str | None = None,
-            figures: bool = True, announce: Callable[[str], None] | None = None) -> CompareReport:
+
+def compare(
+    runs: Sequence[str | Path],
+    out: str | Path = "reports/compare",
+    *,
+    evals: Sequence[str | Path] = (),
+    frequency: Sequence[str | Path] = (),
+    reference: str | None = None,
+    title: str | None = None,
+    figures: bool = True,
+    announce: Callable[[str], None] | None = None,
+) -> CompareReport:
     """Write ``report.md``, ``report.html``, ``summary.json``, the CSVs and figures for ``runs`` into ``out``.
 
     ``runs``: run folders (or a folder of run folders, or checkpoint files). ``evals`` / ``frequency``:
@@ -892,8 +1105,10 @@ def compare(runs: Sequence[str | Path], out: str | Path = "reports/compare", *, 
             result_parts.append(rows)
             from analysis.metrics import COMMON
 
-            eval_found[r.label] = {"protocols": set(rows["protocol"]),
-                                   "common": int(rows[rows["corruption"].isin(COMMON)]["corruption"].nunique())}
+            eval_found[r.label] = {
+                "protocols": set(rows["protocol"]),
+                "common": int(rows[rows["corruption"].isin(COMMON)]["corruption"].nunique()),
+            }
             eval_sources[r.label] = sources
             announce(f"{r.label}: eval-corruptions results from " + ", ".join(s["folder"] for s in sources))
         data = find_frequency(r, frequency, cache)
@@ -901,8 +1116,9 @@ def compare(runs: Sequence[str | Path], out: str | Path = "reports/compare", *, 
             freq[r.label] = data
             announce(f"{r.label}: frequency analysis from {data.folder}")
     results = pd.concat(result_parts, ignore_index=True) if result_parts else None
-    alexnet = any("alexnet" in str(s.get("normalisation") or "").lower()
-                  for srcs in eval_sources.values() for s in srcs)
+    alexnet = any(
+        "alexnet" in str(s.get("normalisation") or "").lower() for srcs in eval_sources.values() for s in srcs
+    )
 
     # tables
     t = report.tables
@@ -911,7 +1127,8 @@ def compare(runs: Sequence[str | Path], out: str | Path = "reports/compare", *, 
     t["cost"], t["cost_stages"] = cost_tables(records, ref)
     t["convergence_knn"], t["convergence_loss"], t["convergence_switches"] = convergence_tables(records)
     t["robustness"], t["robustness_per_corruption"], t["robustness_severity"] = robustness_tables(
-        results, labels, ref, alexnet)
+        results, labels, ref, alexnet
+    )
     t["frequency"] = frequency_table(records, freq)
     extra_tables = _frequency_extras(records, freq, results, ref)
     t.update(extra_tables)
@@ -937,12 +1154,22 @@ def compare(runs: Sequence[str | Path], out: str | Path = "reports/compare", *, 
     doc = _document(report, records, t, eval_sources, freq, title or _default_title(records, ref))
     atomic_write_text(report.markdown, doc.markdown())
     atomic_write_text(report.html, doc.html())
-    atomic_write_json(out / "summary.json", _clean({
-        "reference": ref, "runs": {r.label: str(r.path) for r in records}, "headline": report.headline,
-        "findings": report.findings, "missing": t["missing"].to_dict("records"),
-        "eval_sources": eval_sources, "frequency_sources": {k: str(v.folder) for k, v in freq.items()},
-        "tables": {name: f"{name}.csv" for name in t}, "figures": {k: [str(p) for p in v] for k, v in report.figures.items()},
-    }))
+    atomic_write_json(
+        out / "summary.json",
+        _clean(
+            {
+                "reference": ref,
+                "runs": {r.label: str(r.path) for r in records},
+                "headline": report.headline,
+                "findings": report.findings,
+                "missing": t["missing"].to_dict("records"),
+                "eval_sources": eval_sources,
+                "frequency_sources": {k: str(v.folder) for k, v in freq.items()},
+                "tables": {name: f"{name}.csv" for name in t},
+                "figures": {k: [str(p) for p in v] for k, v in report.figures.items()},
+            }
+        ),
+    )
     report.files += [report.markdown, report.html, out / "summary.json"]
     return report
 
@@ -1012,9 +1239,13 @@ def _draw(folder: Path, t: dict[str, pd.DataFrame], labels: list[str], freq: dic
         emit("robustness_severity", rf.severity_figure(t["robustness_severity"], labels))
     for name, df in extras.items():
         if name.startswith("frequency_heatmap_"):
-            a, b = name[len("frequency_heatmap_"):].split("_vs_", 1)
-            emit(name, plots.heatmap_comparison_figure(
-                df, a, b, suptitle="Fourier heat maps: error rate (%) under a unit Fourier-basis perturbation"))
+            a, b = name[len("frequency_heatmap_") :].split("_vs_", 1)
+            emit(
+                name,
+                plots.heatmap_comparison_figure(
+                    df, a, b, suptitle="Fourier heat maps: error rate (%) under a unit Fourier-basis perturbation"
+                ),
+            )
     if "frequency_bandpass" in extras:
         bp = extras["frequency_bandpass"].rename(columns={"run": "checkpoint"})
         from analysis.frequency import crossing_radius
@@ -1023,8 +1254,10 @@ def _draw(folder: Path, t: dict[str, pd.DataFrame], labels: list[str], freq: dic
         crossings = {l: crossing_radius(bp[bp["checkpoint"] == l]) for l in dict.fromkeys(bp["checkpoint"])}
         emit("frequency_bandpass", plots.bandpass_figure(bp, chance_pct=chance, crossings=crossings))
     if "robustness_vs_frequency" in extras:
-        emit("robustness_vs_frequency",
-             plots.robustness_frequency_figure(extras["robustness_vs_frequency"].rename(columns={"run": "checkpoint"})))
+        emit(
+            "robustness_vs_frequency",
+            plots.robustness_frequency_figure(extras["robustness_vs_frequency"].rename(columns={"run": "checkpoint"})),
+        )
     return figures
 
 
@@ -1032,11 +1265,14 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
     d = _Doc(title, report.out)
     ref = report.reference
     f = report.figures
-    missing_runs = lambda have: [r.label for r in records if r.label not in have]   # noqa: E731
+    missing_runs = lambda have: [r.label for r in records if r.label not in have]  # noqa: E731
 
     d.heading("Runs")
-    d.text(f"Reference run: **{ref}** (ratios and CE are relative to it)." if ref else
-           "No reference run: none of the runs was trained with `--curriculum none` (choose one with `--reference`).")
+    d.text(
+        f"Reference run: **{ref}** (ratios and CE are relative to it)."
+        if ref
+        else "No reference run: none of the runs was trained with `--curriculum none` (choose one with `--reference`)."
+    )
     d.table("runs", t["runs"], "What was compared")
     d.heading("Missing pieces")
     if t["missing"].empty:
@@ -1051,20 +1287,24 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
         d.items(report.findings)
     if not t["floors"].empty:
         d.heading("Floors and paired differences")
-        d.text("Floors: the same probes on raw pixels and on the architecture at random initialisation, on the "
-               "same images and corrupted pixels. Intervals: paired bootstrap over val images (95%); p: McNemar's "
-               "exact test. A difference whose interval covers 0 is not distinguishable at this sample size.")
+        d.text(
+            "Floors: the same probes on raw pixels and on the architecture at random initialisation, on the "
+            "same images and corrupted pixels. Intervals: paired bootstrap over val images (95%); p: McNemar's "
+            "exact test. A difference whose interval covers 0 is not distinguishable at this sample size."
+        )
         d.table("floors", t["floors"], "Clean top-1 of each run beside its floors (run minus floor)")
     if not t["differences"].empty:
         d.table("differences", t["differences"], "Each run minus the reference, per metric")
 
     d.heading("Cost")
-    d.text("Wall-clock counts the training steps with their data loading (not the kNN evaluations or "
-           "checkpoint writes). FLOPs are counted with torch's FLOP counter on one real training step per "
-           "stage (student forward + backward on every crop, teacher forward, heads, losses). "
-           "`speedup_vs_ref` = wall-clock of the reference / wall-clock of the run; `flops_ratio_vs_ref` = "
-           "FLOPs of the reference / FLOPs of the run; `flops_ratio_vs_none_schedule` = the run's own schedule "
-           "counted with full-resolution crops throughout / its actual FLOPs.")
+    d.text(
+        "Wall-clock counts the training steps with their data loading (not the kNN evaluations or "
+        "checkpoint writes). FLOPs are counted with torch's FLOP counter on one real training step per "
+        "stage (student forward + backward on every crop, teacher forward, heads, losses). "
+        "`speedup_vs_ref` = wall-clock of the reference / wall-clock of the run; `flops_ratio_vs_ref` = "
+        "FLOPs of the reference / FLOPs of the run; `flops_ratio_vs_none_schedule` = the run's own schedule "
+        "counted with full-resolution crops throughout / its actual FLOPs."
+    )
     d.table("cost", t["cost"], "Per run")
     d.table("cost_stages", t["cost_stages"], "Per stage (peak memory: CUDA peak allocated, or CPU resident set)")
     d.figure(f.get("cost"), "Training wall-clock per stage and total training FLOPs", "cost_stages")
@@ -1073,10 +1313,12 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
     absent = missing_runs(set(t["convergence_knn"]["run"]))
     if absent:
         d.items([f"{r}: no training metrics (kNN / loss curves) found" for r in absent], "missing")
-    d.figure(f.get("convergence_knn"), "Online kNN top-1 of the teacher vs epochs and vs training wall-clock; "
-                                       "dotted lines: stage switch", "convergence_knn")
-    d.figure(f.get("convergence_loss"), "Training losses vs epochs; dotted lines: stage switch",
-             "convergence_loss")
+    d.figure(
+        f.get("convergence_knn"),
+        "Online kNN top-1 of the teacher vs epochs and vs training wall-clock; dotted lines: stage switch",
+        "convergence_knn",
+    )
+    d.figure(f.get("convergence_loss"), "Training losses vs epochs; dotted lines: stage switch", "convergence_loss")
     if not t["convergence_switches"].empty:
         d.table("convergence_switches", t["convergence_switches"], "Stage switches (epoch, training second)")
     if not t["convergence_knn"].empty:
@@ -1088,16 +1330,24 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
         d.items([f"{r}: never evaluated with eval-corruptions (missing)" for r in absent], "missing")
     if not t["robustness"].empty:
         sources = "; ".join(f"{run}: {', '.join(s['folder'] for s in srcs)}" for run, srcs in eval_sources.items())
-        d.text("Top-1 accuracy of frozen features with a linear probe and a kNN probe (k = 20), clean and "
-               "under the corruptions (mean over severities). `mean_corruption_error_pct` is the unnormalised "
-               "mean error over the common corruptions evaluated; `mCE_vs_ref_pct` = mean over corruptions of "
-               f"sum_s E_run / sum_s E_{ref or 'ref'} (100 = as robust as the reference); relative mCE "
-               f"subtracts each model's clean error first. Sources: {sources}.")
+        d.text(
+            "Top-1 accuracy of frozen features with a linear probe and a kNN probe (k = 20), clean and "
+            "under the corruptions (mean over severities). `mean_corruption_error_pct` is the unnormalised "
+            "mean error over the common corruptions evaluated; `mCE_vs_ref_pct` = mean over corruptions of "
+            f"sum_s E_run / sum_s E_{ref or 'ref'} (100 = as robust as the reference); relative mCE "
+            f"subtracts each model's clean error first. Sources: {sources}."
+        )
         d.table("robustness", t["robustness"], "Per run and probe")
-        d.figure(f.get("robustness_per_corruption"), "Accuracy per corruption (mean over severities); dashed: clean",
-                 "robustness_per_corruption")
-        d.figure(f.get("robustness_severity"), "Accuracy vs severity per corruption group (0 = clean); "
-                                               "solid: linear probe, dashed: kNN", "robustness_severity")
+        d.figure(
+            f.get("robustness_per_corruption"),
+            "Accuracy per corruption (mean over severities); dashed: clean",
+            "robustness_per_corruption",
+        )
+        d.figure(
+            f.get("robustness_severity"),
+            "Accuracy vs severity per corruption group (0 = clean); solid: linear probe, dashed: kNN",
+            "robustness_severity",
+        )
         d.table("robustness_per_corruption", t["robustness_per_corruption"], "Per corruption")
         d.table("robustness_severity", t["robustness_severity"], "Per group and severity")
 
@@ -1106,24 +1356,33 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
     if absent:
         d.items([f"{r}: no frequency analysis found (missing)" for r in absent], "missing")
     if not t["frequency"].empty:
-        d.text("Heat map: error rate under `x + eps * r * U(k)` per frequency k (low frequencies at the centre); "
-               "`heatmap_centroid_frac` = error-increase-weighted mean |k| (fraction of Nyquist; larger = "
-               "sensitive to higher frequencies). Band-pass: accuracy of low-pass / high-pass filtered images "
-               "vs the radius; `crossing_frac` = radius where low-pass accuracy reaches high-pass accuracy. "
-               "`noise_minus_blur_pp` = noise-group minus blur-group accuracy (linear probe).")
+        d.text(
+            "Heat map: error rate under `x + eps * r * U(k)` per frequency k (low frequencies at the centre); "
+            "`heatmap_centroid_frac` = error-increase-weighted mean |k| (fraction of Nyquist; larger = "
+            "sensitive to higher frequencies). Band-pass: accuracy of low-pass / high-pass filtered images "
+            "vs the radius; `crossing_frac` = radius where low-pass accuracy reaches high-pass accuracy. "
+            "`noise_minus_blur_pp` = noise-group minus blur-group accuracy (linear probe)."
+        )
         d.table("frequency", t["frequency"], "Frequency-bias numbers")
     for name in report.figures:
         if name.startswith("frequency_heatmap_"):
-            d.figure(f[name], "Fourier heat maps side by side and their difference (B - A, percentage points)",
-                     name)
-    d.figure(f.get("frequency_bandpass"), "Low-pass (solid) and high-pass (dashed) accuracy vs filter radius",
-             "frequency_bandpass")
-    d.figure(f.get("robustness_vs_frequency"), "Accuracy drop vs the corruption's spectral centroid",
-             "robustness_vs_frequency")
+            d.figure(f[name], "Fourier heat maps side by side and their difference (B - A, percentage points)", name)
+    d.figure(
+        f.get("frequency_bandpass"),
+        "Low-pass (solid) and high-pass (dashed) accuracy vs filter radius",
+        "frequency_bandpass",
+    )
+    d.figure(
+        f.get("robustness_vs_frequency"),
+        "Accuracy drop vs the corruption's spectral centroid",
+        "robustness_vs_frequency",
+    )
     if "robustness_vs_frequency" in t:
         d.table("robustness_vs_frequency", t["robustness_vs_frequency"], "Robustness vs corruption frequency")
 
     d.heading("Files")
-    d.text("Every table above is in this folder as `<name>.csv`; figures are in `figures/` as PNG and PDF; "
-           "`summary.json` holds the headline numbers.")
+    d.text(
+        "Every table above is in this folder as `<name>.csv`; figures are in `figures/` as PNG and PDF; "
+        "`summary.json` holds the headline numbers."
+    )
     return d

@@ -26,10 +26,16 @@ from matplotlib.figure import Figure
 
 from analysis.plots import checkpoint_colors, new_figure
 
-__all__ = ["cost_figure", "convergence_figure", "loss_figure", "corruption_bars_figure", "severity_figure",
-           "PROTOCOL_STYLE"]
+__all__ = [
+    "cost_figure",
+    "convergence_figure",
+    "loss_figure",
+    "corruption_bars_figure",
+    "severity_figure",
+    "PROTOCOL_STYLE",
+]
 
-PROTOCOL_STYLE = {"linear": "-", "knn": "--"}   # line style per probe in severity plots
+PROTOCOL_STYLE = {"linear": "-", "knn": "--"}  # line style per probe in severity plots
 LOSS_TERMS = (("loss", "total loss"), ("dino", "DINO loss"), ("ibot", "iBOT loss"), ("koleo", "KoLeo loss"))
 
 
@@ -85,16 +91,20 @@ def cost_figure(stages: pd.DataFrame, totals: pd.DataFrame, order: Sequence[str]
     ax = axes[0, 1]
     tot = totals.set_index("run") if len(totals) else totals
     truns = [r for r in (order or list(tot.index)) if r in tot.index and pd.notna(tot.loc[r, "total_tflops"])]
-    ax.bar(range(len(truns)), [float(tot.loc[r, "total_tflops"]) for r in truns],
-           color=[colors.get(r, "0.5") for r in truns])
+    ax.bar(
+        range(len(truns)),
+        [float(tot.loc[r, "total_tflops"]) for r in truns],
+        color=[colors.get(r, "0.5") for r in truns],
+    )
     ax.set_xticks(range(len(truns)), truns)
     ax.set_ylabel("training FLOPs (TFLOPs)")
     ax.set_title("Total training FLOPs (counted)")
     return fig
 
 
-def convergence_figure(knn: pd.DataFrame, switches: pd.DataFrame | None = None,
-                       order: Sequence[str] | None = None) -> Figure:
+def convergence_figure(
+    knn: pd.DataFrame, switches: pd.DataFrame | None = None, order: Sequence[str] | None = None
+) -> Figure:
     """kNN top-1 (%) against epochs completed (left) and training wall-clock (right).
 
     ``knn`` columns: ``run, epoch, wall_clock_s, knn_top1_pct``; ``switches``: ``run, epoch, wall_clock_s``.
@@ -102,8 +112,10 @@ def convergence_figure(knn: pd.DataFrame, switches: pd.DataFrame | None = None,
     fig, axes = new_figure(1, 2, width=4.4, height=3.4)
     runs = _labels(knn, order)
     colors = checkpoint_colors(order or runs)
-    for ax, column, xlabel in ((axes[0, 0], "epoch", "epochs completed"),
-                               (axes[0, 1], "wall_clock_s", "training wall-clock (s)")):
+    for ax, column, xlabel in (
+        (axes[0, 0], "epoch", "epochs completed"),
+        (axes[0, 1], "wall_clock_s", "training wall-clock (s)"),
+    ):
         for run in runs:
             part = knn[knn["run"] == run].sort_values(column)
             ax.plot(part[column], part["knn_top1_pct"], marker="o", markersize=3, color=colors[run], label=run)
@@ -118,8 +130,9 @@ def convergence_figure(knn: pd.DataFrame, switches: pd.DataFrame | None = None,
     return fig
 
 
-def loss_figure(losses: pd.DataFrame, switches: pd.DataFrame | None = None,
-                order: Sequence[str] | None = None) -> Figure:
+def loss_figure(
+    losses: pd.DataFrame, switches: pd.DataFrame | None = None, order: Sequence[str] | None = None
+) -> Figure:
     """Training losses against epochs (fractional), one panel per loss term present.
 
     ``losses`` columns: ``run, epoch`` and any of ``loss, dino, ibot, koleo``.
@@ -142,8 +155,9 @@ def loss_figure(losses: pd.DataFrame, switches: pd.DataFrame | None = None,
     return fig
 
 
-def corruption_bars_figure(per_corruption: pd.DataFrame, clean: pd.DataFrame,
-                           protocols: Sequence[str], order: Sequence[str] | None = None) -> Figure:
+def corruption_bars_figure(
+    per_corruption: pd.DataFrame, clean: pd.DataFrame, protocols: Sequence[str], order: Sequence[str] | None = None
+) -> Figure:
     """Grouped bars: mean top-1 (%) over severities per corruption, one bar per run, a panel per probe.
 
     ``per_corruption`` columns: ``run, protocol, corruption, top1_pct``; ``clean``: ``run, protocol,
@@ -163,8 +177,7 @@ def corruption_bars_figure(per_corruption: pd.DataFrame, clean: pd.DataFrame,
             ax.bar(x + (i - (len(runs) - 1) / 2) * width, values, width, color=colors[run], label=run)
             base = clean[(clean["run"] == run) & (clean["protocol"] == protocol)]["clean_top1_pct"]
             if len(base) and pd.notna(base.iloc[0]):
-                ax.axhline(float(base.iloc[0]), color=colors[run], linestyle="--", linewidth=1,
-                           label=f"{run} clean")
+                ax.axhline(float(base.iloc[0]), color=colors[run], linestyle="--", linewidth=1, label=f"{run} clean")
         ax.set_xticks(x, [n.replace("_", " ") for n in names], rotation=35, ha="right")
         ax.set_ylabel("top-1 accuracy (%)")
         ax.set_ylim(0, 100)
@@ -187,8 +200,15 @@ def severity_figure(severity: pd.DataFrame, order: Sequence[str] | None = None) 
         for run in runs:
             for protocol in dict.fromkeys(part["protocol"]):
                 rows = part[(part["run"] == run) & (part["protocol"] == protocol)].sort_values("severity")
-                ax.plot(rows["severity"], rows["top1_pct"], PROTOCOL_STYLE.get(protocol, ":"), marker="o",
-                        markersize=3, color=colors[run], label=f"{run}, {protocol}")
+                ax.plot(
+                    rows["severity"],
+                    rows["top1_pct"],
+                    PROTOCOL_STYLE.get(protocol, ":"),
+                    marker="o",
+                    markersize=3,
+                    color=colors[run],
+                    label=f"{run}, {protocol}",
+                )
         ax.set_title(f"{group} corruptions")
         ax.set_xlabel("severity (0 = clean)")
         ax.set_xticks(range(0, 6))

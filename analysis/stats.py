@@ -39,7 +39,7 @@ def mcnemar_exact(a_correct, b_correct) -> tuple[int, int, float]:
     n = b + c
     if n == 0:
         return b, c, 1.0
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n
+    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2**n
     return b, c, min(1.0, 2.0 * tail)
 
 
@@ -56,9 +56,9 @@ class Metric:
 
     name: str
     cells: list[tuple[str, int]]
-    kind: str                 # "accuracy" (higher is better) or "error" (lower is better)
+    kind: str  # "accuracy" (higher is better) or "error" (lower is better)
     mcnemar: bool = False
-    denominators: dict | None = None    # corruption -> sum_s baseline error (mCE), None: mean error
+    denominators: dict | None = None  # corruption -> sum_s baseline error (mCE), None: mean error
 
     def value(self, acc: dict) -> np.ndarray:
         if self.kind == "accuracy":
@@ -66,7 +66,7 @@ class Metric:
         by_corruption: dict[str, list] = {}
         for corruption, severity in self.cells:
             by_corruption.setdefault(corruption, []).append(1.0 - acc[(corruption, severity)])
-        if self.denominators is None:      # unnormalised: mean error over all cells
+        if self.denominators is None:  # unnormalised: mean error over all cells
             return np.mean([e for errs in by_corruption.values() for e in errs], axis=0)
         return np.mean([np.sum(errs, axis=0) / self.denominators[c] for c, errs in by_corruption.items()], axis=0)
 
@@ -88,8 +88,9 @@ def standard_metrics(cells: list[tuple[str, int]], denominators: dict | None = N
     if common:
         metrics.append(Metric("common (mean) top-1", common, "accuracy"))
         usable = denominators if denominators and all(c in denominators for c, _ in common) else None
-        metrics.append(Metric("mCE" if usable else "mCE (unnormalised mean error)", common, "error",
-                              denominators=usable))
+        metrics.append(
+            Metric("mCE" if usable else "mCE (unnormalised mean error)", common, "error", denominators=usable)
+        )
     return metrics
 
 
@@ -101,13 +102,36 @@ def verdict(lo: float, hi: float, kind: str) -> str:
     return "better" if higher == (kind == "accuracy") else "worse"
 
 
-def differences(outcomes: Outcomes, a: str, b: str, protocol: str, *, denominators: dict | None = None,
-                resamples: int = RESAMPLES, seed: int = SEED, level: float = LEVEL) -> pd.DataFrame:
+def differences(
+    outcomes: Outcomes,
+    a: str,
+    b: str,
+    protocol: str,
+    *,
+    denominators: dict | None = None,
+    resamples: int = RESAMPLES,
+    seed: int = SEED,
+    level: float = LEVEL,
+) -> pd.DataFrame:
     """B - A per metric, with a paired bootstrap interval and (clean, groups) McNemar's exact p."""
-    cells = [(c, s) for (ck, p, c, s) in outcomes.cells if ck == a and p == protocol
-             and (b, p, c, s) in outcomes]
-    columns = ["reference", "checkpoint", "protocol", "metric", "cells", "n", "reference_value", "value",
-               "difference", "ci_lo", "ci_hi", "mcnemar_b", "mcnemar_c", "p_value", "verdict"]
+    cells = [(c, s) for (ck, p, c, s) in outcomes.cells if ck == a and p == protocol and (b, p, c, s) in outcomes]
+    columns = [
+        "reference",
+        "checkpoint",
+        "protocol",
+        "metric",
+        "cells",
+        "n",
+        "reference_value",
+        "value",
+        "difference",
+        "ci_lo",
+        "ci_hi",
+        "mcnemar_b",
+        "mcnemar_c",
+        "p_value",
+        "verdict",
+    ]
     if not cells:
         return pd.DataFrame(columns=columns)
     n = len(outcomes.get((a, protocol, *cells[0])))
@@ -120,15 +144,34 @@ def differences(outcomes: Outcomes, a: str, b: str, protocol: str, *, denominato
         cb = {c: outcomes.get((b, protocol, *c)).astype(np.float64) for c in metric.cells}
         point_a = float(metric.value({c: v.mean() for c, v in ca.items()}))
         point_b = float(metric.value({c: v.mean() for c, v in cb.items()}))
-        boot = metric.value({c: weights @ v for c, v in cb.items()}) - metric.value({c: weights @ v for c, v in ca.items()})
+        boot = metric.value({c: weights @ v for c, v in cb.items()}) - metric.value(
+            {c: weights @ v for c, v in ca.items()}
+        )
         lo, hi = (float(q) for q in np.quantile(boot, [alpha, 1.0 - alpha]))
         mb = mc = None
         p = math.nan
         if metric.mcnemar:
-            mb, mc, p = mcnemar_exact(np.concatenate([outcomes.get((a, protocol, *c)) for c in metric.cells]),
-                                      np.concatenate([outcomes.get((b, protocol, *c)) for c in metric.cells]))
-        rows.append({"reference": a, "checkpoint": b, "protocol": protocol, "metric": metric.name,
-                     "cells": len(metric.cells), "n": n, "reference_value": point_a, "value": point_b,
-                     "difference": point_b - point_a, "ci_lo": lo, "ci_hi": hi, "mcnemar_b": mb,
-                     "mcnemar_c": mc, "p_value": p, "verdict": verdict(lo, hi, metric.kind)})
+            mb, mc, p = mcnemar_exact(
+                np.concatenate([outcomes.get((a, protocol, *c)) for c in metric.cells]),
+                np.concatenate([outcomes.get((b, protocol, *c)) for c in metric.cells]),
+            )
+        rows.append(
+            {
+                "reference": a,
+                "checkpoint": b,
+                "protocol": protocol,
+                "metric": metric.name,
+                "cells": len(metric.cells),
+                "n": n,
+                "reference_value": point_a,
+                "value": point_b,
+                "difference": point_b - point_a,
+                "ci_lo": lo,
+                "ci_hi": hi,
+                "mcnemar_b": mb,
+                "mcnemar_c": mc,
+                "p_value": p,
+                "verdict": verdict(lo, hi, metric.kind),
+            }
+        )
     return pd.DataFrame(rows, columns=columns)

@@ -59,7 +59,7 @@ def run(n_images: int, batch_size: int, ref_images: int, severities, corruption_
                 corrupt(x[:batch_size], n, s, generator=0)  # warm-up: caches, kernels, frost pictures
                 secs = 0.0
                 for i in range(0, x.shape[0], batch_size):
-                    secs += _time(lambda: corrupt(x[i:i + batch_size], n, s, generator=i), sync)
+                    secs += _time(lambda: corrupt(x[i : i + batch_size], n, s, generator=i), sync)
                 count = x.shape[0]
             rows.append({"backend": label, "corruption": n, "severity": s, "images": count, "seconds": secs})
     long = pd.DataFrame(rows)

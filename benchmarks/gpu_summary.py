@@ -16,8 +16,14 @@ from pathlib import Path
 
 import pandas as pd
 
-GOALS = {"e2e_vs_model": 0.95, "engine_vs_reference": 1.3, "two_stage_vs_none": 2.0, "stage1_memory_share": 0.40,
-         "mfu_224": 0.40, "mfu_112": 0.30}
+GOALS = {
+    "e2e_vs_model": 0.95,
+    "engine_vs_reference": 1.3,
+    "two_stage_vs_none": 2.0,
+    "stage1_memory_share": 0.40,
+    "mfu_224": 0.40,
+    "mfu_112": 0.30,
+}
 
 
 def _verdict(value: float | None, goal: float, higher_is_better: bool = True) -> str:
@@ -40,23 +46,31 @@ def bench_lines(csv: Path, label: str) -> list[str]:
         if fast is None:
             continue
         e2e = fast.get("e2e_vs_model")
-        lines.append(f"{label} {stage} ({fast['global']}/{fast['local']}): model-only {fast['model_img_s']} img/s, "
-                     f"end-to-end {fast['e2e_img_s']} img/s, end-to-end share "
-                     f"{_verdict(None if pd.isna(e2e) else float(e2e), GOALS['e2e_vs_model'])}")
+        lines.append(
+            f"{label} {stage} ({fast['global']}/{fast['local']}): model-only {fast['model_img_s']} img/s, "
+            f"end-to-end {fast['e2e_img_s']} img/s, end-to-end share "
+            f"{_verdict(None if pd.isna(e2e) else float(e2e), GOALS['e2e_vs_model'])}"
+        )
         if ref is not None and not pd.isna(ref.get("e2e_img_s")) and not pd.isna(fast.get("e2e_img_s")):
-            lines.append(f"{label} {stage}: engine vs --reference end-to-end "
-                         f"{_verdict(fast['e2e_img_s'] / ref['e2e_img_s'], GOALS['engine_vs_reference'])}, "
-                         f"model-only {fast['model_img_s'] / ref['model_img_s']:.3f}")
+            lines.append(
+                f"{label} {stage}: engine vs --reference end-to-end "
+                f"{_verdict(fast['e2e_img_s'] / ref['e2e_img_s'], GOALS['engine_vs_reference'])}, "
+                f"model-only {fast['model_img_s'] / ref['model_img_s']:.3f}"
+            )
         if not pd.isna(fast.get("mfu")):
             goal = GOALS["mfu_224"] if int(fast["global"]) >= 224 else GOALS["mfu_112"]
-            lines.append(f"{label} {stage}: MFU {_verdict(float(fast['mfu']), goal)} "
-                         f"({fast['achieved_tflops']} TFLOP/s), peak {fast['peak_mem_gib']} GiB")
+            lines.append(
+                f"{label} {stage}: MFU {_verdict(float(fast['mfu']), goal)} "
+                f"({fast['achieved_tflops']} TFLOP/s), peak {fast['peak_mem_gib']} GiB"
+            )
     stages = {s: g[g["variant"] == "fast"] for s, g in rows.groupby("stage")}
     if {"stage1", "stage2"} <= set(stages) and all(len(g) for g in stages.values()):
         m1, m2 = (stages[s]["peak_mem_gib"].iloc[0] for s in ("stage1", "stage2"))
         if not (pd.isna(m1) or pd.isna(m2)) and m2 > 0:
-            lines.append(f"{label}: bench stage-1 peak memory share of stage 2 "
-                         f"{_verdict(m1 / m2, GOALS['stage1_memory_share'], higher_is_better=False)}")
+            lines.append(
+                f"{label}: bench stage-1 peak memory share of stage 2 "
+                f"{_verdict(m1 / m2, GOALS['stage1_memory_share'], higher_is_better=False)}"
+            )
     return lines or [f"{label}: no rows in {csv.name}"]
 
 
@@ -80,29 +94,43 @@ def compile_seconds(metrics_csv: Path) -> float | None:
 
 
 def train_lines(out: Path, work: Path) -> list[str]:
-    runs = {c: json.loads((out / f"train_{c}.json").read_text())
-            for c in ("two-stage", "none") if (out / f"train_{c}.json").is_file()}
+    runs = {
+        c: json.loads((out / f"train_{c}.json").read_text())
+        for c in ("two-stage", "none")
+        if (out / f"train_{c}.json").is_file()
+    }
     lines = []
     for c, s in runs.items():
         comp = compile_seconds(work / f"run_{c}" / "metrics.csv")
-        lines.append(f"pretrain {c}: finished {s.get('finished')}, {s.get('iterations')} steps, wall-clock "
-                     f"{s.get('wall_clock_s'):.1f} s (compile about {comp:.1f} s)" if comp is not None else
-                     f"pretrain {c}: finished {s.get('finished')}, wall-clock {s.get('wall_clock_s'):.1f} s")
+        lines.append(
+            f"pretrain {c}: finished {s.get('finished')}, {s.get('iterations')} steps, wall-clock "
+            f"{s.get('wall_clock_s'):.1f} s (compile about {comp:.1f} s)"
+            if comp is not None
+            else f"pretrain {c}: finished {s.get('finished')}, wall-clock {s.get('wall_clock_s'):.1f} s"
+        )
         stages = s.get("stages") or []
         if c == "two-stage" and len(stages) == 2 and stages[1]["peak_memory_bytes"]:
             share = stages[0]["peak_memory_bytes"] / stages[1]["peak_memory_bytes"]
-            lines.append(f"pretrain two-stage: stage-1 peak memory share of stage 2 "
-                         f"{_verdict(share, GOALS['stage1_memory_share'], higher_is_better=False)}")
+            lines.append(
+                f"pretrain two-stage: stage-1 peak memory share of stage 2 "
+                f"{_verdict(share, GOALS['stage1_memory_share'], higher_is_better=False)}"
+            )
     if len(runs) == 2 and all(r.get("finished") for r in runs.values()):
         two, none = runs["two-stage"]["wall_clock_s"], runs["none"]["wall_clock_s"]
-        lines.append(f"two-stage vs none wall-clock, compile included: {_verdict(none / two, GOALS['two_stage_vs_none'])}")
+        lines.append(
+            f"two-stage vs none wall-clock, compile included: {_verdict(none / two, GOALS['two_stage_vs_none'])}"
+        )
         c2, cn = (compile_seconds(work / f"run_{c}" / "metrics.csv") for c in ("two-stage", "none"))
         if c2 is not None and cn is not None and two - c2 > 0:
-            lines.append(f"two-stage vs none wall-clock, compile excluded: "
-                         f"{_verdict((none - cn) / (two - c2), GOALS['two_stage_vs_none'])}")
+            lines.append(
+                f"two-stage vs none wall-clock, compile excluded: "
+                f"{_verdict((none - cn) / (two - c2), GOALS['two_stage_vs_none'])}"
+            )
     else:
-        lines.append(f"two-stage vs none: not measured (finished runs: "
-                     f"{[c for c, r in runs.items() if r.get('finished')] or 'none'})")
+        lines.append(
+            f"two-stage vs none: not measured (finished runs: "
+            f"{[c for c, r in runs.items() if r.get('finished')] or 'none'})"
+        )
     return lines
 
 

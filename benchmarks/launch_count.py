@@ -31,15 +31,52 @@ import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 NO_KERNEL = {
-    "aten::view", "aten::_unsafe_view", "aten::reshape", "aten::as_strided", "aten::expand", "aten::t",
-    "aten::transpose", "aten::permute", "aten::slice", "aten::select", "aten::unsqueeze", "aten::squeeze",
-    "aten::split", "aten::split_with_sizes", "aten::chunk", "aten::unbind", "aten::narrow", "aten::alias",
-    "aten::detach", "aten::detach_", "aten::empty", "aten::empty_like", "aten::empty_strided",
-    "aten::lift_fresh", "aten::resolve_conj", "aten::resolve_neg", "aten::result_type", "aten::flatten",
-    "aten::unflatten", "aten::view_as", "aten::expand_as", "aten::contiguous", "aten::numpy_T",
-    "aten::matrix_H", "aten::is_nonzero", "aten::item", "aten::_local_scalar_dense", "aten::set_",
-    "aten::_has_compatible_shallow_copy_type", "aten::requires_grad_", "aten::retain_grad",
-    "aten::unsafe_split", "aten::movedim", "aten::squeeze_", "aten::unsqueeze_", "aten::swapaxes",
+    "aten::view",
+    "aten::_unsafe_view",
+    "aten::reshape",
+    "aten::as_strided",
+    "aten::expand",
+    "aten::t",
+    "aten::transpose",
+    "aten::permute",
+    "aten::slice",
+    "aten::select",
+    "aten::unsqueeze",
+    "aten::squeeze",
+    "aten::split",
+    "aten::split_with_sizes",
+    "aten::chunk",
+    "aten::unbind",
+    "aten::narrow",
+    "aten::alias",
+    "aten::detach",
+    "aten::detach_",
+    "aten::empty",
+    "aten::empty_like",
+    "aten::empty_strided",
+    "aten::lift_fresh",
+    "aten::resolve_conj",
+    "aten::resolve_neg",
+    "aten::result_type",
+    "aten::flatten",
+    "aten::unflatten",
+    "aten::view_as",
+    "aten::expand_as",
+    "aten::contiguous",
+    "aten::numpy_T",
+    "aten::matrix_H",
+    "aten::is_nonzero",
+    "aten::item",
+    "aten::_local_scalar_dense",
+    "aten::set_",
+    "aten::_has_compatible_shallow_copy_type",
+    "aten::requires_grad_",
+    "aten::retain_grad",
+    "aten::unsafe_split",
+    "aten::movedim",
+    "aten::squeeze_",
+    "aten::unsqueeze_",
+    "aten::swapaxes",
 }
 PARTS = ("augment", "teacher", "student", "forward_backward", "clip", "optimizer", "ema")
 STAGES = {"stage1": (112, 48), "stage2": (224, 96)}
@@ -52,7 +89,7 @@ def count_ops(prof) -> Counter:
         if not event.name.startswith("aten::") or event.name in NO_KERNEL:
             continue
         if event.name == "aten::to" and not event.cpu_children:
-            continue   # to() onto the dtype and device a tensor already has: returns it, no copy
+            continue  # to() onto the dtype and device a tensor already has: returns it, no copy
         parent, part = event.cpu_parent, None
         while parent is not None:
             if parent.name.startswith("aten::"):
@@ -82,12 +119,14 @@ class _Regions:
     def _enter(name, holder):
         def hook(module, args):
             holder.setdefault("stack", []).append(record_function(name).__enter__())
+
         return hook
 
     @staticmethod
     def _exit(holder):
         def hook(module, args, output):
             holder["stack"].pop().__exit__(None, None, None)
+
         return hook
 
     def remove(self):
@@ -123,8 +162,16 @@ def one_step_counts(arch: str, stage: str, batch: int, target_batch: int, protot
     from pretrain.schedules import apply_schedules
 
     global_size, local_size = STAGES[stage]
-    cfg = BenchConfig(arch=arch, batch_size=batch, global_size=224, local_size=96, prototypes=prototypes,
-                      stages=(stage,), device="cpu", seed=seed)
+    cfg = BenchConfig(
+        arch=arch,
+        batch_size=batch,
+        global_size=224,
+        local_size=96,
+        prototypes=prototypes,
+        stages=(stage,),
+        device="cpu",
+        seed=seed,
+    )
     plan = bench_stages(cfg)[0]
     assert (plan.global_size, plan.local_size) == (global_size, local_size)
     torch.manual_seed(seed)
@@ -163,7 +210,7 @@ def one_step_counts(arch: str, stage: str, batch: int, target_batch: int, protot
             meta.update_teacher(step.MOMENTUM)
         return train_batch
 
-    run(False)                      # warm-up: AdamW creates its state
+    run(False)  # warm-up: AdamW creates its state
     regions = _Regions(meta)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         train_batch = run(True)
@@ -193,16 +240,26 @@ def main(argv=None) -> int:
         batches = [args.batch] + ([args.check_batch] if args.check_batch else [])
         per_batch = {b: one_step_counts(args.arch, stage, b, args.target_batch, args.prototypes) for b in batches}
         for b, c in per_batch.items():
-            row = {"arch": args.arch, "stage": stage, "crops": "%d/%d" % STAGES[stage], "batch": b,
-                   **{p: c[p] for p in PARTS}, "step_total": sum(c[p] for p in PARTS if p != "augment"),
-                   "ibot_rows": c["ibot_rows"], "chunk_rows": c["chunk_rows"]}
+            row = {
+                "arch": args.arch,
+                "stage": stage,
+                "crops": "%d/%d" % STAGES[stage],
+                "batch": b,
+                **{p: c[p] for p in PARTS},
+                "step_total": sum(c[p] for p in PARTS if p != "augment"),
+                "ibot_rows": c["ibot_rows"],
+                "chunk_rows": c["chunk_rows"],
+            }
             rows.append(row)
             print(", ".join(f"{k} {v}" for k, v in row.items()), flush=True)
         if len(per_batch) == 2:
             a, b = (per_batch[x] for x in batches)
             diff = {p: (a[p], b[p]) for p in PARTS if a[p] != b[p]}
-            print(f"{stage}: counts at batch {batches[0]} and {batches[1]} "
-                  f"{'agree' if not diff else 'differ: ' + str(diff)}", flush=True)
+            print(
+                f"{stage}: counts at batch {batches[0]} and {batches[1]} "
+                f"{'agree' if not diff else 'differ: ' + str(diff)}",
+                flush=True,
+            )
     if args.out:
         from fdbench.io import atomic_write_csv
 

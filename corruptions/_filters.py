@@ -117,12 +117,12 @@ def conv1d_axis(x: torch.Tensor, weights, axis: int, mode: str) -> torch.Tensor:
         xp = pad2d(x, r, r, 0, 0, mode)
         out = xp[..., 0:n, :] * w[0]
         for k in range(1, len(w)):
-            out.add_(xp[..., k:k + n, :], alpha=w[k])
+            out.add_(xp[..., k : k + n, :], alpha=w[k])
     else:
         xp = pad2d(x, 0, 0, r, r, mode)
         out = xp[..., :, 0:n] * w[0]
         for k in range(1, len(w)):
-            out.add_(xp[..., :, k:k + n], alpha=w[k])
+            out.add_(xp[..., :, k : k + n], alpha=w[k])
     return out
 
 
@@ -150,21 +150,24 @@ def filter2d(x: torch.Tensor, kernel: np.ndarray, mode: str = "reflect") -> torc
         for i in range(kh):
             for j in range(kw):
                 if kernel[i, j] != 0:
-                    out.add_(xp[..., i:i + h, j:j + w], alpha=float(kernel[i, j]))
+                    out.add_(xp[..., i : i + h, j : j + w], alpha=float(kernel[i, j]))
         return out
     ph, pw = xp.shape[-2:]
     # circular convolution with the flipped kernel; rows/cols >= k-1 of the result never wrap
-    kf = _on(xp, ("fftk", ph, pw, kernel.tobytes(), kernel.shape),
-             lambda: np.pad(kernel[::-1, ::-1], ((0, ph - kh), (0, pw - kw))))
+    kf = _on(
+        xp,
+        ("fftk", ph, pw, kernel.tobytes(), kernel.shape),
+        lambda: np.pad(kernel[::-1, ::-1], ((0, ph - kh), (0, pw - kw))),
+    )
     spec = torch.fft.rfft2(xp.float()) * torch.fft.rfft2(kf.float())
     out = torch.fft.irfft2(spec, s=(ph, pw))
-    return out[..., kh - 1:kh - 1 + h, kw - 1:kw - 1 + w].to(x.dtype)
+    return out[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w].to(x.dtype)
 
 
 def cv2_gaussian_kernel1d(ksize: int, sigma: float) -> np.ndarray:
     """OpenCV ``getGaussianKernel(ksize, sigma)`` for sigma > 0 (exp(-(i - (k-1)/2)^2 / (2 sigma^2)), normalised)."""
     x = np.arange(ksize, dtype=np.float64) - (ksize - 1) / 2
-    w = np.exp(-(x ** 2) / (2 * sigma ** 2))
+    w = np.exp(-(x**2) / (2 * sigma**2))
     return w / w.sum()
 
 
@@ -178,7 +181,7 @@ def disk_kernel(radius: float, alias_blur: float) -> np.ndarray:
         half, ksize = int(radius), 5
     coords = np.arange(-half, half + 1)
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
-    disk = ((xx ** 2 + yy ** 2) <= radius ** 2).astype(np.float64)
+    disk = ((xx**2 + yy**2) <= radius**2).astype(np.float64)
     disk /= disk.sum()
     g = cv2_gaussian_kernel1d(ksize, alias_blur)
     t = torch.from_numpy(disk)[None, None]
@@ -222,7 +225,7 @@ def pil_resample_matrix(n_in: int, n_out: int, filt: str) -> np.ndarray:
     lo, hi = pil_resample_windows(n_in, n_out, filt)
     m = np.zeros((n_out, n_in))
     for k in range(n_out):
-        m[k, lo[k]:hi[k]] = 1.0 / (hi[k] - lo[k])
+        m[k, lo[k] : hi[k]] = 1.0 / (hi[k] - lo[k])
     return m
 
 
@@ -259,7 +262,7 @@ def clipped_zoom(x: torch.Tensor, zoom: float) -> torch.Tensor:
     ch, cw = int(math.ceil(h / zoom)), int(math.ceil(w / zoom))
     top, left = (h - ch) // 2, (w - cw) // 2
     oh, ow = int(round(ch * zoom)), int(round(cw * zoom))
-    crop = x[..., top:top + ch, left:left + cw]
+    crop = x[..., top : top + ch, left : left + cw]
     z = F.interpolate(crop, size=(oh, ow), mode="bilinear", align_corners=True)
     return z[..., :h, :w]
 
@@ -277,8 +280,9 @@ def motion_offsets(radius: int, angles_deg: torch.Tensor) -> tuple[torch.Tensor,
     return dy.long(), dx.long()
 
 
-def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles_deg: torch.Tensor,
-                method: str | None = None) -> torch.Tensor:
+def motion_blur(
+    x: torch.Tensor, radius: int, sigma: float, angles_deg: torch.Tensor, method: str | None = None
+) -> torch.Tensor:
     """The reference ``_motion_blur``: a one-sided Gaussian-weighted sum of shifted copies.
 
     out = sum_i k_i * shift(x, dx_i, dy_i), k_i = exp(-i^2 / (2 sigma^2)) / sum_j(...), i = 0..2r,
@@ -289,7 +293,7 @@ def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles_deg: torch.Te
     """
     n, c, h, w = x.shape
     width = 2 * int(radius) + 1
-    k = np.exp(-(np.arange(width) ** 2) / (2 * sigma ** 2))
+    k = np.exp(-(np.arange(width) ** 2) / (2 * sigma**2))
     k = torch.as_tensor(k / k.sum(), dtype=x.dtype, device=x.device)
     dy, dx = motion_offsets(radius, angles_deg.to(x.device))
     valid = ((dy.abs() < h) & (dx.abs() < w)).long().cumprod(dim=1).bool()  # stop at first invalid tap
@@ -307,7 +311,7 @@ def motion_blur(x: torch.Tensor, radius: int, sigma: float, angles_deg: torch.Te
                 if not vl[b][t]:
                     break
                 y0, x0 = r - dyl[b][t], r - dxl[b][t]
-                out[b].add_(xp[b, :, y0:y0 + h, x0:x0 + w], alpha=wl[b][t])
+                out[b].add_(xp[b, :, y0 : y0 + h, x0 : x0 + w], alpha=wl[b][t])
         return out
     # on accelerators: one batched gather per tap
     ar_h = torch.arange(h, device=x.device)

@@ -27,8 +27,9 @@ class Rng:
             self.gen.manual_seed(generator)
             self.gen_device = self.device
         else:
-            raise FdbenchError(f"generator must be None, an int seed or a torch.Generator, "
-                               f"got {type(generator).__name__}")
+            raise FdbenchError(
+                f"generator must be None, an int seed or a torch.Generator, got {type(generator).__name__}"
+            )
         if self.gen is None and self.device.type not in ("cpu", "cuda"):
             # the global RNG of exotic devices may not exist; draw on CPU instead
             self.gen_device = torch.device("cpu")
@@ -58,5 +59,4 @@ class Rng:
 
     def seeds(self, n: int) -> list[int]:
         """``n`` integer seeds (for backends that need their own RNG, e.g. the reference)."""
-        return [int(s) for s in torch.randint(0, 2**31 - 1, (n,), generator=self.gen,
-                                              device=self.gen_device).tolist()]
+        return [int(s) for s in torch.randint(0, 2**31 - 1, (n,), generator=self.gen, device=self.gen_device).tolist()]

@@ -34,7 +34,7 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
 
     def nb(dy: int, dx: int) -> torch.Tensor:
         h, w = mag.shape[-2:]
-        return mp[..., 1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        return mp[..., 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
 
     xs = gx.abs().double()
     ys = gy.abs().double() * (1 << 15)
@@ -46,8 +46,7 @@ def canny(img: torch.Tensor, low: float, high: float) -> torch.Tensor:
     same_sign = (gx * gy) >= 0  # OpenCV: s = (dx ^ dy) < 0 ? -1 : 1
     keep_h = (mag > nb(0, -1)) & (mag >= nb(0, 1))
     keep_v = (mag > nb(-1, 0)) & (mag >= nb(1, 0))
-    keep_d = torch.where(same_sign, (mag > nb(-1, -1)) & (mag > nb(1, 1)),
-                         (mag > nb(-1, 1)) & (mag > nb(1, -1)))
+    keep_d = torch.where(same_sign, (mag > nb(-1, -1)) & (mag > nb(1, 1)), (mag > nb(-1, 1)) & (mag > nb(1, -1)))
     peak = (horizontal & keep_h) | (vertical & keep_v) | (diagonal & keep_d)
     weak = peak & (mag > low)
     strong = weak & (mag > high)
@@ -79,19 +78,27 @@ def distance_to_edges(edges: torch.Tensor, limit: int) -> torch.Tensor:
     e = torch.where(edges, 0.0, big).float()
     h, w = e.shape[-2:]
     ep = F.pad(e, (0, 0, limit, limit), value=big)
-    g = ep[..., limit:limit + h, :].clone()
+    g = ep[..., limit : limit + h, :].clone()
     for k in range(1, limit + 1):  # one shifted minimum per offset: cheap on any device
-        g = torch.minimum(g, torch.minimum(ep[..., limit - k:limit - k + h, :], ep[..., limit + k:limit + k + h, :]) + k * k)
+        g = torch.minimum(
+            g, torch.minimum(ep[..., limit - k : limit - k + h, :], ep[..., limit + k : limit + k + h, :]) + k * k
+        )
     gp = F.pad(g, (limit, limit, 0, 0), value=big)
     d2 = g.clone()
     for k in range(1, limit + 1):
-        d2 = torch.minimum(d2, torch.minimum(gp[..., limit - k:limit - k + w], gp[..., limit + k:limit + k + w]) + k * k)
+        d2 = torch.minimum(
+            d2, torch.minimum(gp[..., limit - k : limit - k + w], gp[..., limit + k : limit + k + w]) + k * k
+        )
     return d2.sqrt().clamp_max(float(limit))
 
 
 # OpenCV's 5x5 DIST_L2 mask: axial 1, diagonal 1.4, knight's move 2.1969
-_CHAMFER_5X5 = tuple((dy, dx, {1: 1.0, 2: 1.4, 5: 2.1969}[dy * dy + dx * dx])
-                     for dy in range(-2, 3) for dx in range(-2, 3) if dy * dy + dx * dx in (1, 2, 5))
+_CHAMFER_5X5 = tuple(
+    (dy, dx, {1: 1.0, 2: 1.4, 5: 2.1969}[dy * dy + dx * dx])
+    for dy in range(-2, 3)
+    for dx in range(-2, 3)
+    if dy * dy + dx * dx in (1, 2, 5)
+)
 
 
 def chamfer_distance_5x5(edges: torch.Tensor, limit: int) -> torch.Tensor:
@@ -109,10 +116,10 @@ def chamfer_distance_5x5(edges: torch.Tensor, limit: int) -> torch.Tensor:
     d = torch.where(edges, 0.0, big).float()
     h, w = d.shape[-2:]
     for _ in range(limit):
-        padded = F.pad(d, (2, 2, 2, 2), value=2 * big)   # paths stay inside the image
+        padded = F.pad(d, (2, 2, 2, 2), value=2 * big)  # paths stay inside the image
         new = d
         for dy, dx, cost in _CHAMFER_5X5:
-            new = torch.minimum(new, padded[..., 2 + dy:2 + dy + h, 2 + dx:2 + dx + w] + cost)
+            new = torch.minimum(new, padded[..., 2 + dy : 2 + dy + h, 2 + dx : 2 + dx + w] + cost)
         new = new.clamp_max(big)
         if torch.equal(new, d):
             break
@@ -133,7 +140,7 @@ def equalize_hist(img: torch.Tensor) -> torch.Tensor:
     cum = hist.cumsum(dim=1)
     denom = (total - h0).clamp_min(1)
     lut = torch.round((cum - cum.gather(1, i0)).clamp_min(0) * (255.0 / denom)).clamp(0, 255)
-    single = (h0 == total)
+    single = h0 == total
     lut = torch.where(single, torch.arange(256, device=img.device, dtype=lut.dtype)[None], lut)
     return lut.gather(1, v).to(img.dtype).reshape(img.shape)
 

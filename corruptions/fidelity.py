@@ -41,12 +41,20 @@ import torch
 
 from fdbench.errors import FdbenchError
 
-DETERMINISTIC = ("defocus_blur", "zoom_blur", "brightness", "contrast", "pixelate", "jpeg_compression",
-                 "gaussian_blur", "saturate")
+DETERMINISTIC = (
+    "defocus_blur",
+    "zoom_blur",
+    "brightness",
+    "contrast",
+    "pixelate",
+    "jpeg_compression",
+    "gaussian_blur",
+    "saturate",
+)
 PSNR_MIN_DB = 35.0
 MEAN_ABS_TOLERANCE = 0.10
 SPECTRUM_CORR_MIN = 0.95
-SPREAD_Z = 3.0           # tolerance = max(MIN_REL_TOL, SPREAD_Z * sqrt(2) * relative standard error)
+SPREAD_Z = 3.0  # tolerance = max(MIN_REL_TOL, SPREAD_Z * sqrt(2) * relative standard error)
 MIN_REL_TOL = 0.02
 SPREAD_STATS = ("std_r", "std_g", "std_b", "centroid")
 SKIMAGE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
@@ -98,7 +106,7 @@ def load_images(folder: str | Path, size: int = 224, count: int | None = None) -
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     """PSNR in dB of two uint8 batches: 10 log10(255^2 / mean((a - b)^2)); inf when identical."""
     mse = ((a.double() - b.double()) ** 2).mean().item()
-    return math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+    return math.inf if mse == 0 else 10 * math.log10(255.0**2 / mse)
 
 
 def radial_power_spectrum(d: torch.Tensor) -> np.ndarray:
@@ -113,8 +121,9 @@ def radial_power_spectrum(d: torch.Tensor) -> np.ndarray:
     nbins = min(h, w) // 2
     idx = r.floor().long().clamp_max(nbins)
     sums = torch.zeros(nbins + 1, dtype=torch.float64).scatter_add_(0, idx.reshape(-1), power.reshape(-1))
-    counts = torch.zeros(nbins + 1, dtype=torch.float64).scatter_add_(0, idx.reshape(-1),
-                                                                       torch.ones(idx.numel(), dtype=torch.float64))
+    counts = torch.zeros(nbins + 1, dtype=torch.float64).scatter_add_(
+        0, idx.reshape(-1), torch.ones(idx.numel(), dtype=torch.float64)
+    )
     return (sums / counts.clamp_min(1))[:nbins].numpy()
 
 
@@ -142,8 +151,15 @@ def change_stats(clean: torch.Tensor, corrupted: torch.Tensor) -> dict:
     d = corrupted.double() - clean.double()
     std = d.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1).tolist()
     spectrum = radial_power_spectrum(d)
-    return {"mean_abs": d.abs().mean().item(), "std": std, "spectrum": spectrum,
-            "std_r": std[0], "std_g": std[1], "std_b": std[2], "centroid": spectral_centroid(spectrum)}
+    return {
+        "mean_abs": d.abs().mean().item(),
+        "std": std,
+        "spectrum": spectrum,
+        "std_r": std[0],
+        "std_g": std[1],
+        "std_b": std[2],
+        "centroid": spectral_centroid(spectrum),
+    }
 
 
 def _ratio(a: float, b: float) -> float:
@@ -156,10 +172,12 @@ def spread_check(clean: torch.Tensor, torch_out: torch.Tensor, ref_out: torch.Te
     draw-to-draw standard error, and ``spread_passed`` when every ratio is within its tolerance."""
     draws = clean.shape[0] // n_images
     if draws < 2:
-        return {"spread_passed": True}   # one draw: no spread to measure, criterion not applied
+        return {"spread_passed": True}  # one draw: no spread to measure, criterion not applied
     st, sr = change_stats(clean, torch_out), change_stats(clean, ref_out)
-    per_draw = [change_stats(clean[k * n_images:(k + 1) * n_images], ref_out[k * n_images:(k + 1) * n_images])
-                for k in range(draws)]
+    per_draw = [
+        change_stats(clean[k * n_images : (k + 1) * n_images], ref_out[k * n_images : (k + 1) * n_images])
+        for k in range(draws)
+    ]
     out: dict = {}
     ok = True
     for key in SPREAD_STATS:
@@ -173,8 +191,15 @@ def spread_check(clean: torch.Tensor, torch_out: torch.Tensor, ref_out: torch.Te
     return out
 
 
-def compare(images: torch.Tensor, name: str, severity: int, *, repeats: int = 4, seed: int = 0,
-            device: str | torch.device = "cpu") -> dict:
+def compare(
+    images: torch.Tensor,
+    name: str,
+    severity: int,
+    *,
+    repeats: int = 4,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> dict:
     """One row of the fidelity table for ``name`` at ``severity`` on uint8 ``images`` [N, 3, H, W]."""
     from corruptions.registry import corrupt
 
@@ -200,13 +225,15 @@ def compare(images: torch.Tensor, name: str, severity: int, *, repeats: int = 4,
         row[f"ref_std_{ch}"] = sr["std"][c]
     row["spectrum_corr"] = spectrum_correlation(st["spectrum"], sr["spectrum"])
     row.update(spread_check(xs, t, r, images.shape[0]))
-    row["passed"] = (abs(ratio - 1) <= MEAN_ABS_TOLERANCE and row["spectrum_corr"] >= SPECTRUM_CORR_MIN
-                     and row["spread_passed"])
+    row["passed"] = (
+        abs(ratio - 1) <= MEAN_ABS_TOLERANCE and row["spectrum_corr"] >= SPECTRUM_CORR_MIN and row["spread_passed"]
+    )
     return row
 
 
-def _frost_matched(xs: torch.Tensor, n_images: int, severity: int, seed: int,
-                   device) -> tuple[torch.Tensor, torch.Tensor]:
+def _frost_matched(
+    xs: torch.Tensor, n_images: int, severity: int, seed: int, device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Frost on ``xs`` (``images.repeat(R, 1, 1, 1)``: row i is draw i // n_images) with picture
     (i // n_images) mod 6 in both backends; crop positions stay random."""
     from corruptions import params as ptab
@@ -224,22 +251,57 @@ def _frost_matched(xs: torch.Tensor, n_images: int, severity: int, seed: int,
         s += 1
     r = corrupt_reference(xs, "frost", severity, seeds)
     x = xs.to(device).float() / 255
-    ctx = tb.Context(rng=Rng(seed, x.device), table="imagenet", style=ptab.STYLE["imagenet"], quantized=True,
-                     frost_index=torch.tensor(picks))
+    ctx = tb.Context(
+        rng=Rng(seed, x.device),
+        table="imagenet",
+        style=ptab.STYLE["imagenet"],
+        quantized=True,
+        frost_index=torch.tensor(picks),
+    )
     y = tb.frost(x, ptab.severity_params("imagenet", "frost", severity), ctx)
     t = torch.floor(y * 255 + 1e-3).clamp(0, 255).to(torch.uint8).cpu()
     return t, r
 
 
-COLUMNS = ["corruption", "severity", "kind", "images", "psnr_db", "torch_mean_abs", "ref_mean_abs",
-           "mean_abs_ratio", "torch_std_r", "ref_std_r", "torch_std_g", "ref_std_g", "torch_std_b",
-           "ref_std_b", "spectrum_corr", "std_r_ratio", "std_r_tol", "std_g_ratio", "std_g_tol", "std_b_ratio",
-           "std_b_tol", "centroid_ratio", "centroid_tol", "spread_passed", "passed"]
+COLUMNS = [
+    "corruption",
+    "severity",
+    "kind",
+    "images",
+    "psnr_db",
+    "torch_mean_abs",
+    "ref_mean_abs",
+    "mean_abs_ratio",
+    "torch_std_r",
+    "ref_std_r",
+    "torch_std_g",
+    "ref_std_g",
+    "torch_std_b",
+    "ref_std_b",
+    "spectrum_corr",
+    "std_r_ratio",
+    "std_r_tol",
+    "std_g_ratio",
+    "std_g_tol",
+    "std_b_ratio",
+    "std_b_tol",
+    "centroid_ratio",
+    "centroid_tol",
+    "spread_passed",
+    "passed",
+]
 
 
-def fidelity_table(images: torch.Tensor, corruptions: list[str] | None = None,
-                   severities: tuple[int, ...] = (1, 2, 3, 4, 5), *, repeats: int = 4, seed: int = 0,
-                   device: str | torch.device = "cpu", show_progress: bool = True):
+def fidelity_table(
+    images: torch.Tensor,
+    corruptions: list[str] | None = None,
+    severities: tuple[int, ...] = (1, 2, 3, 4, 5),
+    *,
+    repeats: int = 4,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    show_progress: bool = True,
+):
     """The fidelity table (a pandas DataFrame with ``COLUMNS``) over corruptions x severities."""
     import pandas as pd
 

@@ -23,8 +23,10 @@ def reference_module():
     try:
         import imagecorruptions
     except Exception as err:  # noqa: BLE001 - any import failure means the same fix
-        raise FdbenchError(f"the reference backend needs the 'imagecorruptions-imaug' package "
-                           f"(pip install imagecorruptions-imaug): {err}") from None
+        raise FdbenchError(
+            f"the reference backend needs the 'imagecorruptions-imaug' package "
+            f"(pip install imagecorruptions-imaug): {err}"
+        ) from None
     return imagecorruptions
 
 

@@ -6,9 +6,23 @@ import torch
 
 from fdbench.errors import FdbenchError
 
-COMMON = ("gaussian_noise", "shot_noise", "impulse_noise", "defocus_blur", "glass_blur", "motion_blur",
-          "zoom_blur", "snow", "frost", "fog", "brightness", "contrast", "elastic_transform", "pixelate",
-          "jpeg_compression")
+COMMON = (
+    "gaussian_noise",
+    "shot_noise",
+    "impulse_noise",
+    "defocus_blur",
+    "glass_blur",
+    "motion_blur",
+    "zoom_blur",
+    "snow",
+    "frost",
+    "fog",
+    "brightness",
+    "contrast",
+    "elastic_transform",
+    "pixelate",
+    "jpeg_compression",
+)
 EXTRA = ("speckle_noise", "gaussian_blur", "spatter", "saturate")
 ALL = COMMON + EXTRA
 
@@ -43,8 +57,10 @@ def names(subset: str = "all") -> list[str]:
         elif key in ALL:
             found = (key,)
         else:
-            raise FdbenchError(f"unknown corruption subset or name {part!r}; valid subsets: "
-                               f"{', '.join(GROUPS)}; valid names: {', '.join(ALL)}")
+            raise FdbenchError(
+                f"unknown corruption subset or name {part!r}; valid subsets: "
+                f"{', '.join(GROUPS)}; valid names: {', '.join(ALL)}"
+            )
         out.extend(n for n in found if n not in out)
     return out
 
@@ -76,8 +92,15 @@ def _check_images(images) -> tuple[torch.Tensor, bool]:
     return x, single
 
 
-def corrupt(images: torch.Tensor, name: str, severity: int, *, backend: str = "torch",
-            generator: torch.Generator | int | None = None, params: str = "auto") -> torch.Tensor:
+def corrupt(
+    images: torch.Tensor,
+    name: str,
+    severity: int,
+    *,
+    backend: str = "torch",
+    generator: torch.Generator | int | None = None,
+    params: str = "auto",
+) -> torch.Tensor:
     """Apply corruption ``name`` at ``severity`` (1-5) to a batch of images.
 
     ``images``: uint8 [N, 3, H, W] (0-255) or float [N, 3, H, W] (0-1), or one [3, H, W] image, on any
@@ -108,8 +131,10 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, backend: str = "t
     rng = Rng(generator, x.device)
     if backend == "reference":
         if params.strip().lower() not in ("auto", "imagenet"):
-            raise FdbenchError(f"the reference backend only has the ImageNet-C parameters; use params='imagenet' "
-                               f"(or 'auto') with backend='reference', or backend='torch' for {params!r}")
+            raise FdbenchError(
+                f"the reference backend only has the ImageNet-C parameters; use params='imagenet' "
+                f"(or 'auto') with backend='reference', or backend='torch' for {params!r}"
+            )
         from corruptions.reference import corrupt_reference
 
         u8 = x if x.dtype == torch.uint8 else torch.round(x.float().clamp(0, 1) * 255).to(torch.uint8)
@@ -127,7 +152,7 @@ def corrupt(images: torch.Tensor, name: str, severity: int, *, backend: str = "t
     step = x.shape[0] if x.device.type != "cpu" else max(1, CPU_CHUNK_PIXELS // (h * w))
     parts = []
     for i in range(0, x.shape[0], step):
-        xi = x[i:i + step]
+        xi = x[i : i + step]
         parts.append(fn(xi.float() / 255 if quantized else xi.float().clamp(0, 1), p, ctx))
     y = parts[0] if len(parts) == 1 else torch.cat(parts)
     if quantized:

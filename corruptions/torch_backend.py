@@ -38,6 +38,7 @@ class Context:
 
 # ---------------------------------------------------------------------------------------- noise
 
+
 def gaussian_noise(x, p, ctx):
     """clip(x + N(0, c^2))."""
     return (x + ctx.rng.normal(x.shape, std=p)).clamp(0, 1)
@@ -62,6 +63,7 @@ def speckle_noise(x, p, ctx):
 
 
 # ----------------------------------------------------------------------------------------- blur
+
 
 def gaussian_blur(x, p, ctx):
     """skimage ``gaussian(x, sigma=c)``: separable Gaussian, truncate 4, edge borders."""
@@ -147,6 +149,7 @@ def glass_blur(x, p, ctx):
 
 # -------------------------------------------------------------------------------------- weather
 
+
 def plasma_fractal(n: int, mapsize: int, wibbledecay: float, rng: Rng, device) -> torch.Tensor:
     """Diamond-square height maps [n, mapsize, mapsize] in [0, 1], one per image (the reference's
     ``plasma_fractal``, vectorised over the batch)."""
@@ -201,8 +204,9 @@ def _frost_pictures() -> tuple[np.ndarray, ...]:
 
     spec = importlib.util.find_spec("imagecorruptions")
     if spec is None or not spec.submodule_search_locations:
-        raise FdbenchError("frost needs the photos of the 'imagecorruptions-imaug' package "
-                           "(pip install imagecorruptions-imaug)")
+        raise FdbenchError(
+            "frost needs the photos of the 'imagecorruptions-imaug' package (pip install imagecorruptions-imaug)"
+        )
     base = Path(list(spec.submodule_search_locations)[0]) / "frost"
     out = []
     for name in _FROST_FILES:
@@ -241,7 +245,7 @@ def _frost_stack(h: int, w: int, style, device) -> tuple[torch.Tensor, torch.Ten
     hmax, wmax = max(s[0] for s in sizes), max(s[1] for s in sizes)
     stack = torch.zeros(len(resized), 3, hmax, wmax, device=device)
     for i, t in enumerate(resized):
-        stack[i, :, :t.shape[1], :t.shape[2]] = t
+        stack[i, :, : t.shape[1], : t.shape[2]] = t
     result = (stack, torch.tensor(sizes, device=device), count)
     if len(_FROST_CACHE) > 16:
         _FROST_CACHE.clear()
@@ -303,11 +307,11 @@ def spatter(x, p, ctx):
     if mode == 0:
         l8 = torch.floor(liquid * 255).clamp(0, 255)
         edges = spt.canny(l8, 50, 150)
-        dist = spt.chamfer_distance_5x5(edges, 20)      # cv2.distanceTransform(DIST_L2, 5)
-        dist = torch.floor(spt.box_blur3(dist))         # float blur, then astype(uint8)
+        dist = spt.chamfer_distance_5x5(edges, 20)  # cv2.distanceTransform(DIST_L2, 5)
+        dist = torch.floor(spt.box_blur3(dist))  # float blur, then astype(uint8)
         dist = spt.equalize_hist(dist)
         dist = spt.filter2d_u8(dist, _EMBOSS)
-        dist = torch.round(spt.box_blur3(dist))         # cv2.blur of a uint8 image returns uint8
+        dist = torch.round(spt.box_blur3(dist))  # cv2.blur of a uint8 image returns uint8
         m = l8 * dist
         m = m / m.reshape(n, -1).amax(1).clamp_min(1e-12).reshape(n, 1, 1, 1) * c4
         color = torch.tensor(_WATER, device=x.device, dtype=x.dtype).reshape(1, 3, 1, 1)
@@ -319,6 +323,7 @@ def spatter(x, p, ctx):
 
 
 # -------------------------------------------------------------------------------------- digital
+
 
 def contrast(x, p, ctx):
     """clip((x - mean_c) * c + mean_c), mean per image and channel."""
@@ -447,10 +452,23 @@ def elastic_transform(x, p, ctx):
 
 
 FUNCTIONS = {
-    "gaussian_noise": gaussian_noise, "shot_noise": shot_noise, "impulse_noise": impulse_noise,
-    "defocus_blur": defocus_blur, "glass_blur": glass_blur, "motion_blur": motion_blur,
-    "zoom_blur": zoom_blur, "snow": snow, "frost": frost, "fog": fog, "brightness": brightness,
-    "contrast": contrast, "elastic_transform": elastic_transform, "pixelate": pixelate,
-    "jpeg_compression": jpeg_compression, "speckle_noise": speckle_noise, "gaussian_blur": gaussian_blur,
-    "spatter": spatter, "saturate": saturate,
+    "gaussian_noise": gaussian_noise,
+    "shot_noise": shot_noise,
+    "impulse_noise": impulse_noise,
+    "defocus_blur": defocus_blur,
+    "glass_blur": glass_blur,
+    "motion_blur": motion_blur,
+    "zoom_blur": zoom_blur,
+    "snow": snow,
+    "frost": frost,
+    "fog": fog,
+    "brightness": brightness,
+    "contrast": contrast,
+    "elastic_transform": elastic_transform,
+    "pixelate": pixelate,
+    "jpeg_compression": jpeg_compression,
+    "speckle_noise": speckle_noise,
+    "gaussian_blur": gaussian_blur,
+    "spatter": spatter,
+    "saturate": saturate,
 }

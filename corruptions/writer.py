@@ -39,7 +39,7 @@ class WriterConfig:
     device: str = "cpu"
     batch_size: int = 64
     workers: int = 2
-    resize: bool = True          # Resize(256) + CenterCrop(224); False keeps the source size
+    resize: bool = True  # Resize(256) + CenterCrop(224); False keeps the source size
     resize_to: int = 256
     crop: int = 224
     format: str = "jpeg"
@@ -54,8 +54,12 @@ def scan_folder(src: str | Path) -> tuple[list[tuple[Path, str]], list[str]]:
     if not src.is_dir():
         raise FdbenchError(f"source folder not found: {src}")
     classes = sorted(d.name for d in src.iterdir() if d.is_dir() and not d.name.startswith("."))
-    files = [(p, c) for c in classes for p in sorted((src / c).iterdir())
-             if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")]
+    files = [
+        (p, c)
+        for c in classes
+        for p in sorted((src / c).iterdir())
+        if p.suffix.lower() in IMAGE_SUFFIXES and not p.name.startswith(".")
+    ]
     if not files:
         hint = " (point SRC at the split folder, e.g. DATA/val)" if (src / "val").is_dir() else ""
         raise FdbenchError(f"no images found in {src}; expected SRC/<class>/<image> files{hint}")
@@ -83,8 +87,9 @@ class _Source(torch.utils.data.Dataset):
         if self.cfg.resize:
             w, h = im.size
             s = self.cfg.resize_to / min(w, h)
-            im = im.resize((max(self.cfg.resize_to, round(w * s)), max(self.cfg.resize_to, round(h * s))),
-                           Image.BILINEAR)
+            im = im.resize(
+                (max(self.cfg.resize_to, round(w * s)), max(self.cfg.resize_to, round(h * s))), Image.BILINEAR
+            )
             w, h = im.size
             c = self.cfg.crop
             left, top = int(round((w - c) / 2.0)), int(round((h - c) / 2.0))
@@ -204,24 +209,29 @@ def write_corruptions(src: str | Path, out: str | Path, cfg: WriterConfig | None
         for i, (path, cls) in enumerate(files):
             rel = Path(n) / str(s) / cls / output_name(path, cfg.format)
             targets[(n, s, i)] = rel
-            rows.append(f"{rel.as_posix()},{n},{s},{batch_seed(cfg.seed, n, s, i // cfg.batch_size)},"
-                        f"{_csv_field(path.as_posix())}")
+            rows.append(
+                f"{rel.as_posix()},{n},{s},{batch_seed(cfg.seed, n, s, i // cfg.batch_size)},"
+                f"{_csv_field(path.as_posix())}"
+            )
     # which (batch, corruption, severity) still have work: checked up front so the bar is honest
     todo = {}
     for b in range(nb):
         idx = range(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(files)))
         todo[b] = [(n, s) for n, s in jobs if not all(_valid(out / targets[(n, s, i)]) for i in idx)]
-    total = sum(len(v) * len(range(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(files))))
-                for b, v in todo.items())
+    total = sum(
+        len(v) * len(range(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(files)))) for b, v in todo.items()
+    )
     skipped = len(files) * len(jobs) - total
     written = 0
     start = time.perf_counter()
     batches = [b for b in range(nb) if todo[b]]
-    subset = torch.utils.data.Subset(_Source(files, cfg), [i for b in batches for i in
-                                                            range(b * cfg.batch_size,
-                                                                  min((b + 1) * cfg.batch_size, len(files)))])
-    loader = torch.utils.data.DataLoader(subset, batch_size=cfg.batch_size, shuffle=False,
-                                         num_workers=cfg.workers, collate_fn=_collate)
+    subset = torch.utils.data.Subset(
+        _Source(files, cfg),
+        [i for b in batches for i in range(b * cfg.batch_size, min((b + 1) * cfg.batch_size, len(files)))],
+    )
+    loader = torch.utils.data.DataLoader(
+        subset, batch_size=cfg.batch_size, shuffle=False, num_workers=cfg.workers, collate_fn=_collate
+    )
     bar = progress(total=total, desc="make-corruptions", unit="img")
     with ThreadPoolExecutor(max_workers=max(1, cfg.workers)) as pool:
         for items in loader:
@@ -237,8 +247,10 @@ def write_corruptions(src: str | Path, out: str | Path, cfg: WriterConfig | None
                     y = y.permute(0, 2, 3, 1).cpu().numpy()
                     for j, k in enumerate(group):
                         outs[k] = y[j]
-                futures = [pool.submit(_encode, outs[k], out / targets[(n, s, i)], cfg.format, cfg.quality)
-                           for k, i in enumerate(indices)]
+                futures = [
+                    pool.submit(_encode, outs[k], out / targets[(n, s, i)], cfg.format, cfg.quality)
+                    for k, i in enumerate(indices)
+                ]
                 for f in futures:
                     f.result()
                 written += len(items)
@@ -247,8 +259,9 @@ def write_corruptions(src: str | Path, out: str | Path, cfg: WriterConfig | None
     seconds = time.perf_counter() - start
     manifest = out / "manifest.csv"
     atomic_write_text(manifest, "file,corruption,severity,seed,source\n" + "\n".join(rows) + "\n")
-    return WriteSummary(out=out, images=len(files), written=written, skipped=skipped, seconds=seconds,
-                        manifest=manifest)
+    return WriteSummary(
+        out=out, images=len(files), written=written, skipped=skipped, seconds=seconds, manifest=manifest
+    )
 
 
 def _check_name_clashes(files: list[tuple[Path, str]], fmt: str) -> None:
@@ -257,8 +270,9 @@ def _check_name_clashes(files: list[tuple[Path, str]], fmt: str) -> None:
     for path, cls in files:
         key = (cls, output_name(path, fmt))
         if key in seen:
-            raise FdbenchError(f"{seen[key]} and {path} would both be written as {cls}/{output_name(path, fmt)}; "
-                               f"rename one of them")
+            raise FdbenchError(
+                f"{seen[key]} and {path} would both be written as {cls}/{output_name(path, fmt)}; rename one of them"
+            )
         seen[key] = path
 
 
@@ -274,8 +288,17 @@ def _same_size_groups(tensors: list[torch.Tensor]) -> list[list[int]]:
     return list(groups.values())
 
 
-def preview_grid(image: torch.Tensor, names: list[str], severities=(1, 2, 3, 4, 5), *, backend: str = "torch",
-                 seed: int = 0, params: str = "auto", device: str = "cpu", cell: int = 128):
+def preview_grid(
+    image: torch.Tensor,
+    names: list[str],
+    severities=(1, 2, 3, 4, 5),
+    *,
+    backend: str = "torch",
+    seed: int = 0,
+    params: str = "auto",
+    device: str = "cpu",
+    cell: int = 128,
+):
     """A PIL image: one row per corruption, columns clean + each severity, labelled."""
     from PIL import Image, ImageDraw
 
@@ -311,8 +334,9 @@ def write_preview(src: str | Path, out: str | Path, cfg: WriterConfig | None = N
     if not 0 <= index < len(files):
         raise FdbenchError(f"preview index {index} out of range; the source has {len(files)} images")
     _, image = _Source(files, cfg)[index]
-    grid = preview_grid(image, names, cfg.severities, backend=cfg.backend, seed=cfg.seed, params=cfg.params,
-                        device=cfg.device)
+    grid = preview_grid(
+        image, names, cfg.severities, backend=cfg.backend, seed=cfg.seed, params=cfg.params, device=cfg.device
+    )
     paths = []
     for ext, fmt in (("png", "PNG"), ("pdf", "PDF")):
         path = Path(out) / f"preview.{ext}"

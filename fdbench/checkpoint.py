@@ -34,16 +34,18 @@ from fdbench.io import atomic_open, atomic_torch_save, atomic_write_json
 from fdbench.models import ARCHS, BackboneConfig, MaskableViT, build_backbone
 
 FORMAT = "fdbench/1"
-EXPECTED = ("an fdbench checkpoint (.pt from `fdbench pretrain`), an exported backbone "
-            "(.safetensors from `fdbench export`), or an official DINOv2 backbone state dict (.pth)")
+EXPECTED = (
+    "an fdbench checkpoint (.pt from `fdbench pretrain`), an exported backbone "
+    "(.safetensors from `fdbench export`), or an official DINOv2 backbone state dict (.pth)"
+)
 
 
 @dataclass
 class LoadedBackbone:
     model: MaskableViT
     config: BackboneConfig
-    source: str                      # "fdbench-training", "fdbench-backbone", "safetensors", "dinov2-official"
-    meta: dict[str, Any] = field(default_factory=dict)   # e.g. {"data": {...}, "epoch": ...}
+    source: str  # "fdbench-training", "fdbench-backbone", "safetensors", "dinov2-official"
+    meta: dict[str, Any] = field(default_factory=dict)  # e.g. {"data": {...}, "epoch": ...}
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> None:
@@ -106,8 +108,9 @@ def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") ->
         # a file of the right kind with missing or mistyped entries (no `model`, `model` a string,
         # metadata that is not JSON, an official .pth missing a key): name it instead of a traceback
         detail = f"missing {err}" if isinstance(err, KeyError) else str(err).splitlines()[0][:160] if str(err) else ""
-        raise FdbenchError(f"{path} is damaged or incomplete ({detail or type(err).__name__}); "
-                           f"expected {EXPECTED}") from None
+        raise FdbenchError(
+            f"{path} is damaged or incomplete ({detail or type(err).__name__}); expected {EXPECTED}"
+        ) from None
     loaded.model.to(map_location).eval()
     loaded.meta.setdefault("path", str(path))
     return loaded
@@ -137,11 +140,13 @@ def _load_state(model: torch.nn.Module, state_dict: dict, what: str) -> None:
     try:
         model.load_state_dict(state_dict, strict=True)
     except RuntimeError as err:
-        raise FdbenchError(f"{what} does not match its recorded architecture: "
-                           f"{str(err).splitlines()[0][:200]}") from None
+        raise FdbenchError(
+            f"{what} does not match its recorded architecture: {str(err).splitlines()[0][:200]}"
+        ) from None
 
 
 # ---- safetensors export ------------------------------------------------------------------------
+
 
 def export_backbone(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path]:
     """Write the (teacher) backbone as safetensors plus a JSON config beside it."""
@@ -151,8 +156,12 @@ def export_backbone(checkpoint: str | Path, out: str | Path) -> tuple[Path, Path
     out = Path(out)
     if out.suffix != ".safetensors":
         out = out.with_suffix(".safetensors")
-    config = {"format": FORMAT, "model": loaded.config.to_dict(), "source": loaded.source,
-              **{k: v for k, v in loaded.meta.items() if k in ("data", "curriculum", "epoch")}}
+    config = {
+        "format": FORMAT,
+        "model": loaded.config.to_dict(),
+        "source": loaded.source,
+        **{k: v for k, v in loaded.meta.items() if k in ("data", "curriculum", "epoch")},
+    }
     tensors = {k: v.detach().contiguous().cpu() for k, v in loaded.model.state_dict().items()}
     payload = save(tensors, metadata={"fdbench": json.dumps(config)})
     with atomic_open(out, "wb") as fh:
@@ -176,8 +185,9 @@ def _load_safetensors(path: Path) -> LoadedBackbone:
     elif path.with_suffix(".json").exists():
         config = json.loads(path.with_suffix(".json").read_text())
     else:
-        raise FdbenchError(f"{path} has no fdbench config (neither in its metadata nor in "
-                           f"{path.with_suffix('.json').name})")
+        raise FdbenchError(
+            f"{path} has no fdbench config (neither in its metadata nor in {path.with_suffix('.json').name})"
+        )
     model_cfg = BackboneConfig.from_dict(config["model"])
     model = build_backbone(model_cfg)
     _load_state(model, tensors, "safetensors backbone")
@@ -186,6 +196,7 @@ def _load_safetensors(path: Path) -> LoadedBackbone:
 
 
 # ---- official DINOv2 backbones -----------------------------------------------------------------
+
 
 def _looks_like_dinov2(state: dict) -> bool:
     return "cls_token" in state and "pos_embed" in state and "patch_embed.proj.weight" in state
@@ -202,12 +213,19 @@ def _load_dinov2_official(state: dict) -> LoadedBackbone:
         raise FdbenchError("SwiGLU DINOv2 backbones (ViT-g) are not supported; use ViT-S/B/L")
     state = {_unchunk(k): v for k, v in state.items()}
     dim = state["cls_token"].shape[-1]
-    arch = next((name for name, (d, _, _) in ARCHS.items() if d == dim and name.startswith("vit_")
-                 and name not in ("vit_pico", "vit_nano", "vit_tiny")), None)
+    arch = next(
+        (
+            name
+            for name, (d, _, _) in ARCHS.items()
+            if d == dim and name.startswith("vit_") and name not in ("vit_pico", "vit_nano", "vit_tiny")
+        ),
+        None,
+    )
     depth = len({int(m.group(1)) for k in state if (m := re.match(r"blocks\.(\d+)\.", k))})
     if arch is None or ARCHS[arch][1] != depth:
-        raise FdbenchError(f"DINOv2 backbone with width {dim} and depth {depth} matches no known "
-                           f"architecture ({', '.join(ARCHS)})")
+        raise FdbenchError(
+            f"DINOv2 backbone with width {dim} and depth {depth} matches no known architecture ({', '.join(ARCHS)})"
+        )
     patch = state["patch_embed.proj.weight"].shape[-1]
     grid = math.isqrt(state["pos_embed"].shape[1] - 1)
     reg = state["register_tokens"].shape[1] if "register_tokens" in state else 0
@@ -215,9 +233,16 @@ def _load_dinov2_official(state: dict) -> LoadedBackbone:
     has_ls = "blocks.0.ls1.gamma" in state
     # the official hub models resample their position table differently with and without registers
     # (hubconf: interpolate_offset 0.1 / no antialias without, offset 0 / antialias with registers)
-    config = BackboneConfig(arch=arch, patch_size=patch, img_size=grid * patch, reg_tokens=reg,
-                            layerscale=1.0 if has_ls else None, mlp_ratio=mlp_ratio,
-                            pos_interp_offset=0.0 if reg else 0.1, pos_interp_antialias=bool(reg))
+    config = BackboneConfig(
+        arch=arch,
+        patch_size=patch,
+        img_size=grid * patch,
+        reg_tokens=reg,
+        layerscale=1.0 if has_ls else None,
+        mlp_ratio=mlp_ratio,
+        pos_interp_offset=0.0 if reg else 0.1,
+        pos_interp_antialias=bool(reg),
+    )
     model = build_backbone(config)
     mapped = {k: v for k, v in state.items() if k not in ("cls_token", "pos_embed", "register_tokens", "mask_token")}
     mapped["cls_token"] = state["cls_token"] + state["pos_embed"][:, :1]

@@ -56,8 +56,13 @@ def decode_image(path: str | os.PathLike) -> Image.Image:
 class ImageFolderDataset(Dataset):
     """``root/<class>/<image>`` with robust decoding and an optional class subset."""
 
-    def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
-                 classes: list[str] | None = None, scan: bool | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        transform: Callable | None = None,
+        classes: list[str] | None = None,
+        scan: bool | None = None,
+    ):
         self.root = Path(root)
         if not self.root.is_dir():
             raise FdbenchError(f"data folder not found: {self.root}")
@@ -65,14 +70,18 @@ class ImageFolderDataset(Dataset):
         if classes is not None:
             missing = [c for c in classes if c not in found]
             if missing:
-                raise FdbenchError(f"{len(missing)} class(es) of the class list are not in {self.root}: "
-                                   f"{', '.join(missing[:5])}")
+                raise FdbenchError(
+                    f"{len(missing)} class(es) of the class list are not in {self.root}: {', '.join(missing[:5])}"
+                )
             found = list(classes)
         self.classes = found
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
-        self.samples = [(str(p), self.class_to_idx[c]) for c in self.classes
-                        for p in sorted((self.root / c).iterdir())
-                        if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")]
+        self.samples = [
+            (str(p), self.class_to_idx[c])
+            for c in self.classes
+            for p in sorted((self.root / c).iterdir())
+            if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+        ]
         if not self.samples:
             raise FdbenchError(f"no images found in {self.root} (expected <class>/<image> files)")
         self.transform = transform
@@ -93,8 +102,10 @@ class ImageFolderDataset(Dataset):
             except (OSError, ValueError, Image.DecompressionBombError):
                 self.skipped.append(path)
         if self.skipped:
-            warnings.warn(f"skipped {len(self.skipped)} unreadable image(s) in {self.root} "
-                          f"(first: {self.skipped[0]})", stacklevel=3)
+            warnings.warn(
+                f"skipped {len(self.skipped)} unreadable image(s) in {self.root} (first: {self.skipped[0]})",
+                stacklevel=3,
+            )
         if not good:
             raise FdbenchError(f"no readable images in {self.root}")
         self.samples = good
@@ -173,8 +184,13 @@ def read_class_list(path: str | os.PathLike) -> list[str]:
     return names
 
 
-def open_dataset(root: str | os.PathLike | None, split: str = "train", transform: Callable | None = None,
-                 class_list: str | os.PathLike | None = None, announce=None) -> Dataset:
+def open_dataset(
+    root: str | os.PathLike | None,
+    split: str = "train",
+    transform: Callable | None = None,
+    class_list: str | os.PathLike | None = None,
+    announce=None,
+) -> Dataset:
     """Open one split of a dataset (see the module docstring for what ``root`` may be)."""
     if split not in SPLIT_ALIASES:
         raise FdbenchError(f"unknown split {split!r}: use train or val")
@@ -192,8 +208,10 @@ def open_dataset(root: str | os.PathLike | None, split: str = "train", transform
     for name in SPLIT_ALIASES[split]:
         if (base / name).is_dir():
             return ImageFolderDataset(base / name, transform, classes)
-    raise FdbenchError(f"{base} has no {split}/ folder (expected the ImageNet layout: "
-                       f"{base}/train/<class>/*.jpg and {base}/val/<class>/*.jpg)")
+    raise FdbenchError(
+        f"{base} has no {split}/ folder (expected the ImageNet layout: "
+        f"{base}/train/<class>/*.jpg and {base}/val/<class>/*.jpg)"
+    )
 
 
 def dataset_resolution(root: str | os.PathLike | None) -> int | None:
@@ -224,14 +242,27 @@ def eval_transform(size: int, resize: int | None = None):
     from torchvision.transforms import v2
 
     resize = resize or round(size * 256 / 224)
-    return v2.Compose([v2.PILToTensor(),
-                       v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                       v2.CenterCrop(size)])
+    return v2.Compose(
+        [
+            v2.PILToTensor(),
+            v2.Resize(resize, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(size),
+        ]
+    )
 
 
-def load_split_tensor(root: str | os.PathLike | None, split: str, size: int, *, resize: int | None = None,
-                      max_per_class: int | None = None, class_list=None, workers: int = 0,
-                      batch_size: int = 256, desc: str = "") -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def load_split_tensor(
+    root: str | os.PathLike | None,
+    split: str,
+    size: int,
+    *,
+    resize: int | None = None,
+    max_per_class: int | None = None,
+    class_list=None,
+    workers: int = 0,
+    batch_size: int = 256,
+    desc: str = "",
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Load a whole split into memory as ``uint8 [N,3,size,size]`` plus labels and class names.
 
     Meant for evaluation-sized data (the embedded dataset, CIFAR, ImageNet-100 val); ``max_per_class``

@@ -49,36 +49,36 @@ class DemoConfig:
     """Options of ``fdbench demo``; the fields after ``seed`` are for tests and quick looks."""
 
     out: str = "runs/demo"
-    epochs: int | None = None          # None: the preset's (4 for cpu-tiny, 100 for gpu-small)
+    epochs: int | None = None  # None: the preset's (4 for cpu-tiny, 100 for gpu-small)
     device: str = "auto"
     seed: int = 0
-    preset: str | None = None          # None: cpu-tiny on a CPU, gpu-small on CUDA
-    data: str | None = None            # None: the embedded synthetic dataset
-    train_options: dict[str, Any] = field(default_factory=dict)   # extra `pretrain` options (CLI names)
+    preset: str | None = None  # None: cpu-tiny on a CPU, gpu-small on CUDA
+    data: str | None = None  # None: the embedded synthetic dataset
+    train_options: dict[str, Any] = field(default_factory=dict)  # extra `pretrain` options (CLI names)
     corruptions: str = "all"
     severities: str = "1-5"
     protocol: str = "both"
     eval_batch_size: int = 256
     heatmap_images: int = 32
     bandpass_images: int = 256
-    window: int | None = None          # None: 33 on CPU, the full spectrum on CUDA
-    radii: int | None = None           # None: 8 on CPU, 16 on CUDA
-    figures: bool = True               # False: the report's tables and text only (fast)
+    window: int | None = None  # None: 33 on CPU, the full spectrum on CUDA
+    radii: int | None = None  # None: 8 on CPU, 16 on CUDA
+    figures: bool = True  # False: the report's tables and text only (fast)
 
 
 @dataclass
 class StepRecord:
     name: str
-    status: str                        # "done" (ran now) or "skipped" (finished earlier)
-    seconds: float = 0.0               # wall-clock of this call
-    cpu_seconds: float = 0.0           # CPU time of this process and its finished children
+    status: str  # "done" (ran now) or "skipped" (finished earlier)
+    seconds: float = 0.0  # wall-clock of this call
+    cpu_seconds: float = 0.0  # CPU time of this process and its finished children
 
 
 @dataclass
 class DemoResult:
     out: Path
     steps: list[StepRecord]
-    report: Any                        # analysis.report.CompareReport
+    report: Any  # analysis.report.CompareReport
     device: str
     preset: str
 
@@ -88,6 +88,7 @@ class DemoResult:
 
 
 # ---- shared corrupted images --------------------------------------------------------------------------
+
 
 class SharedCorruptions:
     """A ``corrupt_fn`` that remembers its outputs, keyed by (corruption, severity, seed, input bytes).
@@ -123,6 +124,7 @@ class SharedCorruptions:
 
 # ---- step bookkeeping ----------------------------------------------------------------------------------
 
+
 def fingerprint(files: list[Path], settings: dict) -> str:
     """Hash of the files' (name, size, mtime) and the settings: changes when an input changes."""
     parts = []
@@ -144,16 +146,20 @@ class StepLog:
                 self.state = json.loads(self.path.read_text())
                 self.state.setdefault("steps", {})
             except (OSError, ValueError):
-                self.state = {"steps": {}}   # an unreadable log only costs re-checking the steps
+                self.state = {"steps": {}}  # an unreadable log only costs re-checking the steps
 
     def finished(self, step: str, fp: str, outputs: list[Path]) -> bool:
         entry = self.state["steps"].get(step) or {}
         return entry.get("done") is True and entry.get("fingerprint") == fp and all(p.exists() for p in outputs)
 
     def record(self, step: str, fp: str, seconds: float, cpu_seconds: float) -> None:
-        self.state["steps"][step] = {"done": True, "fingerprint": fp, "seconds": round(seconds, 2),
-                                     "cpu_seconds": round(cpu_seconds, 2),
-                                     "finished_at": time.strftime("%Y-%m-%d %H:%M:%S")}
+        self.state["steps"][step] = {
+            "done": True,
+            "fingerprint": fp,
+            "seconds": round(seconds, 2),
+            "cpu_seconds": round(cpu_seconds, 2),
+            "finished_at": time.strftime("%Y-%m-%d %H:%M:%S"),
+        }
         atomic_write_json(self.path, self.state)
 
     def note(self, **info) -> None:
@@ -163,12 +169,19 @@ class StepLog:
 
 def _cpu_time() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
-    kids = resource.getrusage(resource.RUSAGE_CHILDREN)   # finished DataLoader workers
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)  # finished DataLoader workers
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def run_step(log: StepLog, name: str, fp: str, outputs: list[Path], fn: Callable[[], Any],
-             announce: Callable[[str], None], records: list[StepRecord]) -> bool:
+def run_step(
+    log: StepLog,
+    name: str,
+    fp: str,
+    outputs: list[Path],
+    fn: Callable[[], Any],
+    announce: Callable[[str], None],
+    records: list[StepRecord],
+) -> bool:
     """Run ``fn`` unless the step finished before with the same fingerprint; True when it ran."""
     if log.finished(name, fp, outputs):
         announce(f"[demo] {name}: already done, skipping")
@@ -185,6 +198,7 @@ def run_step(log: StepLog, name: str, fp: str, outputs: list[Path], fn: Callable
 
 
 # ---- the demo -------------------------------------------------------------------------------------------
+
 
 def _settings(config: DemoConfig, cuda: bool) -> tuple[str, int | None, int]:
     from pretrain.config import default_preset_name
@@ -216,15 +230,24 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
     out.mkdir(parents=True, exist_ok=True)
     log = StepLog(out)
     records: list[StepRecord] = []
-    announce(f"[demo] {out}: preset {preset} on {device}, curricula none and two-stage, data "
-             f"{config.data or 'embedded synthetic dataset'}")
+    announce(
+        f"[demo] {out}: preset {preset} on {device}, curricula none and two-stage, data "
+        f"{config.data or 'embedded synthetic dataset'}"
+    )
 
     # 1-2. train both curricula with the same preset (the engine resumes an interrupted run)
     finals = {}
     for curriculum in CURRICULA:
-        cfg = build_config(preset, curriculum=curriculum, epochs=config.epochs, device=config.device,
-                           seed=config.seed, out=str(out / curriculum), data=config.data,
-                           **config.train_options)
+        cfg = build_config(
+            preset,
+            curriculum=curriculum,
+            epochs=config.epochs,
+            device=config.device,
+            seed=config.seed,
+            out=str(out / curriculum),
+            data=config.data,
+            **config.train_options,
+        )
         run_dir = out / curriculum
         finals[curriculum] = run_dir / "final.pt"
         if (run_dir / "config.yaml").exists():
@@ -233,60 +256,108 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
             # a different recipe in the same folder is an error (with the fix), never silently reused
             check_same_run(load_yaml(run_dir / "config.yaml"), cfg, run_dir)
         fp = fingerprint([], {"config": _stable(cfg.to_dict())})
-        run_step(log, f"train-{curriculum}", fp, [finals[curriculum], run_dir / "summary.json"],
-                 lambda cfg=cfg: _train(train, cfg, announce), announce, records)
+        run_step(
+            log,
+            f"train-{curriculum}",
+            fp,
+            [finals[curriculum], run_dir / "summary.json"],
+            lambda cfg=cfg: _train(train, cfg, announce),
+            announce,
+            records,
+        )
 
     # the supervised ceiling of the reference run's budget (same steps and batch, with labels)
     ceiling_dir = out / "ceiling"
     fp = fingerprint([finals["none"]], {"ceiling": 1, "seed": config.seed})
-    run_step(log, "ceiling", fp, [ceiling_dir / "ceiling.pt"],
-             lambda: train_ceiling(out / "none", ceiling_dir, CeilingConfig(seed=config.seed, device=config.device),
-                                   announce=announce), announce, records)
+    run_step(
+        log,
+        "ceiling",
+        fp,
+        [ceiling_dir / "ceiling.pt"],
+        lambda: train_ceiling(
+            out / "none", ceiling_dir, CeilingConfig(seed=config.seed, device=config.device), announce=announce
+        ),
+        announce,
+        records,
+    )
 
     # 3. both checkpoints, the floors and the ceiling on every corruption and severity, both probes
     evals = out / "evals" / "corruptions"
     checkpoints = [finals[c] for c in CURRICULA]
-    eval_config = EvalConfig(data=config.data, protocol=config.protocol, corruptions=config.corruptions,
-                             severities=config.severities, batch_size=config.eval_batch_size,
-                             device=config.device, seed=config.seed, ceiling=str(ceiling_dir / "ceiling.pt"))
+    eval_config = EvalConfig(
+        data=config.data,
+        protocol=config.protocol,
+        corruptions=config.corruptions,
+        severities=config.severities,
+        batch_size=config.eval_batch_size,
+        device=config.device,
+        seed=config.seed,
+        ceiling=str(ceiling_dir / "ceiling.pt"),
+    )
     fp = fingerprint([*checkpoints, ceiling_dir / "ceiling.pt"], {"eval": _stable(asdict(eval_config))})
 
     def evaluate():
         # every encoder after the first asks for the same chunks: the other checkpoints, 2 floors, the ceiling
         shared = SharedCorruptions(default_corrupt_fn(), reuses=len(checkpoints) - 1 + 2 + 1)
         report = evaluate_corruptions(checkpoints, evals, eval_config, corrupt_fn=shared, announce=announce)
-        announce(f"[demo] eval-corruptions: {report.computed_cells} cell(s) computed, {report.skipped_cells} "
-                 f"reused; corrupted chunks made {shared.misses}, reused {shared.hits}")
+        announce(
+            f"[demo] eval-corruptions: {report.computed_cells} cell(s) computed, {report.skipped_cells} "
+            f"reused; corrupted chunks made {shared.misses}, reused {shared.hits}"
+        )
 
     run_step(log, "eval-corruptions", fp, [evals / "results.csv", evals / "summary.json"], evaluate, announce, records)
 
     # 4. frequency analysis of both checkpoints, joined with the evaluation results
     freq_dir = out / "evals" / "frequency"
-    freq_config = FrequencyConfig(checkpoints=[str(p) for p in checkpoints], data=config.data,
-                                  n_images=config.heatmap_images, bandpass_images=config.bandpass_images,
-                                  window=window, radii=radii, results=str(evals / "results.csv"),
-                                  batch_size=config.eval_batch_size, device=config.device, seed=config.seed,
-                                  out=str(freq_dir))
+    freq_config = FrequencyConfig(
+        checkpoints=[str(p) for p in checkpoints],
+        data=config.data,
+        n_images=config.heatmap_images,
+        bandpass_images=config.bandpass_images,
+        window=window,
+        radii=radii,
+        results=str(evals / "results.csv"),
+        batch_size=config.eval_batch_size,
+        device=config.device,
+        seed=config.seed,
+        out=str(freq_dir),
+    )
     fp = fingerprint([*checkpoints, evals / "results.csv"], {"frequency": _stable(asdict(freq_config))})
-    names = parse_corruptions(config.corruptions)   # spectra of the corruptions that were evaluated
-    run_step(log, "frequency", fp, [freq_dir / "summary.csv"],
-             lambda: run_frequency_analysis(freq_config, announce=announce, corruption_names=names),
-             announce, records)
+    names = parse_corruptions(config.corruptions)  # spectra of the corruptions that were evaluated
+    run_step(
+        log,
+        "frequency",
+        fp,
+        [freq_dir / "summary.csv"],
+        lambda: run_frequency_analysis(freq_config, announce=announce, corruption_names=names),
+        announce,
+        records,
+    )
 
     # 5. the comparison report (cheap: always rebuilt when any input changed)
     report_dir = out / "report"
-    inputs = [out / c / "summary.json" for c in CURRICULA] + [out / c / "metrics.csv" for c in CURRICULA] + \
-             [evals / "results.csv", freq_dir / "summary.csv"]
+    inputs = (
+        [out / c / "summary.json" for c in CURRICULA]
+        + [out / c / "metrics.csv" for c in CURRICULA]
+        + [evals / "results.csv", freq_dir / "summary.csv"]
+    )
     fp = fingerprint(inputs, {"report": 1, "figures": config.figures})
     holder: dict = {}
 
     def build_report():
-        holder["report"] = compare([out / c for c in CURRICULA], report_dir, evals=[evals], frequency=[freq_dir],
-                                   title=f"fdbench demo: FastDINOv2 (two-stage) vs DINOv2 (none), preset {preset}",
-                                   figures=config.figures, announce=announce)
+        holder["report"] = compare(
+            [out / c for c in CURRICULA],
+            report_dir,
+            evals=[evals],
+            frequency=[freq_dir],
+            title=f"fdbench demo: FastDINOv2 (two-stage) vs DINOv2 (none), preset {preset}",
+            figures=config.figures,
+            announce=announce,
+        )
 
-    if not run_step(log, "report", fp, [report_dir / "report.html", report_dir / "summary.json"], build_report,
-                    announce, records):
+    if not run_step(
+        log, "report", fp, [report_dir / "report.html", report_dir / "summary.json"], build_report, announce, records
+    ):
         holder["report"] = _stored_report(report_dir)
     log.note(preset=preset, device=str(device), total_seconds=round(sum(r.seconds for r in records), 2))
     return DemoResult(out, records, holder["report"], str(device), preset)
@@ -311,7 +382,17 @@ def _stored_report(report_dir: Path):
 
     summary = json.loads((report_dir / "summary.json").read_text())
     missing = pd.DataFrame(summary.get("missing") or [], columns=["run", "piece", "status", "how_to_get_it"])
-    headline = {run: {k: (float("nan") if v is None else v) for k, v in values.items()}
-                for run, values in (summary.get("headline") or {}).items()}
-    return CompareReport(report_dir, report_dir / "report.md", report_dir / "report.html", summary.get("reference"),
-                         list(headline), missing=missing, headline=headline, findings=summary.get("findings") or [])
+    headline = {
+        run: {k: (float("nan") if v is None else v) for k, v in values.items()}
+        for run, values in (summary.get("headline") or {}).items()
+    }
+    return CompareReport(
+        report_dir,
+        report_dir / "report.md",
+        report_dir / "report.html",
+        summary.get("reference"),
+        list(headline),
+        missing=missing,
+        headline=headline,
+        findings=summary.get("findings") or [],
+    )

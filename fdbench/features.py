@@ -64,8 +64,9 @@ def autocast(device: torch.device):
     return contextlib.nullcontext()
 
 
-def extract_features(encoder: FrozenEncoder, images: torch.Tensor, *, batch_size: int = 256,
-                     transform=None, desc: str = "") -> torch.Tensor:
+def extract_features(
+    encoder: FrozenEncoder, images: torch.Tensor, *, batch_size: int = 256, transform=None, desc: str = ""
+) -> torch.Tensor:
     """Features of a whole image tensor, batch by batch, returned as float32 on the CPU.
 
     ``transform`` (optional) maps a float [0,1] batch on the encoder's device to another one
@@ -73,7 +74,7 @@ def extract_features(encoder: FrozenEncoder, images: torch.Tensor, *, batch_size
     """
     out = []
     for start in progress(range(0, len(images), batch_size), desc=desc, unit="batch", disable=None if desc else True):
-        batch = to_float01(images[start:start + batch_size].to(encoder.device, non_blocking=True))
+        batch = to_float01(images[start : start + batch_size].to(encoder.device, non_blocking=True))
         if transform is not None:
             batch = transform(batch)
         out.append(encoder(batch).cpu())

@@ -16,8 +16,13 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 __all__ = [
-    "atomic_open", "atomic_write_bytes", "atomic_write_text", "atomic_write_json",
-    "atomic_write_csv", "atomic_torch_save", "progress",
+    "atomic_open",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_write_csv",
+    "atomic_torch_save",
+    "progress",
 ]
 
 
@@ -107,8 +112,15 @@ class _RecordingWriter:
         self._fh.flush()
 
 
-def progress(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
-             unit: str = "it", disable: bool | None = None, **kwargs):
+def progress(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    disable: bool | None = None,
+    **kwargs,
+):
     """The one progress bar: tqdm on stderr, silent when stderr is not a terminal unless forced.
 
     ``FDBENCH_PROGRESS=1`` forces bars on (e.g. in logs), ``FDBENCH_PROGRESS=0`` turns them off.
@@ -118,5 +130,4 @@ def progress(iterable: Iterable | None = None, *, total: int | None = None, desc
     if disable is None:
         env = os.environ.get("FDBENCH_PROGRESS")
         disable = (env == "0") if env is not None else not sys.stderr.isatty()
-    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable,
-                dynamic_ncols=True, leave=False, **kwargs)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=disable, dynamic_ncols=True, leave=False, **kwargs)

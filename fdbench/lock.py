@@ -19,7 +19,7 @@ import click
 from fdbench.errors import FdbenchError
 
 LOCK_NAME = ".fdbench.lock"
-_held: dict[str, list] = {}   # resolved folder -> [fd, depth]
+_held: dict[str, list] = {}  # resolved folder -> [fd, depth]
 
 
 class FolderLock:
@@ -77,8 +77,10 @@ def lock_folder(folder: str | os.PathLike, command: str, *, name: str = LOCK_NAM
         except BlockingIOError:
             holder = _read_holder(fd)
             os.close(fd)
-            raise FdbenchError(f"{folder} is in use by another fdbench process ({holder}); wait for it to "
-                               f"finish or use another output folder") from None
+            raise FdbenchError(
+                f"{folder} is in use by another fdbench process ({holder}); wait for it to "
+                f"finish or use another output folder"
+            ) from None
         # the holder we waited on may have removed the file on release: lock the file now at `path`
         try:
             if os.fstat(fd).st_ino == os.stat(path).st_ino:

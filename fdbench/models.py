@@ -30,8 +30,8 @@ from fdbench.errors import FdbenchError
 
 # name -> (embed_dim, depth, num_heads). The first two are for CPU runs and tests.
 ARCHS: dict[str, tuple[int, int, int]] = {
-    "vit_pico": (64, 2, 2),      # unit tests: a few milliseconds per step
-    "vit_nano": (192, 4, 3),     # the cpu-tiny preset: trains in minutes on 2 cores
+    "vit_pico": (64, 2, 2),  # unit tests: a few milliseconds per step
+    "vit_nano": (192, 4, 3),  # the cpu-tiny preset: trains in minutes on 2 cores
     "vit_tiny": (192, 12, 3),
     "vit_small": (384, 12, 6),
     "vit_base": (768, 12, 12),
@@ -46,13 +46,13 @@ class BackboneConfig:
 
     arch: str = "vit_small"
     patch_size: int = 16
-    img_size: int = 224           # the size the positional-embedding table is stored at
+    img_size: int = 224  # the size the positional-embedding table is stored at
     reg_tokens: int = 0
     drop_path_rate: float = 0.0
     # True: the same drop-path rate in every block (DINOv2's drop_path_uniform); False: timm's linear
     # ramp from 0 in the first block to the rate in the last (mean rate half the configured one)
     drop_path_uniform: bool = False
-    layerscale: float | None = 1e-5   # DINOv2 default; None disables LayerScale
+    layerscale: float | None = 1e-5  # DINOv2 default; None disables LayerScale
     mlp_ratio: float = 4.0
     # how the position table is resampled to another grid (see the module docstring): offset 0 with
     # antialiasing resamples to the target size; offset > 0 resamples by scale factor (grid + offset) /
@@ -73,8 +73,9 @@ class BackboneConfig:
         return ARCHS[self.arch][0]
 
 
-def resample_pos_table(table: torch.Tensor, native: tuple[int, int], grid: tuple[int, int], *,
-                       offset: float = 0.0, antialias: bool = True) -> torch.Tensor:
+def resample_pos_table(
+    table: torch.Tensor, native: tuple[int, int], grid: tuple[int, int], *, offset: float = 0.0, antialias: bool = True
+) -> torch.Tensor:
     """Resample a patch position table [1, h*w, D] stored at grid ``native`` to ``grid`` (rows, cols).
 
     ``offset == 0``: bicubic to the target size (timm, DINOv2 register models). ``offset > 0``: bicubic
@@ -109,8 +110,13 @@ class MaskableViT(VisionTransformer):
         # replaces timm's dynamic resampling (always size-based and antialiased) with the
         # checkpoint's own rule; the layout is timm's no_embed_class one: add, then prepend prefix tokens
         b, h, w, c = x.shape
-        pos = resample_pos_table(self.pos_embed, self.patch_embed.grid_size, (h, w),
-                                 offset=self.pos_interp_offset, antialias=self.pos_interp_antialias)
+        pos = resample_pos_table(
+            self.pos_embed,
+            self.patch_embed.grid_size,
+            (h, w),
+            offset=self.pos_interp_offset,
+            antialias=self.pos_interp_antialias,
+        )
         x = x.reshape(b, h * w, c) + pos
         prefix = [t.expand(b, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         return self.pos_drop(torch.cat(prefix + [x], dim=1))
@@ -131,7 +137,7 @@ class MaskableViT(VisionTransformer):
         """
         x = self.blocks(self._embed(x, masks))
         x = self.norm(x)
-        return x[:, 0], x[:, self.num_prefix_tokens:]
+        return x[:, 0], x[:, self.num_prefix_tokens :]
 
     def forward_last_blocks(self, x: torch.Tensor, n: int = 1):
         """(cls, patch) of each of the last ``n`` blocks, each through the final norm (DINOv2 eval)."""
@@ -141,18 +147,36 @@ class MaskableViT(VisionTransformer):
             x = block(x)
             if i >= len(self.blocks) - n:
                 y = self.norm(x)
-                outputs.append((y[:, 0], y[:, self.num_prefix_tokens:]))
+                outputs.append((y[:, 0], y[:, self.num_prefix_tokens :]))
         return outputs
 
 
-def build_backbone(arch: str | BackboneConfig = "vit_small", img_size: int = 224, patch_size: int = 16,
-                   *, reg_tokens: int = 0, drop_path_rate: float = 0.0, drop_path_uniform: bool = False,
-                   layerscale: float | None = 1e-5, mlp_ratio: float = 4.0) -> MaskableViT:
+def build_backbone(
+    arch: str | BackboneConfig = "vit_small",
+    img_size: int = 224,
+    patch_size: int = 16,
+    *,
+    reg_tokens: int = 0,
+    drop_path_rate: float = 0.0,
+    drop_path_uniform: bool = False,
+    layerscale: float | None = 1e-5,
+    mlp_ratio: float = 4.0,
+) -> MaskableViT:
     """Build a backbone by name (see ``ARCHS``) or from a :class:`BackboneConfig`."""
-    cfg = arch if isinstance(arch, BackboneConfig) else BackboneConfig(
-        arch=arch, patch_size=patch_size, img_size=img_size, reg_tokens=reg_tokens,
-        drop_path_rate=drop_path_rate, drop_path_uniform=drop_path_uniform, layerscale=layerscale,
-        mlp_ratio=mlp_ratio)
+    cfg = (
+        arch
+        if isinstance(arch, BackboneConfig)
+        else BackboneConfig(
+            arch=arch,
+            patch_size=patch_size,
+            img_size=img_size,
+            reg_tokens=reg_tokens,
+            drop_path_rate=drop_path_rate,
+            drop_path_uniform=drop_path_uniform,
+            layerscale=layerscale,
+            mlp_ratio=mlp_ratio,
+        )
+    )
     if cfg.arch not in ARCHS:
         raise FdbenchError(f"unknown architecture {cfg.arch!r}: choose one of {', '.join(ARCHS)}")
     if cfg.patch_size not in PATCH_SIZES:
@@ -161,11 +185,22 @@ def build_backbone(arch: str | BackboneConfig = "vit_small", img_size: int = 224
         raise FdbenchError(f"image size {cfg.img_size} is not a multiple of the patch size {cfg.patch_size}")
     dim, depth, heads = ARCHS[cfg.arch]
     model = MaskableViT(
-        img_size=cfg.img_size, patch_size=cfg.patch_size, embed_dim=dim, depth=depth, num_heads=heads,
-        mlp_ratio=cfg.mlp_ratio, num_classes=0, global_pool="", reg_tokens=cfg.reg_tokens,
-        no_embed_class=True, dynamic_img_size=True, init_values=cfg.layerscale,
-        drop_path_rate=cfg.drop_path_rate, pos_interp_offset=cfg.pos_interp_offset,
-        pos_interp_antialias=cfg.pos_interp_antialias)
+        img_size=cfg.img_size,
+        patch_size=cfg.patch_size,
+        embed_dim=dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=cfg.mlp_ratio,
+        num_classes=0,
+        global_pool="",
+        reg_tokens=cfg.reg_tokens,
+        no_embed_class=True,
+        dynamic_img_size=True,
+        init_values=cfg.layerscale,
+        drop_path_rate=cfg.drop_path_rate,
+        pos_interp_offset=cfg.pos_interp_offset,
+        pos_interp_antialias=cfg.pos_interp_antialias,
+    )
     if cfg.drop_path_uniform and cfg.drop_path_rate > 0:
         # timm only ramps; DINOv2's uniform rule puts the full rate in every block
         for block in model.blocks:

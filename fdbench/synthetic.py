@@ -45,8 +45,20 @@ from scipy.ndimage import gaussian_filter
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_json
 
-CLASS_NAMES = ("disk", "square", "triangle", "ring", "plus", "hbars", "vbars", "two_disks",
-               "lshape", "xcross", "frame", "halfmoon")
+CLASS_NAMES = (
+    "disk",
+    "square",
+    "triangle",
+    "ring",
+    "plus",
+    "hbars",
+    "vbars",
+    "two_disks",
+    "lshape",
+    "xcross",
+    "frame",
+    "halfmoon",
+)
 VERSION = 3
 
 
@@ -55,13 +67,15 @@ class SyntheticSpec:
     classes: int = 10
     train_per_class: int = 300
     val_per_class: int = 50
-    size: int = 32                        # version 3: a quarter of v2's pixels, four times the steps per minute
+    size: int = 32  # version 3: a quarter of v2's pixels, four times the steps per minute
     seed: int = 0
-    nuisances: Nuisances | None = None    # None: NUISANCES (the documented default)
+    nuisances: Nuisances | None = None  # None: NUISANCES (the documented default)
 
     def folder_name(self) -> str:
-        return (f"synthetic-v{VERSION}-c{self.classes}-t{self.train_per_class}-v{self.val_per_class}"
-                f"-s{self.size}-seed{self.seed}")
+        return (
+            f"synthetic-v{VERSION}-c{self.classes}-t{self.train_per_class}-v{self.val_per_class}"
+            f"-s{self.size}-seed{self.seed}"
+        )
 
 
 def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -105,21 +119,23 @@ class Nuisances:
     """The per-image factors that vary independently of the class (see the module docstring)."""
 
     scale: tuple[float, float] = (0.55, 1.0)
-    rotation_deg: float = 18.0            # +-; below 22.5 so plus/xcross and hbars/vbars stay distinct
-    shift: float = 0.3                    # centre offset, in half-widths of the image
+    rotation_deg: float = 18.0  # +-; below 22.5 so plus/xcross and hbars/vbars stay distinct
+    shift: float = 0.3  # centre offset, in half-widths of the image
     min_contrast: float = 0.25
-    fixed_polarity: bool = False          # True: the shape is always brighter than its background
-    gradient: float = 0.4                 # strength of the smooth illumination gradient
+    fixed_polarity: bool = False  # True: the shape is always brighter than its background
+    gradient: float = 0.4  # strength of the smooth illumination gradient
     distractors: tuple[int, int] = (1, 3)  # small class-free blobs (clutter), min/max count
-    texture: str = "noise"                # "noise": fresh pixel noise; "mixed": v2's three texture types
+    texture: str = "noise"  # "noise": fresh pixel noise; "mixed": v2's three texture types
     texture_amp: tuple[float, float] = (0.04, 0.12)
-    edge_blur: float = 1.2                # px (Gaussian sigma) of the structure layer; 0: sharp edges
+    edge_blur: float = 1.2  # px (Gaussian sigma) of the structure layer; 0: sharp edges
 
 
 NUISANCES = Nuisances()
 
 
-def render_image(class_index: int, rng: np.random.Generator, size: int, nuisances: Nuisances | None = None) -> np.ndarray:
+def render_image(
+    class_index: int, rng: np.random.Generator, size: int, nuisances: Nuisances | None = None
+) -> np.ndarray:
     """One uint8 HxWx3 image of class ``class_index``."""
     nz = nuisances or NUISANCES
     ss = 2  # supersampling: edges are anti-aliased, so class structure sits in low frequencies
@@ -193,12 +209,14 @@ def _render_split_class(args) -> None:
     for i in range(count):
         rng = np.random.default_rng([spec.seed, split_id, class_index, i, VERSION])
         img = render_image(class_index, rng, spec.size, spec.nuisances)
-        Image.fromarray(img).save(folder / f"{CLASS_NAMES[class_index]}_{i:05d}.png",
-                                  format="PNG", optimize=False, compress_level=6)
+        Image.fromarray(img).save(
+            folder / f"{CLASS_NAMES[class_index]}_{i:05d}.png", format="PNG", optimize=False, compress_level=6
+        )
 
 
-def make_synthetic_dataset(out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *,
-                           workers: int | None = None, overwrite: bool = False) -> Path:
+def make_synthetic_dataset(
+    out: str | Path, spec: SyntheticSpec = SyntheticSpec(), *, workers: int | None = None, overwrite: bool = False
+) -> Path:
     """Write the dataset to ``out`` (``train/<class>/*.png``, ``val/<class>/*.png``, ``dataset.json``).
 
     Written into a temporary sibling folder and renamed into place, so an interrupted run never
@@ -214,19 +232,25 @@ def make_synthetic_dataset(out: str | Path, spec: SyntheticSpec = SyntheticSpec(
     existing = _existing_dataset(out)
     if existing is not None and not overwrite:
         if existing != _marker(spec):
-            raise FdbenchError(f"{out} already holds a different synthetic dataset ({_describe(existing)}); "
-                               f"add --overwrite to replace it, or choose another --out")
+            raise FdbenchError(
+                f"{out} already holds a different synthetic dataset ({_describe(existing)}); "
+                f"add --overwrite to replace it, or choose another --out"
+            )
         return out
     if existing is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         # never delete what fdbench did not write, --overwrite or not
-        raise FdbenchError(f"{out} exists and is not an fdbench synthetic dataset (no dataset.json marker); "
-                           f"refusing to write into or delete it: choose another --out")
+        raise FdbenchError(
+            f"{out} exists and is not an fdbench synthetic dataset (no dataset.json marker); "
+            f"refusing to write into or delete it: choose another --out"
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        jobs = [(tmp, split, sid, c, n, spec)
-                for sid, (split, n) in enumerate((("train", spec.train_per_class), ("val", spec.val_per_class)))
-                for c in range(spec.classes)]
+        jobs = [
+            (tmp, split, sid, c, n, spec)
+            for sid, (split, n) in enumerate((("train", spec.train_per_class), ("val", spec.val_per_class)))
+            for c in range(spec.classes)
+        ]
         workers = workers or min(len(jobs), os.cpu_count() or 1)
         if workers > 1:
             with ProcessPoolExecutor(workers) as pool:
@@ -234,7 +258,7 @@ def make_synthetic_dataset(out: str | Path, spec: SyntheticSpec = SyntheticSpec(
         else:
             for job in jobs:
                 _render_split_class(job)
-        os.chmod(tmp, 0o777 & ~_umask())   # mkdtemp makes 0700 folders; a dataset should read like mkdir's
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; a dataset should read like mkdir's
         atomic_write_json(tmp / MARKER, _marker(spec))
         if existing is not None or (out.is_dir() and not any(out.iterdir())):
             _swap_into_place(tmp, out)
@@ -250,8 +274,12 @@ MARKER = "dataset.json"
 
 
 def _marker(spec: SyntheticSpec) -> dict:
-    return {"name": "fdbench-synthetic", "version": VERSION, **asdict(spec),
-            "class_names": list(CLASS_NAMES[:spec.classes])}
+    return {
+        "name": "fdbench-synthetic",
+        "version": VERSION,
+        **asdict(spec),
+        "class_names": list(CLASS_NAMES[: spec.classes]),
+    }
 
 
 def _describe(marker: dict) -> str:

@@ -18,12 +18,27 @@ from __future__ import annotations
 import importlib
 
 _HOMES = {
-    "Center": "center", "DINOLoss": "losses", "iBOTPatchLoss": "losses", "KoLeoLoss": "losses",
-    "sinkhorn_knopp": "losses", "soft_cross_entropy": "losses", "DINOHead": "heads",
-    "GaussianNoisePatch": "augment", "MultiCropAugmentation": "augment", "Curriculum": "curriculum",
-    "build_curriculum": "curriculum", "make_masks": "masking", "cosine_schedule": "schedules",
-    "MetaArch": "meta_arch", "PretrainConfig": "config", "build_config": "config", "preset": "config",
-    "KnnMonitor": "monitor", "train": "engine", "Trainer": "engine", "train_step": "engine",
+    "Center": "center",
+    "DINOLoss": "losses",
+    "iBOTPatchLoss": "losses",
+    "KoLeoLoss": "losses",
+    "sinkhorn_knopp": "losses",
+    "soft_cross_entropy": "losses",
+    "DINOHead": "heads",
+    "GaussianNoisePatch": "augment",
+    "MultiCropAugmentation": "augment",
+    "Curriculum": "curriculum",
+    "build_curriculum": "curriculum",
+    "make_masks": "masking",
+    "cosine_schedule": "schedules",
+    "MetaArch": "meta_arch",
+    "PretrainConfig": "config",
+    "build_config": "config",
+    "preset": "config",
+    "KnnMonitor": "monitor",
+    "train": "engine",
+    "Trainer": "engine",
+    "train_step": "engine",
 }
 __all__ = sorted(_HOMES)
 

@@ -74,7 +74,7 @@ class GaussianNoisePatch:
             if params is None:
                 continue
             side, top, left, sigma = params
-            region = image[:, top:top + side, left:left + side]
+            region = image[:, top : top + side, left : left + side]
             noise = torch.randn(region.shape, generator=generator, dtype=torch.float32).to(region)
             region.copy_((region + noise * sigma).clamp_(0.0, 1.0))
         return out
@@ -136,10 +136,17 @@ class MultiCropAugmentation:
     is applied to the whole image before any crop, so every crop of an image can carry the patch.
     """
 
-    def __init__(self, global_size: int = 224, local_size: int = 96, n_local: int = 8,
-                 global_scale: tuple[float, float] = (0.32, 1.0), local_scale: tuple[float, float] = (0.05, 0.32),
-                 blur_probs: tuple[float, float, float] = (1.0, 0.1, 0.5), inverted_blur: bool = False,
-                 noise_patch: GaussianNoisePatch | None = None):
+    def __init__(
+        self,
+        global_size: int = 224,
+        local_size: int = 96,
+        n_local: int = 8,
+        global_scale: tuple[float, float] = (0.32, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.32),
+        blur_probs: tuple[float, float, float] = (1.0, 0.1, 0.5),
+        inverted_blur: bool = False,
+        noise_patch: GaussianNoisePatch | None = None,
+    ):
         if global_size < 1 or local_size < 1:
             raise FdbenchError(f"crop sizes must be positive, got global {global_size}, local {local_size}")
         if n_local < 0:
@@ -155,15 +162,24 @@ class MultiCropAugmentation:
         self.noise_patch = noise_patch
 
         bicubic = T.InterpolationMode.BICUBIC
-        self.global_geometry = T.Compose([
-            T.RandomResizedCrop(self.global_size, scale=self.global_scale, interpolation=bicubic, antialias=True),
-            T.RandomHorizontalFlip(p=0.5)])
-        self.local_geometry = T.Compose([
-            T.RandomResizedCrop(self.local_size, scale=self.local_scale, interpolation=bicubic, antialias=True),
-            T.RandomHorizontalFlip(p=0.5)])
-        color = T.Compose([
-            T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
-            T.RandomGrayscale(p=0.2)])
+        self.global_geometry = T.Compose(
+            [
+                T.RandomResizedCrop(self.global_size, scale=self.global_scale, interpolation=bicubic, antialias=True),
+                T.RandomHorizontalFlip(p=0.5),
+            ]
+        )
+        self.local_geometry = T.Compose(
+            [
+                T.RandomResizedCrop(self.local_size, scale=self.local_scale, interpolation=bicubic, antialias=True),
+                T.RandomHorizontalFlip(p=0.5),
+            ]
+        )
+        color = T.Compose(
+            [
+                T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+                T.RandomGrayscale(p=0.2),
+            ]
+        )
         # blur and solarize run on the float tensor after ToTensor: the same operations as on the
         # 8-bit PIL image (solarize's 128 becomes 128/255) without PIL <-> tensor round trips,
         # which cost more than the blur itself on small crops
@@ -172,14 +188,17 @@ class MultiCropAugmentation:
         self.blur_global2 = RandomGaussianBlur(self.blur_probs_effective[1])
         self.blur_local = RandomGaussianBlur(self.blur_probs_effective[2])
         self.global1 = T.Compose([color, to_tensor, self.blur_global1, normalize])
-        self.global2 = T.Compose([color, to_tensor, self.blur_global2,
-                                  T.RandomSolarize(threshold=128 / 255, p=0.2), normalize])
+        self.global2 = T.Compose(
+            [color, to_tensor, self.blur_global2, T.RandomSolarize(threshold=128 / 255, p=0.2), normalize]
+        )
         self.local = T.Compose([color, to_tensor, self.blur_local, normalize])
 
     def __repr__(self) -> str:
-        return (f"MultiCropAugmentation(global={self.global_size}@{self.global_scale}, "
-                f"local={self.n_local}x{self.local_size}@{self.local_scale}, blur={self.blur_probs_effective}, "
-                f"noise_patch={self.noise_patch})")
+        return (
+            f"MultiCropAugmentation(global={self.global_size}@{self.global_scale}, "
+            f"local={self.n_local}x{self.local_size}@{self.local_scale}, blur={self.blur_probs_effective}, "
+            f"noise_patch={self.noise_patch})"
+        )
 
     def __call__(self, image) -> dict[str, list[torch.Tensor]]:
         if isinstance(image, torch.Tensor):
@@ -195,9 +214,14 @@ class MultiCropAugmentation:
         }
 
 
-def collate_multicrop(samples: list[tuple[dict[str, list[torch.Tensor]], Any]], *, patch_size: int,
-                      mask_probability: float = 0.5, mask_ratio_range: tuple[float, float] = (0.1, 0.5),
-                      generator: torch.Generator | None = None) -> dict[str, Any]:
+def collate_multicrop(
+    samples: list[tuple[dict[str, list[torch.Tensor]], Any]],
+    *,
+    patch_size: int,
+    mask_probability: float = 0.5,
+    mask_ratio_range: tuple[float, float] = (0.1, 0.5),
+    generator: torch.Generator | None = None,
+) -> dict[str, Any]:
     """Stack ``(crops, label)`` samples crop-major and draw the iBOT masks for the global crops.
 
     Returns ``global [G*B,3,S,S]`` (rows ``c*B:(c+1)*B`` = crop ``c`` of every image),
@@ -211,14 +235,22 @@ def collate_multicrop(samples: list[tuple[dict[str, list[torch.Tensor]], Any]], 
     n_global = len(samples[0][0]["global_crops"])
     n_local = len(samples[0][0]["local_crops"])
     global_crops = torch.stack([crops["global_crops"][c] for c in range(n_global) for crops, _ in samples])
-    local_crops = (torch.stack([crops["local_crops"][c] for c in range(n_local) for crops, _ in samples])
-                   if n_local else None)
+    local_crops = (
+        torch.stack([crops["local_crops"][c] for c in range(n_local) for crops, _ in samples]) if n_local else None
+    )
     height, width = global_crops.shape[-2:]
     if height % patch_size or width % patch_size:
         raise FdbenchError(f"global crops of {height}x{width} px are not a multiple of the patch size {patch_size}")
-    masks = make_masks(len(global_crops), (height // patch_size, width // patch_size), mask_probability,
-                       mask_ratio_range, generator)
+    masks = make_masks(
+        len(global_crops), (height // patch_size, width // patch_size), mask_probability, mask_ratio_range, generator
+    )
     mask_indices, mask_weights = masked_token_indices(masks)
     labels = torch.as_tensor([int(label) for _, label in samples], dtype=torch.long)
-    return {"global": global_crops, "local": local_crops, "masks": masks, "mask_indices": mask_indices,
-            "mask_weights": mask_weights, "labels": labels}
+    return {
+        "global": global_crops,
+        "local": local_crops,
+        "masks": masks,
+        "mask_indices": mask_indices,
+        "mask_weights": mask_weights,
+        "labels": labels,
+    }

@@ -47,8 +47,12 @@ if TYPE_CHECKING:
 
 # dense bf16 tensor-core peaks (TFLOP/s), matched in order against torch.cuda.get_device_name()
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
-    ("A100", 312.0), ("L40S", 362.0),
+    ("H100 PCIe", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("H200", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
 )
 
 
@@ -64,11 +68,21 @@ def peak_tflops(device_name: str | None) -> float | None:
 
 # bench-train's short names for the recipe fields it exposes as flags (the rest: --set section.field=value)
 RECIPE_SHORTHANDS = {
-    "arch": "model.arch", "patch_size": "model.patch_size", "batch_size": "run.batch_size",
-    "global_size": "crops.global_size", "local_size": "crops.local_size", "n_local": "crops.n_local",
-    "stage1_scale": "curriculum.stage1_scale", "prototypes": "head.prototypes", "hidden_dim": "head.hidden_dim",
-    "bottleneck_dim": "head.bottleneck_dim", "data": "data.root", "class_list": "data.class_list",
-    "workers": "data.workers", "device": "run.device", "seed": "run.seed",
+    "arch": "model.arch",
+    "patch_size": "model.patch_size",
+    "batch_size": "run.batch_size",
+    "global_size": "crops.global_size",
+    "local_size": "crops.local_size",
+    "n_local": "crops.n_local",
+    "stage1_scale": "curriculum.stage1_scale",
+    "prototypes": "head.prototypes",
+    "hidden_dim": "head.hidden_dim",
+    "bottleneck_dim": "head.bottleneck_dim",
+    "data": "data.root",
+    "class_list": "data.class_list",
+    "workers": "data.workers",
+    "device": "run.device",
+    "seed": "run.seed",
 }
 
 
@@ -96,8 +110,8 @@ class BenchConfig:
     stages: tuple[str, ...] = ("stage1", "stage2")
     steps: int = 20
     warmup: int = 5
-    pipeline: str | None = None         # of the fast variant: gpu | cpu; None: gpu on CUDA, cpu on CPU
-    compile: bool | None = None         # of the fast variant; None: on for CUDA
+    pipeline: str | None = None  # of the fast variant: gpu | cpu; None: gpu on CUDA, cpu on CPU
+    compile: bool | None = None  # of the fast variant; None: on for CUDA
     reference: bool = False
     end_to_end: bool = True
     decode_slack: float = 1.0
@@ -130,9 +144,19 @@ def bench_stages(cfg: BenchConfig) -> list[StagePlan]:
     p, crops, curriculum = cfg.recipe.model.patch_size, cfg.recipe.crops, cfg.recipe.curriculum
 
     def plan(name: str, scale: float, noise: bool) -> StagePlan:
-        return StagePlan(0, name, 0, 1, round_to_patch(crops.global_size * scale, p),
-                         round_to_patch(crops.local_size * scale, p), crops.n_local, tuple(crops.global_scale),
-                         tuple(crops.local_scale), noise, curriculum.noise_max_sigma)
+        return StagePlan(
+            0,
+            name,
+            0,
+            1,
+            round_to_patch(crops.global_size * scale, p),
+            round_to_patch(crops.local_size * scale, p),
+            crops.n_local,
+            tuple(crops.global_scale),
+            tuple(crops.local_scale),
+            noise,
+            curriculum.noise_max_sigma,
+        )
 
     table = {"stage1": plan("stage1", curriculum.stage1_scale, False), "stage2": plan("stage2", 1.0, True)}
     unknown = [s for s in cfg.stages if s not in table]
@@ -151,8 +175,13 @@ def _validate(cfg: BenchConfig) -> None:
         raise FdbenchError(f"unsupported patch size {r.model.patch_size}: choose one of {PATCH_SIZES}")
     if cfg.pipeline is not None and cfg.pipeline not in PIPELINES:
         raise FdbenchError(f"unknown data pipeline {cfg.pipeline!r}: use gpu or cpu")
-    sizes = {"batch-size": r.run.batch_size, "steps": cfg.steps, "global-size": r.crops.global_size,
-             "local-size": r.crops.local_size, "prototypes": r.head.prototypes}
+    sizes = {
+        "batch-size": r.run.batch_size,
+        "steps": cfg.steps,
+        "global-size": r.crops.global_size,
+        "local-size": r.crops.local_size,
+        "prototypes": r.head.prototypes,
+    }
     for name, value in sizes.items():
         if value < 1:
             raise FdbenchError(f"{name} must be >= 1, got {value}")
@@ -191,9 +220,17 @@ class TrainStep:
     def __call__(self, batch: dict) -> torch.Tensor:
         from pretrain.engine import train_step
 
-        return train_step(self.meta, self.optimizer, batch, lr=self.LR, wd=self.WD, freeze_last_layer=False,
-                          teacher_temp=self.TEACHER_TEMP, momentum=self.MOMENTUM,
-                          clip_grad=self.pcfg.optim.clip_grad)["loss"]
+        return train_step(
+            self.meta,
+            self.optimizer,
+            batch,
+            lr=self.LR,
+            wd=self.WD,
+            freeze_last_layer=False,
+            teacher_temp=self.TEACHER_TEMP,
+            momentum=self.MOMENTUM,
+            clip_grad=self.pcfg.optim.clip_grad,
+        )["loss"]
 
 
 def synthetic_batch(cfg: BenchConfig, stage: StagePlan, device: torch.device, seed: int = 0) -> dict:
@@ -204,11 +241,15 @@ def synthetic_batch(cfg: BenchConfig, stage: StagePlan, device: torch.device, se
     b, s, l = cfg.recipe.run.batch_size, stage.global_size, stage.local_size
     grid = s // cfg.recipe.model.patch_size
     masks = make_masks(2 * b, (grid, grid), 0.5, (0.1, 0.5), g)
-    indices, weights = masked_token_indices(masks)   # on the CPU, as the collates do
-    return {"global": torch.randn(2 * b, 3, s, s, generator=g).to(device),
-            "local": torch.randn(stage.n_local * b, 3, l, l, generator=g).to(device) if stage.n_local else None,
-            "masks": masks.to(device), "mask_indices": indices.to(device), "mask_weights": weights.to(device),
-            "labels": torch.zeros(b, dtype=torch.long, device=device)}
+    indices, weights = masked_token_indices(masks)  # on the CPU, as the collates do
+    return {
+        "global": torch.randn(2 * b, 3, s, s, generator=g).to(device),
+        "local": torch.randn(stage.n_local * b, 3, l, l, generator=g).to(device) if stage.n_local else None,
+        "masks": masks.to(device),
+        "mask_indices": indices.to(device),
+        "mask_weights": weights.to(device),
+        "labels": torch.zeros(b, dtype=torch.long, device=device),
+    }
 
 
 def _sync(device: torch.device) -> None:
@@ -216,8 +257,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(step: Callable[[dict], torch.Tensor], batches: Iterator[dict], steps: int, warmup: int,
-               device: torch.device) -> tuple[float, float]:
+def time_steps(
+    step: Callable[[dict], torch.Tensor], batches: Iterator[dict], steps: int, warmup: int, device: torch.device
+) -> tuple[float, float]:
     """(seconds per step, last loss) over ``steps`` steps after ``warmup`` untimed ones."""
     loss = None
     for _ in range(warmup):
@@ -245,11 +287,13 @@ def _cycle(make_iter: Callable[[int], Iterator]) -> Iterator:
         epoch += 1
 
 
-def pipeline_batches(cfg: BenchConfig, pcfg, stage, device: torch.device, dataset, workers: int,
-                     pipeline: str) -> Iterator[dict]:
+def pipeline_batches(
+    cfg: BenchConfig, pcfg, stage, device: torch.device, dataset, workers: int, pipeline: str
+) -> Iterator[dict]:
     """Training batches on ``device`` from the engine's pipeline for this stage, epoch after epoch."""
-    feed = StageFeed(pcfg, stage, dataset, pipeline=pipeline, device=device, workers=workers,
-                     decode_slack=cfg.decode_slack)
+    feed = StageFeed(
+        pcfg, stage, dataset, pipeline=pipeline, device=device, workers=workers, decode_slack=cfg.decode_slack
+    )
     return _cycle(feed.batches)
 
 
@@ -270,8 +314,9 @@ def _peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None,
-              on_row: Callable[[list[dict]], None] | None = None) -> list[dict]:
+def run_bench(
+    cfg: BenchConfig, log: Callable[[str], None] | None = None, on_row: Callable[[list[dict]], None] | None = None
+) -> list[dict]:
     """Run every (stage, variant) cell; returns one dict per row (see the module docstring).
 
     Cells run stage by stage (fast, then reference), and ``on_row(rows)`` is called after each, so a
@@ -300,19 +345,23 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None,
 
         dataset = open_dataset(r.data.root, "train", None, r.data.class_list, announce=log)
         if len(dataset) < batch_size:
-            raise FdbenchError(f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size}: "
-                               f"lower --batch-size or use a larger --data")
+            raise FdbenchError(
+                f"the dataset has {len(dataset)} images, fewer than one batch of {batch_size}: "
+                f"lower --batch-size or use a larger --data"
+            )
 
     rows = []
     for stage in stages:
         for variant, fast, compiled, pipe in variants:
             _free(device)
             torch.manual_seed(r.run.seed)
-            log(f"bench {variant}: {arch}/{patch} {stage.name} {stage.global_size}/{stage.local_size} "
-                f"x{stage.n_local}, batch {batch_size}, compile {'on' if compiled else 'off'}, pipeline {pipe}")
+            log(
+                f"bench {variant}: {arch}/{patch} {stage.name} {stage.global_size}/{stage.local_size} "
+                f"x{stage.n_local}, batch {batch_size}, compile {'on' if compiled else 'off'}, pipeline {pipe}"
+            )
             step = TrainStep(cfg, device, fast=fast, compile=compiled)
             batch = synthetic_batch(cfg, stage, device, r.run.seed)
-            flops = count_flops(lambda: step.meta.forward_backward(batch, step.teacher_temp))
+            flops = count_flops(lambda s=step, b=batch: s.meta.forward_backward(b, s.teacher_temp))
             step.optimizer.zero_grad(set_to_none=True)
             step.accelerate()
             t_model, loss = time_steps(step, _repeat(batch), cfg.steps, cfg.warmup, device)
@@ -321,23 +370,32 @@ def run_bench(cfg: BenchConfig, log: Callable[[str], None] | None = None,
                 batches = pipeline_batches(cfg, step.pcfg, stage, device, dataset, workers, pipe)
                 t_e2e, loss = time_steps(step, batches, cfg.steps, cfg.warmup, device)
             achieved = flops / t_model / 1e12
-            rows.append({
-                "variant": variant, "stage": stage.name, "arch": arch, "patch": patch,
-                "global": stage.global_size, "local": stage.local_size, "n_local": stage.n_local,
-                "batch": batch_size, "compile": compiled, "pipeline": pipe,
-                "model_step_ms": round(1e3 * t_model, 3),
-                "model_img_s": round(batch_size / t_model, 1),
-                "e2e_step_ms": round(1e3 * t_e2e, 3) if t_e2e else None,
-                "e2e_img_s": round(batch_size / t_e2e, 1) if t_e2e else None,
-                "e2e_vs_model": round(t_model / t_e2e, 3) if t_e2e else None,
-                "flops_per_step": int(flops),
-                "tflop_per_step": _sig(flops / 1e12),
-                "achieved_tflops": _sig(achieved),
-                "mfu": round(achieved / peak, 4) if peak else None,
-                "peak_mem_gib": round(_peak_gib(device), 3) if device.type == "cuda" else None,
-                "loss": round(loss, 4) if math.isfinite(loss) else None,
-                "device": device_name,
-            })
+            rows.append(
+                {
+                    "variant": variant,
+                    "stage": stage.name,
+                    "arch": arch,
+                    "patch": patch,
+                    "global": stage.global_size,
+                    "local": stage.local_size,
+                    "n_local": stage.n_local,
+                    "batch": batch_size,
+                    "compile": compiled,
+                    "pipeline": pipe,
+                    "model_step_ms": round(1e3 * t_model, 3),
+                    "model_img_s": round(batch_size / t_model, 1),
+                    "e2e_step_ms": round(1e3 * t_e2e, 3) if t_e2e else None,
+                    "e2e_img_s": round(batch_size / t_e2e, 1) if t_e2e else None,
+                    "e2e_vs_model": round(t_model / t_e2e, 3) if t_e2e else None,
+                    "flops_per_step": int(flops),
+                    "tflop_per_step": _sig(flops / 1e12),
+                    "achieved_tflops": _sig(achieved),
+                    "mfu": round(achieved / peak, 4) if peak else None,
+                    "peak_mem_gib": round(_peak_gib(device), 3) if device.type == "cuda" else None,
+                    "loss": round(loss, 4) if math.isfinite(loss) else None,
+                    "device": device_name,
+                }
+            )
             del step, batch
             if on_row is not None:
                 on_row(rows)
@@ -352,8 +410,10 @@ def summarise(rows: list[dict]) -> list[str]:
     for stage in ("stage1", "stage2"):
         f, r = by.get(("fast", stage)), by.get(("reference", stage))
         if f and r and f.get("e2e_img_s") and r.get("e2e_img_s"):
-            lines.append(f"{stage}: end-to-end {f['e2e_img_s']:.0f} img/s fast vs {r['e2e_img_s']:.0f} reference "
-                         f"({f['e2e_img_s'] / r['e2e_img_s']:.2f}x)")
+            lines.append(
+                f"{stage}: end-to-end {f['e2e_img_s']:.0f} img/s fast vs {r['e2e_img_s']:.0f} reference "
+                f"({f['e2e_img_s'] / r['e2e_img_s']:.2f}x)"
+            )
     for variant in ("fast", "reference"):
         s1, s2 = by.get((variant, "stage1")), by.get((variant, "stage2"))
         if s1 and s2:
@@ -364,18 +424,34 @@ def summarise(rows: list[dict]) -> list[str]:
     return lines
 
 
-TABLE_COLUMNS = ("variant", "stage", "global", "local", "batch", "compile", "pipeline", "model_img_s", "e2e_img_s",
-                 "e2e_vs_model", "tflop_per_step", "achieved_tflops", "mfu", "peak_mem_gib")
+TABLE_COLUMNS = (
+    "variant",
+    "stage",
+    "global",
+    "local",
+    "batch",
+    "compile",
+    "pipeline",
+    "model_img_s",
+    "e2e_img_s",
+    "e2e_vs_model",
+    "tflop_per_step",
+    "achieved_tflops",
+    "mfu",
+    "peak_mem_gib",
+)
 
 
 def format_table(rows: list[dict], columns=TABLE_COLUMNS) -> str:
     """A fixed-width text table of the rows (blank for missing values)."""
+
     def cell(v):
         if v is None:
             return ""
         if isinstance(v, float):
             return f"{v:.4g}" if abs(v) < 10 else f"{v:.1f}"
         return str(v)
+
     table = [list(columns)] + [[cell(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(columns))]
     return "\n".join("  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in table)

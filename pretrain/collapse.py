@@ -37,9 +37,9 @@ def rankme(embeddings: torch.Tensor, eps: float = 1e-7) -> float:
 
 @dataclass
 class CollapseWatch:
-    entropy_limit: float = 0.95        # warn above this fraction of ln K
-    rank_fraction: float = 0.05        # warn below this fraction of min(batch, embedding width)
-    patience: int = 3                  # logging steps in a row
+    entropy_limit: float = 0.95  # warn above this fraction of ln K
+    rank_fraction: float = 0.05  # warn below this fraction of min(batch, embedding width)
+    patience: int = 3  # logging steps in a row
     streaks: dict[str, int] = field(default_factory=lambda: {"entropy": 0, "rank": 0})
     warnings: list[str] = field(default_factory=list)
     _warned: set[str] = field(default_factory=set)
@@ -54,13 +54,17 @@ class CollapseWatch:
             if self.streaks[kind] >= self.patience and kind not in self._warned:
                 self._warned.add(kind)
                 if kind == "entropy":
-                    message = (f"teacher collapse at step {step}: its output entropy is {entropy:.3f} ln K "
-                               f"(> {self.entropy_limit} ln K) for {self.patience} logging steps: the teacher "
-                               f"is near uniform and the DINO loss teaches nothing")
+                    message = (
+                        f"teacher collapse at step {step}: its output entropy is {entropy:.3f} ln K "
+                        f"(> {self.entropy_limit} ln K) for {self.patience} logging steps: the teacher "
+                        f"is near uniform and the DINO loss teaches nothing"
+                    )
                 else:
-                    message = (f"teacher collapse at step {step}: the effective rank (RankMe) of its class "
-                               f"embeddings is {rank:.2f} (< {rank_limit:.1f}, {self.rank_fraction:.0%} of "
-                               f"min(batch {n_rows}, width {width})) for {self.patience} logging steps")
+                    message = (
+                        f"teacher collapse at step {step}: the effective rank (RankMe) of its class "
+                        f"embeddings is {rank:.2f} (< {rank_limit:.1f}, {self.rank_fraction:.0%} of "
+                        f"min(batch {n_rows}, width {width})) for {self.patience} logging steps"
+                    )
                 self.warnings.append(message)
                 new.append(message)
         return new

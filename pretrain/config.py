@@ -37,8 +37,15 @@ from fdbench.config import from_dict, load_yaml, to_dict
 from fdbench.errors import FdbenchError
 
 
-def opt(default: Any, help: str = "", *, option: str | bool = False, flag: str | None = None,
-        choices: tuple[str, ...] | None = None, resume_safe: bool = False) -> Any:
+def opt(
+    default: Any,
+    help: str = "",
+    *,
+    option: str | bool = False,
+    flag: str | None = None,
+    choices: tuple[str, ...] | None = None,
+    resume_safe: bool = False,
+) -> Any:
     """A recipe field with its command-line and resume metadata (the one place an option is defined).
 
     ``option``: also a named flag of ``fdbench pretrain`` (True: named after the field; a string:
@@ -55,11 +62,12 @@ def opt(default: Any, help: str = "", *, option: str | bool = False, flag: str |
 class ModelConfig:
     """The student/teacher backbone (see ``fdbench.models.build_backbone``)."""
 
-    arch: str = opt("vit_small", "Backbone: vit_pico, vit_nano, vit_tiny, vit_small, vit_base, vit_large.",
-                    option=True)
+    arch: str = opt("vit_small", "Backbone: vit_pico, vit_nano, vit_tiny, vit_small, vit_base, vit_large.", option=True)
     patch_size: int = opt(16, "Patch size: 8, 14 or 16.", option=True)
     drop_path_rate: float = opt(0.1, "Student drop-path rate (the teacher never drops paths).", option=True)
-    drop_path_uniform: bool = opt(True, "DINOv2: the same drop-path rate in every block (false: timm's 0 -> rate ramp).")
+    drop_path_uniform: bool = opt(
+        True, "DINOv2: the same drop-path rate in every block (false: timm's 0 -> rate ramp)."
+    )
     layerscale: float | None = opt(1e-5, "LayerScale init (None: off).")
     reg_tokens: int = opt(0, "Register tokens.")
 
@@ -109,14 +117,21 @@ class OptimConfig:
     patch_embed_lr_mult: float = opt(0.2, "Learning-rate multiplier of the patch embedding.")
     freeze_last_layer_epochs: float = opt(1, "Epochs the heads' last layer stays frozen.")
     clip_grad: float = opt(3.0, "Gradient-norm clipping per part.")
-    weight_decay_rule: str = opt("dinov2", "Weight-decay exemptions: dinov2 (biases, norms, LayerScale) or no-decay-tokens (also cls/pos/mask/register tokens).",
-                                 choices=("dinov2", "no-decay-tokens"))
+    weight_decay_rule: str = opt(
+        "dinov2",
+        "Weight-decay exemptions: dinov2 (biases, norms, LayerScale) or no-decay-tokens (also cls/pos/mask/register tokens).",
+        choices=("dinov2", "no-decay-tokens"),
+    )
     beta1: float = opt(0.9, "AdamW beta1.")
     beta2: float = opt(0.999, "AdamW beta2.")
     # False: one set of schedules over the whole run (default, see the README);
     # True: the paper's code: at every stage switch reset AdamW and restart all schedules
-    stage_restart: bool = opt(False, "At a stage switch reset AdamW and restart the schedules (the paper's code) "
-                                     "[default: no, one continuous schedule].", option=True)
+    stage_restart: bool = opt(
+        False,
+        "At a stage switch reset AdamW and restart the schedules (the paper's code) "
+        "[default: no, one continuous schedule].",
+        option=True,
+    )
 
 
 @dataclass
@@ -135,28 +150,38 @@ class CropConfig:
 class CurriculumConfig:
     """``name`` is ``none``, ``two-stage`` or a path to a curriculum YAML file."""
 
-    name: str = opt("two-stage", "none (standard DINOv2), two-stage (FastDINOv2) or a curriculum FILE.yaml "
-                                 "[two-stage].", option="curriculum")
+    name: str = opt(
+        "two-stage",
+        "none (standard DINOv2), two-stage (FastDINOv2) or a curriculum FILE.yaml [two-stage].",
+        option="curriculum",
+    )
     stage1_fraction: float = opt(0.75, "Share of epochs in stage 1 [0.75].", option=True)
     stage1_scale: float = opt(0.5, "Stage-1 crop sizes as a share of full size [0.5].", option=True)
     stage1_global_size: int | None = opt(None, "Explicit stage-1 global crop size (px).", option=True)
     stage1_local_size: int | None = opt(None, "Explicit stage-1 local crop size (px).", option=True)
-    noise_patching: bool | None = opt(None, "Gaussian noise patching [default: on in two-stage's last stage, "
-                                            "off for none].", option=True)
+    noise_patching: bool | None = opt(
+        None, "Gaussian noise patching [default: on in two-stage's last stage, off for none].", option=True
+    )
     noise_max_sigma: float = opt(0.5, "Noise patching's largest sigma [0.5].", option=True)
 
 
 @dataclass
 class DataConfig:
-    root: str | None = opt(None, "Dataset root (ImageFolder with train/ and val/, or cifar10:DIR ...) "
-                                 "[default: embedded dataset].", option="data")
+    root: str | None = opt(
+        None,
+        "Dataset root (ImageFolder with train/ and val/, or cifar10:DIR ...) [default: embedded dataset].",
+        option="data",
+    )
     class_list: str | None = opt(None, "File of class folder names to keep (e.g. ImageNet-100).", option=True)
-    workers: int | None = opt(None, "DataLoader worker processes [min(8, cores - 1)].", option=True,
-                              resume_safe=True)
-    pipeline: str = opt("auto", "Where the crops are made: cpu = DataLoader workers decode and augment; gpu = "
-                                "workers only decode, the whole batch is augmented on the training device (runs "
-                                "on --device cpu too); auto = gpu on CUDA, cpu otherwise [auto].",
-                        option="data_pipeline", choices=("auto", "cpu", "gpu"))
+    workers: int | None = opt(None, "DataLoader worker processes [min(8, cores - 1)].", option=True, resume_safe=True)
+    pipeline: str = opt(
+        "auto",
+        "Where the crops are made: cpu = DataLoader workers decode and augment; gpu = "
+        "workers only decode, the whole batch is augmented on the training device (runs "
+        "on --device cpu too); auto = gpu on CUDA, cpu otherwise [auto].",
+        option="data_pipeline",
+        choices=("auto", "cpu", "gpu"),
+    )
 
 
 @dataclass
@@ -166,28 +191,37 @@ class RunConfig:
     epochs: int = opt(200, "Training epochs (all stages together).", option=True)
     batch_size: int = opt(1024, "Global batch size (split over DDP processes).", option=True)
     seed: int = opt(0, "Random seed [0].", option=True)
-    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N [auto].", option=True,
-                      resume_safe=True)
+    device: str = opt("auto", "auto (CUDA when present), cpu, cuda or cuda:N [auto].", option=True, resume_safe=True)
     out: str | None = opt(None, "Run folder [default: runs/<curriculum>].", option=True, resume_safe=True)
     log_every: int = opt(10, "Iterations between metrics.csv rows.", option=True, resume_safe=True)
-    save_every_minutes: float = opt(10.0, "Checkpoint at least this often (and every epoch).", option=True,
-                                    resume_safe=True)
+    save_every_minutes: float = opt(
+        10.0, "Checkpoint at least this often (and every epoch).", option=True, resume_safe=True
+    )
     save_every_steps: int = opt(0, "Also checkpoint every N iterations (0: off).", option=True, resume_safe=True)
-    keep_every_epochs: int = opt(0, "Keep checkpoints/epoch_XXXX.pt every N epochs (0: only last.pt).",
-                                 option=True, resume_safe=True)
+    keep_every_epochs: int = opt(
+        0, "Keep checkpoints/epoch_XXXX.pt every N epochs (0: only last.pt).", option=True, resume_safe=True
+    )
     eval_every: int = opt(1, "Epochs between kNN evaluations (0: only at the end).", option=True, resume_safe=True)
     knn_k: int = opt(20, "Neighbours of the online kNN monitor.", resume_safe=True)
     knn_temperature: float = opt(0.07, "Temperature of the online kNN monitor.", resume_safe=True)
     knn_train_per_class: int = opt(100, "kNN memory bank: first N train images of each class.", resume_safe=True)
-    knn_val_per_class: int | None = opt(None, "kNN val images per class (None: the whole val split).",
-                                        resume_safe=True)
-    stop_after_steps: int = opt(0, "Testing aid: stop (as if killed) after N iterations of this process.",
-                                option=True, resume_safe=True)
-    threads: int | None = opt(None, "CPU intra-op threads [torch's default]; 1 is often faster on a busy shared "
-                                    "machine.", option=True, resume_safe=True)
+    knn_val_per_class: int | None = opt(None, "kNN val images per class (None: the whole val split).", resume_safe=True)
+    stop_after_steps: int = opt(
+        0, "Testing aid: stop (as if killed) after N iterations of this process.", option=True, resume_safe=True
+    )
+    threads: int | None = opt(
+        None,
+        "CPU intra-op threads [torch's default]; 1 is often faster on a busy shared machine.",
+        option=True,
+        resume_safe=True,
+    )
     # compiling changes the speed, not the maths
-    compile: bool | None = opt(None, "torch.compile the student and teacher backbones [on with CUDA, off on CPU].",
-                               option=True, resume_safe=True)
+    compile: bool | None = opt(
+        None,
+        "torch.compile the student and teacher backbones [on with CUDA, off on CPU].",
+        option=True,
+        resume_safe=True,
+    )
 
 
 @dataclass
@@ -263,13 +297,18 @@ def _vit_b_in1k() -> PretrainConfig:
     return PretrainConfig(
         preset="vit-b-in1k",
         model=ModelConfig(arch="vit_base", patch_size=16, drop_path_rate=0.1),
-        run=RunConfig(epochs=200, batch_size=1024, eval_every=10, keep_every_epochs=50, knn_train_per_class=20,
-                      knn_val_per_class=10),
+        run=RunConfig(
+            epochs=200,
+            batch_size=1024,
+            eval_every=10,
+            keep_every_epochs=50,
+            knn_train_per_class=20,
+            knn_val_per_class=10,
+        ),
     )
 
 
-PRESETS = {"cpu-tiny": _cpu_tiny, "gpu-small": _gpu_small, "vit-s-in100": _vit_s_in100,
-           "vit-b-in1k": _vit_b_in1k}
+PRESETS = {"cpu-tiny": _cpu_tiny, "gpu-small": _gpu_small, "vit-s-in100": _vit_s_in100, "vit-b-in1k": _vit_b_in1k}
 
 
 def preset(name: str) -> PretrainConfig:
@@ -292,30 +331,48 @@ def validate(cfg: PretrainConfig) -> None:
 
     checks = [
         (cfg.model.arch in ARCHS, f"unknown --arch {cfg.model.arch!r}: choose one of {', '.join(ARCHS)}"),
-        (cfg.model.patch_size in PATCH_SIZES,
-         f"unsupported --patch-size {cfg.model.patch_size}: choose one of {', '.join(map(str, PATCH_SIZES))}"),
+        (
+            cfg.model.patch_size in PATCH_SIZES,
+            f"unsupported --patch-size {cfg.model.patch_size}: choose one of {', '.join(map(str, PATCH_SIZES))}",
+        ),
         (cfg.run.epochs >= 1, f"--epochs must be at least 1 (got {cfg.run.epochs})"),
         (cfg.run.batch_size >= 2, f"--batch-size must be at least 2 (got {cfg.run.batch_size})"),
         (cfg.run.eval_every >= 0, f"--eval-every must be 0 (only at the end) or more (got {cfg.run.eval_every})"),
-        (cfg.loss.centering in ("centering", "sinkhorn_knopp"),
-         f"unknown centering {cfg.loss.centering!r}: use centering or sinkhorn_knopp"),
-        (0.0 < cfg.curriculum.stage1_fraction < 1.0,
-         f"--stage1-fraction must be in (0, 1) (got {cfg.curriculum.stage1_fraction})"),
-        (0.0 < cfg.curriculum.stage1_scale <= 1.0,
-         f"--stage1-scale must be in (0, 1] (got {cfg.curriculum.stage1_scale})"),
-        (cfg.curriculum.noise_max_sigma >= 0.0,
-         f"--noise-max-sigma must be >= 0 (got {cfg.curriculum.noise_max_sigma})"),
+        (
+            cfg.loss.centering in ("centering", "sinkhorn_knopp"),
+            f"unknown centering {cfg.loss.centering!r}: use centering or sinkhorn_knopp",
+        ),
+        (
+            0.0 < cfg.curriculum.stage1_fraction < 1.0,
+            f"--stage1-fraction must be in (0, 1) (got {cfg.curriculum.stage1_fraction})",
+        ),
+        (
+            0.0 < cfg.curriculum.stage1_scale <= 1.0,
+            f"--stage1-scale must be in (0, 1] (got {cfg.curriculum.stage1_scale})",
+        ),
+        (
+            cfg.curriculum.noise_max_sigma >= 0.0,
+            f"--noise-max-sigma must be >= 0 (got {cfg.curriculum.noise_max_sigma})",
+        ),
         (cfg.crops.n_local >= 0, f"the number of local crops must be >= 0 (got {cfg.crops.n_local})"),
-        (cfg.crops.global_size >= cfg.model.patch_size,
-         f"global crop size {cfg.crops.global_size} is smaller than the patch size {cfg.model.patch_size}"),
+        (
+            cfg.crops.global_size >= cfg.model.patch_size,
+            f"global crop size {cfg.crops.global_size} is smaller than the patch size {cfg.model.patch_size}",
+        ),
         (cfg.data.workers is None or cfg.data.workers >= 0, f"--workers must be >= 0 (got {cfg.data.workers})"),
         (cfg.run.threads is None or cfg.run.threads >= 1, f"--threads must be >= 1 (got {cfg.run.threads})"),
-        (cfg.data.pipeline in ("auto", "cpu", "gpu"),
-         f"unknown --data-pipeline {cfg.data.pipeline!r}: use auto, cpu or gpu"),
-        (0.0 <= cfg.loss.mask_ratio_min <= cfg.loss.mask_ratio_max <= 1.0,
-         "mask ratios must satisfy 0 <= min <= max <= 1"),
-        (cfg.optim.weight_decay_rule in ("dinov2", "no-decay-tokens"),
-         f"unknown weight_decay_rule {cfg.optim.weight_decay_rule!r}: use dinov2 or no-decay-tokens"),
+        (
+            cfg.data.pipeline in ("auto", "cpu", "gpu"),
+            f"unknown --data-pipeline {cfg.data.pipeline!r}: use auto, cpu or gpu",
+        ),
+        (
+            0.0 <= cfg.loss.mask_ratio_min <= cfg.loss.mask_ratio_max <= 1.0,
+            "mask ratios must satisfy 0 <= min <= max <= 1",
+        ),
+        (
+            cfg.optim.weight_decay_rule in ("dinov2", "no-decay-tokens"),
+            f"unknown weight_decay_rule {cfg.optim.weight_decay_rule!r}: use dinov2 or no-decay-tokens",
+        ),
     ]
     for ok, message in checks:
         if not ok:
@@ -324,17 +381,28 @@ def validate(cfg: PretrainConfig) -> None:
     more = [
         (cfg.run.log_every >= 1, f"--log-every must be at least 1 (got {cfg.run.log_every})"),
         (0.0 <= cfg.model.drop_path_rate < 1.0, f"--drop-path-rate must be in [0, 1) (got {cfg.model.drop_path_rate})"),
-        (math.isfinite(cfg.optim.warmup_epochs) and cfg.optim.warmup_epochs >= 0,
-         f"--warmup-epochs must be a finite number >= 0 (got {cfg.optim.warmup_epochs})"),
-        (math.isfinite(cfg.optim.base_lr) and cfg.optim.base_lr > 0,
-         f"--lr must be a finite positive number (got {cfg.optim.base_lr})"),
+        (
+            math.isfinite(cfg.optim.warmup_epochs) and cfg.optim.warmup_epochs >= 0,
+            f"--warmup-epochs must be a finite number >= 0 (got {cfg.optim.warmup_epochs})",
+        ),
+        (
+            math.isfinite(cfg.optim.base_lr) and cfg.optim.base_lr > 0,
+            f"--lr must be a finite positive number (got {cfg.optim.base_lr})",
+        ),
         (cfg.run.save_every_steps >= 0, f"--save-every-steps must be 0 (off) or more (got {cfg.run.save_every_steps})"),
-        (cfg.run.keep_every_epochs >= 0, f"--keep-every-epochs must be 0 (off) or more (got {cfg.run.keep_every_epochs})"),
+        (
+            cfg.run.keep_every_epochs >= 0,
+            f"--keep-every-epochs must be 0 (off) or more (got {cfg.run.keep_every_epochs})",
+        ),
         (cfg.run.stop_after_steps >= 0, f"--stop-after-steps must be 0 (off) or more (got {cfg.run.stop_after_steps})"),
-        (math.isfinite(cfg.run.save_every_minutes) and cfg.run.save_every_minutes > 0,
-         f"--save-every-minutes must be a finite positive number (got {cfg.run.save_every_minutes})"),
-        (cfg.crops.n_local == 0 or 0 < cfg.crops.local_size <= cfg.crops.global_size,
-         f"local crop size {cfg.crops.local_size} must be between 1 and the global crop size {cfg.crops.global_size}"),
+        (
+            math.isfinite(cfg.run.save_every_minutes) and cfg.run.save_every_minutes > 0,
+            f"--save-every-minutes must be a finite positive number (got {cfg.run.save_every_minutes})",
+        ),
+        (
+            cfg.crops.n_local == 0 or 0 < cfg.crops.local_size <= cfg.crops.global_size,
+            f"local crop size {cfg.crops.local_size} must be between 1 and the global crop size {cfg.crops.global_size}",
+        ),
         (cfg.head.prototypes >= 1, f"--prototypes must be at least 1 (got {cfg.head.prototypes})"),
     ]
     for ok, message in more:
@@ -342,11 +410,16 @@ def validate(cfg: PretrainConfig) -> None:
             raise FdbenchError(message)
     # legitimate but probably not meant: say so instead of passing silently
     if cfg.curriculum.name == "none" and cfg.curriculum.stage1_fraction != CurriculumConfig.stage1_fraction:
-        print(f"warning: --stage1-fraction {cfg.curriculum.stage1_fraction} has no effect with --curriculum none",
-              file=sys.stderr)
+        print(
+            f"warning: --stage1-fraction {cfg.curriculum.stage1_fraction} has no effect with --curriculum none",
+            file=sys.stderr,
+        )
     if cfg.curriculum.name == "two-stage" and cfg.run.epochs < 2:
-        print(f"warning: with --epochs {cfg.run.epochs} the two-stage curriculum never reaches its full-resolution "
-              f"stage; use more epochs", file=sys.stderr)
+        print(
+            f"warning: with --epochs {cfg.run.epochs} the two-stage curriculum never reaches its full-resolution "
+            f"stage; use more epochs",
+            file=sys.stderr,
+        )
 
 
 def _validate_types(cfg: PretrainConfig) -> None:
@@ -359,15 +432,19 @@ def _validate_types(cfg: PretrainConfig) -> None:
             value, kinds = getattr(section, f.name), str(f.type).replace(" ", "").split("|")
             if value is None and "None" in kinds:
                 continue
-            ok = ((value is not None and not isinstance(value, bool) and isinstance(value, int) and "int" in kinds)
-                  or (isinstance(value, (int, float)) and not isinstance(value, bool) and "float" in kinds)
-                  or (isinstance(value, bool) and "bool" in kinds) or (isinstance(value, str) and "str" in kinds)
-                  or not {"int", "float", "bool", "str"} & set(kinds))
+            ok = (
+                (value is not None and not isinstance(value, bool) and isinstance(value, int) and "int" in kinds)
+                or (isinstance(value, (int, float)) and not isinstance(value, bool) and "float" in kinds)
+                or (isinstance(value, bool) and "bool" in kinds)
+                or (isinstance(value, str) and "str" in kinds)
+                or not {"int", "float", "bool", "str"} & set(kinds)
+            )
             if not ok:
                 raise FdbenchError(f"{part.name}.{f.name} must be {' or '.join(kinds)}, got {value!r}")
 
 
 # ---- the fields as options: named flags, --set, YAML and resume rules all read the metadata above
+
 
 @dataclass(frozen=True)
 class Option:
@@ -376,13 +453,13 @@ class Option:
     key: str
     section: str
     name: str
-    hint: Any                          # the field's annotation, resolved
+    hint: Any  # the field's annotation, resolved
     default: Any
     help: str
     choices: tuple[str, ...] | None
     resume_safe: bool
-    option: str | None                 # the named flag's parameter name (None: only --set / YAML)
-    flag: str | None                   # its spelling on the command line (``--lr``)
+    option: str | None  # the named flag's parameter name (None: only --set / YAML)
+    flag: str | None  # its spelling on the command line (``--lr``)
 
 
 def _options() -> dict[str, Option]:
@@ -397,8 +474,17 @@ def _options() -> dict[str, Option]:
             name = (f.name if meta.get("option") is True else meta.get("option")) or None
             flag = meta.get("flag") or ("--" + name.replace("_", "-") if name else None)
             found[f"{part.name}.{f.name}"] = Option(
-                f"{part.name}.{f.name}", part.name, f.name, hints[f.name], f.default, meta.get("help", ""),
-                meta.get("choices"), bool(meta.get("resume_safe")), name, flag)
+                f"{part.name}.{f.name}",
+                part.name,
+                f.name,
+                hints[f.name],
+                f.default,
+                meta.get("help", ""),
+                meta.get("choices"),
+                bool(meta.get("resume_safe")),
+                name,
+                flag,
+            )
     return found
 
 
@@ -415,6 +501,7 @@ def _type_name(hint: Any) -> str:
 
 def coerce(key: str, value: Any, hint: Any) -> Any:
     """``value`` (from YAML or ``--set``, already YAML-parsed) as the type of field ``key``, or an error."""
+
     def bad() -> FdbenchError:
         expected = {int: "a whole number (int)", float: "a number (float)"}.get(hint, _type_name(hint))
         if isinstance(value, (list, dict)) and typing.get_origin(hint) is not tuple:
@@ -422,7 +509,7 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         return FdbenchError(f"bad value for {key}: expected {expected}, got {value!r}")
 
     args = typing.get_args(hint)
-    if type(None) in args:                                     # Optional[X]
+    if type(None) in args:  # Optional[X]
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
             return None
         (inner,) = [a for a in args if a is not type(None)]
@@ -441,7 +528,7 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
         raise bad()
     if hint is int:
         if isinstance(value, float) and value.is_integer():
-            value = int(value)             # YAML 16.0: a whole number written as a float
+            value = int(value)  # YAML 16.0: a whole number written as a float
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise bad()
         try:
@@ -466,8 +553,10 @@ def set_option(cfg: PretrainConfig, key: str, value: Any) -> None:
     """Set ``section.field`` on ``cfg`` in place, typed by the field's annotation."""
     option = OPTIONS.get(key)
     if option is None:
-        raise FdbenchError(f"unknown config key {key!r}; keys look like loss.koleo_weight "
-                           f"(sections: {', '.join(sorted({o.section for o in OPTIONS.values()}))})")
+        raise FdbenchError(
+            f"unknown config key {key!r}; keys look like loss.koleo_weight "
+            f"(sections: {', '.join(sorted({o.section for o in OPTIONS.values()}))})"
+        )
     value = coerce(key, value, option.hint)
     if option.choices and value not in option.choices:
         raise FdbenchError(f"bad value for {key}: {value!r}; choose one of {', '.join(option.choices)}")
@@ -485,7 +574,7 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     except yaml.YAMLError:
         value = raw
     if key in OPTIONS and OPTIONS[key].hint in (str, str | None) and value is not None:
-        value = raw.strip()            # strings stay as typed ("runs/001" is not the number 1)
+        value = raw.strip()  # strings stay as typed ("runs/001" is not the number 1)
     return key, value
 
 
@@ -516,12 +605,17 @@ def flatten_file(data: dict[str, Any], source: str) -> tuple[str | None, dict[st
         elif key in ("lr",):
             values["optim.base_lr"] = value
         else:
-            raise FdbenchError(f"unknown key {raw_key!r} in {source}; use a section (model, loss, ...), "
-                               f"a dotted key (loss.koleo_weight) or a flag name ({', '.join(sorted(NAMED_OPTIONS))})")
-    for dotted, value in values.items():   # typed now, named as written, even where a flag overrides it
+            raise FdbenchError(
+                f"unknown key {raw_key!r} in {source}; use a section (model, loss, ...), "
+                f"a dotted key (loss.koleo_weight) or a flag name ({', '.join(sorted(NAMED_OPTIONS))})"
+            )
+    for dotted, value in values.items():  # typed now, named as written, even where a flag overrides it
         written = next((k for k in data if str(k).replace("-", "_") in (dotted, dotted.split(".")[1])), dotted)
-        coerce(f"{written} ({dotted}) in {source}" if written != dotted else f"{dotted} in {source}",
-               value, OPTIONS[dotted].hint)
+        coerce(
+            f"{written} ({dotted}) in {source}" if written != dotted else f"{dotted} in {source}",
+            value,
+            OPTIONS[dotted].hint,
+        )
     return preset_name, values
 
 
@@ -529,8 +623,9 @@ def load_config_file(path: str | Path) -> tuple[str | None, dict[str, Any]]:
     return flatten_file(load_yaml(path), str(path))
 
 
-def build_config(preset_name: str | None = None, *, sets: dict[str, Any] | None = None,
-                 **options: Any) -> PretrainConfig:
+def build_config(
+    preset_name: str | None = None, *, sets: dict[str, Any] | None = None, **options: Any
+) -> PretrainConfig:
     """A preset (default: ``cpu-tiny`` on CPU, ``gpu-small`` on CUDA) with overrides applied.
 
     ``options`` use the named flags' names (``epochs=10, curriculum="none", data="/imagenet100"``);
@@ -539,8 +634,10 @@ def build_config(preset_name: str | None = None, *, sets: dict[str, Any] | None 
     """
     unknown = set(options) - set(NAMED_OPTIONS)
     if unknown:
-        raise FdbenchError(f"unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(NAMED_OPTIONS))} "
-                           f"(every other field: sets={{'section.field': value}})")
+        raise FdbenchError(
+            f"unknown option(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(NAMED_OPTIONS))} "
+            f"(every other field: sets={{'section.field': value}})"
+        )
     sets = dict(sets or {})
     device = options.get("device") or sets.get("run.device") or "auto"
     cfg = preset(preset_name or default_preset_name(device))

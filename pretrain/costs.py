@@ -65,8 +65,8 @@ class StageCost:
     global_size: int
     local_size: int
     n_local: int
-    iterations: int = 0                 # iterations done so far in this stage
-    images: int = 0                     # global images processed (all ranks)
+    iterations: int = 0  # iterations done so far in this stage
+    images: int = 0  # global images processed (all ranks)
     wall_clock_s: float = 0.0
     peak_memory_bytes: int = 0
     flops_per_image: int | None = None
@@ -108,8 +108,9 @@ class StepTimer:
         return out
 
 
-def flops_summary(stages: list[StageCost], stage_iterations: list[int], global_batch: int,
-                  none_flops_per_image: int | None) -> dict:
+def flops_summary(
+    stages: list[StageCost], stage_iterations: list[int], global_batch: int, none_flops_per_image: int | None
+) -> dict:
     """Total training FLOPs of the run's schedule, and the ratio against the same schedule as ``none``.
 
     total = sum_stages iterations_s * global_batch * flops_per_image_s

@@ -67,7 +67,11 @@ class Stage:
         where = f"curriculum stage {self.name!r}"
         try:
             self.fraction = float(self.fraction)
-            self.global_size, self.local_size, self.n_local = int(self.global_size), int(self.local_size), int(self.n_local)
+            self.global_size, self.local_size, self.n_local = (
+                int(self.global_size),
+                int(self.local_size),
+                int(self.n_local),
+            )
             self.global_scale = tuple(float(v) for v in self.global_scale)
             self.local_scale = tuple(float(v) for v in self.local_scale)
             self.noise_max_sigma = float(self.noise_max_sigma)
@@ -78,8 +82,9 @@ class Stage:
         if not 0.0 < self.fraction <= 1.0:
             raise FdbenchError(f"{where}: fraction must be in (0, 1], got {self.fraction}")
         if self.global_size < 1 or self.local_size < 1:
-            raise FdbenchError(f"{where}: crop sizes must be positive, got global {self.global_size}, "
-                               f"local {self.local_size}")
+            raise FdbenchError(
+                f"{where}: crop sizes must be positive, got global {self.global_size}, local {self.local_size}"
+            )
         if self.n_local < 0:
             raise FdbenchError(f"{where}: n_local must be >= 0, got {self.n_local}")
         for label, scale in (("global_scale", self.global_scale), ("local_scale", self.local_scale)):
@@ -131,9 +136,9 @@ class Curriculum:
             bounds.append(min(max(_round_half_up(cumulative * total_epochs), bounds[-1]), total_epochs))
         bounds.append(total_epochs)
         if total_epochs >= n:
-            for i in range(1, n):                     # push forward: every stage at least one epoch
+            for i in range(1, n):  # push forward: every stage at least one epoch
                 bounds[i] = max(bounds[i], bounds[i - 1] + 1)
-            for i in range(n - 1, 0, -1):             # pull back from the end
+            for i in range(n - 1, 0, -1):  # pull back from the end
                 bounds[i] = min(bounds[i], bounds[i + 1] - 1)
         return [(bounds[i], bounds[i + 1]) for i in range(n)]
 
@@ -159,8 +164,9 @@ class Curriculum:
         for stage, (start, end) in zip(self.stages, self.stage_epochs(total_epochs)):
             span = f"epochs {start}-{end - 1} ({end - start})" if end > start else "no epochs"
             noise = f"noise patching sigma<={stage.noise_max_sigma:g}" if stage.noise_patching else "noise off"
-            lines.append(f"{stage.name}: {span}, {stage.global_size}/{stage.local_size} px, "
-                         f"{stage.n_local} local crops, {noise}")
+            lines.append(
+                f"{stage.name}: {span}, {stage.global_size}/{stage.local_size} px, {stage.n_local} local crops, {noise}"
+            )
         return lines
 
     def to_dict(self) -> dict[str, Any]:
@@ -178,12 +184,21 @@ class Curriculum:
         return cls(name=str(data.get("name", "custom")), stages=[Stage.from_dict(s) for s in named])
 
 
-def build_curriculum(name: str = "two-stage", *, global_size: int = 224, local_size: int = 96,
-                     stage1_fraction: float = 0.75, stage1_scale: float = 0.5,
-                     stage1_global_size: int | None = None, stage1_local_size: int | None = None,
-                     noise_patching: bool | None = None, noise_max_sigma: float = 0.5, n_local: int = 8,
-                     global_scale: tuple[float, float] = (0.32, 1.0),
-                     local_scale: tuple[float, float] = (0.05, 0.32)) -> Curriculum:
+def build_curriculum(
+    name: str = "two-stage",
+    *,
+    global_size: int = 224,
+    local_size: int = 96,
+    stage1_fraction: float = 0.75,
+    stage1_scale: float = 0.5,
+    stage1_global_size: int | None = None,
+    stage1_local_size: int | None = None,
+    noise_patching: bool | None = None,
+    noise_max_sigma: float = 0.5,
+    n_local: int = 8,
+    global_scale: tuple[float, float] = (0.32, 1.0),
+    local_scale: tuple[float, float] = (0.05, 0.32),
+) -> Curriculum:
     """``none`` or ``two-stage`` (see the module docstring).
 
     Stage-1 sizes default to ``round_half_up(full * stage1_scale)``; explicit sizes override.
@@ -191,11 +206,11 @@ def build_curriculum(name: str = "two-stage", *, global_size: int = 224, local_s
     """
     if name not in CURRICULA:
         raise FdbenchError(f"unknown curriculum {name!r}: choose one of {', '.join(CURRICULA)} or a YAML file")
-    common = dict(n_local=n_local, global_scale=global_scale, local_scale=local_scale,
-                  noise_max_sigma=noise_max_sigma)
+    common = dict(n_local=n_local, global_scale=global_scale, local_scale=local_scale, noise_max_sigma=noise_max_sigma)
     if name == "none":
-        return Curriculum("none", [Stage("full-res", 1.0, global_size, local_size,
-                                         noise_patching=bool(noise_patching), **common)])
+        return Curriculum(
+            "none", [Stage("full-res", 1.0, global_size, local_size, noise_patching=bool(noise_patching), **common)]
+        )
     if not 0.0 < stage1_fraction < 1.0:
         raise FdbenchError(f"stage-1 fraction must be in (0, 1), got {stage1_fraction}")
     if not 0.0 < stage1_scale <= 1.0:
@@ -203,10 +218,13 @@ def build_curriculum(name: str = "two-stage", *, global_size: int = 224, local_s
     g1 = stage1_global_size if stage1_global_size is not None else max(1, _round_half_up(global_size * stage1_scale))
     l1 = stage1_local_size if stage1_local_size is not None else max(1, _round_half_up(local_size * stage1_scale))
     patch_last = True if noise_patching is None else bool(noise_patching)
-    return Curriculum("two-stage", [
-        Stage("low-res", stage1_fraction, g1, l1, noise_patching=False, **common),
-        Stage("full-res", 1.0 - stage1_fraction, global_size, local_size, noise_patching=patch_last, **common),
-    ])
+    return Curriculum(
+        "two-stage",
+        [
+            Stage("low-res", stage1_fraction, g1, l1, noise_patching=False, **common),
+            Stage("full-res", 1.0 - stage1_fraction, global_size, local_size, noise_patching=patch_last, **common),
+        ],
+    )
 
 
 def load_curriculum_yaml(path: str | Path) -> Curriculum:

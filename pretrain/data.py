@@ -51,8 +51,17 @@ class ResumableBatchSampler(Sampler):
     The mask seed of the batch travels as the first key's third element.
     """
 
-    def __init__(self, n_images: int, global_batch: int, *, seed: int, epoch: int, start_step: int = 0,
-                 rank: int = 0, world_size: int = 1):
+    def __init__(
+        self,
+        n_images: int,
+        global_batch: int,
+        *,
+        seed: int,
+        epoch: int,
+        start_step: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ):
         if global_batch % world_size:
             raise ValueError(f"global batch {global_batch} is not divisible by {world_size} ranks")
         self.n_images, self.global_batch = n_images, global_batch
@@ -66,8 +75,8 @@ class ResumableBatchSampler(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
         order = epoch_order(self.n_images, self.seed, self.epoch)
         for step in range(self.start_step, self.steps):
-            chunk = order[step * self.global_batch:(step + 1) * self.global_batch]
-            mine = chunk[self.rank::self.world_size].tolist()
+            chunk = order[step * self.global_batch : (step + 1) * self.global_batch]
+            mine = chunk[self.rank :: self.world_size].tolist()
             mask_seed = derive_seed(self.seed, self.epoch, step, self.rank, 0x3A5C)
             yield [(i, derive_seed(self.seed, self.epoch, i), mask_seed) for i in mine]
 
@@ -120,9 +129,13 @@ class MultiCropCollate:
         from pretrain.augment import collate_multicrop
 
         generator = torch.Generator().manual_seed(samples[0][2])
-        return collate_multicrop([(crops, label) for crops, label, _ in samples], patch_size=self.patch_size,
-                                 mask_probability=self.mask_probability,
-                                 mask_ratio_range=self.mask_ratio_range, generator=generator)
+        return collate_multicrop(
+            [(crops, label) for crops, label, _ in samples],
+            patch_size=self.patch_size,
+            mask_probability=self.mask_probability,
+            mask_ratio_range=self.mask_ratio_range,
+            generator=generator,
+        )
 
 
 class DecodedDataset(Dataset):
@@ -131,7 +144,7 @@ class DecodedDataset(Dataset):
     sample seed is not needed; the crops are drawn later, on the device, for the whole batch."""
 
     def __init__(self, decoded: Dataset):
-        self.decoded = decoded          # a pretrain.decode.DecodeDataset
+        self.decoded = decoded  # a pretrain.decode.DecodeDataset
 
     def __len__(self) -> int:
         return len(self.decoded)
@@ -161,8 +174,9 @@ class DecodeBatchCollate:
         batch = DecodeCollate(mask_grid=None)([(image, label) for image, label, _ in samples])
         mask_seed = samples[0][2]
         generator = torch.Generator().manual_seed(mask_seed)
-        batch["masks"] = make_masks(2 * len(samples), (self.mask_grid, self.mask_grid), self.mask_probability,
-                                    self.mask_ratio_range, generator)
+        batch["masks"] = make_masks(
+            2 * len(samples), (self.mask_grid, self.mask_grid), self.mask_probability, self.mask_ratio_range, generator
+        )
         batch["mask_indices"], batch["mask_weights"] = masked_token_indices(batch["masks"])
         batch["aug_seed"] = derive_seed(mask_seed, 0xA06)
         return batch
@@ -172,14 +186,32 @@ def default_workers() -> int:
     return max(0, min(8, (os.cpu_count() or 1) - 1))
 
 
-def make_loader(dataset: AugmentedDataset | DecodedDataset, collate: Callable, global_batch: int, *, seed: int,
-                epoch: int, start_step: int, rank: int, world_size: int, workers: int,
-                pin_memory: bool = False) -> DataLoader:
+def make_loader(
+    dataset: AugmentedDataset | DecodedDataset,
+    collate: Callable,
+    global_batch: int,
+    *,
+    seed: int,
+    epoch: int,
+    start_step: int,
+    rank: int,
+    world_size: int,
+    workers: int,
+    pin_memory: bool = False,
+) -> DataLoader:
     """The DataLoader of one epoch from ``start_step`` on (see the module docstring)."""
-    sampler = ResumableBatchSampler(len(dataset), global_batch, seed=seed, epoch=epoch, start_step=start_step,
-                                    rank=rank, world_size=world_size)
+    sampler = ResumableBatchSampler(
+        len(dataset), global_batch, seed=seed, epoch=epoch, start_step=start_step, rank=rank, world_size=world_size
+    )
     # a private generator: creating the loader's iterator must not consume the global torch RNG,
     # or a run resumed mid-epoch would diverge from an uninterrupted one
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=workers,
-                      pin_memory=pin_memory, generator=torch.Generator().manual_seed(seed),
-                      persistent_workers=False, prefetch_factor=4 if workers > 0 else None)
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=collate,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=False,
+        prefetch_factor=4 if workers > 0 else None,
+    )

@@ -26,8 +26,14 @@ from fdbench.data import open_dataset, to_rgb
 from fdbench.errors import FdbenchError
 
 
-def needed_side(global_size: int, local_size: int = 0, global_min_scale: float = 0.32,
-                local_min_scale: float = 0.05, n_local: int = 8, slack: float = 1.0) -> int:
+def needed_side(
+    global_size: int,
+    local_size: int = 0,
+    global_min_scale: float = 0.32,
+    local_min_scale: float = 0.05,
+    n_local: int = 8,
+    slack: float = 1.0,
+) -> int:
     """Shorter side an image must keep so the smallest crop of each kind is not upsampled by the decode.
 
     ``max(S_g / sqrt(a_g), S_l / sqrt(a_l)) / slack`` (locals ignored when ``n_local == 0``). ``slack > 1``
@@ -108,33 +114,55 @@ class DecodeCollate:
     augmenter. Picklable, so it works with worker processes.
     """
 
-    def __init__(self, mask_grid: int | None = None, mask_probability: float = 0.5,
-                 mask_ratio_range=(0.1, 0.5)):
-        self.mask_grid, self.mask_probability, self.mask_ratio_range = mask_grid, mask_probability, tuple(mask_ratio_range)
+    def __init__(self, mask_grid: int | None = None, mask_probability: float = 0.5, mask_ratio_range=(0.1, 0.5)):
+        self.mask_grid, self.mask_probability, self.mask_ratio_range = (
+            mask_grid,
+            mask_probability,
+            tuple(mask_ratio_range),
+        )
 
     def __call__(self, samples):
         heights = [img.shape[1] for img, _ in samples]
         widths = [img.shape[2] for img, _ in samples]
         batch = torch.zeros(len(samples), 3, max(heights), max(widths), dtype=torch.uint8)
         for i, (img, _) in enumerate(samples):
-            batch[i, :, :img.shape[1], :img.shape[2]] = img
-        out = {"images": batch,
-               "sizes": torch.tensor(list(zip(heights, widths)), dtype=torch.long),
-               "labels": torch.tensor([int(label) for _, label in samples], dtype=torch.long)}
+            batch[i, :, : img.shape[1], : img.shape[2]] = img
+        out = {
+            "images": batch,
+            "sizes": torch.tensor(list(zip(heights, widths)), dtype=torch.long),
+            "labels": torch.tensor([int(label) for _, label in samples], dtype=torch.long),
+        }
         if self.mask_grid:
             from pretrain.masking import make_masks
 
-            out["masks"] = make_masks(2 * len(samples), grid=(self.mask_grid, self.mask_grid),
-                                      mask_probability=self.mask_probability, ratio_range=self.mask_ratio_range)
+            out["masks"] = make_masks(
+                2 * len(samples),
+                grid=(self.mask_grid, self.mask_grid),
+                mask_probability=self.mask_probability,
+                ratio_range=self.mask_ratio_range,
+            )
         return out
 
 
-def decode_loader(root, *, batch_size: int, decode_side: int | None, split: str = "train",
-                  class_list=None, workers: int = 4, mask_grid: int | None = None,
-                  mask_probability: float = 0.5, mask_ratio_range=(0.1, 0.5), shuffle: bool = True,
-                  drop_last: bool = True, seed: int = 0, pin_memory: bool | None = None,
-                  persistent_workers: bool = False, prefetch_factor: int | None = 4,
-                  dataset: Dataset | None = None) -> DataLoader:
+def decode_loader(
+    root,
+    *,
+    batch_size: int,
+    decode_side: int | None,
+    split: str = "train",
+    class_list=None,
+    workers: int = 4,
+    mask_grid: int | None = None,
+    mask_probability: float = 0.5,
+    mask_ratio_range=(0.1, 0.5),
+    shuffle: bool = True,
+    drop_last: bool = True,
+    seed: int = 0,
+    pin_memory: bool | None = None,
+    persistent_workers: bool = False,
+    prefetch_factor: int | None = 4,
+    dataset: Dataset | None = None,
+) -> DataLoader:
     """A DataLoader of decoded, padded uint8 batches (see :class:`DecodeCollate`) over ``open_dataset``.
 
     Build one per curriculum stage: ``decode_side`` and ``mask_grid`` depend on the stage's crop sizes.
@@ -145,13 +173,22 @@ def decode_loader(root, *, batch_size: int, decode_side: int | None, split: str 
     base = dataset if dataset is not None else open_dataset(root, split, None, class_list)
     ds = DecodeDataset(base, decode_side)
     if drop_last and len(ds) < batch_size:
-        raise FdbenchError(f"the dataset has {len(ds)} images, fewer than one batch of {batch_size}: "
-                           f"lower --batch-size")
+        raise FdbenchError(
+            f"the dataset has {len(ds)} images, fewer than one batch of {batch_size}: lower --batch-size"
+        )
     generator = torch.Generator().manual_seed(seed)
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     kwargs = {}
     if workers > 0:
         kwargs.update(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
-    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, drop_last=drop_last, num_workers=workers,
-                      collate_fn=DecodeCollate(mask_grid, mask_probability, mask_ratio_range),
-                      pin_memory=pin, generator=generator, **kwargs)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        num_workers=workers,
+        collate_fn=DecodeCollate(mask_grid, mask_probability, mask_ratio_range),
+        pin_memory=pin,
+        generator=generator,
+        **kwargs,
+    )

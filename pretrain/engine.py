@@ -48,27 +48,42 @@ from pretrain.pipeline import StageFeed, make_augment, resolve_pipeline
 from pretrain.run_folder import METRIC_COLUMNS, RunFolder, gflops
 from pretrain.run_state import RunState
 from pretrain.schedules import apply_schedules
-from pretrain.stages import (Schedules, StagePlan, build_schedules, none_stage, plan_stages, resolve_curriculum,
-                             stage_at)
+from pretrain.stages import Schedules, StagePlan, build_schedules, none_stage, plan_stages, resolve_curriculum, stage_at
 
 # re-exported: the pieces a caller composes a run from
-__all__ = ["LOSS_TERMS", "METRIC_COLUMNS", "NonFiniteWatch", "RunResult", "Schedules", "StagePlan", "Trainer",
-           "build_optimizer", "build_schedules", "check_same_run", "make_augment", "none_stage", "plan_stages",
-           "resolve_curriculum", "stage_at", "train", "train_step"]
+__all__ = [
+    "LOSS_TERMS",
+    "METRIC_COLUMNS",
+    "NonFiniteWatch",
+    "RunResult",
+    "Schedules",
+    "StagePlan",
+    "Trainer",
+    "build_optimizer",
+    "build_schedules",
+    "check_same_run",
+    "make_augment",
+    "none_stage",
+    "plan_stages",
+    "resolve_curriculum",
+    "stage_at",
+    "train",
+    "train_step",
+]
 
-LOSS_TERMS = ("loss", "dino", "koleo", "ibot")   # MetaArch.forward_backward's keys, in this order
+LOSS_TERMS = ("loss", "dino", "koleo", "ibot")  # MetaArch.forward_backward's keys, in this order
 
 
 @dataclass
 class RunResult:
     out: Path
-    final: Path | None                 # None when the run stopped early (stop_after_steps)
+    final: Path | None  # None when the run stopped early (stop_after_steps)
     metrics: Path
     summary_path: Path
     config_path: Path
     summary: dict = field(default_factory=dict)
     finished: bool = False
-    resumed_from: int | None = None    # the step a resumed run started from
+    resumed_from: int | None = None  # the step a resumed run started from
 
     @property
     def knn_top1(self) -> float | None:
@@ -78,9 +93,12 @@ class RunResult:
 def build_optimizer(meta: MetaArch, cfg: PretrainConfig) -> torch.optim.Optimizer:
     from pretrain.schedules import param_groups
 
-    groups = param_groups(meta.named_student_modules(), lr_decay=cfg.optim.layerwise_decay,
-                          patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult,
-                          wd_rule=cfg.optim.weight_decay_rule)
+    groups = param_groups(
+        meta.named_student_modules(),
+        lr_decay=cfg.optim.layerwise_decay,
+        patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult,
+        wd_rule=cfg.optim.weight_decay_rule,
+    )
     fused = meta.device.type == "cuda"
     return torch.optim.AdamW(groups, lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=fused)
 
@@ -92,9 +110,19 @@ def resolve_compile(flag: bool | None, device: torch.device) -> bool:
 
 # ---- one iteration -----------------------------------------------------------------------------
 
-def train_step(meta: MetaArch, optimizer: torch.optim.Optimizer, batch: dict, *, lr: float, wd: float,
-               freeze_last_layer: bool, teacher_temp: float, momentum: float,
-               clip_grad: float) -> dict[str, torch.Tensor]:
+
+def train_step(
+    meta: MetaArch,
+    optimizer: torch.optim.Optimizer,
+    batch: dict,
+    *,
+    lr: float,
+    wd: float,
+    freeze_last_layer: bool,
+    teacher_temp: float,
+    momentum: float,
+    clip_grad: float,
+) -> dict[str, torch.Tensor]:
     """One DINOv2 iteration at the given schedule values: forward/backward, per-part gradient
     clipping, AdamW (lr 0 for the heads' last layer while frozen), EMA of the teacher. ``fdbench bench-train`` times this too.
 
@@ -137,6 +165,7 @@ class NonFiniteWatch:
 
 # ---- the run folder ----------------------------------------------------------------------------
 
+
 def _flat(nested: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in nested.items():
@@ -154,18 +183,25 @@ def check_same_run(saved: dict, cfg: PretrainConfig, out: Path) -> None:
     Options the saved config predates read as their defaults (a run started before an option
     existed still resumes)."""
     now, before = _flat(cfg.to_dict()), _flat(PretrainConfig.from_dict(saved).to_dict())
-    diffs = [f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in sorted(set(now) | set(before))
-             if k not in RESUME_SAFE_KEYS and before.get(k) != now.get(k)]
+    diffs = [
+        f"{k}: {before.get(k)!r} -> {now.get(k)!r}"
+        for k in sorted(set(now) | set(before))
+        if k not in RESUME_SAFE_KEYS and before.get(k) != now.get(k)
+    ]
     if diffs:
-        raise FdbenchError(f"{out} holds a run with different settings ({'; '.join(diffs[:4])}"
-                           f"{'; ...' if len(diffs) > 4 else ''}); use another --out to start a new run, "
-                           f"or delete {out}")
+        raise FdbenchError(
+            f"{out} holds a run with different settings ({'; '.join(diffs[:4])}"
+            f"{'; ...' if len(diffs) > 4 else ''}); use another --out to start a new run, "
+            f"or delete {out}"
+        )
 
 
 # ---- costs -------------------------------------------------------------------------------------
 
-def measure_flops(cfg: PretrainConfig, stages: list[StagePlan], train_set, ddp: Dist, per_rank_batch: int,
-                  patch_size: int) -> tuple[list[int], int]:
+
+def measure_flops(
+    cfg: PretrainConfig, stages: list[StagePlan], train_set, ddp: Dist, per_rank_batch: int, patch_size: int
+) -> tuple[list[int], int]:
     """FLOPs per training image of each stage and of the ``none`` reference, counted on one step.
 
     The step is the real ``MetaArch.forward_backward`` (student forward + backward on every crop,
@@ -181,10 +217,11 @@ def measure_flops(cfg: PretrainConfig, stages: list[StagePlan], train_set, ddp: 
         counts = []
         for stage in [*stages, none_stage(cfg)]:
             dataset = AugmentedDataset(train_set, make_augment(cfg, stage))
-            collate = MultiCropCollate(patch_size, cfg.loss.mask_probability,
-                                       (cfg.loss.mask_ratio_min, cfg.loss.mask_ratio_max))
+            collate = MultiCropCollate(
+                patch_size, cfg.loss.mask_probability, (cfg.loss.mask_ratio_min, cfg.loss.mask_ratio_max)
+            )
             batch = collate([dataset[(i % len(train_set), cfg.run.seed + i, cfg.run.seed)] for i in range(n)])
-            flops = costs_mod.count_flops(lambda: scratch.forward_backward(batch, cfg.loss.teacher_temp))
+            flops = costs_mod.count_flops(lambda m=scratch, b=batch: m.forward_backward(b, cfg.loss.teacher_temp))
             scratch.zero_grad(set_to_none=True)
             counts.append(flops // n)
         del scratch
@@ -193,8 +230,15 @@ def measure_flops(cfg: PretrainConfig, stages: list[StagePlan], train_set, ddp: 
 
 # ---- the loop ----------------------------------------------------------------------------------
 
-def train(cfg: PretrainConfig, *, resume: bool = False, log: Callable[[str], None] | None = None,
-          backbone: torch.nn.Module | None = None, train_set=None) -> RunResult:
+
+def train(
+    cfg: PretrainConfig,
+    *,
+    resume: bool = False,
+    log: Callable[[str], None] | None = None,
+    backbone: torch.nn.Module | None = None,
+    train_set=None,
+) -> RunResult:
     """Train (or continue) the run described by ``cfg``; returns where everything was written.
 
     ``resume=True`` insists on an existing checkpoint; without it a checkpoint in the run folder is
@@ -208,10 +252,15 @@ def train(cfg: PretrainConfig, *, resume: bool = False, log: Callable[[str], Non
     dist_ctx = setup_distributed(cfg.run.device)
     lock = None
     try:
-        if dist_ctx.main:   # one writer per run folder; a second pretrain (or its start-up clean-up) is refused
+        if dist_ctx.main:  # one writer per run folder; a second pretrain (or its start-up clean-up) is refused
             lock = lock_folder(Path(cfg.run.out or Path("runs") / cfg.run_name), "pretrain")
-        trainer = Trainer(cfg, dist_ctx, log if (log and dist_ctx.main) else (lambda message: None),
-                          backbone=backbone, train_set=train_set)
+        trainer = Trainer(
+            cfg,
+            dist_ctx,
+            log if (log and dist_ctx.main) else (lambda message: None),
+            backbone=backbone,
+            train_set=train_set,
+        )
         return trainer.run(resume)
     finally:
         if lock is not None:
@@ -228,23 +277,33 @@ class Trainer:
     :meth:`resume_from` hands each part its entry back, so save and resume cannot drift apart.
     """
 
-    def __init__(self, cfg: PretrainConfig, dist_ctx: Dist, log: Callable[[str], None],
-                 backbone: torch.nn.Module | None = None, train_set=None):
+    def __init__(
+        self,
+        cfg: PretrainConfig,
+        dist_ctx: Dist,
+        log: Callable[[str], None],
+        backbone: torch.nn.Module | None = None,
+        train_set=None,
+    ):
         self.cfg, self.dist, self.log = cfg, dist_ctx, log
         self.folder = RunFolder(Path(cfg.run.out or Path("runs") / cfg.run_name), writer=dist_ctx.main)
         if cfg.run.batch_size % dist_ctx.world_size:
-            raise FdbenchError(f"--batch-size {cfg.run.batch_size} must be divisible by the "
-                               f"{dist_ctx.world_size} processes")
+            raise FdbenchError(
+                f"--batch-size {cfg.run.batch_size} must be divisible by the {dist_ctx.world_size} processes"
+            )
         self.per_rank_batch = cfg.run.batch_size // dist_ctx.world_size
 
         # 1. data and curriculum -> stages of iterations
         self.root = resolve_root(cfg.data.root, announce=log)
-        self.train_set = train_set if train_set is not None else open_dataset(
-            self.root, "train", class_list=cfg.data.class_list)
+        self.train_set = (
+            train_set if train_set is not None else open_dataset(self.root, "train", class_list=cfg.data.class_list)
+        )
         self.iters_per_epoch = len(self.train_set) // cfg.run.batch_size
         if self.iters_per_epoch == 0:
-            raise FdbenchError(f"the training set has {len(self.train_set)} images, fewer than one batch "
-                               f"(--batch-size {cfg.run.batch_size}); lower --batch-size")
+            raise FdbenchError(
+                f"the training set has {len(self.train_set)} images, fewer than one batch "
+                f"(--batch-size {cfg.run.batch_size}); lower --batch-size"
+            )
         self.curriculum = resolve_curriculum(cfg)
         self.stages = plan_stages(cfg, self.curriculum)
         self.total_iters = cfg.run.epochs * self.iters_per_epoch
@@ -260,14 +319,16 @@ class Trainer:
         self.compiled = resolve_compile(cfg.run.compile, dist_ctx.device)
         accelerate_meta_arch(self.meta, compile=self.compiled)
         self.optimizer = build_optimizer(self.meta, cfg)
-        log(f"data pipeline {self.pipeline}, torch.compile {'on' if self.compiled else 'off'}, "
-            f"device {dist_ctx.device}")
+        log(
+            f"data pipeline {self.pipeline}, torch.compile {'on' if self.compiled else 'off'}, device {dist_ctx.device}"
+        )
         if dist_ctx.world_size > 1:
-            torch.manual_seed(cfg.run.seed * 1000 + dist_ctx.rank)   # ranks draw different drop-path masks
+            torch.manual_seed(cfg.run.seed * 1000 + dist_ctx.rank)  # ranks draw different drop-path masks
 
-        self.state = RunState(iters_per_epoch=self.iters_per_epoch,
-                              costs=[costs_mod.StageCost(p.name, p.global_size, p.local_size, p.n_local)
-                                     for p in self.stages])
+        self.state = RunState(
+            iters_per_epoch=self.iters_per_epoch,
+            costs=[costs_mod.StageCost(p.name, p.global_size, p.local_size, p.n_local) for p in self.stages],
+        )
         self.saved_rng: list[dict] | None = None
         self.watch = NonFiniteWatch(dist_ctx.device)
         self.collapse = CollapseWatch()
@@ -285,9 +346,14 @@ class Trainer:
             "stages": [dataclasses.asdict(p) for p in self.stages],
             "data": {"root": str(self.root), "image_size": self.full_size, "class_list": cfg.data.class_list},
             "run_name": cfg.run_name,
-            "data_position": {"epoch": state.epoch, "step_in_epoch": state.step_in_epoch,
-                              "iters_per_epoch": self.iters_per_epoch, "global_batch": cfg.run.batch_size,
-                              "seed": cfg.run.seed, "pipeline": self.pipeline},
+            "data_position": {
+                "epoch": state.epoch,
+                "step_in_epoch": state.step_in_epoch,
+                "iters_per_epoch": self.iters_per_epoch,
+                "global_batch": cfg.run.batch_size,
+                "seed": cfg.run.seed,
+                "pipeline": self.pipeline,
+            },
             "schedule": {"iteration": state.step, "total_iterations": self.total_iters},
             **state.state_dict(),
             "collapse_watch": self.collapse.state_dict(),
@@ -301,18 +367,19 @@ class Trainer:
         self.meta.load_state_dict_parts(ckpt)
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.state.load_state_dict(ckpt)
-        if "collapse_watch" in ckpt:   # checkpoints written before the collapse monitor have none
+        if "collapse_watch" in ckpt:  # checkpoints written before the collapse monitor have none
             self.collapse.load_state_dict(ckpt["collapse_watch"])
-        self.saved_rng = ckpt["rng"]   # restored just before the first step (see run())
-        self.log(f"resuming {self.folder.out} at step {self.state.step}/{self.total_iters} "
-                 f"(epoch {self.state.epoch})")
+        self.saved_rng = ckpt["rng"]  # restored just before the first step (see run())
+        self.log(f"resuming {self.folder.out} at step {self.state.step}/{self.total_iters} (epoch {self.state.epoch})")
         before = ckpt["data_position"].get("pipeline", "cpu")
-        if before != self.pipeline:   # `auto` on another kind of device: same distributions, other draws
-            self.log(f"note: this run's crops so far came from the {before} pipeline, from here on from the "
-                     f"{self.pipeline} one (--data-pipeline {before} keeps them exactly reproducible)")
+        if before != self.pipeline:  # `auto` on another kind of device: same distributions, other draws
+            self.log(
+                f"note: this run's crops so far came from the {before} pipeline, from here on from the "
+                f"{self.pipeline} one (--data-pipeline {before} keeps them exactly reproducible)"
+            )
 
     def save(self, final: bool = False) -> None:
-        self.stop_if_non_finite()      # never overwrite the last good checkpoint with a diverged model
+        self.stop_if_non_finite()  # never overwrite the last good checkpoint with a diverged model
         rngs = gather_rng(self.dist)  # collective: every rank calls save()
         if not self.dist.main:
             return
@@ -330,29 +397,58 @@ class Trainer:
         flops = costs_mod.flops_summary(state.costs, stage_iters, cfg.run.batch_size, state.none_flops_per_image)
         final_knn = state.knn[-1] if state.knn else {}
         return {
-            "run_name": cfg.run_name, "preset": cfg.preset, "curriculum": cfg.curriculum.name,
-            "finished": finished, "epochs": cfg.run.epochs, "iterations": self.total_iters, "step": state.step,
-            "iters_per_epoch": iters_per_epoch, "batch_size": cfg.run.batch_size, "world_size": self.dist.world_size,
-            "device": str(self.dist.device), "arch": cfg.model.arch, "patch_size": cfg.model.patch_size,
-            "stage_restart": cfg.optim.stage_restart, "data": str(self.root),
+            "run_name": cfg.run_name,
+            "preset": cfg.preset,
+            "curriculum": cfg.curriculum.name,
+            "finished": finished,
+            "epochs": cfg.run.epochs,
+            "iterations": self.total_iters,
+            "step": state.step,
+            "iters_per_epoch": iters_per_epoch,
+            "batch_size": cfg.run.batch_size,
+            "world_size": self.dist.world_size,
+            "device": str(self.dist.device),
+            "arch": cfg.model.arch,
+            "patch_size": cfg.model.patch_size,
+            "stage_restart": cfg.optim.stage_restart,
+            "data": str(self.root),
             # wall_clock_s: the training steps (data loading included); run_time_s: everything,
             # set-up, FLOPs counting, kNN evaluations and checkpoints too
-            "wall_clock_s": state.elapsed_s, "run_time_s": state.run_time(), "cpu_time_s": state.cpu_time(),
-            "threads": torch.get_num_threads(), "workers": self.workers, "pipeline": self.pipeline,
+            "wall_clock_s": state.elapsed_s,
+            "run_time_s": state.run_time(),
+            "cpu_time_s": state.cpu_time(),
+            "threads": torch.get_num_threads(),
+            "workers": self.workers,
+            "pipeline": self.pipeline,
             "compile": self.compiled,
-            "stages": [{**dataclasses.asdict(p), "iterations": n, **c.to_dict()}
-                       for p, n, c in zip(self.stages, stage_iters, state.costs)],
+            "stages": [
+                {**dataclasses.asdict(p), "iterations": n, **c.to_dict()}
+                for p, n, c in zip(self.stages, stage_iters, state.costs)
+            ],
             "flops": flops,
-            "knn": {"final_top1": final_knn.get("top1"), "final_top5": final_knn.get("top5"),
-                    "k": cfg.run.knn_k, "temperature": cfg.run.knn_temperature, "curve": state.knn},
+            "knn": {
+                "final_top1": final_knn.get("top1"),
+                "final_top5": final_knn.get("top5"),
+                "k": cfg.run.knn_k,
+                "temperature": cfg.run.knn_temperature,
+                "curve": state.knn,
+            },
             "paths": {k: str(v) for k, v in self.folder.paths.items()},
             "warnings": list(self.collapse.warnings),
         }
 
     def result(self, finished: bool, summary: dict) -> RunResult:
         f = self.folder
-        return RunResult(f.out, f.final if finished else None, f.metrics_path, f.summary, f.config, summary,
-                         finished, self.state.resumed_from)
+        return RunResult(
+            f.out,
+            f.final if finished else None,
+            f.metrics_path,
+            f.summary,
+            f.config,
+            summary,
+            finished,
+            self.state.resumed_from,
+        )
 
     # ---- checks and evaluations -------------------------------------------------------------------
 
@@ -370,7 +466,8 @@ class Trainer:
             f"non-finite loss at step {bad_step} of {self.total_iters} (epoch {bad_epoch}, stage "
             f"'{stage_at(self.stages, bad_epoch).name}'): {terms}; the last good checkpoint is kept at "
             f"{last if last.exists() else '(none yet)'}; "
-            f"try a lower learning rate or --seed, then re-run to continue from it")
+            f"try a lower learning rate or --seed, then re-run to continue from it"
+        )
 
     def evaluate(self, epoch: int) -> None:
         """The online kNN monitor on the teacher (rank 0), into the kNN curve and metrics.csv."""
@@ -380,11 +477,21 @@ class Trainer:
             with torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext():
                 result = self.monitor.evaluate(self.meta.teacher.backbone)
             state.knn.append({"epoch": epoch, "step": state.step, "top1": result.top1, "top5": result.top5})
-            self.folder.metrics.append({"row": "knn", "epoch": epoch, "step": state.step, "knn_top1": result.top1,
-                                        "knn_top5": result.top5, "elapsed_s": round(state.elapsed_s, 3),
-                                        "run_time_s": round(state.run_time(), 3)})
-            self.log(f"  kNN top-1 {100 * result.top1:.1f}% (k={self.cfg.run.knn_k}, "
-                     f"{result.n_val} val images, {time.perf_counter() - t0:.1f} s)")
+            self.folder.metrics.append(
+                {
+                    "row": "knn",
+                    "epoch": epoch,
+                    "step": state.step,
+                    "knn_top1": result.top1,
+                    "knn_top5": result.top5,
+                    "elapsed_s": round(state.elapsed_s, 3),
+                    "run_time_s": round(state.run_time(), 3),
+                }
+            )
+            self.log(
+                f"  kNN top-1 {100 * result.top1:.1f}% (k={self.cfg.run.knn_k}, "
+                f"{result.n_val} val images, {time.perf_counter() - t0:.1f} s)"
+            )
         if self.dist.world_size > 1:
             dist.barrier()
 
@@ -394,21 +501,39 @@ class Trainer:
         collapse = {}
         if self.meta.teacher_outputs is not None:
             embeddings, probs = self.meta.teacher_outputs
-            collapse = {"teacher_entropy": round(entropy_fraction(probs), 5),
-                        "teacher_rank": round(rankme(embeddings), 3)}
-            for warning in self.collapse.observe(state.step, collapse["teacher_entropy"], collapse["teacher_rank"],
-                                                 *embeddings.shape):
+            collapse = {
+                "teacher_entropy": round(entropy_fraction(probs), 5),
+                "teacher_rank": round(rankme(embeddings), 3),
+            }
+            for warning in self.collapse.observe(
+                state.step, collapse["teacher_entropy"], collapse["teacher_rank"], *embeddings.shape
+            ):
                 self.log(f"warning: {warning}")
-        self.folder.add_row({
-            "row": "train", "epoch": epoch, "step": state.step, "stage": plan.index, "stage_name": plan.name,
-            "global_size": plan.global_size, "local_size": plan.local_size, "n_local": plan.n_local,
-            **{k: round(logged[k], 6) for k in LOSS_TERMS},
-            "lr": float(sched.lr[it]), "wd": float(sched.wd[it]), "momentum": float(sched.momentum[it]),
-            "teacher_temp": float(sched.teacher_temp[it]), "grad_norm": round(logged["grad_norm"], 5), **collapse,
-            "img_per_s": round(img_s, 2), "step_time_s": round(step_s, 5),
-            "peak_memory_mb": round(cost.peak_memory_bytes / 2**20, 1),
-            "gflops_per_image": gflops(cost.flops_per_image), "elapsed_s": round(state.elapsed_s, 3),
-            "run_time_s": round(state.run_time(), 3)})
+        self.folder.add_row(
+            {
+                "row": "train",
+                "epoch": epoch,
+                "step": state.step,
+                "stage": plan.index,
+                "stage_name": plan.name,
+                "global_size": plan.global_size,
+                "local_size": plan.local_size,
+                "n_local": plan.n_local,
+                **{k: round(logged[k], 6) for k in LOSS_TERMS},
+                "lr": float(sched.lr[it]),
+                "wd": float(sched.wd[it]),
+                "momentum": float(sched.momentum[it]),
+                "teacher_temp": float(sched.teacher_temp[it]),
+                "grad_norm": round(logged["grad_norm"], 5),
+                **collapse,
+                "img_per_s": round(img_s, 2),
+                "step_time_s": round(step_s, 5),
+                "peak_memory_mb": round(cost.peak_memory_bytes / 2**20, 1),
+                "gflops_per_image": gflops(cost.flops_per_image),
+                "elapsed_s": round(state.elapsed_s, 3),
+                "run_time_s": round(state.run_time(), 3),
+            }
+        )
         self.bar.set_postfix_str(f"ep {epoch} {plan.name} loss {logged['loss']:.3f} {img_s:.0f} img/s")
 
     # ---- the run ----------------------------------------------------------------------------------
@@ -434,41 +559,60 @@ class Trainer:
 
         # 4. what each stage costs in FLOPs per image (counted once per run), and the kNN monitor
         if state.none_flops_per_image is None:
-            flops, state.none_flops_per_image = measure_flops(cfg, self.stages, self.train_set, ddp,
-                                                              self.per_rank_batch, cfg.model.patch_size)
+            flops, state.none_flops_per_image = measure_flops(
+                cfg, self.stages, self.train_set, ddp, self.per_rank_batch, cfg.model.patch_size
+            )
             for cost, f in zip(state.costs, flops):
                 cost.flops_per_image = f
         if ddp.main:
-            self.monitor = KnnMonitor(self.root, cfg.data.class_list, trained_size=self.full_size,
-                                      patch_size=cfg.model.patch_size, train_per_class=cfg.run.knn_train_per_class,
-                                      val_per_class=cfg.run.knn_val_per_class, k=cfg.run.knn_k,
-                                      temperature=cfg.run.knn_temperature, workers=min(self.workers, 4))
+            self.monitor = KnnMonitor(
+                self.root,
+                cfg.data.class_list,
+                trained_size=self.full_size,
+                patch_size=cfg.model.patch_size,
+                train_per_class=cfg.run.knn_train_per_class,
+                val_per_class=cfg.run.knn_val_per_class,
+                k=cfg.run.knn_k,
+                temperature=cfg.run.knn_temperature,
+                workers=min(self.workers, 4),
+            )
 
         # 5. train. RNG states are restored last, so that nothing above can consume random numbers
         # in a resumed run that an uninterrupted run consumed at another time
         if self.saved_rng is not None:
             set_rng_state(self.saved_rng[ddp.rank] if ddp.rank < len(self.saved_rng) else self.saved_rng[0])
-        self.bar = progress(total=self.total_iters, initial=state.step, desc=cfg.run_name, unit="it",
-                            disable=None if ddp.main else True)
+        self.bar = progress(
+            total=self.total_iters, initial=state.step, desc=cfg.run_name, unit="it", disable=None if ddp.main else True
+        )
         window = costs_mod.StepTimer()
         last_save = time.perf_counter()
         steps_this_process = 0
         feed: StageFeed | None = None
-        logged: dict[str, float] = {}      # the loss terms and grad norm of the last logging step
+        logged: dict[str, float] = {}  # the loss terms and grad norm of the last logging step
         while state.step < self.total_iters:
             epoch, start_in_epoch = state.epoch, state.step_in_epoch
             plan = stage_at(self.stages, epoch)
             cost = state.costs[plan.index]
             if epoch == plan.start_epoch and start_in_epoch == 0:
-                self.log(f"stage {plan.index + 1}/{len(self.stages)} '{plan.name}': epochs {plan.start_epoch}-"
-                         f"{plan.end_epoch - 1}, global {plan.global_size} px, local {plan.n_local} x "
-                         f"{plan.local_size} px, noise patching {'on' if plan.noise_patching else 'off'}")
+                self.log(
+                    f"stage {plan.index + 1}/{len(self.stages)} '{plan.name}': epochs {plan.start_epoch}-"
+                    f"{plan.end_epoch - 1}, global {plan.global_size} px, local {plan.n_local} x "
+                    f"{plan.local_size} px, noise patching {'on' if plan.noise_patching else 'off'}"
+                )
                 if cfg.optim.stage_restart and plan.index > 0:
-                    self.optimizer.state.clear()   # the paper's restart: fresh AdamW moments at the switch
+                    self.optimizer.state.clear()  # the paper's restart: fresh AdamW moments at the switch
             if feed is None or feed.stage is not plan:
                 # a new stage: new crop sizes and noise patching (and, gpu pipeline, a new decode size)
-                feed = StageFeed(cfg, plan, self.train_set, pipeline=self.pipeline, device=ddp.device,
-                                 workers=self.workers, rank=ddp.rank, world_size=ddp.world_size)
+                feed = StageFeed(
+                    cfg,
+                    plan,
+                    self.train_set,
+                    pipeline=self.pipeline,
+                    device=ddp.device,
+                    workers=self.workers,
+                    rank=ddp.rank,
+                    world_size=ddp.world_size,
+                )
             costs_mod.reset_peak_memory(ddp.device)
             tick = epoch_start = time.perf_counter()
             for batch in feed.batches(epoch, start_in_epoch):
@@ -476,13 +620,20 @@ class Trainer:
                 # the iBOT mask indices come from the collate (CPU), and the losses stay on the device
                 # until a logging step (`values.tolist()` below) or a checkpoint/stop (`watch.first_bad()`)
                 it, sched = state.step, self.sched
-                out_step = train_step(self.meta, self.optimizer, batch, lr=float(sched.lr[it]),
-                                      wd=float(sched.wd[it]), freeze_last_layer=bool(sched.freeze_last_layer[it]),
-                                      teacher_temp=float(sched.teacher_temp[it]),
-                                      momentum=float(sched.momentum[it]), clip_grad=cfg.optim.clip_grad)
+                out_step = train_step(
+                    self.meta,
+                    self.optimizer,
+                    batch,
+                    lr=float(sched.lr[it]),
+                    wd=float(sched.wd[it]),
+                    freeze_last_layer=bool(sched.freeze_last_layer[it]),
+                    teacher_temp=float(sched.teacher_temp[it]),
+                    momentum=float(sched.momentum[it]),
+                    clip_grad=cfg.optim.clip_grad,
+                )
                 # still on the device: averaged over the ranks, watched for non-finite losses
                 values = all_mean(torch.stack([out_step[k].float() for k in (*LOSS_TERMS, "grad_norm")]), ddp)
-                self.watch.add(it + 1, values[:len(LOSS_TERMS)])
+                self.watch.add(it + 1, values[: len(LOSS_TERMS)])
                 state.step += 1
                 steps_this_process += 1
 
@@ -522,10 +673,12 @@ class Trainer:
             # end of epoch (always a logging step): a status line, the kNN monitor, then a checkpoint
             # that includes its result
             epoch_s = time.perf_counter() - epoch_start
-            self.log(f"epoch {epoch + 1}/{cfg.run.epochs} ({plan.name}, {plan.global_size}/{plan.local_size} px): "
-                     f"loss {logged['loss']:.3f} (dino {logged['dino']:.3f}, ibot {logged['ibot']:.3f}, "
-                     f"koleo {logged['koleo']:.3f}), "
-                     f"{(iters_per_epoch - start_in_epoch) * cfg.run.batch_size / epoch_s:.0f} img/s, {epoch_s:.1f} s")
+            self.log(
+                f"epoch {epoch + 1}/{cfg.run.epochs} ({plan.name}, {plan.global_size}/{plan.local_size} px): "
+                f"loss {logged['loss']:.3f} (dino {logged['dino']:.3f}, ibot {logged['ibot']:.3f}, "
+                f"koleo {logged['koleo']:.3f}), "
+                f"{(iters_per_epoch - start_in_epoch) * cfg.run.batch_size / epoch_s:.0f} img/s, {epoch_s:.1f} s"
+            )
             if state.step == self.total_iters or (cfg.run.eval_every and state.epoch % cfg.run.eval_every == 0):
                 self.evaluate(state.epoch - 1)
             self.save()

@@ -15,11 +15,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-RECOMPILE_LIMIT = 64      # graphs per compiled frame: ~20 curriculum stages
+RECOMPILE_LIMIT = 64  # graphs per compiled frame: ~20 curriculum stages
 
 
-def maybe_compile(module: nn.Module, enabled: bool = True, *, inplace: bool = True, dynamic: bool | None = False,
-                  **kwargs) -> nn.Module:
+def maybe_compile(
+    module: nn.Module, enabled: bool = True, *, inplace: bool = True, dynamic: bool | None = False, **kwargs
+) -> nn.Module:
     """``torch.compile`` ``module`` when ``enabled`` (else return it untouched).
 
     ``inplace`` uses ``nn.Module.compile`` so parameter names and state dicts stay as they were

@@ -59,25 +59,25 @@ class AugParams:
     ``(2 + n_local) * B`` rows in crop-major order (global-1, global-2, local-1, ...)."""
 
     # per image: noise patch
-    noise_apply: torch.Tensor    # bool [B]
-    noise_side: torch.Tensor     # long [B]  side in pixels of the original image
-    noise_top: torch.Tensor      # long [B]
-    noise_left: torch.Tensor     # long [B]
-    noise_sigma: torch.Tensor    # float [B]
+    noise_apply: torch.Tensor  # bool [B]
+    noise_side: torch.Tensor  # long [B]  side in pixels of the original image
+    noise_top: torch.Tensor  # long [B]
+    noise_left: torch.Tensor  # long [B]
+    noise_sigma: torch.Tensor  # float [B]
     # per crop: geometry (boxes in pixels of the original image, torchvision's (i, j, h, w))
-    top: torch.Tensor            # long [N]
-    left: torch.Tensor           # long [N]
-    height: torch.Tensor         # long [N]
-    width: torch.Tensor          # long [N]
-    flip: torch.Tensor           # bool [N]
+    top: torch.Tensor  # long [N]
+    left: torch.Tensor  # long [N]
+    height: torch.Tensor  # long [N]
+    width: torch.Tensor  # long [N]
+    flip: torch.Tensor  # bool [N]
     # per crop: photometric
-    jitter_apply: torch.Tensor   # bool [N]
-    jitter_order: torch.Tensor   # long [N,4]  a permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue)
+    jitter_apply: torch.Tensor  # bool [N]
+    jitter_order: torch.Tensor  # long [N,4]  a permutation of (0 brightness, 1 contrast, 2 saturation, 3 hue)
     jitter_factors: torch.Tensor  # float [N,4] (brightness, contrast, saturation, hue) factors
-    gray: torch.Tensor           # bool [N]
-    blur_apply: torch.Tensor     # bool [N]
-    blur_sigma: torch.Tensor     # float [N]
-    solarize: torch.Tensor       # bool [N] (only ever True on global-2 rows)
+    gray: torch.Tensor  # bool [N]
+    blur_apply: torch.Tensor  # bool [N]
+    blur_sigma: torch.Tensor  # float [N]
+    solarize: torch.Tensor  # bool [N] (only ever True on global-2 rows)
 
     def to(self, device) -> "AugParams":
         return AugParams(**{f.name: getattr(self, f.name).to(device) for f in fields(self)})
@@ -93,13 +93,30 @@ class GpuMultiCrop:
     8-bit pixels, accumulation is fp32) and float32 elsewhere.
     """
 
-    def __init__(self, global_size: int = 224, local_size: int = 96, n_local: int = 8,
-                 global_scale=(0.32, 1.0), local_scale=(0.05, 0.32), blur_probs=(1.0, 0.1, 0.5),
-                 inverted_blur: bool = False, noise_patching: bool = False, noise_max_sigma: float = 0.5,
-                 noise_p: float = 1.0, patch_size: int = 16, mask_probability: float = 0.5,
-                 mask_ratio_range=(0.1, 0.5), jitter=(0.4, 0.4, 0.2, 0.1), jitter_p: float = 0.8,
-                 gray_p: float = 0.2, solarize_p: float = 0.2, flip_p: float = 0.5,
-                 mean=IMAGENET_MEAN, std=IMAGENET_STD, resample_dtype: torch.dtype | None = None):
+    def __init__(
+        self,
+        global_size: int = 224,
+        local_size: int = 96,
+        n_local: int = 8,
+        global_scale=(0.32, 1.0),
+        local_scale=(0.05, 0.32),
+        blur_probs=(1.0, 0.1, 0.5),
+        inverted_blur: bool = False,
+        noise_patching: bool = False,
+        noise_max_sigma: float = 0.5,
+        noise_p: float = 1.0,
+        patch_size: int = 16,
+        mask_probability: float = 0.5,
+        mask_ratio_range=(0.1, 0.5),
+        jitter=(0.4, 0.4, 0.2, 0.1),
+        jitter_p: float = 0.8,
+        gray_p: float = 0.2,
+        solarize_p: float = 0.2,
+        flip_p: float = 0.5,
+        mean=IMAGENET_MEAN,
+        std=IMAGENET_STD,
+        resample_dtype: torch.dtype | None = None,
+    ):
         if global_size % patch_size:
             raise FdbenchError(f"global crop size {global_size} is not a multiple of the patch size {patch_size}")
         if local_size % patch_size and n_local:
@@ -113,7 +130,11 @@ class GpuMultiCrop:
         self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
         probs = tuple(float(p) for p in blur_probs)
         self.blur_probs = tuple(1.0 - p for p in probs) if inverted_blur else probs
-        self.noise_patching, self.noise_max_sigma, self.noise_p = bool(noise_patching), float(noise_max_sigma), float(noise_p)
+        self.noise_patching, self.noise_max_sigma, self.noise_p = (
+            bool(noise_patching),
+            float(noise_max_sigma),
+            float(noise_p),
+        )
         self.patch_size = int(patch_size)
         self.mask_probability, self.mask_ratio_range = float(mask_probability), tuple(mask_ratio_range)
         b, c, s, h = jitter
@@ -126,10 +147,17 @@ class GpuMultiCrop:
     @classmethod
     def from_stage(cls, stage, patch_size: int, **kwargs) -> "GpuMultiCrop":
         """Build from a :class:`pretrain.curriculum.Stage` (sizes already multiples of the patch)."""
-        return cls(global_size=stage.global_size, local_size=stage.local_size, n_local=stage.n_local,
-                   global_scale=tuple(stage.global_scale), local_scale=tuple(stage.local_scale),
-                   noise_patching=stage.noise_patching, noise_max_sigma=stage.noise_max_sigma,
-                   patch_size=patch_size, **kwargs)
+        return cls(
+            global_size=stage.global_size,
+            local_size=stage.local_size,
+            n_local=stage.n_local,
+            global_scale=tuple(stage.global_scale),
+            local_scale=tuple(stage.local_scale),
+            noise_patching=stage.noise_patching,
+            noise_max_sigma=stage.noise_max_sigma,
+            patch_size=patch_size,
+            **kwargs,
+        )
 
     @property
     def n_crops(self) -> int:
@@ -162,8 +190,13 @@ class GpuMultiCrop:
         # would be a blocking copy that waits for the queued training step
         row = torch.arange(n, device=device)
         is_global = row < 2 * n_img
-        scale = torch.stack([torch.where(is_global, self.global_scale[0], self.local_scale[0]),
-                             torch.where(is_global, self.global_scale[1], self.local_scale[1])], dim=1).float()
+        scale = torch.stack(
+            [
+                torch.where(is_global, self.global_scale[0], self.local_scale[0]),
+                torch.where(is_global, self.global_scale[1], self.local_scale[1]),
+            ],
+            dim=1,
+        ).float()
         top, left, height, width = _sample_rrc_boxes(h_rep, w_rep, scale, rand)
         flip = rand(n) < self.flip_p
 
@@ -172,18 +205,37 @@ class GpuMultiCrop:
         u = rand(n, 4)
         factors = torch.stack([lo + (hi - lo) * u[:, i] for i, (lo, hi) in enumerate(self.jitter_ranges)], dim=1)
         gray = rand(n) < self.gray_p
-        blur_p = torch.where(row < n_img, self.blur_probs[0],
-                             torch.where(is_global, self.blur_probs[1], self.blur_probs[2]))
+        blur_p = torch.where(
+            row < n_img, self.blur_probs[0], torch.where(is_global, self.blur_probs[1], self.blur_probs[2])
+        )
         blur_apply = rand(n) < blur_p
         blur_sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * rand(n)
         is_global2 = (row >= n_img) & is_global
         solarize = (rand(n) < self.solarize_p) & is_global2
-        return AugParams(noise_apply, side, top_n, left_n, sigma_n, top, left, height, width, flip,
-                         jitter_apply, order, factors, gray, blur_apply, blur_sigma, solarize)
+        return AugParams(
+            noise_apply,
+            side,
+            top_n,
+            left_n,
+            sigma_n,
+            top,
+            left,
+            height,
+            width,
+            flip,
+            jitter_apply,
+            order,
+            factors,
+            gray,
+            blur_apply,
+            blur_sigma,
+            solarize,
+        )
 
     # ------------------------------------------------------------------ application
-    def apply(self, images: torch.Tensor, sizes: torch.Tensor, params: AugParams,
-              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def apply(
+        self, images: torch.Tensor, sizes: torch.Tensor, params: AugParams, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Crops of a padded uint8 batch ``images [B,3,H,W]`` -> ``(global [2B,3,S,S], local [L*B,3,s,s] | None)``.
 
         ``generator`` only feeds the Gaussian noise values of the noise patch.
@@ -199,9 +251,14 @@ class GpuMultiCrop:
 
         # horizontal pass: one matmul per image for all its crops: [B,3H,W] @ [B,W,sum S]. The
         # matrices are built per crop kind (2 calls, not one per crop: fewer small kernels)
-        wx = torch.cat([self._group_matrix(params, first, count, size, n_img, canvas_w, rdtype)
-                        for first, count, size in ((0, 2, self.global_size), (2, self.n_local, self.local_size))
-                        if count], dim=1)                                   # [B, sum S, W]
+        wx = torch.cat(
+            [
+                self._group_matrix(params, first, count, size, n_img, canvas_w, rdtype)
+                for first, count, size in ((0, 2, self.global_size), (2, self.n_local, self.local_size))
+                if count
+            ],
+            dim=1,
+        )  # [B, sum S, W]
         xh = torch.matmul(x.reshape(n_img, 3 * canvas_h, canvas_w), wx.transpose(1, 2)).clamp_(0, 1)
         xh = xh.reshape(n_img, 3, canvas_h, -1)
         outputs, offset = [], 0
@@ -209,21 +266,22 @@ class GpuMultiCrop:
             if count == 0:
                 outputs.append(None)
                 continue
-            part = xh[..., offset:offset + count * size].reshape(n_img, 3, canvas_h, count, size)
+            part = xh[..., offset : offset + count * size].reshape(n_img, 3, canvas_h, count, size)
             part = part.permute(0, 3, 2, 1, 4).reshape(n_img, count, canvas_h, 3 * size)
             offset += count * size
             rows = slice(first * n_img, (first + count) * n_img)
             wy = _resample_matrix(params.top[rows], params.height[rows], canvas_h, size, None, rdtype)
             wy = wy.reshape(count, n_img, size, canvas_h).transpose(0, 1)  # [B, count, S, H]
-            crops = torch.matmul(wy, part).clamp_(0, 1)                     # [B, count, S, 3S]
+            crops = torch.matmul(wy, part).clamp_(0, 1)  # [B, count, S, 3S]
             crops = crops.reshape(n_img, count, size, 3, size).permute(1, 0, 3, 2, 4)
             crops = crops.reshape(count * n_img, 3, size, size).float()
             outputs.append(self._photometric(crops, params, rows))
         return outputs[0], outputs[1]
 
     @staticmethod
-    def _group_matrix(params: AugParams, first: int, count: int, size: int, n_img: int, canvas_w: int,
-                      rdtype: torch.dtype) -> torch.Tensor:
+    def _group_matrix(
+        params: AugParams, first: int, count: int, size: int, n_img: int, canvas_w: int, rdtype: torch.dtype
+    ) -> torch.Tensor:
         """Horizontal resampling weights of crops ``first..first+count-1`` as ``[B, count*size, W]``
         (image-major: crop ``first``'s ``size`` rows, then the next crop's)."""
         rows = slice(first * n_img, (first + count) * n_img)
@@ -242,8 +300,10 @@ class GpuMultiCrop:
         """Normalisation constants, copied to each device once (not once per batch)."""
         key = (str(device), dtype)
         if key not in self._constants:
-            self._constants[key] = (torch.tensor(self.mean, dtype=dtype).view(1, 3, 1, 1).to(device),
-                                    torch.tensor(self.std, dtype=dtype).view(1, 3, 1, 1).to(device))
+            self._constants[key] = (
+                torch.tensor(self.mean, dtype=dtype).view(1, 3, 1, 1).to(device),
+                torch.tensor(self.std, dtype=dtype).view(1, 3, 1, 1).to(device),
+            )
         return self._constants[key]
 
     def masks(self, n_images: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -251,11 +311,17 @@ class GpuMultiCrop:
         from pretrain.masking import make_masks
 
         grid = self.global_size // self.patch_size
-        return make_masks(n_images, grid=(grid, grid), mask_probability=self.mask_probability,
-                          ratio_range=self.mask_ratio_range, generator=generator)
+        return make_masks(
+            n_images,
+            grid=(grid, grid),
+            mask_probability=self.mask_probability,
+            ratio_range=self.mask_ratio_range,
+            generator=generator,
+        )
 
-    def __call__(self, batch: dict, generator: torch.Generator | None = None,
-                 mask_generator: torch.Generator | None = None) -> dict:
+    def __call__(
+        self, batch: dict, generator: torch.Generator | None = None, mask_generator: torch.Generator | None = None
+    ) -> dict:
         """A decoded batch (``images``, ``sizes``, ``labels``, optional ``masks``) -> a training batch.
 
         ``images`` may still be on the CPU (pinned): it is moved to ``generator``'s device, or the
@@ -276,11 +342,14 @@ class GpuMultiCrop:
             from pretrain.masking import masked_token_indices
 
             indices, weights = masked_token_indices(masks)
-        return {"global": global_crops, "local": local_crops,
-                "masks": masks.to(device, non_blocking=True),
-                "mask_indices": indices.to(device, non_blocking=True),
-                "mask_weights": weights.to(device, non_blocking=True),
-                "labels": batch["labels"].to(device, non_blocking=True)}
+        return {
+            "global": global_crops,
+            "local": local_crops,
+            "masks": masks.to(device, non_blocking=True),
+            "mask_indices": indices.to(device, non_blocking=True),
+            "mask_weights": weights.to(device, non_blocking=True),
+            "labels": batch["labels"].to(device, non_blocking=True),
+        }
 
 
 # ---------------------------------------------------------------------- building blocks
@@ -326,8 +395,14 @@ def _bicubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
     return torch.where(x < 1.0, inner, torch.where(x < 2.0, outer, torch.zeros_like(x)))
 
 
-def _resample_matrix(start: torch.Tensor, length: torch.Tensor, in_size: int, out_size: int,
-                     flip: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor:
+def _resample_matrix(
+    start: torch.Tensor,
+    length: torch.Tensor,
+    in_size: int,
+    out_size: int,
+    flip: torch.Tensor | None,
+    dtype: torch.dtype,
+) -> torch.Tensor:
     """Weights ``[N, out_size, in_size]`` resampling the span ``[start, start+length)`` to ``out_size``.
 
     PIL's antialiased resampling of a cropped image along one axis: ``scale = length / out``,
@@ -359,8 +434,7 @@ def _noise_patch(x: torch.Tensor, p: AugParams, generator: torch.Generator | Non
     cols = torch.arange(width, device=x.device).view(1, -1)
     in_rows = (rows >= p.noise_top.view(-1, 1)) & (rows < (p.noise_top + p.noise_side).view(-1, 1))
     in_cols = (cols >= p.noise_left.view(-1, 1)) & (cols < (p.noise_left + p.noise_side).view(-1, 1))
-    inside = (in_rows.view(n_img, 1, height, 1) & in_cols.view(n_img, 1, 1, width)
-              & p.noise_apply.view(n_img, 1, 1, 1))
+    inside = in_rows.view(n_img, 1, height, 1) & in_cols.view(n_img, 1, 1, width) & p.noise_apply.view(n_img, 1, 1, 1)
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
     noise = noise * (p.noise_sigma.view(n_img, 1, 1, 1) * inside)
     return (x.float() + noise).clamp_(0, 1).to(x.dtype)
@@ -403,7 +477,7 @@ def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
     hue = torch.where(flat, torch.zeros_like(hue), hue)
     hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
-    n = (5.0 - 2.0 * torch.arange(3, device=x.device, dtype=x.dtype)).view(1, 3, 1, 1)   # 5, 3, 1
+    n = (5.0 - 2.0 * torch.arange(3, device=x.device, dtype=x.dtype)).view(1, 3, 1, 1)  # 5, 3, 1
     k = torch.remainder(n + 6.0 * hue.unsqueeze(1), 6.0)
     ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
     return maxc.unsqueeze(1) - (maxc * sat).unsqueeze(1) * ramp
@@ -416,9 +490,9 @@ def color_jitter(x: torch.Tensor, apply: torch.Tensor, order: torch.Tensor, fact
     the blend ops ordered before hue (3 passes), hue once, then the blend ops after it (3 passes),
     instead of evaluating all four ops in all four slots.
     """
-    hue_pos = torch.argmax((order == HUE).int(), dim=1)                   # [N]
+    hue_pos = torch.argmax((order == HUE).int(), dim=1)  # [N]
     none = torch.full_like(order[:, 0], IDENTITY)
-    table = torch.cat([factors[:, :3], torch.ones_like(factors[:, :1])], dim=1)   # identity -> factor 1
+    table = torch.cat([factors[:, :3], torch.ones_like(factors[:, :1])], dim=1)  # identity -> factor 1
     for j in range(3):  # ops before hue
         op = torch.where(apply & (j < hue_pos), order[:, j], none)
         x = _blend_pass(x, op, table)

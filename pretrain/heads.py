@@ -23,11 +23,23 @@ class DINOHead(nn.Module):
     ``head.last_layer`` because DINOv2 freezes it during the first epoch.
     """
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048,
-                 bottleneck_dim: int = 256, nlayers: int = 3, mlp_bias: bool = True):
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        mlp_bias: bool = True,
+    ):
         super().__init__()
-        for name, value in (("in_dim", in_dim), ("out_dim", out_dim), ("hidden_dim", hidden_dim),
-                            ("bottleneck_dim", bottleneck_dim), ("nlayers", nlayers)):
+        for name, value in (
+            ("in_dim", in_dim),
+            ("out_dim", out_dim),
+            ("hidden_dim", hidden_dim),
+            ("bottleneck_dim", bottleneck_dim),
+            ("nlayers", nlayers),
+        ):
             if int(value) < 1:
                 raise FdbenchError(f"DINO head {name} must be a positive integer, got {value}")
         if nlayers == 1:

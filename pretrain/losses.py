@@ -34,8 +34,12 @@ __all__ = ["Center", "DINOLoss", "iBOTPatchLoss", "KoLeoLoss", "sinkhorn_knopp",
 
 
 @torch.no_grad()
-def sinkhorn_knopp(teacher_logits: torch.Tensor, teacher_temp: float, n_iterations: int = 3,
-                   n_samples: int | torch.Tensor | None = None) -> torch.Tensor:
+def sinkhorn_knopp(
+    teacher_logits: torch.Tensor,
+    teacher_temp: float,
+    n_iterations: int = 3,
+    n_samples: int | torch.Tensor | None = None,
+) -> torch.Tensor:
     """Sinkhorn-Knopp teacher targets ``[N, K]`` (each row sums to 1; prototypes get equal mass).
 
     ``Q = exp(z / T)^T`` is normalised to total mass 1, then ``n_iterations`` times: each row
@@ -114,16 +118,19 @@ class _SoftCrossEntropy(torch.autograd.Function):
         return grad, None, None, None
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temp: float = 1.0,
-                       chunk_rows: int = DEFAULT_CHUNK_ROWS) -> torch.Tensor:
+def soft_cross_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, temp: float = 1.0, chunk_rows: int = DEFAULT_CHUNK_ROWS
+) -> torch.Tensor:
     """Per-row ``-sum_k p[k] log_softmax(z / temp)[k]`` (fp32) for ``logits [N,K]``, ``targets [T,K]``.
 
     ``N`` must be a multiple of ``T``; row ``r`` uses target row ``r mod T`` (so one teacher matrix
     serves several student crops without being repeated in memory). Targets get no gradient.
     """
     if logits.dim() != 2 or targets.dim() != 2 or logits.shape[1] != targets.shape[1]:
-        raise ValueError(f"soft_cross_entropy needs [N,K] logits and [T,K] targets, got "
-                         f"{tuple(logits.shape)} and {tuple(targets.shape)}")
+        raise ValueError(
+            f"soft_cross_entropy needs [N,K] logits and [T,K] targets, got "
+            f"{tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
     if targets.shape[0] == 0 or logits.shape[0] % targets.shape[0]:
         raise ValueError(f"{logits.shape[0]} logit rows are not a multiple of {targets.shape[0]} target rows")
     return _SoftCrossEntropy.apply(logits, targets.detach(), float(temp), max(1, int(chunk_rows)))
@@ -132,8 +139,13 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, temp: float 
 class _CenteredLoss(Center):
     """A teacher centre (:class:`pretrain.center.Center`) with the student's soft cross-entropy."""
 
-    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9,
-                 chunk_rows: int = DEFAULT_CHUNK_ROWS):
+    def __init__(
+        self,
+        out_dim: int,
+        student_temp: float = 0.1,
+        center_momentum: float = 0.9,
+        chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    ):
         super().__init__(out_dim, center_momentum)
         self.student_temp = float(student_temp)
         self.chunk_rows = int(chunk_rows)
@@ -158,8 +170,14 @@ class DINOLoss(_CenteredLoss):
     by that factor (or the DINO weight) to reproduce the reference's L = 0 loss.
     """
 
-    def forward(self, student_global_logits: torch.Tensor, student_local_logits: torch.Tensor | None,
-                teacher_global_probs: torch.Tensor, *, n_global_crops: int = 2) -> torch.Tensor:
+    def forward(
+        self,
+        student_global_logits: torch.Tensor,
+        student_local_logits: torch.Tensor | None,
+        teacher_global_probs: torch.Tensor,
+        *,
+        n_global_crops: int = 2,
+    ) -> torch.Tensor:
         teacher = teacher_global_probs.detach().float()
         rows, k = teacher.shape
         if rows % n_global_crops:
@@ -178,13 +196,16 @@ class DINOLoss(_CenteredLoss):
             total = total + self.soft_cross_entropy(student_local_logits, teacher_sum).sum()
             n_terms += (student_local_logits.shape[0] // b) * n_global_crops
         if n_terms == 0:
-            raise ValueError("the DINO loss needs a student crop that differs from the teacher's: "
-                             "use 2 global crops or at least one local crop")
+            raise ValueError(
+                "the DINO loss needs a student crop that differs from the teacher's: "
+                "use 2 global crops or at least one local crop"
+            )
         return total / (b * n_terms)
 
     @torch.no_grad()
-    def sinkhorn_knopp_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float,
-                               n_iterations: int = 3) -> torch.Tensor:
+    def sinkhorn_knopp_teacher(
+        self, teacher_logits: torch.Tensor, teacher_temp: float, n_iterations: int = 3
+    ) -> torch.Tensor:
         """Sinkhorn-Knopp targets over all teacher CLS rows (see :func:`sinkhorn_knopp`)."""
         return sinkhorn_knopp(teacher_logits, teacher_temp, n_iterations)
 
@@ -206,9 +227,15 @@ class iBOTPatchLoss(_CenteredLoss):  # noqa: N801 (the method's name)
     (:func:`pretrain.masking.masked_token_indices`) as ``mask_weights`` ``[M]`` with ``n_images = N``.
     """
 
-    def forward(self, student_patch_logits: torch.Tensor, teacher_patch_probs: torch.Tensor,
-                masks: torch.Tensor | None = None, *, mask_weights: torch.Tensor | None = None,
-                n_images: int | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        student_patch_logits: torch.Tensor,
+        teacher_patch_probs: torch.Tensor,
+        masks: torch.Tensor | None = None,
+        *,
+        mask_weights: torch.Tensor | None = None,
+        n_images: int | None = None,
+    ) -> torch.Tensor:
         if mask_weights is None:
             if masks is None:
                 raise ValueError("the iBOT loss needs the masks or the precomputed mask weights")
@@ -220,20 +247,30 @@ class iBOTPatchLoss(_CenteredLoss):  # noqa: N801 (the method's name)
             raise ValueError("precomputed iBOT mask weights need n_images, the number of global crops")
         n_rows = mask_weights.shape[0]
         if not (student_patch_logits.shape[0] == teacher_patch_probs.shape[0] == n_rows):
-            raise ValueError(f"iBOT loss got {student_patch_logits.shape[0]} student and "
-                             f"{teacher_patch_probs.shape[0]} teacher rows for {n_rows} masked patches")
+            raise ValueError(
+                f"iBOT loss got {student_patch_logits.shape[0]} student and "
+                f"{teacher_patch_probs.shape[0]} teacher rows for {n_rows} masked patches"
+            )
         if n_rows == 0:
             return student_patch_logits.float().sum() * 0.0  # keeps the graph; no masked patch anywhere
         ce = self.soft_cross_entropy(student_patch_logits, teacher_patch_probs)
         return (ce * mask_weights.to(ce.device, non_blocking=True)).sum() / max(int(n_images), 1)
 
     @torch.no_grad()
-    def sinkhorn_knopp_teacher(self, teacher_logits: torch.Tensor, teacher_temp: float,
-                               n_masked_tokens: int | torch.Tensor | None = None,
-                               n_iterations: int = 3) -> torch.Tensor:
+    def sinkhorn_knopp_teacher(
+        self,
+        teacher_logits: torch.Tensor,
+        teacher_temp: float,
+        n_masked_tokens: int | torch.Tensor | None = None,
+        n_iterations: int = 3,
+    ) -> torch.Tensor:
         """Sinkhorn-Knopp targets over the masked teacher tokens; ``B`` = masked tokens of all processes."""
-        return sinkhorn_knopp(teacher_logits, teacher_temp, n_iterations,
-                              n_samples=teacher_logits.shape[0] if n_masked_tokens is None else n_masked_tokens)
+        return sinkhorn_knopp(
+            teacher_logits,
+            teacher_temp,
+            n_iterations,
+            n_samples=teacher_logits.shape[0] if n_masked_tokens is None else n_masked_tokens,
+        )
 
 
 class KoLeoLoss(nn.Module):

@@ -45,8 +45,15 @@ def numpy_rng(generator: torch.Generator | None = None) -> np.random.Generator:
 class BlockMaskGenerator:
     """BEiT block masks on an ``(h, w)`` patch grid; ``gen(n_target, rng) -> bool [h, w]``."""
 
-    def __init__(self, grid: tuple[int, int], min_num_patches: int = 4, max_num_patches: float | None = None,
-                 min_aspect: float = 0.3, max_aspect: float | None = None, max_tries: int = 10):
+    def __init__(
+        self,
+        grid: tuple[int, int],
+        min_num_patches: int = 4,
+        max_num_patches: float | None = None,
+        min_aspect: float = 0.3,
+        max_aspect: float | None = None,
+        max_tries: int = 10,
+    ):
         self.height, self.width = int(grid[0]), int(grid[1])
         self.num_patches = self.height * self.width
         self.min_num_patches = min_num_patches
@@ -67,7 +74,7 @@ class BlockMaskGenerator:
             if 0 < h <= self.height and 0 < w <= self.width:
                 top = int(rng.integers(0, self.height - h + 1))
                 left = int(rng.integers(0, self.width - w + 1))
-                block = mask[top:top + h, left:left + w]
+                block = mask[top : top + h, left : left + w]
                 new = h * w - int(block.sum())
                 if 0 < new <= room:
                     block[...] = True
@@ -85,9 +92,13 @@ class BlockMaskGenerator:
         return mask
 
 
-def make_masks(n_images: int, grid: tuple[int, int] | int = (14, 14), mask_probability: float = 0.5,
-               ratio_range: tuple[float, float] = (0.1, 0.5),
-               generator: torch.Generator | None = None) -> torch.Tensor:
+def make_masks(
+    n_images: int,
+    grid: tuple[int, int] | int = (14, 14),
+    mask_probability: float = 0.5,
+    ratio_range: tuple[float, float] = (0.1, 0.5),
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Masks ``bool [n_images, h*w]`` for ``n_images`` global crops (see the module docstring)."""
     h, w = (grid, grid) if isinstance(grid, int) else (int(grid[0]), int(grid[1]))
     if h < 1 or w < 1:

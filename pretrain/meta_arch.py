@@ -40,10 +40,15 @@ class Student(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.dino_head = dino_head
-        self.ibot_head = ibot_head      # None: iBOT shares the DINO head (DINOv2 default)
+        self.ibot_head = ibot_head  # None: iBOT shares the DINO head (DINOv2 default)
 
-    def forward(self, global_crops: torch.Tensor, local_crops: torch.Tensor | None, masks: torch.Tensor | None,
-                mask_indices: torch.Tensor | None = None):
+    def forward(
+        self,
+        global_crops: torch.Tensor,
+        local_crops: torch.Tensor | None,
+        masks: torch.Tensor | None,
+        mask_indices: torch.Tensor | None = None,
+    ):
         """Returns a dict with ``global_cls`` [G*B,D], ``global_logits`` [G*B,K], ``local_logits``
         [L*B,K] or None, and ``patch_logits`` [M,K] for the masked tokens at ``mask_indices`` [M]
         (flat positions in ``masks``, :func:`pretrain.masking.masked_token_indices`)."""
@@ -60,8 +65,12 @@ class Student(nn.Module):
             cls = global_cls if local_cls is None else torch.cat([global_cls, local_cls])
             global_logits, local_logits = self.dino_head(cls).split([n_global, n_local])
             patch_logits = self.ibot_head(masked)
-        return {"global_cls": global_cls, "global_logits": global_logits,
-                "local_logits": local_logits if n_local else None, "patch_logits": patch_logits}
+        return {
+            "global_cls": global_cls,
+            "global_logits": global_logits,
+            "local_logits": local_logits if n_local else None,
+            "patch_logits": patch_logits,
+        }
 
 
 def _masked_tokens(patch_tokens: torch.Tensor, mask_indices: torch.Tensor | None) -> torch.Tensor:
@@ -90,26 +99,44 @@ class MetaArch(nn.Module):
         m, h, lc = cfg.model, cfg.head, cfg.loss
         user_backbone = backbone is not None
         if not user_backbone:
-            backbone = build_backbone(m.arch, img_size=cfg.crops.global_size, patch_size=m.patch_size,
-                                      reg_tokens=m.reg_tokens, drop_path_rate=m.drop_path_rate,
-                                      drop_path_uniform=m.drop_path_uniform,
-                                      layerscale=m.layerscale)
+            backbone = build_backbone(
+                m.arch,
+                img_size=cfg.crops.global_size,
+                patch_size=m.patch_size,
+                reg_tokens=m.reg_tokens,
+                drop_path_rate=m.drop_path_rate,
+                drop_path_uniform=m.drop_path_uniform,
+                layerscale=m.layerscale,
+            )
         dim = backbone.embed_dim
-        dino_head = DINOHead(dim, h.prototypes, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim,
-                             nlayers=h.nlayers)
-        ibot_head = (DINOHead(dim, h.ibot_prototypes, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim,
-                              nlayers=h.nlayers) if h.ibot_separate_head else None)
+        dino_head = DINOHead(
+            dim, h.prototypes, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers
+        )
+        ibot_head = (
+            DINOHead(
+                dim, h.ibot_prototypes, hidden_dim=h.hidden_dim, bottleneck_dim=h.bottleneck_dim, nlayers=h.nlayers
+            )
+            if h.ibot_separate_head
+            else None
+        )
         self.student = Student(backbone, dino_head, ibot_head)
 
         # the teacher starts as a copy of the student, without drop path, and never gets gradients
         if user_backbone:
             teacher_backbone = copy.deepcopy(backbone)
         else:
-            teacher_backbone = build_backbone(m.arch, img_size=cfg.crops.global_size, patch_size=m.patch_size,
-                                              reg_tokens=m.reg_tokens, drop_path_rate=0.0, layerscale=m.layerscale)
+            teacher_backbone = build_backbone(
+                m.arch,
+                img_size=cfg.crops.global_size,
+                patch_size=m.patch_size,
+                reg_tokens=m.reg_tokens,
+                drop_path_rate=0.0,
+                layerscale=m.layerscale,
+            )
             teacher_backbone.load_state_dict(backbone.state_dict())
-        self.teacher = Student(teacher_backbone, copy.deepcopy(dino_head),
-                               copy.deepcopy(ibot_head) if ibot_head is not None else None)
+        self.teacher = Student(
+            teacher_backbone, copy.deepcopy(dino_head), copy.deepcopy(ibot_head) if ibot_head is not None else None
+        )
         self.teacher.requires_grad_(False).eval()
 
         self.dino_loss = DINOLoss(h.prototypes, student_temp=lc.student_temp, center_momentum=lc.center_momentum)
@@ -117,7 +144,7 @@ class MetaArch(nn.Module):
         self.ibot_loss = iBOTPatchLoss(patch_dim, student_temp=lc.student_temp, center_momentum=lc.center_momentum)
         self.koleo_loss = KoLeoLoss()
         self.to(self.device)
-        self.student_ddp: nn.Module = self.student   # replaced by a DDP wrapper in wrap_ddp()
+        self.student_ddp: nn.Module = self.student  # replaced by a DDP wrapper in wrap_ddp()
         # the last step's teacher class embeddings [G*B,D] and DINO targets [G*B,K] (None before one)
         self.teacher_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pairs = self._ema_pairs()
@@ -126,10 +153,13 @@ class MetaArch(nn.Module):
 
     def state_dict_parts(self) -> dict:
         """The model's entries of a training checkpoint (student, teacher, the losses' centres)."""
-        return {"model": self.teacher.backbone.config.to_dict(),   # built at the full global crop size
-                "teacher_backbone": self.teacher.backbone.state_dict(),
-                "student": self.student.state_dict(), "teacher": self.teacher.state_dict(),
-                "losses": {"dino": self.dino_loss.state_dict(), "ibot": self.ibot_loss.state_dict()}}
+        return {
+            "model": self.teacher.backbone.config.to_dict(),  # built at the full global crop size
+            "teacher_backbone": self.teacher.backbone.state_dict(),
+            "student": self.student.state_dict(),
+            "teacher": self.teacher.state_dict(),
+            "losses": {"dino": self.dino_loss.state_dict(), "ibot": self.ibot_loss.state_dict()},
+        }
 
     def load_state_dict_parts(self, state: dict) -> None:
         self.student.load_state_dict(state["student"])
@@ -143,8 +173,9 @@ class MetaArch(nn.Module):
         """Wrap the student for data-parallel training (call once torch.distributed is initialised)."""
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            self.student_ddp = nn.parallel.DistributedDataParallel(self.student, device_ids=ids,
-                                                                   broadcast_buffers=False)
+            self.student_ddp = nn.parallel.DistributedDataParallel(
+                self.student, device_ids=ids, broadcast_buffers=False
+            )
 
     def _ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         student = dict(self.student.named_parameters())
@@ -200,20 +231,27 @@ class MetaArch(nn.Module):
         with self.autocast():
             teacher_cls_probs, teacher_patch_probs = self.teacher_targets(global_crops, mask_indices, teacher_temp)
             out = self.student_ddp(global_crops, local_crops, masks, mask_indices)
-            dino = self.dino_loss(out["global_logits"].float(),
-                                  None if out["local_logits"] is None else out["local_logits"].float(),
-                                  teacher_cls_probs)
+            dino = self.dino_loss(
+                out["global_logits"].float(),
+                None if out["local_logits"] is None else out["local_logits"].float(),
+                teacher_cls_probs,
+            )
             koleo = sum(self.koleo_loss(c.float()) for c in out["global_cls"].chunk(n_global))
-            ibot = (self.ibot_loss(out["patch_logits"].float(), teacher_patch_probs,
-                                   mask_weights=mask_weights, n_images=masks.shape[0])
-                    if masks is not None else dino.new_zeros(()))
+            ibot = (
+                self.ibot_loss(
+                    out["patch_logits"].float(), teacher_patch_probs, mask_weights=mask_weights, n_images=masks.shape[0]
+                )
+                if masks is not None
+                else dino.new_zeros(())
+            )
             total = lc.dino_weight * dino + lc.koleo_weight * koleo + lc.ibot_weight * ibot
         total.backward()
         return {"loss": total.detach(), "dino": dino.detach(), "koleo": koleo.detach(), "ibot": ibot.detach()}
 
     @torch.no_grad()
-    def teacher_targets(self, global_crops: torch.Tensor, mask_indices: torch.Tensor | None,
-                        teacher_temp: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def teacher_targets(
+        self, global_crops: torch.Tensor, mask_indices: torch.Tensor | None, teacher_temp: float
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Teacher probabilities for the DINO loss [G*B,K] and for the masked patches [M,K] (or None).
 
         The teacher sees the unmasked global crops; its patch tokens at the student's masked
@@ -227,8 +265,9 @@ class MetaArch(nn.Module):
             cls_logits, patch_logits = logits.split([len(cls), len(masked)])
         else:
             cls_logits, patch_logits = self.teacher.dino_head(cls), self.teacher.ibot_head(masked)
-        cls_probs, patch_probs = self._centre(cls_logits.float(),
-                                              patch_logits.float() if mask_indices is not None else None, teacher_temp)
+        cls_probs, patch_probs = self._centre(
+            cls_logits.float(), patch_logits.float() if mask_indices is not None else None, teacher_temp
+        )
         # kept (on the device, no copy) for the collapse monitor, which reads them on logging steps
         self.teacher_outputs = (cls, cls_probs)
         return cls_probs, patch_probs
@@ -254,8 +293,10 @@ class MetaArch(nn.Module):
 
     def clip_gradients(self, max_norm: float) -> torch.Tensor:
         """Clip each student part's gradient norm separately (as DINOv2); returns the backbone's norm."""
-        norms = [nn.utils.clip_grad_norm_([p for p in part.parameters() if p.grad is not None], max_norm)
-                 for part in self.named_student_modules().values()]
+        norms = [
+            nn.utils.clip_grad_norm_([p for p in part.parameters() if p.grad is not None], max_norm)
+            for part in self.named_student_modules().values()
+        ]
         return norms[0]
 
     def cancel_last_layer_gradients(self) -> None:

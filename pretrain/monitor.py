@@ -19,15 +19,22 @@ from fdbench.data import dataset_resolution, eval_transform, open_dataset
 from fdbench.features import FrozenEncoder, eval_image_size, extract_features
 
 
-def knn_predict(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                n_classes: int, k: int = 20, temperature: float = 0.07, chunk: int = 1024) -> torch.Tensor:
+def knn_predict(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    n_classes: int,
+    k: int = 20,
+    temperature: float = 0.07,
+    chunk: int = 1024,
+) -> torch.Tensor:
     """Class votes ``[N_test, n_classes]`` of the weighted cosine kNN (see the module docstring)."""
     train = torch.nn.functional.normalize(train_features.float(), dim=1)
     test = torch.nn.functional.normalize(test_features.float(), dim=1)
     k = min(k, len(train))
     votes = []
     for start in range(0, len(test), chunk):
-        sims, idx = (test[start:start + chunk] @ train.T).topk(k, dim=1)
+        sims, idx = (test[start : start + chunk] @ train.T).topk(k, dim=1)
         weights = (sims / temperature).exp()
         onehot = torch.nn.functional.one_hot(train_labels[idx], n_classes).to(weights.dtype)
         votes.append((onehot * weights.unsqueeze(-1)).sum(dim=1))
@@ -63,24 +70,38 @@ class KnnResult:
 class KnnMonitor:
     """Loads the memory bank and val images once (as uint8 tensors) and scores a backbone on them."""
 
-    def __init__(self, root: str | None, class_list: str | None, *, trained_size: int, patch_size: int,
-                 train_per_class: int | None = 100, val_per_class: int | None = None, k: int = 20,
-                 temperature: float = 0.07, workers: int = 0, batch_size: int = 256):
+    def __init__(
+        self,
+        root: str | None,
+        class_list: str | None,
+        *,
+        trained_size: int,
+        patch_size: int,
+        train_per_class: int | None = 100,
+        val_per_class: int | None = None,
+        k: int = 20,
+        temperature: float = 0.07,
+        workers: int = 0,
+        batch_size: int = 256,
+    ):
         native = dataset_resolution(root)
         self.size = eval_image_size(trained_size, native, patch_size)
         resize = self.size if native else None
         self.k, self.temperature, self.batch_size = k, temperature, batch_size
         transform = eval_transform(self.size, resize)
         self.train_images, self.train_labels, self.classes = self._load(
-            open_dataset(root, "train", transform, class_list), train_per_class, workers)
+            open_dataset(root, "train", transform, class_list), train_per_class, workers
+        )
         self.val_images, self.val_labels, _ = self._load(
-            open_dataset(root, "val", transform, class_list), val_per_class, workers)
+            open_dataset(root, "val", transform, class_list), val_per_class, workers
+        )
 
     def _load(self, dataset, per_class, workers):
         subset = Subset(dataset, _first_per_class(dataset.targets, per_class))
         images, labels = [], []
-        for x, y in DataLoader(subset, batch_size=self.batch_size, num_workers=workers,
-                               generator=torch.Generator().manual_seed(0)):
+        for x, y in DataLoader(
+            subset, batch_size=self.batch_size, num_workers=workers, generator=torch.Generator().manual_seed(0)
+        ):
             images.append(x)
             labels.append(y)
         return torch.cat(images), torch.cat(labels), list(dataset.classes)
@@ -101,5 +122,6 @@ class KnnMonitor:
             for p, g in zip(backbone.parameters(), grads):
                 p.requires_grad_(g)
         votes = knn_predict(train, self.train_labels, val, len(self.classes), self.k, self.temperature)
-        return KnnResult(topk_accuracy(votes, self.val_labels, 1), topk_accuracy(votes, self.val_labels, 5),
-                         len(train), len(val))
+        return KnnResult(
+            topk_accuracy(votes, self.val_labels, 1), topk_accuracy(votes, self.val_labels, 5), len(train), len(val)
+        )

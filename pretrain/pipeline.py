@@ -42,27 +42,37 @@ def make_augment(cfg, stage):
     from pretrain.augment import GaussianNoisePatch, MultiCropAugmentation
 
     noise = GaussianNoisePatch(max_sigma=stage.noise_max_sigma) if stage.noise_patching else None
-    return MultiCropAugmentation(global_size=stage.global_size, local_size=stage.local_size or 1,
-                                 n_local=stage.n_local, global_scale=stage.global_scale,
-                                 local_scale=stage.local_scale, inverted_blur=cfg.crops.inverted_blur,
-                                 noise_patch=noise)
+    return MultiCropAugmentation(
+        global_size=stage.global_size,
+        local_size=stage.local_size or 1,
+        n_local=stage.n_local,
+        global_scale=stage.global_scale,
+        local_scale=stage.local_scale,
+        inverted_blur=cfg.crops.inverted_blur,
+        noise_patch=noise,
+    )
 
 
 def make_gpu_augment(cfg, stage):
     """The on-device multi-crop for a stage: the same crops, blur choice, noise patching and masks."""
     from pretrain.gpu_augment import GpuMultiCrop
 
-    return GpuMultiCrop.from_stage(stage, cfg.model.patch_size, inverted_blur=cfg.crops.inverted_blur,
-                                   mask_probability=cfg.loss.mask_probability,
-                                   mask_ratio_range=(cfg.loss.mask_ratio_min, cfg.loss.mask_ratio_max))
+    return GpuMultiCrop.from_stage(
+        stage,
+        cfg.model.patch_size,
+        inverted_blur=cfg.crops.inverted_blur,
+        mask_probability=cfg.loss.mask_probability,
+        mask_ratio_range=(cfg.loss.mask_ratio_min, cfg.loss.mask_ratio_max),
+    )
 
 
 def decode_side(stage, slack: float = 1.0) -> int:
     """Shorter side the workers decode to for a stage: no crop of the stage is upsampled by it."""
     from pretrain.decode import needed_side
 
-    return needed_side(stage.global_size, stage.local_size, stage.global_scale[0], stage.local_scale[0],
-                       stage.n_local, slack=slack)
+    return needed_side(
+        stage.global_size, stage.local_size, stage.global_scale[0], stage.local_scale[0], stage.n_local, slack=slack
+    )
 
 
 class StageFeed:
@@ -73,8 +83,19 @@ class StageFeed:
     ``decode_slack > 1`` decodes smaller than the smallest crop needs (faster, a little softer).
     """
 
-    def __init__(self, cfg, stage, train_set, *, pipeline: str, device: torch.device | str, workers: int,
-                 rank: int = 0, world_size: int = 1, decode_slack: float = 1.0):
+    def __init__(
+        self,
+        cfg,
+        stage,
+        train_set,
+        *,
+        pipeline: str,
+        device: torch.device | str,
+        workers: int,
+        rank: int = 0,
+        world_size: int = 1,
+        decode_slack: float = 1.0,
+    ):
         from pretrain.data import AugmentedDataset, DecodeBatchCollate, DecodedDataset, MultiCropCollate
         from pretrain.decode import DecodeDataset
 
@@ -98,16 +119,25 @@ class StageFeed:
         """This rank's loader batches of ``epoch`` from ``start_step`` on (decoded or augmented)."""
         from pretrain.data import make_loader
 
-        return make_loader(self.dataset, self.collate, self.cfg.run.batch_size, seed=self.cfg.run.seed,
-                           epoch=epoch, start_step=start_step, rank=self.rank, world_size=self.world_size,
-                           workers=self.workers, pin_memory=self.device.type == "cuda")
+        return make_loader(
+            self.dataset,
+            self.collate,
+            self.cfg.run.batch_size,
+            seed=self.cfg.run.seed,
+            epoch=epoch,
+            start_step=start_step,
+            rank=self.rank,
+            world_size=self.world_size,
+            workers=self.workers,
+            pin_memory=self.device.type == "cuda",
+        )
 
     def prepare(self, batch: dict) -> dict:
         """A loader batch -> a training batch. The gpu pipeline makes its crops here, on the device,
         from a generator reseeded per batch, so the crops depend on the step only (not on the history
         of the generator): that is what lets a resumed run match an uninterrupted one."""
         if self.pipeline == "cpu":
-            return batch    # forward_backward moves it to the device
+            return batch  # forward_backward moves it to the device
         self.generator.manual_seed(batch["aug_seed"])
         return self.augment(batch, self.generator)
 

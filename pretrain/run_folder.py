@@ -27,16 +27,41 @@ from fdbench.checkpoint import read_checkpoint, save_checkpoint
 from fdbench.config import save_yaml
 from fdbench.io import atomic_write_csv, atomic_write_json
 
-METRIC_COLUMNS = ["row", "epoch", "step", "stage", "stage_name", "global_size", "local_size", "n_local",
-                  "loss", "dino", "koleo", "ibot", "lr", "wd", "momentum", "teacher_temp", "grad_norm",
-                  "img_per_s", "step_time_s", "peak_memory_mb", "gflops_per_image", "knn_top1", "knn_top5",
-                  "teacher_entropy", "teacher_rank", "elapsed_s", "run_time_s"]
+METRIC_COLUMNS = [
+    "row",
+    "epoch",
+    "step",
+    "stage",
+    "stage_name",
+    "global_size",
+    "local_size",
+    "n_local",
+    "loss",
+    "dino",
+    "koleo",
+    "ibot",
+    "lr",
+    "wd",
+    "momentum",
+    "teacher_temp",
+    "grad_norm",
+    "img_per_s",
+    "step_time_s",
+    "peak_memory_mb",
+    "gflops_per_image",
+    "knn_top1",
+    "knn_top5",
+    "teacher_entropy",
+    "teacher_rank",
+    "elapsed_s",
+    "run_time_s",
+]
 
 
 class RunFolder:
     def __init__(self, out: Path, writer: bool = True):
         self.out = Path(out)
-        self.writer = writer                      # False on DDP ranks other than 0
+        self.writer = writer  # False on DDP ranks other than 0
         self.config = self.out / "config.yaml"
         self.metrics_path = self.out / "metrics.csv"
         self.summary = self.out / "summary.json"
@@ -48,8 +73,14 @@ class RunFolder:
 
     @property
     def paths(self) -> dict[str, Path]:
-        return {"config": self.config, "metrics": self.metrics_path, "summary": self.summary, "costs": self.costs,
-                "last": self.last, "final": self.final}
+        return {
+            "config": self.config,
+            "metrics": self.metrics_path,
+            "summary": self.summary,
+            "costs": self.costs,
+            "last": self.last,
+            "final": self.final,
+        }
 
     # ---- starting and resuming
     def read_last(self, device: torch.device) -> dict | None:
@@ -73,8 +104,10 @@ class RunFolder:
             return
         frame = pd.read_csv(self.metrics_path)
         frame = frame[frame["step"] <= up_to_step]
-        self.metrics = [{k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
-                        for row in frame.to_dict("records")]
+        self.metrics = [
+            {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v))}
+            for row in frame.to_dict("records")
+        ]
 
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text()) if self.summary.exists() else {}
@@ -102,13 +135,23 @@ class RunFolder:
         if not self.writer:
             return
         atomic_write_json(self.summary, summary)
-        rows = [{"stage": s["name"], "epochs": f"{s['start_epoch']}-{s['end_epoch'] - 1}",
-                 "iterations": s["iterations"], "global_size": s["global_size"], "local_size": s["local_size"],
-                 "n_local": s["n_local"], "noise_patching": s["noise_patching"],
-                 "gflops_per_image": gflops(s["flops_per_image"]), "wall_clock_s": round(s["wall_clock_s"], 2),
-                 "img_per_s": round(s["img_per_s"], 2), "step_time_s": round(s["step_time_s"], 4),
-                 "peak_memory_mb": round(s["peak_memory_bytes"] / 2**20, 1)}
-                for s in summary["stages"]]
+        rows = [
+            {
+                "stage": s["name"],
+                "epochs": f"{s['start_epoch']}-{s['end_epoch'] - 1}",
+                "iterations": s["iterations"],
+                "global_size": s["global_size"],
+                "local_size": s["local_size"],
+                "n_local": s["n_local"],
+                "noise_patching": s["noise_patching"],
+                "gflops_per_image": gflops(s["flops_per_image"]),
+                "wall_clock_s": round(s["wall_clock_s"], 2),
+                "img_per_s": round(s["img_per_s"], 2),
+                "step_time_s": round(s["step_time_s"], 4),
+                "peak_memory_mb": round(s["peak_memory_bytes"] / 2**20, 1),
+            }
+            for s in summary["stages"]
+        ]
         flops = summary.get("flops") or {}
         if flops:
             rows.append({"stage": "none (reference)", "gflops_per_image": gflops(flops["none_flops_per_image"])})

@@ -11,13 +11,13 @@ from pretrain.costs import StageCost, cpu_seconds
 
 @dataclass
 class RunState:
-    step: int = 0                                  # iterations done (over all processes' lives)
+    step: int = 0  # iterations done (over all processes' lives)
     iters_per_epoch: int = 1
-    elapsed_s: float = 0.0                         # wall-clock of the training steps (data loading included)
+    elapsed_s: float = 0.0  # wall-clock of the training steps (data loading included)
     knn: list[dict] = field(default_factory=list)  # one {"epoch", "step", "top1", "top5"} per evaluation
     costs: list[StageCost] = field(default_factory=list)
-    none_flops_per_image: int | None = None        # the FLOPs reference, counted once per run
-    run_time_before_s: float = 0.0                 # run_time_s / cpu_time_s of the processes before this one
+    none_flops_per_image: int | None = None  # the FLOPs reference, counted once per run
+    run_time_before_s: float = 0.0  # run_time_s / cpu_time_s of the processes before this one
     cpu_time_before_s: float = 0.0
     resumed_from: int | None = None
     _start: float = field(default_factory=time.perf_counter, repr=False)
@@ -41,9 +41,16 @@ class RunState:
         return self.cpu_time_before_s + cpu_seconds() - self._cpu_start
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "step": self.step, "costs": [c.to_dict() for c in self.costs],
-                "none_flops_per_image": self.none_flops_per_image, "knn": self.knn, "elapsed_s": self.elapsed_s,
-                "run_time_s": self.run_time(), "cpu_time_s": self.cpu_time()}
+        return {
+            "epoch": self.epoch,
+            "step": self.step,
+            "costs": [c.to_dict() for c in self.costs],
+            "none_flops_per_image": self.none_flops_per_image,
+            "knn": self.knn,
+            "elapsed_s": self.elapsed_s,
+            "run_time_s": self.run_time(),
+            "cpu_time_s": self.cpu_time(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.knn, self.elapsed_s = int(state["step"]), list(state["knn"]), float(state["elapsed_s"])

@@ -15,12 +15,12 @@ from torch import nn
 
 from pretrain.param_groups import wd_multiplier
 
-__all__ = ["cosine_schedule", "linear_warmup_then_constant", "scaled_lr", "param_groups",
-           "apply_schedules", "layer_id"]
+__all__ = ["cosine_schedule", "linear_warmup_then_constant", "scaled_lr", "param_groups", "apply_schedules", "layer_id"]
 
 
-def cosine_schedule(base: float, final: float, total_iters: int, warmup_iters: int = 0,
-                    warmup_start: float = 0.0, freeze_iters: int = 0) -> torch.Tensor:
+def cosine_schedule(
+    base: float, final: float, total_iters: int, warmup_iters: int = 0, warmup_start: float = 0.0, freeze_iters: int = 0
+) -> torch.Tensor:
     """DINOv2's ``CosineScheduler`` as a float64 tensor of ``total_iters`` values.
 
     ``[0] * freeze_iters`` then ``linspace(warmup_start, base, warmup_iters)`` (the last warm-up
@@ -79,8 +79,13 @@ def layer_id(name: str, num_layers: int) -> int:
     return num_layers + 1
 
 
-def param_groups(named_modules: dict[str, nn.Module], lr_decay: float = 0.9, patch_embed_lr_mult: float = 0.2,
-                 num_layers: int | None = None, wd_rule: str = "no-decay-tokens") -> list[dict]:
+def param_groups(
+    named_modules: dict[str, nn.Module],
+    lr_decay: float = 0.9,
+    patch_embed_lr_mult: float = 0.2,
+    num_layers: int | None = None,
+    wd_rule: str = "no-decay-tokens",
+) -> list[dict]:
     """AdamW parameter groups with DINOv2's multipliers.
 
     For a backbone parameter at depth ``layer_id`` (see :func:`layer_id`) of a ViT with
@@ -115,9 +120,10 @@ def param_groups(named_modules: dict[str, nn.Module], lr_decay: float = 0.9, pat
                     lr_mult *= patch_embed_lr_mult
             wd_mult = wd_multiplier(local_name, wd_rule)
             last = "last_layer" in local_name
-            group = merged.setdefault((lr_mult, wd_mult, last), {
-                "params": [], "names": [], "lr_multiplier": lr_mult, "wd_multiplier": wd_mult,
-                "is_last_layer": last})
+            group = merged.setdefault(
+                (lr_mult, wd_mult, last),
+                {"params": [], "names": [], "lr_multiplier": lr_mult, "wd_multiplier": wd_mult, "is_last_layer": last},
+            )
             group["params"].append(param)
             group["names"].append(name)
     return list(merged.values())

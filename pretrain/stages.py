@@ -11,12 +11,13 @@ import torch
 from fdbench.errors import FdbenchError
 from pretrain.config import PretrainConfig
 
+
 @dataclass
 class StagePlan:
     index: int
     name: str
     start_epoch: int
-    end_epoch: int                     # exclusive
+    end_epoch: int  # exclusive
     global_size: int
     local_size: int
     n_local: int
@@ -35,12 +36,20 @@ def resolve_curriculum(cfg: PretrainConfig):
 
     c = cfg.curriculum
     if c.name in ("none", "two-stage"):
-        return build_curriculum(c.name, global_size=cfg.crops.global_size, local_size=cfg.crops.local_size,
-                                stage1_fraction=c.stage1_fraction, stage1_scale=c.stage1_scale,
-                                stage1_global_size=c.stage1_global_size, stage1_local_size=c.stage1_local_size,
-                                noise_patching=c.noise_patching, noise_max_sigma=c.noise_max_sigma,
-                                n_local=cfg.crops.n_local, global_scale=tuple(cfg.crops.global_scale),
-                                local_scale=tuple(cfg.crops.local_scale))
+        return build_curriculum(
+            c.name,
+            global_size=cfg.crops.global_size,
+            local_size=cfg.crops.local_size,
+            stage1_fraction=c.stage1_fraction,
+            stage1_scale=c.stage1_scale,
+            stage1_global_size=c.stage1_global_size,
+            stage1_local_size=c.stage1_local_size,
+            noise_patching=c.noise_patching,
+            noise_max_sigma=c.noise_max_sigma,
+            n_local=cfg.crops.n_local,
+            global_scale=tuple(cfg.crops.global_scale),
+            local_scale=tuple(cfg.crops.local_scale),
+        )
     if c.name.endswith((".yaml", ".yml")):
         if not Path(c.name).is_file():
             raise FdbenchError(f"curriculum file not found: {c.name}")
@@ -61,19 +70,39 @@ def plan_stages(cfg: PretrainConfig, curriculum) -> list[StagePlan]:
     for stage, (start, end) in zip(curriculum.stages, curriculum.stage_epochs(cfg.run.epochs)):
         if end <= start:
             continue
-        plans.append(StagePlan(
-            index=len(plans), name=stage.name, start_epoch=start, end_epoch=end,
-            global_size=round_to_patch(stage.global_size, patch),
-            local_size=round_to_patch(stage.local_size, patch) if stage.n_local else 0,
-            n_local=stage.n_local, global_scale=tuple(stage.global_scale), local_scale=tuple(stage.local_scale),
-            noise_patching=bool(stage.noise_patching), noise_max_sigma=float(stage.noise_max_sigma)))
+        plans.append(
+            StagePlan(
+                index=len(plans),
+                name=stage.name,
+                start_epoch=start,
+                end_epoch=end,
+                global_size=round_to_patch(stage.global_size, patch),
+                local_size=round_to_patch(stage.local_size, patch) if stage.n_local else 0,
+                n_local=stage.n_local,
+                global_scale=tuple(stage.global_scale),
+                local_scale=tuple(stage.local_scale),
+                noise_patching=bool(stage.noise_patching),
+                noise_max_sigma=float(stage.noise_max_sigma),
+            )
+        )
     return plans
 
 
 def none_stage(cfg: PretrainConfig) -> StagePlan:
     """The reference the FLOPs ratio is measured against: this run's recipe as curriculum ``none``."""
-    return StagePlan(0, "none", 0, cfg.run.epochs, cfg.crops.global_size, cfg.crops.local_size,
-                     cfg.crops.n_local, tuple(cfg.crops.global_scale), tuple(cfg.crops.local_scale), False, 0.0)
+    return StagePlan(
+        0,
+        "none",
+        0,
+        cfg.run.epochs,
+        cfg.crops.global_size,
+        cfg.crops.local_size,
+        cfg.crops.n_local,
+        tuple(cfg.crops.global_scale),
+        tuple(cfg.crops.local_scale),
+        False,
+        0.0,
+    )
 
 
 def stage_at(stages: list[StagePlan], epoch: int) -> StagePlan:
@@ -81,6 +110,7 @@ def stage_at(stages: list[StagePlan], epoch: int) -> StagePlan:
 
 
 # ---- schedules --------------------------------------------------------------------------------
+
 
 @dataclass
 class Schedules:
@@ -90,7 +120,7 @@ class Schedules:
     wd: torch.Tensor
     momentum: torch.Tensor
     teacher_temp: torch.Tensor
-    freeze_last_layer: torch.Tensor    # bool
+    freeze_last_layer: torch.Tensor  # bool
 
 
 def build_schedules(cfg: PretrainConfig, stages: list[StagePlan], iters_per_epoch: int) -> Schedules:
@@ -119,7 +149,10 @@ def build_schedules(cfg: PretrainConfig, stages: list[StagePlan], iters_per_epoc
         parts["lr"].append(cosine_schedule(peak, o.min_lr, n, warmup_iters=warmup))
         parts["wd"].append(cosine_schedule(o.weight_decay, o.weight_decay_end, n))
         parts["momentum"].append(cosine_schedule(o.momentum_teacher, o.final_momentum_teacher, n))
-        parts["teacher_temp"].append(linear_warmup_then_constant(
-            lc.warmup_teacher_temp, lc.teacher_temp, cap(lc.warmup_teacher_temp_epochs * iters_per_epoch), n))
+        parts["teacher_temp"].append(
+            linear_warmup_then_constant(
+                lc.warmup_teacher_temp, lc.teacher_temp, cap(lc.warmup_teacher_temp_epochs * iters_per_epoch), n
+            )
+        )
         parts["freeze"].append(torch.arange(n) < cap(o.freeze_last_layer_epochs * iters_per_epoch))
     return Schedules(*(torch.cat(parts[k]) for k in ("lr", "wd", "momentum", "teacher_temp", "freeze")))

@@ -22,5 +22,6 @@ def tiny_dataset(tmp_path_factory):
     from fdbench.synthetic import SyntheticSpec, make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("data") / "tiny"
-    return make_synthetic_dataset(root, SyntheticSpec(classes=4, train_per_class=20, val_per_class=10, size=32),
-                                  workers=1)
+    return make_synthetic_dataset(
+        root, SyntheticSpec(classes=4, train_per_class=20, val_per_class=10, size=32), workers=1
+    )

@@ -49,6 +49,7 @@ def _count_blurs(aug, n_images):
             assert 0.1 <= sigma <= 2.0
             counts[key] += 1
             return img
+
         return blur
 
     # instance attributes shadow the method: the Compose pipelines hold these very objects
@@ -67,14 +68,14 @@ def test_blur_probabilities_intended_and_inverted():
     intended = MultiCropAugmentation(8, 8, n_local=2)
     assert intended.blur_probs_effective == (1.0, 0.1, 0.5)
     counts = _count_blurs(intended, n)
-    assert counts["global1"] == n                         # p = 1.0
-    assert 5 <= counts["global2"] <= 40                   # p = 0.1: mean 20, sd 4.2
-    assert 150 <= counts["local"] <= 250                  # p = 0.5 over 2 local crops: mean 200, sd 10
+    assert counts["global1"] == n  # p = 1.0
+    assert 5 <= counts["global2"] <= 40  # p = 0.1: mean 20, sd 4.2
+    assert 150 <= counts["local"] <= 250  # p = 0.5 over 2 local crops: mean 200, sd 10
     inverted = MultiCropAugmentation(8, 8, n_local=2, inverted_blur=True)
     assert inverted.blur_probs_effective == pytest.approx((0.0, 0.9, 0.5))
     counts = _count_blurs(inverted, n)
-    assert counts["global1"] == 0                         # the reference code never blurs global crop 1
-    assert 160 <= counts["global2"] <= 195                # p = 0.9: mean 180, sd 4.2
+    assert counts["global1"] == 0  # the reference code never blurs global crop 1
+    assert 160 <= counts["global2"] <= 195  # p = 0.9: mean 180, sd 4.2
     assert 150 <= counts["local"] <= 250
 
 
@@ -83,10 +84,10 @@ def test_random_gaussian_blur_frequency_and_effect():
     x = torch.zeros(3, 15, 15)
     x[:, 7, 7] = 1.0
     blurred = [not torch.equal(RandomGaussianBlur(0.3)(x), x) for _ in range(2000)]
-    assert abs(np.mean(blurred) - 0.3) < 0.04           # 4.5 standard deviations
+    assert abs(np.mean(blurred) - 0.3) < 0.04  # 4.5 standard deviations
     out = RandomGaussianBlur(1.0)(x)
-    assert out[:, 7, 7].max() < 1.0 and out[:, 7, 8].min() > 0.0   # mass spread to the neighbours
-    assert out.sum().item() == pytest.approx(3.0, rel=1e-4)        # a normalised kernel
+    assert out[:, 7, 7].max() < 1.0 and out[:, 7, 8].min() > 0.0  # mass spread to the neighbours
+    assert out.sum().item() == pytest.approx(3.0, rel=1e-4)  # a normalised kernel
 
 
 def test_noise_patch_is_applied_once_to_the_whole_image_before_cropping():
@@ -99,12 +100,12 @@ def test_noise_patch_is_applied_once_to_the_whole_image_before_cropping():
 
     aug = MultiCropAugmentation(16, 8, n_local=4, noise_patch=Spy())
     aug(_image(40, 30))
-    assert seen == [(40, 30)]                              # full image, once, before the 6 crops
+    assert seen == [(40, 30)]  # full image, once, before the 6 crops
 
 
 # ---------------------------------------------------------------- Gaussian noise patching
 def _changed(before, after):
-    return (before != after).any(dim=-3)                   # [.., H, W] any channel changed
+    return (before != after).any(dim=-3)  # [.., H, W] any channel changed
 
 
 def test_noise_patch_side_and_position_distribution():
@@ -115,10 +116,10 @@ def test_noise_patch_side_and_position_distribution():
     sides, tops = [], []
     for m in changed:
         rows, cols = m.any(dim=1).nonzero().flatten(), m.any(dim=0).nonzero().flatten()
-        if len(rows) == 0:      # sigma ~ U(0, 0.5) can be tiny, but never exactly 0 change in float
+        if len(rows) == 0:  # sigma ~ U(0, 0.5) can be tiny, but never exactly 0 change in float
             continue
         h, w = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
-        assert h == w                                       # a square
+        assert h == w  # a square
         sides.append(int(h))
         tops.append(int(rows.min()))
     assert len(sides) == n
@@ -135,7 +136,7 @@ def test_noise_patch_sigma_range_and_untouched_outside():
     patcher = GaussianNoisePatch(max_sigma=0.1)
     sigmas = [patcher.draw(64, 64, torch.Generator().manual_seed(s))[3] for s in range(500)]
     assert 0.0 <= min(sigmas) and max(sigmas) < 0.1
-    assert abs(np.mean(sigmas) - 0.05) < 0.005              # U(0, 0.1): mean 0.05, se 0.0013
+    assert abs(np.mean(sigmas) - 0.05) < 0.005  # U(0, 0.1): mean 0.05, se 0.0013
     # the applied noise matches its draw: same generator seed -> same patch and sigma
     checked = 0
     for seed in range(40):
@@ -143,9 +144,9 @@ def test_noise_patch_sigma_range_and_untouched_outside():
         x = torch.full((3, 64, 64), 0.5)
         out = patcher(x, generator=torch.Generator().manual_seed(seed))
         inside = torch.zeros(64, 64, dtype=torch.bool)
-        inside[top:top + side, left:left + side] = True
-        assert torch.equal(out[:, ~inside], x[:, ~inside])   # pixels outside the patch untouched
-        if side >= 16 and sigma > 0.01:                      # enough pixels, no clamping at 0.5 +- 5 sigma
+        inside[top : top + side, left : left + side] = True
+        assert torch.equal(out[:, ~inside], x[:, ~inside])  # pixels outside the patch untouched
+        if side >= 16 and sigma > 0.01:  # enough pixels, no clamping at 0.5 +- 5 sigma
             noise = out[:, inside] - 0.5
             assert noise.std().item() == pytest.approx(sigma, rel=0.15)
             assert abs(noise.mean().item()) < 4 * sigma / np.sqrt(noise.numel()) + 1e-6
@@ -159,8 +160,8 @@ def test_noise_patch_clamps_and_keeps_types():
     ones = torch.ones(50, 3, 16, 16)
     out = patcher(ones, generator=gen)
     assert out.max() <= 1.0 and out.min() >= 0.0
-    assert (out < 1.0).any()                                 # noise went below 1 and stayed in range
-    assert torch.equal(ones, torch.ones_like(ones))          # input not modified in place
+    assert (out < 1.0).any()  # noise went below 1 and stayed in range
+    assert torch.equal(ones, torch.ones_like(ones))  # input not modified in place
     img = _image(20, 12)
     pil_out = patcher(img, generator=gen)
     assert isinstance(pil_out, Image.Image) and pil_out.size == (20, 12) and pil_out.mode == "RGB"
@@ -168,7 +169,7 @@ def test_noise_patch_clamps_and_keeps_types():
     u8_out = patcher(u8, generator=gen)
     assert u8_out.dtype == torch.uint8 and u8_out.shape == u8.shape
     zeros_out = patcher(torch.zeros(50, 3, 16, 16), generator=gen)
-    assert zeros_out.min() >= 0.0 and (zeros_out > 0).any()   # clamped at 0 from below as well
+    assert zeros_out.min() >= 0.0 and (zeros_out > 0).any()  # clamped at 0 from below as well
 
 
 def test_noise_patch_probability_and_bad_input():
@@ -193,13 +194,14 @@ def test_collate_is_crop_major_with_masks():
     samples = []
     for i in range(b):
         # every crop is filled with 10 * crop + image so its origin can be read back
-        crops = {"global_crops": [torch.full((3, 32, 32), 10.0 * c + i) for c in range(2)],
-                 "local_crops": [torch.full((3, 16, 16), 100.0 + 10 * c + i) for c in range(n_local)]}
+        crops = {
+            "global_crops": [torch.full((3, 32, 32), 10.0 * c + i) for c in range(2)],
+            "local_crops": [torch.full((3, 16, 16), 100.0 + 10 * c + i) for c in range(n_local)],
+        }
         samples.append((crops, i + 7))
-    batch = collate_multicrop(samples, patch_size=16, mask_probability=0.5,
-                              generator=torch.Generator().manual_seed(0))
+    batch = collate_multicrop(samples, patch_size=16, mask_probability=0.5, generator=torch.Generator().manual_seed(0))
     assert batch["global"].shape == (2 * b, 3, 32, 32) and batch["local"].shape == (n_local * b, 3, 16, 16)
-    assert batch["global"][:, 0, 0, 0].tolist() == [0, 1, 2, 10, 11, 12]          # rows c*B:(c+1)*B = crop c
+    assert batch["global"][:, 0, 0, 0].tolist() == [0, 1, 2, 10, 11, 12]  # rows c*B:(c+1)*B = crop c
     assert batch["local"][:, 0, 0, 0].tolist() == [100, 101, 102, 110, 111, 112]
     assert batch["masks"].shape == (6, 4) and batch["masks"].dtype == torch.bool  # (32 / 16)^2 patches
     # the iBOT gather, computed here on the CPU: flat indices of the masked tokens and their weights
@@ -218,4 +220,4 @@ def test_augment_then_collate_end_to_end():
     aug = MultiCropAugmentation(32, 16, n_local=2, noise_patch=GaussianNoisePatch())
     batch = collate_multicrop([(aug(_image(seed=s)), s) for s in range(4)], patch_size=8)
     assert batch["global"].shape == (8, 3, 32, 32) and batch["masks"].shape == (8, 16)
-    assert int((batch["masks"].sum(1) > 0).sum()) == 4                              # half the global crops
+    assert int((batch["masks"].sum(1) > 0).sum()) == 4  # half the global crops

@@ -20,8 +20,15 @@ def _run(tmp_path, data, steps=40, batch=16):
     run.mkdir()
     torch.manual_seed(0)
     model = build_backbone("vit_pico", img_size=32, patch_size=8)
-    save_checkpoint({"kind": "backbone", "model": model.config.to_dict(), "teacher_backbone": model.state_dict(),
-                     "data": {"root": str(data), "image_size": 32}}, run / "final.pt")
+    save_checkpoint(
+        {
+            "kind": "backbone",
+            "model": model.config.to_dict(),
+            "teacher_backbone": model.state_dict(),
+            "data": {"root": str(data), "image_size": 32},
+        },
+        run / "final.pt",
+    )
     (run / "summary.json").write_text(json.dumps({"step": steps, "iterations": steps, "batch_size": batch}))
     return run
 
@@ -33,9 +40,11 @@ def easy_dataset(tmp_path_factory):
     from fdbench.synthetic import Nuisances, SyntheticSpec, make_synthetic_dataset
 
     easy = Nuisances(scale=(0.9, 1.0), rotation_deg=0.0, shift=0.05, fixed_polarity=True, distractors=(0, 0))
-    return make_synthetic_dataset(tmp_path_factory.mktemp("easy") / "easy",
-                                  SyntheticSpec(classes=4, train_per_class=20, val_per_class=10, size=32,
-                                                nuisances=easy), workers=1)
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("easy") / "easy",
+        SyntheticSpec(classes=4, train_per_class=20, val_per_class=10, size=32, nuisances=easy),
+        workers=1,
+    )
 
 
 def test_ceiling_uses_the_runs_budget_learns_and_is_evaluated_as_kind_ceiling(tmp_path, easy_dataset, capsys):
@@ -46,11 +55,18 @@ def test_ceiling_uses_the_runs_budget_learns_and_is_evaluated_as_kind_ceiling(tm
     assert exc.value.code == 0, capsys.readouterr().err
     record = json.loads((tmp_path / "ceil" / "ceiling.json").read_text())
     assert record["steps"] == 40 and record["batch_size"] == 16
-    assert record["final_loss"] < math.log(4)          # below the loss of a uniform guess over 4 classes
+    assert record["final_loss"] < math.log(4)  # below the loss of a uniform guess over 4 classes
     loaded = load_backbone(tmp_path / "ceil" / "ceiling.pt")
     assert loaded.config == load_backbone(run / "final.pt").config
-    cfg = EvalConfig(data=str(tiny_dataset), corruptions="fog", severities="1", device="cpu", batch_size=32,
-                     floors=False, ceiling=str(tmp_path / "ceil" / "ceiling.pt"))
+    cfg = EvalConfig(
+        data=str(tiny_dataset),
+        corruptions="fog",
+        severities="1",
+        device="cpu",
+        batch_size=32,
+        floors=False,
+        ceiling=str(tmp_path / "ceil" / "ceiling.pt"),
+    )
     evaluate_corruptions([run / "final.pt"], tmp_path / "ev", cfg, corrupt_fn=lambda x, n, s, generator=None: x)
     res = pd.read_csv(tmp_path / "ev" / "results.csv")
     assert dict(zip(res["checkpoint"], res["kind"])) == {"run": "pretrained", "ceiling": "ceiling"}

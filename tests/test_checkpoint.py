@@ -14,8 +14,9 @@ from fdbench.models import build_backbone
 def _backbone_ckpt(path, kind="backbone", **extra):
     torch.manual_seed(0)
     model = build_backbone("vit_pico", img_size=32, patch_size=8)
-    save_checkpoint({"kind": kind, "model": model.config.to_dict(),
-                     "teacher_backbone": model.state_dict(), **extra}, path)
+    save_checkpoint(
+        {"kind": kind, "model": model.config.to_dict(), "teacher_backbone": model.state_dict(), **extra}, path
+    )
     return model
 
 
@@ -28,8 +29,13 @@ def _same_outputs(a, b, size=32):
 
 
 def test_training_checkpoint_roundtrip(tmp_path):
-    model = _backbone_ckpt(tmp_path / "final.pt", kind="training", data={"root": "/data/x", "image_size": 32},
-                           epoch=3, rng={"python": [1, 2, 3]})
+    model = _backbone_ckpt(
+        tmp_path / "final.pt",
+        kind="training",
+        data={"root": "/data/x", "image_size": 32},
+        epoch=3,
+        rng={"python": [1, 2, 3]},
+    )
     raw = torch.load(tmp_path / "final.pt", weights_only=True)  # the documented contract
     assert raw["format"] == "fdbench/1" and raw["model"]["arch"] == "vit_pico"
     loaded = load_backbone(tmp_path / "final.pt")
@@ -44,8 +50,15 @@ def test_non_primitive_state_is_refused(tmp_path):
 
     model = build_backbone("vit_pico", img_size=32, patch_size=8)
     with pytest.raises(TypeError, match="ndarray"):
-        save_checkpoint({"kind": "training", "model": model.config.to_dict(),
-                         "teacher_backbone": model.state_dict(), "rng": np.zeros(3)}, tmp_path / "x.pt")
+        save_checkpoint(
+            {
+                "kind": "training",
+                "model": model.config.to_dict(),
+                "teacher_backbone": model.state_dict(),
+                "rng": np.zeros(3),
+            },
+            tmp_path / "x.pt",
+        )
     assert not (tmp_path / "x.pt").exists()
 
 
@@ -62,19 +75,37 @@ def _official_dinov2_state(dim=384, depth=12, heads=6, patch=14, grid=37, regist
     """A state dict with the key names and shapes of DINOv2's DinoVisionTransformer (hub layout)."""
     g = torch.Generator().manual_seed(1)
     r = lambda *s: torch.randn(*s, generator=g) * 0.02
-    sd = {"cls_token": r(1, 1, dim), "pos_embed": r(1, grid * grid + 1, dim), "mask_token": r(1, dim),
-          "patch_embed.proj.weight": r(dim, 3, patch, patch), "patch_embed.proj.bias": r(dim),
-          "norm.weight": 1 + r(dim), "norm.bias": r(dim)}
+    sd = {
+        "cls_token": r(1, 1, dim),
+        "pos_embed": r(1, grid * grid + 1, dim),
+        "mask_token": r(1, dim),
+        "patch_embed.proj.weight": r(dim, 3, patch, patch),
+        "patch_embed.proj.bias": r(dim),
+        "norm.weight": 1 + r(dim),
+        "norm.bias": r(dim),
+    }
     if registers:
         sd["register_tokens"] = r(1, registers, dim)
     for i in range(depth):
         p = f"blocks.{i // (depth // chunks)}.{i}." if chunks else f"blocks.{i}."
-        sd.update({p + "norm1.weight": 1 + r(dim), p + "norm1.bias": r(dim),
-                   p + "attn.qkv.weight": r(3 * dim, dim), p + "attn.qkv.bias": r(3 * dim),
-                   p + "attn.proj.weight": r(dim, dim), p + "attn.proj.bias": r(dim),
-                   p + "ls1.gamma": r(dim), p + "norm2.weight": 1 + r(dim), p + "norm2.bias": r(dim),
-                   p + "mlp.fc1.weight": r(4 * dim, dim), p + "mlp.fc1.bias": r(4 * dim),
-                   p + "mlp.fc2.weight": r(dim, 4 * dim), p + "mlp.fc2.bias": r(dim), p + "ls2.gamma": r(dim)})
+        sd.update(
+            {
+                p + "norm1.weight": 1 + r(dim),
+                p + "norm1.bias": r(dim),
+                p + "attn.qkv.weight": r(3 * dim, dim),
+                p + "attn.qkv.bias": r(3 * dim),
+                p + "attn.proj.weight": r(dim, dim),
+                p + "attn.proj.bias": r(dim),
+                p + "ls1.gamma": r(dim),
+                p + "norm2.weight": 1 + r(dim),
+                p + "norm2.bias": r(dim),
+                p + "mlp.fc1.weight": r(4 * dim, dim),
+                p + "mlp.fc1.bias": r(4 * dim),
+                p + "mlp.fc2.weight": r(dim, 4 * dim),
+                p + "mlp.fc2.bias": r(dim),
+                p + "ls2.gamma": r(dim),
+            }
+        )
     return sd
 
 
@@ -98,7 +129,9 @@ def _reference_tokens(sd, x, dim, depth, heads, patch, registers=0, pos_embed=No
         att = att.transpose(1, 2).reshape(len(x), -1, dim)
         h = h + w("ls1.gamma") * F.linear(att, w("attn.proj.weight"), w("attn.proj.bias"))
         y = F.layer_norm(h, (dim,), w("norm2.weight"), w("norm2.bias"), eps=1e-6)
-        y = F.linear(F.gelu(F.linear(y, w("mlp.fc1.weight"), w("mlp.fc1.bias"))), w("mlp.fc2.weight"), w("mlp.fc2.bias"))
+        y = F.linear(
+            F.gelu(F.linear(y, w("mlp.fc1.weight"), w("mlp.fc1.bias"))), w("mlp.fc2.weight"), w("mlp.fc2.bias")
+        )
         h = h + w("ls2.gamma") * y
     return F.layer_norm(h, (dim,), sd["norm.weight"], sd["norm.bias"], eps=1e-6)
 
@@ -110,11 +143,13 @@ def _reference_cls(sd, x, dim, depth, heads, patch, registers=0):
 def _cubic_matrix(n_in, n_out, scale, a=-0.75):
     """[n_out, n_in] weights of 1-D bicubic resampling by ``scale`` (half-pixel centres, no antialiasing,
     border taps clamped): output i samples the input at (i + 0.5) / scale - 0.5 (Keys' cubic, a=-0.75)."""
+
     def k(t):
         t = abs(t)
         if t <= 1:
-            return (a + 2) * t ** 3 - (a + 3) * t ** 2 + 1
-        return a * t ** 3 - 5 * a * t ** 2 + 8 * a * t - 4 * a if t < 2 else 0.0
+            return (a + 2) * t**3 - (a + 3) * t**2 + 1
+        return a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a if t < 2 else 0.0
+
     m = np.zeros((n_out, n_in))
     for i in range(n_out):
         src = (i + 0.5) / scale - 0.5
@@ -133,9 +168,17 @@ def _official_table(pos_embed, grid, registers):
     native = math.isqrt(pos_embed.shape[1] - 1)
     table = pos_embed[0, 1:].reshape(native, native, -1).double().numpy()
     if registers:
-        out = np.stack([np.asarray(Image.fromarray(table[..., c].astype(np.float32), mode="F")
-                                   .resize((grid[1], grid[0]), Image.Resampling.BICUBIC))
-                        for c in range(table.shape[-1])], -1)
+        out = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(table[..., c].astype(np.float32), mode="F").resize(
+                        (grid[1], grid[0]), Image.Resampling.BICUBIC
+                    )
+                )
+                for c in range(table.shape[-1])
+            ],
+            -1,
+        )
     else:
         scales = [(g + 0.1) / native for g in grid]
         rows = _cubic_matrix(native, math.floor(native * scales[0]), scales[0])
@@ -164,13 +207,20 @@ def test_official_dinov2_follows_its_own_position_interpolation(tmp_path, regist
         table = _official_table(sd["pos_embed"], (h // 14, w // 14), registers)
         with torch.no_grad():
             ours = loaded.model(x)[1]
-        ref = _reference_tokens(sd, x, 384, 12, 6, 14, registers, pos_embed=table)[:, 1 + registers:]
+        ref = _reference_tokens(sd, x, 384, 12, 6, 14, registers, pos_embed=table)[:, 1 + registers :]
         torch.testing.assert_close(ours, ref, rtol=1e-4, atol=2e-4)
     if not registers:
         # and the size-based antialiased rule (timm's) would not have matched: the test can fail
-        timm_rule = torch.nn.functional.interpolate(
-            sd["pos_embed"][:, 1:].reshape(1, 37, 37, 384).permute(0, 3, 1, 2), size=(8, 8), mode="bicubic",
-            antialias=True).permute(0, 2, 3, 1).reshape(1, -1, 384)
+        timm_rule = (
+            torch.nn.functional.interpolate(
+                sd["pos_embed"][:, 1:].reshape(1, 37, 37, 384).permute(0, 3, 1, 2),
+                size=(8, 8),
+                mode="bicubic",
+                antialias=True,
+            )
+            .permute(0, 2, 3, 1)
+            .reshape(1, -1, 384)
+        )
         official = _official_table(sd["pos_embed"], (8, 8), 0)[:, 1:]
         assert (timm_rule - official).norm() / official.norm() > 0.05
 
@@ -207,8 +257,11 @@ def test_unrecognised_files_get_clear_errors(tmp_path):
     with pytest.raises(FdbenchError, match="safetensors"):
         load_backbone(tmp_path / "bad.safetensors")
     model = build_backbone("vit_pico", img_size=32, patch_size=8)
-    state = {"kind": "backbone", "model": {**model.config.to_dict(), "arch": "vit_nano"},
-             "teacher_backbone": model.state_dict()}
+    state = {
+        "kind": "backbone",
+        "model": {**model.config.to_dict(), "arch": "vit_nano"},
+        "teacher_backbone": model.state_dict(),
+    }
     save_checkpoint(state, tmp_path / "mismatch.pt")
     with pytest.raises(FdbenchError, match="does not match"):
         load_backbone(tmp_path / "mismatch.pt")

@@ -4,7 +4,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from fdbench.cli import COMMANDS, cli, main
 
@@ -65,8 +64,10 @@ def test_export_command(tmp_path, capsys):
     from fdbench.models import build_backbone
 
     model = build_backbone("vit_pico", img_size=32, patch_size=8)
-    save_checkpoint({"kind": "training", "model": model.config.to_dict(), "teacher_backbone": model.state_dict()},
-                    tmp_path / "final.pt")
+    save_checkpoint(
+        {"kind": "training", "model": model.config.to_dict(), "teacher_backbone": model.state_dict()},
+        tmp_path / "final.pt",
+    )
     code, out, _ = run(["export", str(tmp_path / "final.pt"), "--out", str(tmp_path / "bb.safetensors")], capsys)
     assert code == 0 and (tmp_path / "bb.safetensors").exists() and (tmp_path / "bb.json").exists()
     assert load_backbone(tmp_path / "bb.safetensors").config.arch == "vit_pico"

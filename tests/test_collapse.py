@@ -18,7 +18,7 @@ def test_entropy_fraction_hand_computed():
     one_hot = torch.eye(k)[:2]
     assert entropy_fraction(uniform) == pytest.approx(1.0, abs=1e-6)
     assert entropy_fraction(one_hot) == pytest.approx(0.0, abs=1e-7)
-    half = torch.tensor([[0.5, 0.5, 0.0, 0.0]])             # H = ln 2 = half of ln 4
+    half = torch.tensor([[0.5, 0.5, 0.0, 0.0]])  # H = ln 2 = half of ln 4
     assert entropy_fraction(half) == pytest.approx(0.5, abs=1e-6)
 
 
@@ -29,7 +29,7 @@ def test_rankme_equals_an_independent_computation():
     s = np.array([3.0, 2.0, 1.0] + [0.0] * 13)
     z = u[:, :16] @ np.diag(s) @ v.T
     p = s / s.sum() + 1e-7
-    expected = math.exp(-(p * np.log(p)).sum())            # ~ exp(H(1/2, 1/3, 1/6)) = 2.75
+    expected = math.exp(-(p * np.log(p)).sum())  # ~ exp(H(1/2, 1/3, 1/6)) = 2.75
     assert rankme(torch.tensor(z, dtype=torch.float64)) == pytest.approx(expected, rel=1e-4)
     gaussian = torch.tensor(rng.standard_normal((256, 16)), dtype=torch.float32)
     assert 14 < rankme(gaussian) <= 16
@@ -48,9 +48,11 @@ def test_collapsed_teacher_is_flagged_and_a_healthy_one_is_not():
     g = torch.Generator().manual_seed(0)
     k, n, d = 512, 64, 32
     collapsed = CollapseWatch()
-    raised = observe(collapsed, torch.full((n, k), 1 / k), torch.outer(torch.randn(n, generator=g), torch.randn(d, generator=g)))
+    raised = observe(
+        collapsed, torch.full((n, k), 1 / k), torch.outer(torch.randn(n, generator=g), torch.randn(d, generator=g))
+    )
     assert len(raised) == 2 and "entropy" in raised[0] and "RankMe" in raised[1]
-    assert collapsed.warnings == raised                      # each kind once, however long it lasts
+    assert collapsed.warnings == raised  # each kind once, however long it lasts
     healthy = CollapseWatch()
     sharp = torch.softmax(torch.randn(n, k, generator=g) / 0.1, dim=-1)
     assert observe(healthy, sharp, torch.randn(n, d, generator=g)) == [] and healthy.warnings == []
@@ -62,7 +64,7 @@ def test_a_short_spell_is_not_flagged_and_state_round_trips():
     uniform, spread = torch.full((n, k), 1 / k), torch.randn(n, d)
     sharp = torch.eye(k)[:n]
     assert observe(watch, uniform, spread, steps=2) == []
-    assert observe(watch, sharp, spread, steps=1) == []         # the streak resets
+    assert observe(watch, sharp, spread, steps=1) == []  # the streak resets
     again = CollapseWatch(patience=3)
     again.load_state_dict(watch.state_dict())
     assert observe(again, uniform, spread, steps=2) == []
@@ -78,14 +80,28 @@ def test_run_writes_the_signals_and_the_warnings(tiny_dataset, tmp_path):
     from pretrain.engine import train
 
     torch.set_num_threads(1)
-    cfg = build_config("cpu-tiny", arch="vit_pico", patch_size=8, global_size=32, local_size=16, n_local=1,
-                       prototypes=32, batch_size=20, epochs=1, curriculum="none", data=str(tiny_dataset),
-                       out=str(tmp_path / "run"), workers=0, device="cpu", log_every=1,
-                       sets={"head.hidden_dim": 32, "head.bottleneck_dim": 16, "run.knn_train_per_class": 5})
+    cfg = build_config(
+        "cpu-tiny",
+        arch="vit_pico",
+        patch_size=8,
+        global_size=32,
+        local_size=16,
+        n_local=1,
+        prototypes=32,
+        batch_size=20,
+        epochs=1,
+        curriculum="none",
+        data=str(tiny_dataset),
+        out=str(tmp_path / "run"),
+        workers=0,
+        device="cpu",
+        log_every=1,
+        sets={"head.hidden_dim": 32, "head.bottleneck_dim": 16, "run.knn_train_per_class": 5},
+    )
     result = train(cfg)
     rows = pd.read_csv(result.metrics).query("row == 'train'")
     assert len(rows) == 4 and rows["teacher_entropy"].between(0, 1).all()
-    assert rows["teacher_rank"].between(1, 40).all()           # at most min(2 crops x 20 images, width)
+    assert rows["teacher_rank"].between(1, 40).all()  # at most min(2 crops x 20 images, width)
     summary = json.loads(result.summary_path.read_text())
     assert isinstance(summary["warnings"], list)
     assert all("teacher collapse" in w for w in summary["warnings"])

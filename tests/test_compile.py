@@ -41,9 +41,24 @@ def _one_thread():
 
 def _cfg(root, out, **overrides):
     """2 epochs x 4 iterations of vit_pico: epoch 0 at 16/8 px (stage 1), epoch 1 at 32/16 px."""
-    opts = dict(arch="vit_pico", patch_size=8, global_size=32, local_size=16, n_local=2, prototypes=64,
-                batch_size=20, epochs=2, stage1_fraction=0.5, data=str(root), out=str(out), workers=0,
-                log_every=1, eval_every=0, device="cpu", drop_path_rate=0.1)
+    opts = dict(
+        arch="vit_pico",
+        patch_size=8,
+        global_size=32,
+        local_size=16,
+        n_local=2,
+        prototypes=64,
+        batch_size=20,
+        epochs=2,
+        stage1_fraction=0.5,
+        data=str(root),
+        out=str(out),
+        workers=0,
+        log_every=1,
+        eval_every=0,
+        device="cpu",
+        drop_path_rate=0.1,
+    )
     opts.update(overrides)
     cfg = build_config("cpu-tiny", **opts)
     cfg.run.knn_train_per_class = 5
@@ -94,17 +109,17 @@ def test_backbone_forward_has_no_graph_breaks():
 
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("g++") is None, reason="inductor's CPU backend needs a C++ compiler")
-@pytest.mark.skipif(os.environ.get("FDBENCH_INDUCTOR_TESTS") != "1",
-                    reason="inductor compiles take 2.5-5 min on 2 cores: set FDBENCH_INDUCTOR_TESTS=1")
-def test_inductor_step_equals_eager_compiles_once_per_shape_and_resumes_exactly(tiny_dataset, tmp_path,
-                                                                                monkeypatch):
+@pytest.mark.skipif(
+    os.environ.get("FDBENCH_INDUCTOR_TESTS") != "1",
+    reason="inductor compiles take 2.5-5 min on 2 cores: set FDBENCH_INDUCTOR_TESTS=1",
+)
+def test_inductor_step_equals_eager_compiles_once_per_shape_and_resumes_exactly(tiny_dataset, tmp_path, monkeypatch):
     from pretrain.engine import train
 
     eager = train(_cfg(tiny_dataset, tmp_path / "eager", compile=False))
 
     _fresh_dynamo()
-    compiled, new_graphs = _train_recording_graphs(_cfg(tiny_dataset, tmp_path / "compiled", compile=True),
-                                                   monkeypatch)
+    compiled, new_graphs = _train_recording_graphs(_cfg(tiny_dataset, tmp_path / "compiled", compile=True), monkeypatch)
     assert compiled.summary["compile"] is True and compiled.finished
     assert dict(counters["graph_break"]) == {}, dict(counters["graph_break"])
     # graphs appear at the first step of each stage (steps 1 and 5) only, at most one per call there
@@ -116,8 +131,13 @@ def test_inductor_step_equals_eager_compiles_once_per_shape_and_resumes_exactly(
     rows = {name: pd.read_csv(r.metrics).query("row == 'train'") for name, r in (("e", eager), ("c", compiled))}
     assert list(rows["c"]["step"]) == list(range(1, 9))
     for col in LOSS_COLUMNS:
-        torch.testing.assert_close(torch.tensor(rows["c"][col].to_numpy()), torch.tensor(rows["e"][col].to_numpy()),
-                                   rtol=1e-4, atol=1e-4, msg=col)
+        torch.testing.assert_close(
+            torch.tensor(rows["c"][col].to_numpy()),
+            torch.tensor(rows["e"][col].to_numpy()),
+            rtol=1e-4,
+            atol=1e-4,
+            msg=col,
+        )
     eager_w, compiled_w = _states(eager), _states(compiled)
     assert list(compiled_w) == list(eager_w)
     for name in eager_w:
@@ -143,18 +163,24 @@ def test_a_four_stage_curriculum_compiles_every_stage(tiny_dataset, tmp_path, mo
     """4 stages x 3 backbone calls = 12 graphs: more than dynamo's default recompile limit (8), past
     which it silently runs new shapes eagerly. Dynamo's 'eager' backend (no C++ compile: seconds)
     has the same guards and limit, so this checks the engine's compiled run keeps compiling."""
-    from pretrain import engine, fast_step
+    from pretrain import fast_step
 
     original = fast_step.maybe_compile
-    monkeypatch.setattr(fast_step, "maybe_compile",
-                        lambda module, enabled=True, **kw: original(module, enabled, backend="eager", **kw))
+    monkeypatch.setattr(
+        fast_step, "maybe_compile", lambda module, enabled=True, **kw: original(module, enabled, backend="eager", **kw)
+    )
     curriculum = tmp_path / "four.yaml"
-    curriculum.write_text("stages:\n" + "".join(
-        f"  - {{name: s{i}, fraction: 0.25, global_size: {g}, local_size: {l}}}\n"
-        for i, (g, l) in enumerate(((16, 8), (24, 16), (32, 24), (40, 32)))))
+    curriculum.write_text(
+        "stages:\n"
+        + "".join(
+            f"  - {{name: s{i}, fraction: 0.25, global_size: {g}, local_size: {l}}}\n"
+            for i, (g, l) in enumerate(((16, 8), (24, 16), (32, 24), (40, 32)))
+        )
+    )
     _fresh_dynamo()
     result, new_graphs = _train_recording_graphs(
-        _cfg(tiny_dataset, tmp_path / "run", compile=True, curriculum=str(curriculum), epochs=4), monkeypatch)
+        _cfg(tiny_dataset, tmp_path / "run", compile=True, curriculum=str(curriculum), epochs=4), monkeypatch
+    )
     assert result.finished and len(new_graphs) == 16
     assert new_graphs == [CALLS_PER_STAGE, 0, 0, 0] * 4, str(new_graphs)
     assert _graphs() == 4 * CALLS_PER_STAGE

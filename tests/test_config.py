@@ -13,8 +13,17 @@ import yaml
 
 from fdbench.checkpoint import read_checkpoint
 from fdbench.errors import FdbenchError
-from pretrain.config import (NAMED_OPTIONS, OPTIONS, RESUME_SAFE_KEYS, PretrainConfig, build_config, flatten_file,
-                             parse_assignment, preset, set_option)
+from pretrain.config import (
+    NAMED_OPTIONS,
+    OPTIONS,
+    RESUME_SAFE_KEYS,
+    PretrainConfig,
+    build_config,
+    flatten_file,
+    parse_assignment,
+    preset,
+    set_option,
+)
 
 
 def leaf_fields() -> list[str]:
@@ -44,7 +53,9 @@ def other_value(key: str, current):
 
 
 def test_every_field_is_an_option_and_settable_with_set():
-    assert sorted(OPTIONS) == sorted(leaf_fields()) and len(OPTIONS) == 73   # 71 + fidelity's drop_path_uniform and weight_decay_rule
+    assert (
+        sorted(OPTIONS) == sorted(leaf_fields()) and len(OPTIONS) == 73
+    )  # 71 + fidelity's drop_path_uniform and weight_decay_rule
     cfg = preset("cpu-tiny")
     for key in leaf_fields():
         section, name = key.split(".")
@@ -68,9 +79,14 @@ def test_set_parses_types_none_and_strings():
     set_option(cfg, *parse_assignment("run.epochs=7"))
     assert cfg.crops.global_scale == (0.25, 1.0) and cfg.curriculum.stage1_global_size is None
     assert cfg.run.epochs == 7 and type(cfg.run.epochs) is int
-    for text, key in [("loss.nope=1", "loss.nope"), ("run.epochs=2.5", "run.epochs"), ("run.epochs=abc", "run.epochs"),
-                      ("loss.centering=mean", "loss.centering"), ("crops.local_scale=0.1", "crops.local_scale"),
-                      ("optim.stage_restart=maybe", "optim.stage_restart")]:
+    for text, key in [
+        ("loss.nope=1", "loss.nope"),
+        ("run.epochs=2.5", "run.epochs"),
+        ("run.epochs=abc", "run.epochs"),
+        ("loss.centering=mean", "loss.centering"),
+        ("crops.local_scale=0.1", "crops.local_scale"),
+        ("optim.stage_restart=maybe", "optim.stage_restart"),
+    ]:
         with pytest.raises(FdbenchError, match=key.replace(".", r"\.")):
             set_option(cfg, *parse_assignment(text))
     with pytest.raises(FdbenchError, match="section.field=value"):
@@ -99,9 +115,22 @@ def test_named_flags_are_the_fields_metadata():
 def test_resume_safe_is_field_metadata():
     # the logging/IO/speed options of before the metadata existed, and nothing of the recipe's maths
     assert RESUME_SAFE_KEYS == {
-        "run.device", "run.out", "run.log_every", "run.save_every_minutes", "run.save_every_steps",
-        "run.keep_every_epochs", "run.eval_every", "run.stop_after_steps", "data.workers", "run.knn_k",
-        "run.knn_temperature", "run.knn_train_per_class", "run.knn_val_per_class", "run.threads", "run.compile"}
+        "run.device",
+        "run.out",
+        "run.log_every",
+        "run.save_every_minutes",
+        "run.save_every_steps",
+        "run.keep_every_epochs",
+        "run.eval_every",
+        "run.stop_after_steps",
+        "data.workers",
+        "run.knn_k",
+        "run.knn_temperature",
+        "run.knn_train_per_class",
+        "run.knn_val_per_class",
+        "run.threads",
+        "run.compile",
+    }
     from pretrain.engine import check_same_run
 
     saved = build_config("cpu-tiny").to_dict()
@@ -111,11 +140,25 @@ def test_resume_safe_is_field_metadata():
 
 
 def test_config_file_nested_flat_and_dotted_mix():
-    preset_name, values = flatten_file({"preset": "cpu-tiny", "loss": {"koleo_weight": 0.2}, "batch-size": 8,
-                                        "curriculum": "none", "optim.beta2": 0.99, "data": {"workers": 0}}, "f")
+    preset_name, values = flatten_file(
+        {
+            "preset": "cpu-tiny",
+            "loss": {"koleo_weight": 0.2},
+            "batch-size": 8,
+            "curriculum": "none",
+            "optim.beta2": 0.99,
+            "data": {"workers": 0},
+        },
+        "f",
+    )
     assert preset_name == "cpu-tiny"
-    assert values == {"loss.koleo_weight": 0.2, "run.batch_size": 8, "curriculum.name": "none",
-                      "optim.beta2": 0.99, "data.workers": 0}
+    assert values == {
+        "loss.koleo_weight": 0.2,
+        "run.batch_size": 8,
+        "curriculum.name": "none",
+        "optim.beta2": 0.99,
+        "data.workers": 0,
+    }
     for data, key in [({"loss": {"koleo": 1}}, "loss.koleo"), ({"learning_rate": 1}, "learning_rate")]:
         with pytest.raises(FdbenchError, match=key):
             flatten_file(data, "f")
@@ -130,11 +173,14 @@ def run_cli(args, capsys):
     return exit_info.value.code, captured.err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "loss.kolEo_weight=0.5"], "loss.kolEo_weight"),
-    (["--set", "optim.beta1=fast"], "optim.beta1"),
-    (["--set", "nonsense"], "--set"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "loss.kolEo_weight=0.5"], "loss.kolEo_weight"),
+        (["--set", "optim.beta1=fast"], "optim.beta1"),
+        (["--set", "nonsense"], "--set"),
+    ],
+)
 def test_cli_bad_set_is_one_line_exit_2(capsys, args, message):
     code, err = run_cli(["--device", "cpu", *args], capsys)
     lines = [line for line in err.splitlines() if line.startswith("error:")]
@@ -152,11 +198,46 @@ def test_cli_bad_config_key_is_one_line_exit_2(tmp_path, capsys):
 def test_run_config_yaml_reproduces_the_run(tiny_dataset, tmp_path, capsys):
     first, again = tmp_path / "x", tmp_path / "y"
     torch.set_num_threads(1)
-    args = ["--preset", "cpu-tiny", "--arch", "vit_pico", "--patch-size", "8", "--global-size", "32",
-            "--local-size", "16", "--n-local", "1", "--prototypes", "32", "--batch-size", "20", "--epochs", "2",
-            "--data", str(tiny_dataset), "--workers", "0", "--eval-every", "0", "--device", "cpu", "--threads", "1",
-            "--set", "loss.koleo_weight=0.3", "--set", "optim.weight_decay_end=0.2",
-            "--set", "head.hidden_dim=32", "--set", "head.bottleneck_dim=16", "--set", "run.knn_train_per_class=5"]
+    args = [
+        "--preset",
+        "cpu-tiny",
+        "--arch",
+        "vit_pico",
+        "--patch-size",
+        "8",
+        "--global-size",
+        "32",
+        "--local-size",
+        "16",
+        "--n-local",
+        "1",
+        "--prototypes",
+        "32",
+        "--batch-size",
+        "20",
+        "--epochs",
+        "2",
+        "--data",
+        str(tiny_dataset),
+        "--workers",
+        "0",
+        "--eval-every",
+        "0",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--set",
+        "loss.koleo_weight=0.3",
+        "--set",
+        "optim.weight_decay_end=0.2",
+        "--set",
+        "head.hidden_dim=32",
+        "--set",
+        "head.bottleneck_dim=16",
+        "--set",
+        "run.knn_train_per_class=5",
+    ]
     code, err = run_cli([*args, "--out", str(first)], capsys)
     assert code == 0, err
     code, err = run_cli(["--config", str(first / "config.yaml"), "--out", str(again)], capsys)

@@ -34,22 +34,25 @@ def test_names_and_groups():
     assert names("validation") == list(EXTRA)  # the reference package's name for the extra set
 
 
-@pytest.mark.parametrize("call, words", [
-    (lambda x: names("bogus"), ["bogus", "common", "weather"]),
-    (lambda x: corrupt(x, "not_a_corruption", 1), ["not_a_corruption", "gaussian_noise", "saturate"]),
-    (lambda x: corrupt(x, "fog", 0), ["1-5"]),
-    (lambda x: corrupt(x, "fog", 6), ["1-5"]),
-    (lambda x: corrupt(x, "fog", 2.0), ["1-5"]),
-    (lambda x: corrupt(x, "fog", True), ["1-5"]),
-    (lambda x: corrupt(x, "fog", 1, backend="numpy"), ["torch", "reference"]),
-    (lambda x: corrupt(x, "fog", 1, params="imagenet-x"), ["auto", "tiny-imagenet", "cifar10"]),
-    (lambda x: corrupt(x[..., :31, :], "fog", 1), ["32"]),
-    (lambda x: corrupt(x[:, :1], "fog", 1), ["[N, 3, H, W]"]),
-    (lambda x: corrupt(x.to(torch.int32), "fog", 1), ["uint8"]),
-    (lambda x: corrupt(x.numpy(), "fog", 1), ["torch tensor"]),
-    (lambda x: corrupt(x, "fog", 1, generator="seed"), ["generator"]),
-    (lambda x: corrupt(x, "fog", 1, backend="reference", params="cifar10"), ["ImageNet-C"]),
-])
+@pytest.mark.parametrize(
+    "call, words",
+    [
+        (lambda x: names("bogus"), ["bogus", "common", "weather"]),
+        (lambda x: corrupt(x, "not_a_corruption", 1), ["not_a_corruption", "gaussian_noise", "saturate"]),
+        (lambda x: corrupt(x, "fog", 0), ["1-5"]),
+        (lambda x: corrupt(x, "fog", 6), ["1-5"]),
+        (lambda x: corrupt(x, "fog", 2.0), ["1-5"]),
+        (lambda x: corrupt(x, "fog", True), ["1-5"]),
+        (lambda x: corrupt(x, "fog", 1, backend="numpy"), ["torch", "reference"]),
+        (lambda x: corrupt(x, "fog", 1, params="imagenet-x"), ["auto", "tiny-imagenet", "cifar10"]),
+        (lambda x: corrupt(x[..., :31, :], "fog", 1), ["32"]),
+        (lambda x: corrupt(x[:, :1], "fog", 1), ["[N, 3, H, W]"]),
+        (lambda x: corrupt(x.to(torch.int32), "fog", 1), ["uint8"]),
+        (lambda x: corrupt(x.numpy(), "fog", 1), ["torch tensor"]),
+        (lambda x: corrupt(x, "fog", 1, generator="seed"), ["generator"]),
+        (lambda x: corrupt(x, "fog", 1, backend="reference", params="cifar10"), ["ImageNet-C"]),
+    ],
+)
 def test_bad_input_is_a_clear_error(call, words):
     with pytest.raises(FdbenchError) as err:
         call(_images(1))
@@ -136,8 +139,10 @@ def test_tables_cover_every_corruption_and_change_the_result():
         d = corrupt(x, "gaussian_noise", 1, generator=0, params=table) - x
         assert abs(d.std().item() - std) < 0.004
     # auto at 64 px is the Tiny-ImageNet-C table
-    assert torch.equal(corrupt(x, "gaussian_noise", 3, generator=1),
-                       corrupt(x, "gaussian_noise", 3, generator=1, params="tiny-imagenet"))
+    assert torch.equal(
+        corrupt(x, "gaussian_noise", 3, generator=1),
+        corrupt(x, "gaussian_noise", 3, generator=1, params="tiny-imagenet"),
+    )
 
 
 def test_reference_backend_matches_its_own_seeding():
@@ -146,7 +151,10 @@ def test_reference_backend_matches_its_own_seeding():
     assert a.dtype == torch.uint8 and a.shape == x.shape
     assert torch.equal(a, corrupt(x, "impulse_noise", 2, backend="reference", generator=1))
     f = corrupt(x.float() / 255, "contrast", 2, backend="reference")
-    assert f.dtype == torch.float32 and (f * 255 - corrupt(x, "contrast", 2, params="imagenet").float()).abs().max() <= 1.01
+    assert (
+        f.dtype == torch.float32
+        and (f * 255 - corrupt(x, "contrast", 2, params="imagenet").float()).abs().max() <= 1.01
+    )
 
 
 @pytest.mark.cuda

@@ -59,8 +59,9 @@ def test_pil_resize_box_and_nearest_match_pil(size, factor):
     assert (small[0].permute(1, 2, 0) * 255 - np.asarray(small_ref)).abs().max() <= 1.0
     for filt, pil_filt in (("nearest", Image.NEAREST), ("box", Image.BOX)):
         up_ref = np.asarray(small_ref.resize((w, h), pil_filt)).astype(np.float32)
-        up = flt.pil_resize(torch.from_numpy(np.asarray(small_ref)).permute(2, 0, 1)[None].float() / 255,
-                            h, w, filt, quantize=True)
+        up = flt.pil_resize(
+            torch.from_numpy(np.asarray(small_ref)).permute(2, 0, 1)[None].float() / 255, h, w, filt, quantize=True
+        )
         assert np.abs(up[0].permute(1, 2, 0).numpy() * 255 - up_ref).max() <= 1.0, filt
 
 
@@ -107,8 +108,8 @@ def test_brightness_and_saturate_match_skimage_hsv():
     from skimage.color import hsv2rgb, rgb2hsv
 
     arr = np.asarray(_rand((32, 32, 3), 2), dtype=np.float64)
-    arr[0, :4] = 0.0          # black pixels
-    arr[1, :4] = 0.5          # gray pixels (zero saturation)
+    arr[0, :4] = 0.0  # black pixels
+    arr[1, :4] = 0.5  # gray pixels (zero saturation)
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].float()
     for c in (0.1, 0.5):
         hsv = rgb2hsv(arr)
@@ -127,7 +128,7 @@ def test_contrast_and_noise_formulas():
     means = x.mean(dim=(2, 3), keepdim=True)
     assert torch.allclose(corrupt(x, "contrast", 3, params="imagenet"), ((x - means) * 0.2 + means).clamp(0, 1))
     y = corrupt(x, "impulse_noise", 4, generator=0, params="imagenet")
-    changed = (y != x)
+    changed = y != x
     assert abs(changed.float().mean().item() - 0.17) < 0.02  # amount: each value flips with p = c
     assert set(torch.unique(y[changed]).tolist()) <= {0.0, 1.0}
     gray = torch.full((4, 3, 64, 64), 0.5)
@@ -188,7 +189,7 @@ def test_fidelity_statistics_helpers():
     b = a.clone()
     b[..., 0, 0] = 16
     assert math.isinf(psnr(a, a))
-    assert abs(psnr(a, b) - 10 * math.log10(255 ** 2 / (16 ** 2 / 1024))) < 1e-9
+    assert abs(psnr(a, b) - 10 * math.log10(255**2 / (16**2 / 1024))) < 1e-9
     # a pure cosine along x at frequency 4 puts its power in radius bin 4
     xx = torch.arange(32).float()
     d = torch.cos(2 * math.pi * 4 * xx / 32).expand(1, 3, 32, 32)
@@ -254,7 +255,9 @@ def _chamfer_bruteforce(edges, limit):
     for ey, ex in zip(ys, xs):
         dy, dx = np.abs(gy - ey), np.abs(gx - ex)
         big, small = np.maximum(dx, dy), np.minimum(dx, dy)
-        cost = np.where(big >= 2 * small, 2.1969 * small + (big - 2 * small), 2.1969 * (big - small) + 1.4 * (2 * small - big))
+        cost = np.where(
+            big >= 2 * small, 2.1969 * small + (big - 2 * small), 2.1969 * (big - small) + 1.4 * (2 * small - big)
+        )
         out = np.minimum(out, cost)
     return out
 

@@ -26,8 +26,9 @@ def _files(out):
 
 def test_layout_manifest_and_resume(src, tmp_path):
     out = tmp_path / "c"
-    cfg = WriterConfig(corruptions=["gaussian_noise", "pixelate"], severities=(1, 4), batch_size=4, workers=0,
-                       resize=False)
+    cfg = WriterConfig(
+        corruptions=["gaussian_noise", "pixelate"], severities=(1, 4), batch_size=4, workers=0, resize=False
+    )
     s = write_corruptions(src, out, cfg)
     assert s.images == 6 and s.written == 6 * 4 and s.skipped == 0
     files = _files(out)
@@ -73,12 +74,29 @@ def test_preview(src, tmp_path):
 def test_cli_make_corruptions_and_errors(src, tmp_path, capsys):
     out = tmp_path / "cli"
     with pytest.raises(SystemExit) as ok:
-        main(["make-corruptions", str(src), str(out), "--corruptions", "noise", "--severities", "2",
-              "--no-resize", "--workers", "0", "--device", "cpu"])
+        main(
+            [
+                "make-corruptions",
+                str(src),
+                str(out),
+                "--corruptions",
+                "noise",
+                "--severities",
+                "2",
+                "--no-resize",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+            ]
+        )
     assert ok.value.code == 0
     assert len(_files(out)) == 3 * 6 and (out / "manifest.csv").exists()
-    for args, words in ((["--corruptions", "rain"], "rain"), (["--severities", "0-2"], "1-5"),
-                        (["--severities", "x"], "severities")):
+    for args, words in (
+        (["--corruptions", "rain"], "rain"),
+        (["--severities", "0-2"], "1-5"),
+        (["--severities", "x"], "severities"),
+    ):
         with pytest.raises(SystemExit) as err:
             main(["make-corruptions", str(src), str(out)] + args)
         assert err.value.code == 2
@@ -100,8 +118,23 @@ def test_cli_corruption_fidelity(tmp_path, capsys):
         arr = np.clip(arr + rng.integers(0, 20, arr.shape), 0, 255).astype(np.uint8)
         Image.fromarray(arr).save(imgs / f"im{i}.png")
     with pytest.raises(SystemExit) as ok:
-        main(["corruption-fidelity", "--images", str(imgs), "--out", str(tmp_path / "f"), "--size", "64",
-              "--corruptions", "contrast,gaussian_noise", "--severities", "1,5", "--repeats", "2"])
+        main(
+            [
+                "corruption-fidelity",
+                "--images",
+                str(imgs),
+                "--out",
+                str(tmp_path / "f"),
+                "--size",
+                "64",
+                "--corruptions",
+                "contrast,gaussian_noise",
+                "--severities",
+                "1,5",
+                "--repeats",
+                "2",
+            ]
+        )
     assert ok.value.code == 0
     rows = list(csv.DictReader(open(tmp_path / "f" / "fidelity.csv")))
     assert len(rows) == 4 and {r["corruption"] for r in rows} == {"contrast", "gaussian_noise"}

@@ -23,13 +23,13 @@ def test_shared_corruptions_compute_each_chunk_once():
     shared = SharedCorruptions(corrupt, reuses=1)
     x = torch.arange(12, dtype=torch.float32).view(1, 3, 2, 2)
     first = shared(x, "fog", 2, generator=7)
-    again = shared(x.clone(), "fog", 2, generator=7)          # equal content, another tensor: a hit
+    again = shared(x.clone(), "fog", 2, generator=7)  # equal content, another tensor: a hit
     assert torch.equal(first, x + 2) and torch.equal(again, x + 2)
     assert calls == [("fog", 2, 7)] and (shared.hits, shared.misses) == (1, 1)
-    assert not shared.store                                      # dropped after its one reuse
-    shared(x, "fog", 2, generator=8)                             # another seed: computed
-    shared(x + 1, "fog", 2, generator=8)                         # other images: computed
-    shared(x, "fog", 2)                                          # no seed: never cached
+    assert not shared.store  # dropped after its one reuse
+    shared(x, "fog", 2, generator=8)  # another seed: computed
+    shared(x + 1, "fog", 2, generator=8)  # other images: computed
+    shared(x, "fog", 2)  # no seed: never cached
     shared(x, "fog", 2)
     assert len(calls) == 5 and shared.hits == 1
 
@@ -39,7 +39,7 @@ def test_fingerprint_follows_files_and_settings(tmp_path):
     f.write_text("1")
     fp = fingerprint([f], {"x": 1})
     assert fingerprint([f], {"x": 1}) == fp and fingerprint([f], {"x": 2}) != fp
-    f.write_text("12")                                           # another size
+    f.write_text("12")  # another size
     assert fingerprint([f], {"x": 1}) != fp
 
 
@@ -47,12 +47,31 @@ def test_fingerprint_follows_files_and_settings(tmp_path):
 def tiny_demo(tiny_dataset, tmp_path_factory):
     out = tmp_path_factory.mktemp("demo") / "demo"
     config = DemoConfig(
-        out=str(out), epochs=2, device="cpu", data=str(tiny_dataset),
+        out=str(out),
+        epochs=2,
+        device="cpu",
+        data=str(tiny_dataset),
         # one epoch per stage, kNN monitor only at the end: the smallest run that still has a stage switch
-        train_options=dict(arch="vit_pico", global_size=32, local_size=16, n_local=2, batch_size=16,
-                           prototypes=64, workers=0, stage1_fraction=0.5, eval_every=0),
-        corruptions="gaussian_noise,defocus_blur", severities="1,3", eval_batch_size=64,
-        heatmap_images=4, bandpass_images=8, window=5, radii=2, figures=False)
+        train_options=dict(
+            arch="vit_pico",
+            global_size=32,
+            local_size=16,
+            n_local=2,
+            batch_size=16,
+            prototypes=64,
+            workers=0,
+            stage1_fraction=0.5,
+            eval_every=0,
+        ),
+        corruptions="gaussian_noise,defocus_blur",
+        severities="1,3",
+        eval_batch_size=64,
+        heatmap_images=4,
+        bandpass_images=8,
+        window=5,
+        radii=2,
+        figures=False,
+    )
     messages = []
     first = demo(config, announce=messages.append)
     return config, first, messages
@@ -71,20 +90,24 @@ def test_demo_runs_every_step_and_writes_the_report(tiny_demo):
     pretrained = results[results["kind"] == "pretrained"]
     assert len(pretrained) == 2 * 2 * 5 and set(pretrained["checkpoint"]) == {"none", "two-stage"}
     assert dict(zip(results["checkpoint"], results["kind"])) == {
-        "none": "pretrained", "two-stage": "pretrained", "pixels": "floor", "random-init": "floor",
-        "ceiling": "ceiling"}
+        "none": "pretrained",
+        "two-stage": "pretrained",
+        "pixels": "floor",
+        "random-init": "floor",
+        "ceiling": "ceiling",
+    }
     assert len(results) == 5 * 2 * 5
     assert (out / "ceiling" / "ceiling.json").is_file()
     assert (out / "evals" / "frequency" / "summary.csv").is_file()
     assert result.report_html == out / "report" / "report.html" and result.report_html.is_file()
     head = result.report.headline
     assert set(head) == {"none", "two-stage"} and result.report.reference == "none"
-    assert head["two-stage"]["flops_ratio_vs_ref"] > 1.2          # half the epochs at half resolution
+    assert head["two-stage"]["flops_ratio_vs_ref"] > 1.2  # half the epochs at half resolution
     for run in head:
         assert 0 <= head[run]["knn_pixels_floor_clean_top1_pct"] <= 100
         assert 0 <= head[run]["linear_ceiling_clean_top1_pct"] <= 100
         assert 0 <= head[run]["linear_clean_top1_pct"] <= 100 and not math.isnan(head[run]["heatmap_mean_error_pct"])
-    assert result.report.missing["status"].eq("partial").all()   # only 2 of the 15 common corruptions
+    assert result.report.missing["status"].eq("partial").all()  # only 2 of the 15 common corruptions
     state = json.loads((out / "demo.json").read_text())
     assert set(state["steps"]) == set(STEPS) and all(s["done"] for s in state["steps"].values())
     assert any("corrupted chunks made" in m for m in messages)
@@ -98,7 +121,8 @@ def test_rerun_skips_finished_steps(tiny_demo):
     assert {s.status for s in second.steps} == {"skipped"}
     assert results.stat().st_mtime_ns == before
     assert second.report.headline["two-stage"]["flops_ratio_vs_ref"] == pytest.approx(
-        first.report.headline["two-stage"]["flops_ratio_vs_ref"])
+        first.report.headline["two-stage"]["flops_ratio_vs_ref"]
+    )
     # a lost output re-runs its own step only
     (first.out / "report" / "report.html").unlink()
     third = demo(config)

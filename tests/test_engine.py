@@ -26,9 +26,22 @@ def _one_thread():
 
 def tiny_options(root, out, **overrides) -> dict:
     """A run of 4 epochs x 4 iterations (80 images, batch 20) of vit_pico at 32 px (16 px in stage 1)."""
-    opts = dict(arch="vit_pico", patch_size=8, global_size=32, local_size=16, n_local=2, prototypes=64,
-                batch_size=20, epochs=4, data=str(root), out=str(out), workers=0, log_every=1, eval_every=2,
-                device="cpu")
+    opts = dict(
+        arch="vit_pico",
+        patch_size=8,
+        global_size=32,
+        local_size=16,
+        n_local=2,
+        prototypes=64,
+        batch_size=20,
+        epochs=4,
+        data=str(root),
+        out=str(out),
+        workers=0,
+        log_every=1,
+        eval_every=2,
+        device="cpu",
+    )
     opts.update(overrides)
     return opts
 
@@ -41,6 +54,7 @@ def tiny_cfg(root, out, **overrides):
 
 # ---- config --------------------------------------------------------------------------------------
 
+
 def test_presets_validate_and_overrides_apply():
     for name in PRESETS:
         cfg = build_config(name)
@@ -48,8 +62,12 @@ def test_presets_validate_and_overrides_apply():
     assert preset("vit-b-in1k").model.arch == "vit_base"
     assert preset("vit-s-in100").crops.global_size == 224 and preset("vit-s-in100").crops.n_local == 8
     cfg = build_config("cpu-tiny", epochs=7, curriculum="none", noise_patching=True, stage_restart=True)
-    assert (cfg.run.epochs, cfg.curriculum.name, cfg.curriculum.noise_patching, cfg.optim.stage_restart) == \
-        (7, "none", True, True)
+    assert (cfg.run.epochs, cfg.curriculum.name, cfg.curriculum.noise_patching, cfg.optim.stage_restart) == (
+        7,
+        "none",
+        True,
+        True,
+    )
     assert cfg.run_name == "none"
     assert build_config("cpu-tiny").run_name == "two-stage"
     with pytest.raises(FdbenchError, match="unknown --arch"):
@@ -64,11 +82,12 @@ def test_presets_validate_and_overrides_apply():
 
 # ---- schedules ----------------------------------------------------------------------------------
 
+
 def test_schedules_continuous_and_restarted(tiny_dataset, tmp_path):
     from pretrain.engine import build_schedules, plan_stages, resolve_curriculum
 
     cfg = tiny_cfg(tiny_dataset, tmp_path, epochs=8, warmup_epochs=2)
-    cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp = 0.04, 0.07   # DINOv2's warm-up (cpu-tiny keeps 0.04)
+    cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp = 0.04, 0.07  # DINOv2's warm-up (cpu-tiny keeps 0.04)
     ipe = 4
     stages = plan_stages(cfg, resolve_curriculum(cfg))
     assert [(p.start_epoch, p.end_epoch) for p in stages] == [(0, 6), (6, 8)]
@@ -78,14 +97,14 @@ def test_schedules_continuous_and_restarted(tiny_dataset, tmp_path):
     assert s.lr[0] == 0 and s.lr[7] == pytest.approx(peak) and s.lr[-1] < s.lr[8] and s.lr[-1] > cfg.optim.min_lr
     assert s.momentum[0] == pytest.approx(cfg.optim.momentum_teacher) and s.momentum[-1] > 0.999
     assert s.wd[0] == pytest.approx(0.04) and s.wd[-1] == pytest.approx(0.4, abs=2e-3)
-    assert s.teacher_temp[0] == pytest.approx(0.04) and s.teacher_temp[4:].eq(0.07).all()   # 1 warm-up epoch
+    assert s.teacher_temp[0] == pytest.approx(0.04) and s.teacher_temp[4:].eq(0.07).all()  # 1 warm-up epoch
     assert s.freeze_last_layer[:4].all() and not s.freeze_last_layer[4:].any()
     # continuous: nothing restarts at the switch (iteration 24)
     assert s.lr[24] < s.lr[23] and s.momentum[24] > s.momentum[23]
 
     cfg.optim.stage_restart = True
     r = build_schedules(cfg, stages, ipe)
-    assert r.lr[7] == pytest.approx(peak) and r.lr[23] < 0.05 * peak       # stage 1's own cosine ends near 0
+    assert r.lr[7] == pytest.approx(peak) and r.lr[23] < 0.05 * peak  # stage 1's own cosine ends near 0
     # stage 2 (8 iterations) restarts: warm-up capped at 20% of the stage (2 iterations), momentum
     # back to 0.99, teacher temperature warm-up again, last layer frozen again
     assert r.lr[24] == 0 and r.lr[25] == pytest.approx(peak) and r.lr[27] < r.lr[26] == pytest.approx(peak)
@@ -95,6 +114,7 @@ def test_schedules_continuous_and_restarted(tiny_dataset, tmp_path):
 
 # ---- data order ---------------------------------------------------------------------------------
 
+
 def test_epoch_order_is_deterministic_sharded_and_resumable():
     from pretrain.data import ResumableBatchSampler
 
@@ -102,9 +122,9 @@ def test_epoch_order_is_deterministic_sharded_and_resumable():
         return list(ResumableBatchSampler(50, 12, seed=3, epoch=2, **kw))
 
     single = batches()
-    assert len(single) == 4 and all(len(b) == 12 for b in single)         # drop-last: 50 // 12
-    assert batches() == single                                            # deterministic
-    assert batches(start_step=2) == single[2:]                            # resumable mid-epoch
+    assert len(single) == 4 and all(len(b) == 12 for b in single)  # drop-last: 50 // 12
+    assert batches() == single  # deterministic
+    assert batches(start_step=2) == single[2:]  # resumable mid-epoch
     assert [i for i, _, _ in single[0]] != [i for i, _, _ in list(ResumableBatchSampler(50, 12, seed=3, epoch=1))[0]]
     # two ranks split every global batch into disjoint halves holding the same images and seeds
     r0, r1 = batches(rank=0, world_size=2), batches(rank=1, world_size=2)
@@ -112,7 +132,7 @@ def test_epoch_order_is_deterministic_sharded_and_resumable():
         assert len(a) == len(b) == 6
         assert sorted(k[:2] for k in a + b) == sorted(k[:2] for k in full)
     indices = [i for b in single for i, _, _ in b]
-    assert len(set(indices)) == len(indices)                              # no image twice in an epoch
+    assert len(set(indices)) == len(indices)  # no image twice in an epoch
 
 
 def test_seeded_augmentation_is_reproducible_and_leaves_global_rng(tiny_dataset):
@@ -127,12 +147,15 @@ def test_seeded_augmentation_is_reproducible_and_leaves_global_rng(tiny_dataset)
     assert torch.equal(torch.get_rng_state(), before)
     b, _, _ = ds[(5, 1234, 99)]
     c, _, _ = ds[(5, 1235, 99)]
-    assert all(torch.equal(x, y) for x, y in zip(a["global_crops"] + a["local_crops"], b["global_crops"] + b["local_crops"]))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a["global_crops"] + a["local_crops"], b["global_crops"] + b["local_crops"])
+    )
     assert not torch.equal(a["global_crops"][0], c["global_crops"][0])
     assert mask_seed == 99 and label == ds.base[5][1]
 
 
 # ---- the training step ----------------------------------------------------------------------------
+
 
 def _small_meta(tmp_path, tiny_dataset, **kw):
     from pretrain.meta_arch import MetaArch
@@ -148,9 +171,13 @@ def _batch(b=4, n_local=2, generator_seed=0, precomputed=False):
 
     g = torch.Generator().manual_seed(generator_seed)
     masks = make_masks(2 * b, (2, 2), 0.5, (0.1, 0.5), generator=g)
-    masks[0, 0] = True   # at least one masked token whatever the draw
-    batch = {"global": torch.randn(2 * b, 3, 16, 16, generator=g), "local": torch.randn(n_local * b, 3, 8, 8, generator=g),
-             "masks": masks, "labels": torch.zeros(b, dtype=torch.long)}
+    masks[0, 0] = True  # at least one masked token whatever the draw
+    batch = {
+        "global": torch.randn(2 * b, 3, 16, 16, generator=g),
+        "local": torch.randn(n_local * b, 3, 8, 8, generator=g),
+        "masks": masks,
+        "labels": torch.zeros(b, dtype=torch.long),
+    }
     if precomputed:
         batch["mask_indices"], batch["mask_weights"] = masked_token_indices(masks)
     return batch
@@ -170,17 +197,23 @@ def test_forward_backward_matches_an_independent_computation(tmp_path, tiny_data
     g, loc, masks = batch["global"], batch["local"], batch["masks"]
     with torch.no_grad():
         t_cls, t_patch = meta.teacher.backbone(g)
-        t_probs = F.softmax(meta.teacher.dino_head(t_cls) / temp, dim=-1)             # centre is 0 at start
+        t_probs = F.softmax(meta.teacher.dino_head(t_cls) / temp, dim=-1)  # centre is 0 at start
         s_gcls, s_gpatch = meta.student.backbone(g, masks=masks)
         s_lcls, _ = meta.student.backbone(loc)
         s_g, s_l = meta.student.dino_head(s_gcls), meta.student.dino_head(s_lcls)
-        terms = [_ce(t_probs[t * b:(t + 1) * b], s_g[s * b:(s + 1) * b]).mean()
-                 for s in range(2) for t in range(2) if s != t]
-        terms += [_ce(t_probs[t * b:(t + 1) * b], s_l[s * b:(s + 1) * b]).mean() for s in range(n_local) for t in range(2)]
+        terms = [
+            _ce(t_probs[t * b : (t + 1) * b], s_g[s * b : (s + 1) * b]).mean()
+            for s in range(2)
+            for t in range(2)
+            if s != t
+        ]
+        terms += [
+            _ce(t_probs[t * b : (t + 1) * b], s_l[s * b : (s + 1) * b]).mean() for s in range(n_local) for t in range(2)
+        ]
         dino = torch.stack(terms).mean()
         koleo = 0.0
         for c in range(2):
-            x = F.normalize(s_gcls[c * b:(c + 1) * b], dim=-1)
+            x = F.normalize(s_gcls[c * b : (c + 1) * b], dim=-1)
             d = torch.cdist(x, x) + torch.diag(torch.full((b,), float("inf")))
             koleo += -torch.log(d.min(dim=1).values + 1e-8).mean()
         ibot = 0.0
@@ -212,8 +245,9 @@ def test_forward_backward_ibot_on_indices_equals_boolean_masks(tmp_path, tiny_da
     cfg, meta = _small_meta(tmp_path, tiny_dataset, centering=centering)
     batch, temp = _batch(precomputed=True), 0.05
     masks = batch["masks"]
-    masks[1] = False                     # an image with zero masked tokens (indices recomputed below)
+    masks[1] = False  # an image with zero masked tokens (indices recomputed below)
     from pretrain.masking import masked_token_indices
+
     batch["mask_indices"], batch["mask_weights"] = masked_token_indices(masks)
     with torch.no_grad():
         _, t_patch = meta.teacher.backbone(batch["global"])
@@ -222,7 +256,7 @@ def test_forward_backward_ibot_on_indices_equals_boolean_masks(tmp_path, tiny_da
         if centering == "sinkhorn_knopp":
             t_probs = sinkhorn_knopp(t_logits, temp, n_samples=int(masks.sum()))
         else:
-            t_probs = F.softmax(t_logits / temp, dim=-1)      # the centre is 0 at start
+            t_probs = F.softmax(t_logits / temp, dim=-1)  # the centre is 0 at start
         ref = meta.ibot_loss(meta.student.dino_head(s_patch.flatten(0, 1)[masks.flatten()]), t_probs, masks)
     losses = meta.forward_backward(batch, temp)
     assert losses["ibot"] == pytest.approx(float(ref), rel=1e-5)
@@ -263,12 +297,13 @@ def test_ema_update_and_last_layer_freeze(tmp_path, tiny_dataset):
 
 # ---- costs and the kNN monitor -------------------------------------------------------------------
 
+
 def test_flop_counter_counts_forward_and_backward():
     from pretrain.costs import count_flops, flops_summary, StageCost
 
     lin = torch.nn.Linear(7, 5)
     x = torch.randn(3, 7, requires_grad=True)
-    assert count_flops(lambda: lin(x).sum().backward()) == 6 * 3 * 7 * 5   # fwd 2BIO + bwd 4BIO
+    assert count_flops(lambda: lin(x).sum().backward()) == 6 * 3 * 7 * 5  # fwd 2BIO + bwd 4BIO
     stages = [StageCost("a", 16, 8, 2, flops_per_image=10), StageCost("b", 32, 16, 2, flops_per_image=40)]
     summary = flops_summary(stages, [30, 10], 4, 40)
     assert summary["total_flops"] == (30 * 10 + 10 * 40) * 4
@@ -281,12 +316,12 @@ def test_knn_votes_hand_computed_and_brute_force():
     train = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     labels = torch.tensor([0, 1, 1])
     votes = knn_predict(train, labels, torch.tensor([[1.0, 0.1]]), 2, k=2, temperature=1.0)
-    s0, s2 = 1 / math.sqrt(1.01), 1.1 / (math.sqrt(1.01) * math.sqrt(2))   # cosines to neighbours 0 and 2
+    s0, s2 = 1 / math.sqrt(1.01), 1.1 / (math.sqrt(1.01) * math.sqrt(2))  # cosines to neighbours 0 and 2
     assert votes[0].tolist() == pytest.approx([math.exp(s0), math.exp(s2)], rel=1e-5)
 
     g = torch.Generator().manual_seed(0)
     tr, te = torch.randn(40, 6, generator=g), torch.randn(9, 6, generator=g)
-    tl, tel = torch.randint(0, 3, (40,), generator=g), torch.randint(0, 3, (9,), generator=g)
+    tl, _ = torch.randint(0, 3, (40,), generator=g), torch.randint(0, 3, (9,), generator=g)
     votes = knn_predict(tr, tl, te, 3, k=5, temperature=0.07, chunk=4)
     for i in range(9):
         sims = [float(F.cosine_similarity(te[i], tr[j], dim=0)) for j in range(40)]
@@ -299,6 +334,7 @@ def test_knn_votes_hand_computed_and_brute_force():
 
 
 # ---- whole runs -----------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def reference_run(tiny_dataset, tmp_path_factory):
@@ -313,8 +349,16 @@ def test_run_folder_contents_and_stage_switch(reference_run):
     import pandas as pd
 
     out = reference_run.out
-    for name in ("config.yaml", "metrics.csv", "summary.json", "costs.csv", "final.pt", "checkpoints/last.pt",
-                 "checkpoints/epoch_0002.pt", "checkpoints/epoch_0004.pt"):
+    for name in (
+        "config.yaml",
+        "metrics.csv",
+        "summary.json",
+        "costs.csv",
+        "final.pt",
+        "checkpoints/last.pt",
+        "checkpoints/epoch_0002.pt",
+        "checkpoints/epoch_0004.pt",
+    ):
         assert (out / name).is_file(), name
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0002.pt", "epoch_0004.pt", "last.pt"]
     metrics = pd.read_csv(out / "metrics.csv")
@@ -323,8 +367,26 @@ def test_run_folder_contents_and_stage_switch(reference_run):
     assert set(train_rows[train_rows["epoch"] <= 2]["global_size"]) == {16}
     assert set(train_rows[train_rows["epoch"] == 3]["global_size"]) == {32}
     assert set(train_rows[train_rows["epoch"] == 3]["local_size"]) == {16}
-    assert train_rows[["loss", "dino", "koleo", "ibot", "lr", "wd", "momentum", "teacher_temp", "img_per_s",
-                       "peak_memory_mb", "gflops_per_image"]].notna().all().all()
+    assert (
+        train_rows[
+            [
+                "loss",
+                "dino",
+                "koleo",
+                "ibot",
+                "lr",
+                "wd",
+                "momentum",
+                "teacher_temp",
+                "img_per_s",
+                "peak_memory_mb",
+                "gflops_per_image",
+            ]
+        ]
+        .notna()
+        .all()
+        .all()
+    )
     assert train_rows.groupby("stage")["gflops_per_image"].nunique().tolist() == [1, 1]
     knn = metrics[metrics["row"] == "knn"]
     assert list(knn["epoch"]) == [1, 3] and knn["knn_top1"].between(0, 1).all()
@@ -359,7 +421,7 @@ def test_noise_patching_only_in_the_stages_that_enable_it(tiny_dataset, tmp_path
         return [make_augment(cfg, p).noise_patch is not None for p in plan_stages(cfg, resolve_curriculum(cfg))]
 
     assert noise() == [False, True]
-    assert noise(noise_patching=False) == [False, False]           # curriculum alone
+    assert noise(noise_patching=False) == [False, False]  # curriculum alone
     assert noise(curriculum="none") == [False]
     assert noise(curriculum="none", noise_patching=True) == [True]  # patching alone
     cfg = tiny_cfg(tiny_dataset, tmp_path, noise_max_sigma=0.2)
@@ -379,10 +441,10 @@ def test_resumed_run_equals_uninterrupted_across_the_stage_switch(reference_run,
 
     out = tmp_path / "resumed"
     first = train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1, save_every_steps=1, stop_after_steps=5))
-    assert not first.finished and read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 5   # mid epoch 1
+    assert not first.finished and read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 5  # mid epoch 1
     second = train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1, save_every_steps=1, stop_after_steps=9))
     assert second.resumed_from == 5
-    assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 14    # past the switch at 12, mid epoch 3
+    assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 14  # past the switch at 12, mid epoch 3
     done = train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1))
     assert done.finished and done.resumed_from == 14
     _assert_same_state(read_checkpoint(reference_run.final), read_checkpoint(done.final))
@@ -451,6 +513,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_datas
 
 # ---- the on-device (gpu) pipeline and the fast step, on CPU tensors --------------------------------
 
+
 def test_gpu_feed_follows_each_stage_and_is_fixed_by_the_step(tiny_dataset, tmp_path):
     from fdbench.data import open_dataset
     from pretrain.decode import needed_side
@@ -465,8 +528,9 @@ def test_gpu_feed_follows_each_stage_and_is_fixed_by_the_step(tiny_dataset, tmp_
         aug = feed.augment
         assert (aug.global_size, aug.local_size, aug.n_local) == (plan.global_size, plan.local_size, plan.n_local)
         assert aug.noise_patching == plan.noise_patching and aug.noise_max_sigma == plan.noise_max_sigma
-        assert feed.decode_side == needed_side(plan.global_size, plan.local_size, plan.global_scale[0],
-                                               plan.local_scale[0], plan.n_local)
+        assert feed.decode_side == needed_side(
+            plan.global_size, plan.local_size, plan.global_scale[0], plan.local_scale[0], plan.n_local
+        )
     assert [f.augment.noise_patching for f in feeds] == [False, True]
 
     feed, b = feeds[1], cfg.run.batch_size
@@ -495,8 +559,8 @@ def test_gpu_pipeline_resumed_run_equals_uninterrupted_across_the_stage_switch(t
     reference = train(cfg(tmp_path / "reference"))
     assert reference.summary["pipeline"] == "gpu" and reference.summary["compile"] is False
     out = tmp_path / "resumed"
-    train(cfg(out, save_every_steps=1, stop_after_steps=3))                   # mid epoch 1
-    second = train(cfg(out, save_every_steps=1, stop_after_steps=4))          # to step 7: past the switch
+    train(cfg(out, save_every_steps=1, stop_after_steps=3))  # mid epoch 1
+    second = train(cfg(out, save_every_steps=1, stop_after_steps=4))  # to step 7: past the switch
     assert second.resumed_from == 3 and read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 7
     done = train(cfg(out))
     assert done.finished and done.resumed_from == 7
@@ -518,16 +582,27 @@ def test_compiled_backbones_leave_checkpoint_keys_unchanged(tiny_dataset, tmp_pa
         return original(module, enabled, backend="eager", **kwargs)
 
     monkeypatch.setattr(fast_step, "maybe_compile", eager_backend)
-    runs = {flag: train(tiny_cfg(tiny_dataset, tmp_path / str(flag), curriculum="none", data_pipeline="gpu",
-                                 compile=flag, epochs=1, eval_every=0))
-            for flag in (False, True)}
-    assert len(compiled_modules) == 2                                     # student and teacher backbones
+    runs = {
+        flag: train(
+            tiny_cfg(
+                tiny_dataset,
+                tmp_path / str(flag),
+                curriculum="none",
+                data_pipeline="gpu",
+                compile=flag,
+                epochs=1,
+                eval_every=0,
+            )
+        )
+        for flag in (False, True)
+    }
+    assert len(compiled_modules) == 2  # student and teacher backbones
     assert runs[True].summary["compile"] is True and runs[False].summary["compile"] is False
     plain, compiled = (read_checkpoint(runs[f].final) for f in (False, True))
     for key in ("student", "teacher", "teacher_backbone"):
         assert list(compiled[key]) == list(plain[key]), key
         assert not any("_orig_mod" in name for name in compiled[key]), key
-        for name in plain[key]:   # the eager backend runs the same kernels
+        for name in plain[key]:  # the eager backend runs the same kernels
             torch.testing.assert_close(compiled[key][name], plain[key][name], rtol=1e-4, atol=1e-5)
     assert load_backbone(runs[True].final).config.arch == "vit_pico"
 
@@ -546,30 +621,40 @@ def test_cuda_train_steps_never_wait_for_the_device(tiny_dataset, tmp_path, cent
 
     torch.manual_seed(0)
     cfg = tiny_cfg(tiny_dataset, tmp_path, device="cuda", compile=False, centering=centering)
-    meta = accelerate_meta_arch(MetaArch(cfg, "cuda"), compile=False)   # the engine's chunked losses
+    meta = accelerate_meta_arch(MetaArch(cfg, "cuda"), compile=False)  # the engine's chunked losses
     optimizer = build_optimizer(meta, cfg)
     batches = [_batch(generator_seed=s, precomputed=True) for s in range(5)]
-    batches[3]["masks"][:] = False       # a batch without any masked token
+    batches[3]["masks"][:] = False  # a batch without any masked token
     from pretrain.masking import masked_token_indices
+
     batches[3]["mask_indices"], batches[3]["mask_weights"] = masked_token_indices(batches[3]["masks"])
     batches = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
     watch = NonFiniteWatch(torch.device("cuda"))
 
     def step(i, batch, freeze):
-        out = train_step(meta, optimizer, batch, lr=1e-4, wd=0.04, freeze_last_layer=freeze, teacher_temp=0.07,
-                         momentum=0.996, clip_grad=3.0)
+        out = train_step(
+            meta,
+            optimizer,
+            batch,
+            lr=1e-4,
+            wd=0.04,
+            freeze_last_layer=freeze,
+            teacher_temp=0.07,
+            momentum=0.996,
+            clip_grad=3.0,
+        )
         values = torch.stack([out[k].float() for k in (*LOSS_TERMS, "grad_norm")])
-        watch.add(i + 1, values[:len(LOSS_TERMS)])
+        watch.add(i + 1, values[: len(LOSS_TERMS)])
         return values
 
-    step(0, batches[0], False)           # warm-up: optimiser state, cuBLAS handles, allocator
+    step(0, batches[0], False)  # warm-up: optimiser state, cuBLAS handles, allocator
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         values = [step(i, batch, freeze=i == 2) for i, batch in enumerate(batches[1:], start=1)]
     finally:
         torch.cuda.set_sync_debug_mode(0)
-    assert watch.first_bad() is None     # read back here, as the engine does on logging steps
+    assert watch.first_bad() is None  # read back here, as the engine does on logging steps
     assert all(torch.isfinite(v).all() for v in values) and values[2][LOSS_TERMS.index("ibot")].item() == 0.0
 
 
@@ -581,8 +666,9 @@ def test_cuda_run_with_the_gpu_pipeline_by_default(tiny_dataset, tmp_path):
         pytest.skip("needs CUDA")
     from pretrain.engine import train
 
-    result = train(tiny_cfg(tiny_dataset, tmp_path / "cuda", device="cuda", compile=False, batch_size=40,
-                            epochs=2, eval_every=0))
+    result = train(
+        tiny_cfg(tiny_dataset, tmp_path / "cuda", device="cuda", compile=False, batch_size=40, epochs=2, eval_every=0)
+    )
     assert result.finished and result.summary["pipeline"] == "gpu" and result.summary["device"].startswith("cuda")
     assert all(torch.isfinite(v).all() for v in read_checkpoint(result.final)["student"].values())
 
@@ -613,8 +699,9 @@ def test_frozen_last_layer_matches_dinov2_order(tmp_path, tiny_dataset):
     opt, ref_opt = build_optimizer(meta, cfg), build_optimizer(ref, cfg)
     batch = _batch()
     last_before = [p.detach().clone() for p in meta.student.dino_head.last_layer.parameters()]
-    train_step(meta, opt, batch, lr=1e-2, wd=0.04, freeze_last_layer=True, teacher_temp=0.04, momentum=0.9,
-               clip_grad=1e-3)
+    train_step(
+        meta, opt, batch, lr=1e-2, wd=0.04, freeze_last_layer=True, teacher_temp=0.04, momentum=0.9, clip_grad=1e-3
+    )
 
     for g in ref_opt.param_groups:
         g["lr"] = 0.0 if g["is_last_layer"] else 1e-2 * g["lr_multiplier"]
@@ -631,6 +718,6 @@ def test_frozen_last_layer_matches_dinov2_order(tmp_path, tiny_dataset):
     for (name, p), q in zip(meta.student.named_parameters(), ref.student.parameters()):
         torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-7, msg=name)
     for p, before in zip(meta.student.dino_head.last_layer.parameters(), last_before):
-        assert torch.equal(p, before)     # frozen: unchanged
+        assert torch.equal(p, before)  # frozen: unchanged
         # ...but its gradient was kept and entered AdamW's first moment, as in DINOv2
         assert opt.state[p]["exp_avg"].abs().sum() > 0

@@ -48,13 +48,43 @@ def test_two_gloo_processes_train_in_sync(tiny_dataset, tmp_path):
     script = tmp_path / "rank_script.py"
     script.write_text(RANK_SCRIPT)
     # 2 epochs x 4 iterations of a global batch of 20 (10 per rank); stage 2 starts at epoch 1
-    opts = dict(arch="vit_pico", patch_size=8, global_size=32, local_size=16, n_local=2, prototypes=64,
-                batch_size=20, epochs=2, data=str(tiny_dataset), out=str(out), workers=0, device="cpu",
-                eval_every=0, log_every=1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-                           str(script), json.dumps(opts)], env=env, capture_output=True, text=True, timeout=240)
+    opts = dict(
+        arch="vit_pico",
+        patch_size=8,
+        global_size=32,
+        local_size=16,
+        n_local=2,
+        prototypes=64,
+        batch_size=20,
+        epochs=2,
+        data=str(tiny_dataset),
+        out=str(out),
+        workers=0,
+        device="cpu",
+        eval_every=0,
+        log_every=1,
+    )
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(script),
+            json.dumps(opts),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]

@@ -26,8 +26,19 @@ P = ["pretrain", "--data", "{data}", "--out", "{tmp}/run", "--device", "cpu", "-
 E = ["eval-corruptions", "{ckpt}", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"]
 F = ["frequency-analysis", "{ckpt}", "--data", "{data}", "--out", "{tmp}/fq", "--device", "cpu"]
 MC = ["make-corruptions", "{data}/val", "{tmp}/c", "--device", "cpu"]
-MD = ["make-dataset", "--out", "{tmp}/ds", "--train-per-class", "1", "--val-per-class", "1", "--classes", "2",
-      "--size", "32"]
+MD = [
+    "make-dataset",
+    "--out",
+    "{tmp}/ds",
+    "--train-per-class",
+    "1",
+    "--val-per-class",
+    "1",
+    "--classes",
+    "2",
+    "--size",
+    "32",
+]
 
 
 def _user_folder(tmp: Path) -> None:
@@ -38,6 +49,7 @@ def _user_folder(tmp: Path) -> None:
 def _yaml(text: str):
     def setup(tmp: Path) -> None:
         (tmp / "c.yaml").write_text(text)
+
     return setup
 
 
@@ -50,8 +62,7 @@ def _junk_ckpt(tmp: Path) -> None:
 def _dataset_at(tmp: Path) -> None:
     from fdbench.synthetic import SyntheticSpec, make_synthetic_dataset
 
-    make_synthetic_dataset(tmp / "ds", SyntheticSpec(classes=3, train_per_class=1, val_per_class=1, size=32),
-                           workers=1)
+    make_synthetic_dataset(tmp / "ds", SyntheticSpec(classes=3, train_per_class=1, val_per_class=1, size=32), workers=1)
 
 
 def _clash_source(tmp: Path) -> None:
@@ -67,16 +78,30 @@ def _odd_checkpoints(tmp: Path) -> None:
     from safetensors.torch import save
 
     torch.save({"format": "fdbench/1", "kind": "backbone", "teacher_backbone": {}}, tmp / "nomodel.pt")
-    torch.save({"format": "fdbench/1", "kind": "backbone", "model": "vit_small", "teacher_backbone": {}},
-               tmp / "strmodel.pt")
-    torch.save({"format": "fdbench/1", "kind": "backbone", "model": {"arch": "vit_nano", "patch_size": 8},
-                "teacher_backbone": {"x": torch.zeros(1)}}, tmp / "wrongkeys.pt")
+    torch.save(
+        {"format": "fdbench/1", "kind": "backbone", "model": "vit_small", "teacher_backbone": {}}, tmp / "strmodel.pt"
+    )
+    torch.save(
+        {
+            "format": "fdbench/1",
+            "kind": "backbone",
+            "model": {"arch": "vit_nano", "patch_size": 8},
+            "teacher_backbone": {"x": torch.zeros(1)},
+        },
+        tmp / "wrongkeys.pt",
+    )
     (tmp / "badmeta.safetensors").write_bytes(save({"w": torch.zeros(2)}, metadata={"fdbench": "{not json"}))
     (tmp / "nometa.safetensors").write_bytes(save({"w": torch.zeros(2)}))
     (tmp / "garbage.safetensors").write_bytes(b"\x00" * 64)
-    torch.save({"cls_token": torch.zeros(1, 1, 384), "pos_embed": torch.zeros(1, 257, 384),
-                "patch_embed.proj.weight": torch.zeros(384, 3, 14, 14),
-                **{f"blocks.{i}.norm1.weight": torch.zeros(384) for i in range(12)}}, tmp / "dinov2_nomlp.pth")
+    torch.save(
+        {
+            "cls_token": torch.zeros(1, 1, 384),
+            "pos_embed": torch.zeros(1, 257, 384),
+            "patch_embed.proj.weight": torch.zeros(384, 3, 14, 14),
+            **{f"blocks.{i}.norm1.weight": torch.zeros(384) for i in range(12)},
+        },
+        tmp / "dinov2_nomlp.pth",
+    )
     torch.save([1, 2, 3], tmp / "list.pt")
 
 
@@ -89,7 +114,12 @@ def _bad_images(tmp: Path) -> None:
 
 CASES: list[tuple[str, list[str], list[str], object]] = [
     # ---- make-dataset
-    ("md-overwrite-user-folder", ["make-dataset", "--out", "{tmp}/user", "--overwrite"], ["not an fdbench", "dataset.json"], _user_folder),
+    (
+        "md-overwrite-user-folder",
+        ["make-dataset", "--out", "{tmp}/user", "--overwrite"],
+        ["not an fdbench", "dataset.json"],
+        _user_folder,
+    ),
     ("md-into-user-folder", ["make-dataset", "--out", "{tmp}/user"], ["not an fdbench"], _user_folder),
     ("md-different-existing", MD, ["different synthetic dataset", "--overwrite"], _dataset_at),
     ("md-out-is-file", ["make-dataset", "--out", "{tmp}/notes.txt"], ["notes.txt"], _junk_ckpt),
@@ -104,8 +134,18 @@ CASES: list[tuple[str, list[str], list[str], object]] = [
     ("md-kind", ["make-dataset", "imagenet"], ["imagenet"], None),
     ("md-unknown-option", MD + ["--colour"], ["--colour"], None),
     ("md-yaml-unknown-key", MD + ["--config", "{tmp}/c.yaml"], ["unknown key", "clases"], _yaml("clases: 3\n")),
-    ("md-yaml-float", ["make-dataset", "--out", "{tmp}/ds", "--config", "{tmp}/c.yaml"], ["whole number", "size"], _yaml("size: 32.5\n")),
-    ("md-yaml-list", ["make-dataset", "--out", "{tmp}/ds", "--config", "{tmp}/c.yaml"], ["single value", "classes"], _yaml("classes: [2, 3]\n")),
+    (
+        "md-yaml-float",
+        ["make-dataset", "--out", "{tmp}/ds", "--config", "{tmp}/c.yaml"],
+        ["whole number", "size"],
+        _yaml("size: 32.5\n"),
+    ),
+    (
+        "md-yaml-list",
+        ["make-dataset", "--out", "{tmp}/ds", "--config", "{tmp}/c.yaml"],
+        ["single value", "classes"],
+        _yaml("classes: [2, 3]\n"),
+    ),
     ("md-yaml-not-mapping", MD + ["--config", "{tmp}/c.yaml"], ["c.yaml"], _yaml("- a\n- b\n")),
     ("md-yaml-broken", MD + ["--config", "{tmp}/c.yaml"], ["c.yaml"], _yaml("classes: [\n")),
     ("md-yaml-missing", MD + ["--config", "{tmp}/none.yaml"], ["none.yaml"], None),
@@ -142,26 +182,71 @@ CASES: list[tuple[str, list[str], list[str], object]] = [
     ("pt-prototypes-0", P + ["--prototypes", "0"], ["--prototypes"], None),
     ("pt-preset", P + ["--preset", "huge"], ["huge"], None),
     ("pt-resume-nothing", P + ["--resume"], ["nothing to resume"], None),
-    ("pt-data-missing", ["pretrain", "--data", "{tmp}/nodata", "--out", "{tmp}/run", "--device", "cpu"], ["nodata"], None),
+    (
+        "pt-data-missing",
+        ["pretrain", "--data", "{tmp}/nodata", "--out", "{tmp}/run", "--device", "cpu"],
+        ["nodata"],
+        None,
+    ),
     ("pt-class-list-missing", P + ["--class-list", "{tmp}/cls.txt"], ["cls.txt"], None),
-    ("pt-yaml-float-batch", P + ["--config", "{tmp}/c.yaml"], ["whole number", "batch-size"], _yaml("batch-size: 16.7\n")),
+    (
+        "pt-yaml-float-batch",
+        P + ["--config", "{tmp}/c.yaml"],
+        ["whole number", "batch-size"],
+        _yaml("batch-size: 16.7\n"),
+    ),
     ("pt-yaml-list-epochs", P + ["--config", "{tmp}/c.yaml"], ["single value", "epochs"], _yaml("epochs: [1, 2]\n")),
-    ("pt-yaml-list-warmup", P + ["--config", "{tmp}/c.yaml"], ["single value", "warmup-epochs"], _yaml("warmup-epochs: [0.1]\n")),
-    ("pt-yaml-unknown", P + ["--config", "{tmp}/c.yaml"], ["unknown key", "learning-rate"], _yaml("learning-rate: 1\n")),
+    (
+        "pt-yaml-list-warmup",
+        P + ["--config", "{tmp}/c.yaml"],
+        ["single value", "warmup-epochs"],
+        _yaml("warmup-epochs: [0.1]\n"),
+    ),
+    (
+        "pt-yaml-unknown",
+        P + ["--config", "{tmp}/c.yaml"],
+        ["unknown key", "learning-rate"],
+        _yaml("learning-rate: 1\n"),
+    ),
     ("pt-yaml-text-epochs", P + ["--config", "{tmp}/c.yaml"], ["epochs"], _yaml("epochs: many\n")),
     ("pt-device", P + ["--device", "quantum"], ["quantum"], None),
     # ---- eval-corruptions
     ("ev-missing-ckpt", ["eval-corruptions", "{tmp}/nope.pt", "--out", "{tmp}/ev"], ["not found", "nope.pt"], None),
-    ("ev-junk-ckpt", ["eval-corruptions", "{tmp}/junk.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"], ["junk.pt"], _junk_ckpt),
-    ("ev-empty-ckpt", ["eval-corruptions", "{tmp}/empty.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"], ["empty.pt"], _junk_ckpt),
-    ("ev-text-ckpt", ["eval-corruptions", "{tmp}/notes.txt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"], ["notes.txt"], _junk_ckpt),
+    (
+        "ev-junk-ckpt",
+        ["eval-corruptions", "{tmp}/junk.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"],
+        ["junk.pt"],
+        _junk_ckpt,
+    ),
+    (
+        "ev-empty-ckpt",
+        ["eval-corruptions", "{tmp}/empty.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"],
+        ["empty.pt"],
+        _junk_ckpt,
+    ),
+    (
+        "ev-text-ckpt",
+        ["eval-corruptions", "{tmp}/notes.txt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"],
+        ["notes.txt"],
+        _junk_ckpt,
+    ),
     ("ev-workers-neg", ["eval-corruptions", "{tmp}/junk.pt", "--workers", "-1"], ["--workers"], _junk_ckpt),
     ("ev-batch-0", ["eval-corruptions", "{tmp}/junk.pt", "--batch-size", "0"], ["--batch-size"], _junk_ckpt),
     ("ev-blocks-0", ["eval-corruptions", "{tmp}/junk.pt", "--n-last-blocks", "0"], ["--n-last-blocks"], _junk_ckpt),
     ("ev-protocol", ["eval-corruptions", "{tmp}/junk.pt", "--protocol", "svm"], ["svm"], _junk_ckpt),
     ("ev-no-ckpt", ["eval-corruptions"], ["CHECKPOINTS"], None),
-    ("ev-yaml-float", ["eval-corruptions", "{tmp}/junk.pt", "--config", "{tmp}/c.yaml"], ["whole number"], _yaml("batch-size: 2.5\n")),
-    ("ev-yaml-unknown", ["eval-corruptions", "{tmp}/junk.pt", "--config", "{tmp}/c.yaml"], ["unknown key"], _yaml("probe: knn\n")),
+    (
+        "ev-yaml-float",
+        ["eval-corruptions", "{tmp}/junk.pt", "--config", "{tmp}/c.yaml"],
+        ["whole number"],
+        _yaml("batch-size: 2.5\n"),
+    ),
+    (
+        "ev-yaml-unknown",
+        ["eval-corruptions", "{tmp}/junk.pt", "--config", "{tmp}/c.yaml"],
+        ["unknown key"],
+        _yaml("probe: knn\n"),
+    ),
     ("ev-dir-no-final", ["eval-corruptions", "{tmp}/user", "--out", "{tmp}/ev"], ["final.pt"], _user_folder),
     # ---- frequency-analysis
     ("fq-eps-nan", ["frequency-analysis", "{tmp}/junk.pt", "--eps", "nan"], ["--eps"], _junk_ckpt),
@@ -170,18 +255,38 @@ CASES: list[tuple[str, list[str], list[str], object]] = [
     ("fq-eps-zero", ["frequency-analysis", "{tmp}/junk.pt", "--eps", "0"], ["--eps"], _junk_ckpt),
     ("fq-window-0", ["frequency-analysis", "{tmp}/junk.pt", "--window", "0"], ["--window"], _junk_ckpt),
     ("fq-n-images-0", ["frequency-analysis", "{tmp}/junk.pt", "--n-images", "0"], ["--n-images"], _junk_ckpt),
-    ("fq-bandpass-0", ["frequency-analysis", "{tmp}/junk.pt", "--bandpass-images", "0"], ["--bandpass-images"], _junk_ckpt),
+    (
+        "fq-bandpass-0",
+        ["frequency-analysis", "{tmp}/junk.pt", "--bandpass-images", "0"],
+        ["--bandpass-images"],
+        _junk_ckpt,
+    ),
     ("fq-radii-0", ["frequency-analysis", "{tmp}/junk.pt", "--radii", "0"], ["--radii"], _junk_ckpt),
     ("fq-severity-6", ["frequency-analysis", "{tmp}/junk.pt", "--severity", "6"], ["--severity"], _junk_ckpt),
     ("fq-severity-0", ["frequency-analysis", "{tmp}/junk.pt", "--severity", "0"], ["--severity"], _junk_ckpt),
     ("fq-batch-0", ["frequency-analysis", "{tmp}/junk.pt", "--batch-size", "0"], ["--batch-size"], _junk_ckpt),
     ("fq-probe", ["frequency-analysis", "{tmp}/junk.pt", "--probe", "svm"], ["svm"], _junk_ckpt),
     ("fq-eps-text", ["frequency-analysis", "{tmp}/junk.pt", "--eps", "big"], ["--eps"], _junk_ckpt),
-    ("fq-missing-ckpt", ["frequency-analysis", "{tmp}/nope.pt", "--out", "{tmp}/fq", "--device", "cpu"], ["nope.pt"], None),
-    ("fq-junk-ckpt", ["frequency-analysis", "{tmp}/junk.pt", "--data", "{data}", "--out", "{tmp}/fq", "--device", "cpu"], ["junk.pt"], _junk_ckpt),
+    (
+        "fq-missing-ckpt",
+        ["frequency-analysis", "{tmp}/nope.pt", "--out", "{tmp}/fq", "--device", "cpu"],
+        ["nope.pt"],
+        None,
+    ),
+    (
+        "fq-junk-ckpt",
+        ["frequency-analysis", "{tmp}/junk.pt", "--data", "{data}", "--out", "{tmp}/fq", "--device", "cpu"],
+        ["junk.pt"],
+        _junk_ckpt,
+    ),
     # ---- compare
     ("cmp-missing-run", ["compare", "{tmp}/nope", "--out", "{tmp}/rep"], ["not found", "nope"], None),
-    ("cmp-text-file", ["compare", "{tmp}/notes.txt", "--out", "{tmp}/rep"], ["neither a run folder nor a checkpoint"], _junk_ckpt),
+    (
+        "cmp-text-file",
+        ["compare", "{tmp}/notes.txt", "--out", "{tmp}/rep"],
+        ["neither a run folder nor a checkpoint"],
+        _junk_ckpt,
+    ),
     ("cmp-no-runs", ["compare"], ["RUNS"], None),
     ("cmp-unknown-option", ["compare", "{tmp}", "--colour"], ["--colour"], None),
     # ---- make-corruptions
@@ -197,31 +302,113 @@ CASES: list[tuple[str, list[str], list[str], object]] = [
     ("mc-batch-0", MC + ["--batch-size", "0"], ["batch size"], None),
     ("mc-format", MC + ["--format", "gif"], ["gif"], None),
     ("mc-backend", MC + ["--backend", "jax"], ["jax"], None),
-    ("mc-name-clash", ["make-corruptions", "{tmp}/src", "{tmp}/c", "--device", "cpu"], ["both be written", "x.jpg"], _clash_source),
+    (
+        "mc-name-clash",
+        ["make-corruptions", "{tmp}/src", "{tmp}/c", "--device", "cpu"],
+        ["both be written", "x.jpg"],
+        _clash_source,
+    ),
     ("mc-yaml-float-batch", MC + ["--config", "{tmp}/c.yaml"], ["whole number"], _yaml("batch-size: 3.5\n")),
     # ---- corruption-fidelity
     ("cf-size-16", ["corruption-fidelity", "--size", "16", "--out", "{tmp}/fid"], ["--size"], None),
     ("cf-repeats-0", ["corruption-fidelity", "--repeats", "0", "--out", "{tmp}/fid"], ["--repeats"], None),
     ("cf-count-0", ["corruption-fidelity", "--count", "0", "--out", "{tmp}/fid"], ["--count"], None),
-    ("cf-severities", ["corruption-fidelity", "--severities", "9", "--out", "{tmp}/fid", "--count", "1"], ["severities"], None),
+    (
+        "cf-severities",
+        ["corruption-fidelity", "--severities", "9", "--out", "{tmp}/fid", "--count", "1"],
+        ["severities"],
+        None,
+    ),
     # ---- export
     ("ex-missing", ["export", "{tmp}/nope.pt", "--out", "{tmp}/b.safetensors"], ["not found"], None),
     ("ex-junk", ["export", "{tmp}/junk.pt", "--out", "{tmp}/b.safetensors"], ["junk.pt"], _junk_ckpt),
     ("ex-no-out", ["export", "{tmp}/junk.pt"], ["--out"], _junk_ckpt),
     # ---- damaged or odd checkpoints (export and eval load them the same way)
-    ("ck-no-model", ["export", "{tmp}/nomodel.pt", "--out", "{tmp}/b.safetensors"], ["nomodel.pt", "model"], _odd_checkpoints),
-    ("ck-model-string", ["export", "{tmp}/strmodel.pt", "--out", "{tmp}/b.safetensors"], ["strmodel.pt"], _odd_checkpoints),
-    ("ck-wrong-keys", ["export", "{tmp}/wrongkeys.pt", "--out", "{tmp}/b.safetensors"], ["does not match"], _odd_checkpoints),
-    ("ck-safetensors-bad-json", ["export", "{tmp}/badmeta.safetensors", "--out", "{tmp}/b.safetensors"], ["badmeta.safetensors"], _odd_checkpoints),
-    ("ck-safetensors-no-meta", ["export", "{tmp}/nometa.safetensors", "--out", "{tmp}/b.safetensors"], ["no fdbench config"], _odd_checkpoints),
-    ("ck-safetensors-garbage", ["export", "{tmp}/garbage.safetensors", "--out", "{tmp}/b.safetensors"], ["garbage.safetensors"], _odd_checkpoints),
-    ("ck-dinov2-missing-mlp", ["export", "{tmp}/dinov2_nomlp.pth", "--out", "{tmp}/b.safetensors"], ["dinov2_nomlp.pth"], _odd_checkpoints),
+    (
+        "ck-no-model",
+        ["export", "{tmp}/nomodel.pt", "--out", "{tmp}/b.safetensors"],
+        ["nomodel.pt", "model"],
+        _odd_checkpoints,
+    ),
+    (
+        "ck-model-string",
+        ["export", "{tmp}/strmodel.pt", "--out", "{tmp}/b.safetensors"],
+        ["strmodel.pt"],
+        _odd_checkpoints,
+    ),
+    (
+        "ck-wrong-keys",
+        ["export", "{tmp}/wrongkeys.pt", "--out", "{tmp}/b.safetensors"],
+        ["does not match"],
+        _odd_checkpoints,
+    ),
+    (
+        "ck-safetensors-bad-json",
+        ["export", "{tmp}/badmeta.safetensors", "--out", "{tmp}/b.safetensors"],
+        ["badmeta.safetensors"],
+        _odd_checkpoints,
+    ),
+    (
+        "ck-safetensors-no-meta",
+        ["export", "{tmp}/nometa.safetensors", "--out", "{tmp}/b.safetensors"],
+        ["no fdbench config"],
+        _odd_checkpoints,
+    ),
+    (
+        "ck-safetensors-garbage",
+        ["export", "{tmp}/garbage.safetensors", "--out", "{tmp}/b.safetensors"],
+        ["garbage.safetensors"],
+        _odd_checkpoints,
+    ),
+    (
+        "ck-dinov2-missing-mlp",
+        ["export", "{tmp}/dinov2_nomlp.pth", "--out", "{tmp}/b.safetensors"],
+        ["dinov2_nomlp.pth"],
+        _odd_checkpoints,
+    ),
     ("ck-list", ["export", "{tmp}/list.pt", "--out", "{tmp}/b.safetensors"], ["list.pt"], _odd_checkpoints),
-    ("ck-eval-no-model", ["eval-corruptions", "{tmp}/nomodel.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"], ["nomodel.pt"], _odd_checkpoints),
-    ("ck-eval-string-model", ["eval-corruptions", "{tmp}/strmodel.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"], ["strmodel.pt"], _odd_checkpoints),
-    ("ck-freq-bad-json", ["frequency-analysis", "{tmp}/badmeta.safetensors", "--data", "{data}", "--out", "{tmp}/fq", "--device", "cpu"], ["badmeta.safetensors"], _odd_checkpoints),
-    ("cmp-any-file-as-ckpt", ["compare", "{tmp}/results.csv", "--out", "{tmp}/rep"], ["neither a run folder"], _bad_images),
-    ("cf-unreadable-image", ["corruption-fidelity", "--images", "{tmp}/imgs", "--out", "{tmp}/fid", "--size", "32", "--corruptions", "gaussian_noise", "--device", "cpu"], ["broken.png"], _bad_images),
+    (
+        "ck-eval-no-model",
+        ["eval-corruptions", "{tmp}/nomodel.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"],
+        ["nomodel.pt"],
+        _odd_checkpoints,
+    ),
+    (
+        "ck-eval-string-model",
+        ["eval-corruptions", "{tmp}/strmodel.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"],
+        ["strmodel.pt"],
+        _odd_checkpoints,
+    ),
+    (
+        "ck-freq-bad-json",
+        ["frequency-analysis", "{tmp}/badmeta.safetensors", "--data", "{data}", "--out", "{tmp}/fq", "--device", "cpu"],
+        ["badmeta.safetensors"],
+        _odd_checkpoints,
+    ),
+    (
+        "cmp-any-file-as-ckpt",
+        ["compare", "{tmp}/results.csv", "--out", "{tmp}/rep"],
+        ["neither a run folder"],
+        _bad_images,
+    ),
+    (
+        "cf-unreadable-image",
+        [
+            "corruption-fidelity",
+            "--images",
+            "{tmp}/imgs",
+            "--out",
+            "{tmp}/fid",
+            "--size",
+            "32",
+            "--corruptions",
+            "gaussian_noise",
+            "--device",
+            "cpu",
+        ],
+        ["broken.png"],
+        _bad_images,
+    ),
     # ---- top level
     ("cli-unknown-command", ["train-everything"], ["train-everything"], None),
 ]
@@ -240,8 +427,11 @@ def _snapshot(*roots: Path) -> dict[str, str]:
 def matrix_data(tmp_path_factory):
     from fdbench.synthetic import SyntheticSpec, make_synthetic_dataset
 
-    return make_synthetic_dataset(tmp_path_factory.mktemp("mx") / "tiny",
-                                  SyntheticSpec(classes=2, train_per_class=4, val_per_class=2, size=32), workers=1)
+    return make_synthetic_dataset(
+        tmp_path_factory.mktemp("mx") / "tiny",
+        SyntheticSpec(classes=2, train_per_class=4, val_per_class=2, size=32),
+        workers=1,
+    )
 
 
 @pytest.mark.parametrize("name,argv,words,setup", CASES, ids=[c[0] for c in CASES])
@@ -266,6 +456,7 @@ def test_bad_input_is_one_line_exit_2(name, argv, words, setup, tmp_path, matrix
 
 
 # ---------------------------------------------------------------- item tests beyond the table
+
 
 def _run(argv, capsys):
     with pytest.raises(SystemExit) as info:
@@ -300,15 +491,34 @@ def test_make_dataset_overwrite_replaces_only_when_the_new_one_is_complete(tmp_p
 
     real = synthetic._render_split_class
     monkeypatch.setattr(synthetic, "_render_split_class", dying)
-    with pytest.raises(KeyboardInterrupt):   # the same path the CLI takes, in one process
-        synthetic.make_synthetic_dataset(out, synthetic.SyntheticSpec(classes=2, train_per_class=2, val_per_class=1,
-                                                                      size=32), workers=1, overwrite=True)
+    with pytest.raises(KeyboardInterrupt):  # the same path the CLI takes, in one process
+        synthetic.make_synthetic_dataset(
+            out,
+            synthetic.SyntheticSpec(classes=2, train_per_class=2, val_per_class=1, size=32),
+            workers=1,
+            overwrite=True,
+        )
     assert _snapshot(out) == old
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]   # no temp or .old folder left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]  # no temp or .old folder left behind
     monkeypatch.setattr(synthetic, "_render_split_class", real)
     # a complete overwrite swaps the new one in
-    code, _, err = _run(["make-dataset", "--out", out, "--classes", "3", "--train-per-class", "1",
-                         "--val-per-class", "1", "--size", "32", "--overwrite"], capsys)
+    code, _, err = _run(
+        [
+            "make-dataset",
+            "--out",
+            out,
+            "--classes",
+            "3",
+            "--train-per-class",
+            "1",
+            "--val-per-class",
+            "1",
+            "--size",
+            "32",
+            "--overwrite",
+        ],
+        capsys,
+    )
     assert code == 0 and "wrote" in err and _marker(out)["classes"] == 3
     assert len(list((out / "train").iterdir())) == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
@@ -345,28 +555,32 @@ def test_relative_data_is_stored_absolute(tmp_path, monkeypatch, capsys, matrix_
 # ---------------------------------------------------------------- subprocess cases: locks, kill -9, disk
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-HOLD = ("import sys, time; from fdbench.lock import lock_folder; lock_folder(sys.argv[1], 'test-holder', "
-        "name=sys.argv[2]); print('held', flush=True); time.sleep(120)")
+HOLD = (
+    "import sys, time; from fdbench.lock import lock_folder; lock_folder(sys.argv[1], 'test-holder', "
+    "name=sys.argv[2]); print('held', flush=True); time.sleep(120)"
+)
 
 
 def _holder(folder: Path, name: str = ".fdbench.lock") -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), name], env=ENV, stdout=subprocess.PIPE,
-                            text=True)
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(folder), name], env=ENV, stdout=subprocess.PIPE, text=True)
     assert proc.stdout.readline().strip() == "held"
     return proc
 
 
-@pytest.mark.parametrize("command", ["pretrain", "eval-corruptions", "frequency-analysis", "compare",
-                                     "make-corruptions", "make-dataset"])
+@pytest.mark.parametrize(
+    "command", ["pretrain", "eval-corruptions", "frequency-analysis", "compare", "make-corruptions", "make-dataset"]
+)
 def test_second_writer_is_refused_and_a_killed_holders_lock_is_reclaimed(command, tmp_path, capsys, matrix_data):
     out = tmp_path / "out"
     (tmp_path / "junk.pt").write_bytes(b"junk")
-    argv = {"pretrain": ["pretrain", "--data", matrix_data, "--out", out, "--device", "cpu", "--batch-size", "4"],
-            "eval-corruptions": ["eval-corruptions", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
-            "frequency-analysis": ["frequency-analysis", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
-            "compare": ["compare", tmp_path / "junk.pt", "--out", out],
-            "make-corruptions": ["make-corruptions", matrix_data / "val", out, "--device", "cpu"],
-            "make-dataset": ["make-dataset", "--out", out, *SMALL]}[command]
+    argv = {
+        "pretrain": ["pretrain", "--data", matrix_data, "--out", out, "--device", "cpu", "--batch-size", "4"],
+        "eval-corruptions": ["eval-corruptions", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
+        "frequency-analysis": ["frequency-analysis", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
+        "compare": ["compare", tmp_path / "junk.pt", "--out", out],
+        "make-corruptions": ["make-corruptions", matrix_data / "val", out, "--device", "cpu"],
+        "make-dataset": ["make-dataset", "--out", out, *SMALL],
+    }[command]
     if command == "make-dataset":
         holder = _holder(tmp_path, ".out.fdbench.lock")
     else:
@@ -383,7 +597,7 @@ def test_second_writer_is_refused_and_a_killed_holders_lock_is_reclaimed(command
         assert "in use by another fdbench process" in err and f"PID {holder.pid}" in err and "test-holder" in err
         assert _snapshot(tmp_path) == before
     finally:
-        holder.kill()   # SIGKILL: no clean-up runs, the kernel drops the flock
+        holder.kill()  # SIGKILL: no clean-up runs, the kernel drops the flock
         holder.wait()
     from fdbench.lock import lock_folder
 
@@ -396,17 +610,35 @@ def test_second_writer_is_refused_and_a_killed_holders_lock_is_reclaimed(command
 @pytest.mark.slow
 def test_two_pretrain_processes_on_one_folder(tmp_path, matrix_data):
     """Two real processes with different recipes: the second is refused while the first trains."""
-    args = [sys.executable, "-m", "fdbench", "pretrain", "--data", str(matrix_data), "--out", str(tmp_path / "run"),
-            "--device", "cpu", "--batch-size", "4", "--epochs", "500", "--threads", "1"]
-    first = subprocess.Popen(args + ["--curriculum", "none"], env=ENV, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.DEVNULL)
+    args = [
+        sys.executable,
+        "-m",
+        "fdbench",
+        "pretrain",
+        "--data",
+        str(matrix_data),
+        "--out",
+        str(tmp_path / "run"),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "4",
+        "--epochs",
+        "500",
+        "--threads",
+        "1",
+    ]
+    first = subprocess.Popen(
+        args + ["--curriculum", "none"], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     try:
         deadline = time.time() + 60
         while not (tmp_path / "run" / "config.yaml").exists() and time.time() < deadline and first.poll() is None:
             time.sleep(0.05)
         config_before = (tmp_path / "run" / "config.yaml").read_bytes()
-        second = subprocess.run(args + ["--curriculum", "two-stage"], env=ENV, capture_output=True, text=True,
-                                timeout=120)
+        second = subprocess.run(
+            args + ["--curriculum", "two-stage"], env=ENV, capture_output=True, text=True, timeout=120
+        )
         assert first.poll() is None, "the first run ended before the second started; the test proves nothing"
     finally:
         first.kill()
@@ -418,33 +650,52 @@ def test_two_pretrain_processes_on_one_folder(tmp_path, matrix_data):
 
 @pytest.mark.slow
 def test_kill_9_during_make_corruptions_then_resume_is_byte_identical(tmp_path, matrix_data):
-    args = [sys.executable, "-m", "fdbench", "make-corruptions", str(matrix_data / "train"), "OUT", "--device", "cpu",
-            "--corruptions", "gaussian_noise,contrast", "--batch-size", "1", "--workers", "0",
-            "--no-resize"]
+    args = [
+        sys.executable,
+        "-m",
+        "fdbench",
+        "make-corruptions",
+        str(matrix_data / "train"),
+        "OUT",
+        "--device",
+        "cpu",
+        "--corruptions",
+        "gaussian_noise,contrast",
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+        "--no-resize",
+    ]
     reference = tmp_path / "ref"
-    subprocess.run([reference if a == "OUT" else a for a in args], env=ENV, check=True, capture_output=True,
-                   timeout=300)
+    subprocess.run(
+        [reference if a == "OUT" else a for a in args], env=ENV, check=True, capture_output=True, timeout=300
+    )
     out = tmp_path / "killed"
-    proc = subprocess.Popen([out if a == "OUT" else a for a in args], env=ENV, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [out if a == "OUT" else a for a in args], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None and len(list(out.rglob("*.jpg"))) < 5:
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     partial = len(list(out.rglob("*.jpg")))
-    resumed = subprocess.run([out if a == "OUT" else a for a in args], env=ENV, capture_output=True, text=True,
-                             timeout=300)
+    resumed = subprocess.run(
+        [out if a == "OUT" else a for a in args], env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert resumed.returncode == 0, resumed.stderr
     ref, got = _snapshot(reference), _snapshot(out)
-    assert {Path(k).relative_to(reference).as_posix(): v for k, v in ref.items()} == \
-        {Path(k).relative_to(out).as_posix(): v for k, v in got.items()}
+    assert {Path(k).relative_to(reference).as_posix(): v for k, v in ref.items()} == {
+        Path(k).relative_to(out).as_posix(): v for k, v in got.items()
+    }
     assert 0 < partial or proc.returncode is not None
 
 
 @pytest.fixture
 def tiny_mount(tmp_path):
     """A 1 MiB tmpfs (root only; skipped where mounting is not allowed)."""
+
     def mount(options: str) -> Path:
         where = tmp_path / f"mnt-{options.replace(',', '-')}"
         where.mkdir()
@@ -465,19 +716,57 @@ def tiny_mount(tmp_path):
 def test_full_disk_is_one_line_exit_2_and_keeps_earlier_files(command, tiny_mount, matrix_data):
     disk = tiny_mount("size=1m")
     (disk / "earlier.txt").write_text("kept\n")
-    argv = {"make-dataset": ["make-dataset", "--out", disk / "ds", "--classes", "4", "--train-per-class", "200",
-                             "--val-per-class", "1", "--size", "64"],
-            "make-corruptions": ["make-corruptions", matrix_data / "train", disk / "c", "--device", "cpu",
-                                 "--format", "png", "--corruptions", "gaussian_noise,shot_noise,impulse_noise"],
-            "pretrain": ["pretrain", "--data", matrix_data, "--out", disk / "run", "--device", "cpu",
-                         "--batch-size", "4", "--epochs", "1", "--curriculum", "none", "--threads", "1"]}[command]
-    done = subprocess.run([sys.executable, "-m", "fdbench", *map(str, argv)], env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    argv = {
+        "make-dataset": [
+            "make-dataset",
+            "--out",
+            disk / "ds",
+            "--classes",
+            "4",
+            "--train-per-class",
+            "200",
+            "--val-per-class",
+            "1",
+            "--size",
+            "64",
+        ],
+        "make-corruptions": [
+            "make-corruptions",
+            matrix_data / "train",
+            disk / "c",
+            "--device",
+            "cpu",
+            "--format",
+            "png",
+            "--corruptions",
+            "gaussian_noise,shot_noise,impulse_noise",
+        ],
+        "pretrain": [
+            "pretrain",
+            "--data",
+            matrix_data,
+            "--out",
+            disk / "run",
+            "--device",
+            "cpu",
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--curriculum",
+            "none",
+            "--threads",
+            "1",
+        ],
+    }[command]
+    done = subprocess.run(
+        [sys.executable, "-m", "fdbench", *map(str, argv)], env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "Traceback" not in done.stderr and "No space left on device" in done.stderr.splitlines()[-1]
     assert (disk / "earlier.txt").read_text() == "kept\n"
     assert not [p for p in disk.rglob("*.tmp")], "a temp file was left on the full disk"
-    if command == "make-corruptions":   # nothing torn under a final name: every image decodes
+    if command == "make-corruptions":  # nothing torn under a final name: every image decodes
         from PIL import Image
 
         for png in disk.rglob("*.png"):
@@ -488,9 +777,12 @@ def test_full_disk_is_one_line_exit_2_and_keeps_earlier_files(command, tiny_moun
 @pytest.mark.parametrize("command", ["make-dataset", "make-corruptions"])
 def test_read_only_output_is_one_line_exit_2(command, tiny_mount, matrix_data, tmp_path):
     disk = tiny_mount("size=1m,ro")
-    argv = {"make-dataset": ["make-dataset", "--out", disk / "ds", *SMALL],
-            "make-corruptions": ["make-corruptions", matrix_data / "val", disk / "c", "--device", "cpu"]}[command]
-    done = subprocess.run([sys.executable, "-m", "fdbench", *map(str, argv)], env=ENV, capture_output=True, text=True,
-                          timeout=300)
+    argv = {
+        "make-dataset": ["make-dataset", "--out", disk / "ds", *SMALL],
+        "make-corruptions": ["make-corruptions", matrix_data / "val", disk / "c", "--device", "cpu"],
+    }[command]
+    done = subprocess.run(
+        [sys.executable, "-m", "fdbench", *map(str, argv)], env=ENV, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.count("\n") == 1 and "Read-only file system" in done.stderr

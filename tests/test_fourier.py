@@ -62,7 +62,7 @@ def test_random_signs_are_pm_one_and_balanced():
 def test_half_plane_covers_window_once_per_mirror_pair():
     size, window = 64, 64
     unique, index = fourier.half_plane(size, window)
-    assert len(unique) == (size * size - 4) // 2 + 4      # 4 self-mirrored frequencies at even N
+    assert len(unique) == (size * size - 4) // 2 + 4  # 4 self-mirrored frequencies at even N
     w = fourier.window_frequencies(window).tolist()
     assert w[0] == -32 and w[-1] == 31
     for a in (0, 5, 31, 32, 63):
@@ -99,16 +99,18 @@ def test_low_plus_high_pass_is_identity_and_filters_are_ideal():
         outside = np.hypot(k[:, None], k[None, :]) > r
         assert np.abs(spec_low[..., outside]).max(initial=0.0) < 1e-4
     # radius 0 low-pass keeps the per-channel mean only
-    assert torch.allclose(fourier.low_pass(images, 0), images.mean(dim=(2, 3), keepdim=True).expand_as(images), atol=1e-6)
+    assert torch.allclose(
+        fourier.low_pass(images, 0), images.mean(dim=(2, 3), keepdim=True).expand_as(images), atol=1e-6
+    )
     with pytest.raises(FdbenchError):
         fourier.band_pass(images, 2, "mid")
 
 
 def test_radial_power_spectrum_parseval_and_single_frequency():
     size = 16
-    u = fourier.fourier_basis(size, 3, 4)[None, None]            # |k| = 5
+    u = fourier.fourier_basis(size, 3, 4)[None, None]  # |k| = 5
     radius, mean_power, total = fourier.radial_power_spectrum(u)
-    assert total.sum() == pytest.approx(1.0, rel=1e-5)           # unit norm -> unit energy
+    assert total.sum() == pytest.approx(1.0, rel=1e-5)  # unit norm -> unit energy
     assert int(total.argmax()) == 5 and total[5] == pytest.approx(1.0, rel=1e-5)
     assert fourier.spectral_centroid(u) == pytest.approx(5.0, rel=1e-5)
     # white noise: the mean power per coefficient is flat

@@ -96,8 +96,9 @@ def test_bandpass_accuracy_of_a_brightness_classifier():
 
 def test_crossing_radius_and_auc_against_hand_values():
     fr = [0.0, 0.5, 1.0]
-    df = pd.DataFrame({"filter": ["low"] * 3 + ["high"] * 3, "radius_frac": fr * 2,
-                       "accuracy_pct": [10, 40, 90, 80, 60, 10]})
+    df = pd.DataFrame(
+        {"filter": ["low"] * 3 + ["high"] * 3, "radius_frac": fr * 2, "accuracy_pct": [10, 40, 90, 80, 60, 10]}
+    )
     # gap low - high: -70, -20, 80 -> zero at 0.5 + 0.5 * 20 / 100 = 0.6
     assert frequency.crossing_radius(df) == pytest.approx(0.6)
     assert frequency.bandpass_auc(df, "low") == pytest.approx((25 * 0.5 + 65 * 0.5) / 1.0)
@@ -133,6 +134,7 @@ def test_corruption_spectra_place_a_single_frequency_corruption():
 
 # ---- the runner on checkpoints ------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def two_runs(tmp_path_factory, tiny_dataset):
     from fdbench.checkpoint import save_checkpoint
@@ -142,9 +144,16 @@ def two_runs(tmp_path_factory, tiny_dataset):
     for i, curriculum in enumerate(["two-stage", "none"]):
         torch.manual_seed(i)
         model = build_backbone("vit_pico", 32, 8)
-        save_checkpoint({"kind": "backbone", "model": model.config.to_dict(), "teacher_backbone": model.state_dict(),
-                         "data": {"root": str(tiny_dataset), "image_size": 32}, "curriculum": curriculum},
-                        runs / curriculum / "final.pt")
+        save_checkpoint(
+            {
+                "kind": "backbone",
+                "model": model.config.to_dict(),
+                "teacher_backbone": model.state_dict(),
+                "data": {"root": str(tiny_dataset), "image_size": 32},
+                "curriculum": curriculum,
+            },
+            runs / curriculum / "final.pt",
+        )
     return runs
 
 
@@ -165,19 +174,44 @@ def test_runner_files_match_figures_and_resume(two_runs, tmp_path, monkeypatch):
     results = tmp_path / "results.csv"
     rows = []
     for label, clean in (("none", 0.8), ("two-stage", 0.7)):
-        rows.append({"checkpoint": label, "protocol": "linear", "corruption": "clean", "severity": 0, "n": 40,
-                     "top1": clean, "top5": 1.0})
+        rows.append(
+            {
+                "checkpoint": label,
+                "protocol": "linear",
+                "corruption": "clean",
+                "severity": 0,
+                "n": 40,
+                "top1": clean,
+                "top5": 1.0,
+            }
+        )
         for name, acc in (("gaussian_noise", 0.3), ("defocus_blur", 0.6), ("contrast", 0.5)):
             for sev in range(1, 6):
-                rows.append({"checkpoint": label, "protocol": "linear", "corruption": name, "severity": sev,
-                             "n": 40, "top1": acc, "top5": 1.0})
+                rows.append(
+                    {
+                        "checkpoint": label,
+                        "protocol": "linear",
+                        "corruption": name,
+                        "severity": sev,
+                        "n": 40,
+                        "top1": acc,
+                        "top5": 1.0,
+                    }
+                )
     pd.DataFrame(rows).to_csv(results, index=False)
     messages = []
-    report = frequency.run_frequency_analysis(_config(two_runs, out, results=str(results)),
-                                              announce=messages.append, **_spectra_kw())
+    report = frequency.run_frequency_analysis(
+        _config(two_runs, out, results=str(results)), announce=messages.append, **_spectra_kw()
+    )
     assert any("found under" in m for m in messages)
-    for name in ("none/heatmap", "two-stage/heatmap", "heatmap_comparison", "bandpass", "spectra",
-                 "robustness_vs_frequency"):
+    for name in (
+        "none/heatmap",
+        "two-stage/heatmap",
+        "heatmap_comparison",
+        "bandpass",
+        "spectra",
+        "robustness_vs_frequency",
+    ):
         assert (out / f"{name}.png").stat().st_size > 0 and (out / f"{name}.pdf").stat().st_size > 0
 
     # every heat map: the image drawn is the CSV pivoted (ky rows, kx columns), shared 0..vmax scale
@@ -217,7 +251,9 @@ def test_runner_files_match_figures_and_resume(two_runs, tmp_path, monkeypatch):
     bp = pd.read_csv(out / "bandpass.csv")
     line = next(l for l in report.figures["bandpass"].axes[0].lines if l.get_label() == "none, low-pass")
     rows_low = bp[(bp["checkpoint"] == "none") & (bp["filter"] == "low")].sort_values("radius_frac")
-    assert np.allclose(line.get_xdata(), rows_low["radius_frac"]) and np.allclose(line.get_ydata(), rows_low["accuracy_pct"])
+    assert np.allclose(line.get_xdata(), rows_low["radius_frac"]) and np.allclose(
+        line.get_ydata(), rows_low["accuracy_pct"]
+    )
 
     # robustness vs frequency: drop = clean - corrupted (pp), centroid = mean over severities
     rob = pd.read_csv(out / "robustness_vs_frequency.csv")
@@ -241,11 +277,13 @@ def test_runner_files_match_figures_and_resume(two_runs, tmp_path, monkeypatch):
 
     monkeypatch.setattr(frequency, "_load_model", no_load)
     again = []
-    report2 = frequency.run_frequency_analysis(_config(two_runs, out, results=str(results)),
-                                               announce=again.append, **_spectra_kw())
+    report2 = frequency.run_frequency_analysis(
+        _config(two_runs, out, results=str(results)), announce=again.append, **_spectra_kw()
+    )
     assert sum("already done" in m for m in again) == 5
-    pd.testing.assert_frame_equal(report2.summary.reset_index(drop=True),
-                                  pd.read_csv(out / "summary.csv"), check_dtype=False)
+    pd.testing.assert_frame_equal(
+        report2.summary.reset_index(drop=True), pd.read_csv(out / "summary.csv"), check_dtype=False
+    )
     # a changed parameter reruns that analysis only
     with pytest.raises(AssertionError, match="loaded again"):
         frequency.run_frequency_analysis(_config(two_runs, out, eps=1.0), **_spectra_kw())
@@ -277,8 +315,22 @@ def test_cli_runs_bandpass_on_a_checkpoint(tmp_path, two_runs, capsys):
     from fdbench.cli import main
 
     with pytest.raises(SystemExit) as exit_info:
-        main(["frequency-analysis", str(two_runs / "none" / "final.pt"), "--analyses", "bandpass",
-              "--bandpass-images", "8", "--radii", "2", "--out", str(tmp_path / "cli"), "--device", "cpu"])
+        main(
+            [
+                "frequency-analysis",
+                str(two_runs / "none" / "final.pt"),
+                "--analyses",
+                "bandpass",
+                "--bandpass-images",
+                "8",
+                "--radii",
+                "2",
+                "--out",
+                str(tmp_path / "cli"),
+                "--device",
+                "cpu",
+            ]
+        )
     assert exit_info.value.code == 0
     assert "none" in capsys.readouterr().out
     assert (tmp_path / "cli" / "bandpass.png").exists() and (tmp_path / "cli" / "summary.csv").exists()
@@ -308,8 +360,9 @@ def test_interrupted_heatmap_resumes_to_the_same_map(tmp_path):
 
     partial = tmp_path / "heatmap.partial.pt"
     with pytest.raises(KeyboardInterrupt):
-        frequency.fourier_heatmap(flaky, images, labels, eps=2.0, window=8, batch_size=64, partial=partial,
-                                  partial_key="k", save_every_s=0.0)
+        frequency.fourier_heatmap(
+            flaky, images, labels, eps=2.0, window=8, batch_size=64, partial=partial, partial_key="k", save_every_s=0.0
+        )
     assert torch.load(partial, weights_only=True)["start"] == 5 * 64
     seen = []
 
@@ -317,7 +370,8 @@ def test_interrupted_heatmap_resumes_to_the_same_map(tmp_path):
         seen.append(len(x))
         return classify(x)
 
-    resumed = frequency.fourier_heatmap(counting, images, labels, eps=2.0, window=8, batch_size=64,
-                                        partial=partial, partial_key="k")
+    resumed = frequency.fourier_heatmap(
+        counting, images, labels, eps=2.0, window=8, batch_size=64, partial=partial, partial_key="k"
+    )
     assert sum(seen) == len(fourier.half_plane(N, 8)[0]) * 16 - 5 * 64 and not partial.exists()
     pd.testing.assert_frame_equal(full, resumed)

@@ -8,18 +8,23 @@ from analysis import frequency_stats as fstats
 
 # a 3 x 3 window of cells (ky, kx in -1..1) and 6 images; 1 = the image is misclassified at that cell
 KY, KX = np.meshgrid([-1, 0, 1], [-1, 0, 1], indexing="ij")
-RADIUS = np.hypot(KY, KX).ravel()           # rings: round(0)=0, round(1)=1, round(1.414)=1
-WRONG_A = np.array([[1, 0, 0, 1, 0, 0],
-                    [0, 0, 0, 1, 0, 0],
-                    [1, 1, 0, 1, 0, 0],
-                    [0, 0, 0, 0, 0, 1],
-                    [0, 0, 0, 0, 0, 0],
-                    [1, 0, 0, 1, 1, 0],
-                    [1, 1, 1, 1, 0, 0],
-                    [0, 0, 0, 1, 0, 0],
-                    [1, 0, 1, 1, 0, 0]], dtype=bool)
+RADIUS = np.hypot(KY, KX).ravel()  # rings: round(0)=0, round(1)=1, round(1.414)=1
+WRONG_A = np.array(
+    [
+        [1, 0, 0, 1, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+        [1, 1, 0, 1, 0, 0],
+        [0, 0, 0, 0, 0, 1],
+        [0, 0, 0, 0, 0, 0],
+        [1, 0, 0, 1, 1, 0],
+        [1, 1, 1, 1, 0, 0],
+        [0, 0, 0, 1, 0, 0],
+        [1, 0, 1, 1, 0, 0],
+    ],
+    dtype=bool,
+)
 WRONG_B = WRONG_A.copy()
-WRONG_B[[0, 2, 6, 8], 4] = True             # B also misses image 4 at the four corner cells
+WRONG_B[[0, 2, 6, 8], 4] = True  # B also misses image 4 at the four corner cells
 WRONG_B[1, 3] = False
 
 
@@ -87,14 +92,14 @@ def test_outcomes_round_trip_as_packed_bits(tmp_path):
     back = fstats.load_outcomes(path)
     assert back["wrong"].dtype == bool and np.array_equal(back["wrong"], wrong)
     assert np.array_equal(back["index"], np.arange(6).reshape(2, 3))
-    with np.load(path) as raw:                      # 13 images fit in 2 bytes per cell
+    with np.load(path) as raw:  # 13 images fit in 2 bytes per cell
         assert raw["wrong__bits"].shape == (5, 2)
 
 
 def test_bandpass_samples_reproduce_the_point_estimates_with_unit_weights():
     fracs = np.array([0.0, 0.5, 1.0])
-    low = np.array([[1, 1, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0]], dtype=bool)     # acc 0, 50, 100
-    high = np.array([[0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]], dtype=bool)    # acc 100, 50, 0
+    low = np.array([[1, 1, 1, 1], [1, 0, 0, 1], [0, 0, 0, 0]], dtype=bool)  # acc 0, 50, 100
+    high = np.array([[0, 0, 0, 0], [0, 0, 1, 1], [1, 1, 1, 1]], dtype=bool)  # acc 100, 50, 0
     s = fstats.bandpass_samples(fracs, low, high, np.full((1, 4), 0.25))
     assert s["crossing_frac"][0] == pytest.approx(0.5)
     assert s["lowpass_auc_pct"][0] == pytest.approx(50.0) and s["highpass_auc_pct"][0] == pytest.approx(50.0)

@@ -42,12 +42,18 @@ def test_resampling_matches_pil_crop_and_resize():
     rng = np.random.default_rng(0)
     arr = (rng.random((60, 80, 3)) * 255).astype(np.uint8)
     x = torch.from_numpy(arr).permute(2, 0, 1).float() / 255
-    for top, left, h, w, size, flip in [(5, 7, 40, 50, 24, False), (0, 0, 60, 80, 96, True), (10, 3, 17, 20, 48, False)]:
+    for top, left, h, w, size, flip in [
+        (5, 7, 40, 50, 24, False),
+        (0, 0, 60, 80, 96, True),
+        (10, 3, 17, 20, 48, False),
+    ]:
         ref = Image.fromarray(arr).crop((left, top, left + w, top + h)).resize((size, size), Image.BICUBIC)
         if flip:
             ref = ref.transpose(Image.FLIP_LEFT_RIGHT)
         ref = np.asarray(ref).astype(np.float32) / 255
-        wx = ga._resample_matrix(torch.tensor([left]), torch.tensor([w]), 80, size, torch.tensor([flip]), torch.float32)[0]
+        wx = ga._resample_matrix(
+            torch.tensor([left]), torch.tensor([w]), 80, size, torch.tensor([flip]), torch.float32
+        )[0]
         wy = ga._resample_matrix(torch.tensor([top]), torch.tensor([h]), 60, size, None, torch.float32)[0]
         out = (wy @ (x @ wx.T).clamp(0, 1)).clamp(0, 1).permute(1, 2, 0).numpy()
         # PIL rounds to 8 bits between its two passes: at most ~1 grey level apart
@@ -87,15 +93,27 @@ def test_rrc_fallback_is_torchvisions_central_crop():
 # ---------------------------------------------------------------------- whole pipeline, exact per crop
 def reference_crop(image_f, p: AugParams, r: int, size: int) -> torch.Tensor:
     """One crop through torchvision's functional ops on float tensors, in DINOv2's order."""
-    x = TF.resized_crop(image_f, int(p.top[r]), int(p.left[r]), int(p.height[r]), int(p.width[r]), [size, size],
-                        T.InterpolationMode.BICUBIC, antialias=True).clamp(0, 1)
+    x = TF.resized_crop(
+        image_f,
+        int(p.top[r]),
+        int(p.left[r]),
+        int(p.height[r]),
+        int(p.width[r]),
+        [size, size],
+        T.InterpolationMode.BICUBIC,
+        antialias=True,
+    ).clamp(0, 1)
     if p.flip[r]:
         x = TF.hflip(x)
     if p.jitter_apply[r]:
         fb, fc, fs, fh = p.jitter_factors[r].tolist()
         for op in p.jitter_order[r].tolist():
-            x = [lambda v: TF.adjust_brightness(v, fb), lambda v: TF.adjust_contrast(v, fc),
-                 lambda v: TF.adjust_saturation(v, fs), lambda v: TF.adjust_hue(v, fh)][op](x)
+            x = [
+                lambda v: TF.adjust_brightness(v, fb),
+                lambda v: TF.adjust_contrast(v, fc),
+                lambda v: TF.adjust_saturation(v, fs),
+                lambda v: TF.adjust_hue(v, fh),
+            ][op](x)
     if p.gray[r]:
         x = TF.rgb_to_grayscale(x, num_output_channels=3)
     if p.blur_apply[r]:
@@ -112,14 +130,13 @@ def test_every_crop_equals_torchvision_ops_with_the_same_parameters():
     params = aug.sample_params(sz, torch.Generator().manual_seed(3))
     glob, loc = aug.apply(images, sz, params)
     assert glob.shape == (6, 3, 32, 32) and loc.shape == (6, 3, 16, 16)
-    crops = torch.cat([glob.flatten(1), torch.nn.functional.pad(loc.flatten(1), (0, glob[0].numel() - loc[0].numel()))])
     assert params.jitter_apply.any() and params.flip.any() and params.blur_apply.any()
     for r in range(12):
         b, size = r % 3, (32 if r < 6 else 16)
         h, w = sizes[b]
         ref = reference_crop(images[b, :, :h, :w].float() / 255, params, r, size)
-        mine = (glob[r] if r < 6 else loc[r - 6])
-        diff = ((mine - ref) * STD).abs()   # in [0,1] pixel units
+        mine = glob[r] if r < 6 else loc[r - 6]
+        diff = ((mine - ref) * STD).abs()  # in [0,1] pixel units
         # float ties at the solarise threshold may flip single pixels; everything else agrees closely
         assert (diff > 2e-3).float().mean() < 0.01, (r, diff.max())
         assert diff.median() < 1e-4
@@ -186,14 +203,17 @@ def test_crop_major_order_and_batch_dict():
     sizes = torch.tensor([[40, 50], [30, 50], [40, 20], [35, 45]])
     for i, (h, w) in enumerate(sizes.tolist()):
         images[i, :, h:, :] = 0
-        images[i, :, :, w:] = 0   # padding must never leak into a crop
-    aug = GpuMultiCrop(global_size=16, local_size=8, n_local=3, patch_size=8, jitter_p=0, gray_p=0,
-                       blur_probs=(0, 0, 0), solarize_p=0)
-    out = aug({"images": images, "sizes": sizes, "labels": torch.arange(4),
-               "masks": torch.zeros(8, 4, dtype=torch.bool)}, torch.Generator().manual_seed(0))
+        images[i, :, :, w:] = 0  # padding must never leak into a crop
+    aug = GpuMultiCrop(
+        global_size=16, local_size=8, n_local=3, patch_size=8, jitter_p=0, gray_p=0, blur_probs=(0, 0, 0), solarize_p=0
+    )
+    out = aug(
+        {"images": images, "sizes": sizes, "labels": torch.arange(4), "masks": torch.zeros(8, 4, dtype=torch.bool)},
+        torch.Generator().manual_seed(0),
+    )
     assert out["global"].shape == (8, 3, 16, 16) and out["local"].shape == (12, 3, 8, 8)
     assert out["masks"].shape == (8, 4) and out["labels"].tolist() == [0, 1, 2, 3]
-    assert out["mask_indices"].numel() == 0 and out["mask_weights"].numel() == 0   # nothing masked
+    assert out["mask_indices"].numel() == 0 and out["mask_weights"].numel() == 0  # nothing masked
     expected = (colours.float() / 255 - MEAN.view(1, 3)) / STD.view(1, 3)
     for name, n in (("global", 8), ("local", 12)):
         means = out[name].mean(dim=(2, 3))
@@ -203,21 +223,44 @@ def test_crop_major_order_and_batch_dict():
 def test_masks_from_a_make_masks_when_the_batch_has_none():
     images, sizes = smooth_images([(40, 40)] * 4)
     aug = GpuMultiCrop(global_size=32, local_size=16, n_local=0, patch_size=8)
-    out = aug({"images": images, "sizes": sizes, "labels": torch.zeros(4, dtype=torch.long)},
-              torch.Generator().manual_seed(0), mask_generator=torch.Generator().manual_seed(0))
+    out = aug(
+        {"images": images, "sizes": sizes, "labels": torch.zeros(4, dtype=torch.long)},
+        torch.Generator().manual_seed(0),
+        mask_generator=torch.Generator().manual_seed(0),
+    )
     assert out["local"] is None
     assert out["masks"].shape == (8, 16) and out["masks"].dtype == torch.bool
-    assert (out["masks"].sum(1) > 0).sum() == 4   # mask_probability 0.5 of 8 global crops
+    assert (out["masks"].sum(1) > 0).sum() == 4  # mask_probability 0.5 of 8 global crops
     assert torch.equal(out["mask_indices"], out["masks"].flatten().nonzero().flatten())
     assert out["mask_weights"].shape == out["mask_indices"].shape
 
 
 def test_noise_patch_semantics():
     x = torch.full((2, 3, 40, 50), 0.5)
-    p = AugParams(noise_apply=torch.tensor([True, False]), noise_side=torch.tensor([20, 20]),
-                  noise_top=torch.tensor([5, 5]), noise_left=torch.tensor([10, 10]), noise_sigma=torch.tensor([0.1, 0.1]),
-                  **{k: torch.zeros(1) for k in ("top", "left", "height", "width", "flip", "jitter_apply", "jitter_order",
-                                                "jitter_factors", "gray", "blur_apply", "blur_sigma", "solarize")})
+    p = AugParams(
+        noise_apply=torch.tensor([True, False]),
+        noise_side=torch.tensor([20, 20]),
+        noise_top=torch.tensor([5, 5]),
+        noise_left=torch.tensor([10, 10]),
+        noise_sigma=torch.tensor([0.1, 0.1]),
+        **{
+            k: torch.zeros(1)
+            for k in (
+                "top",
+                "left",
+                "height",
+                "width",
+                "flip",
+                "jitter_apply",
+                "jitter_order",
+                "jitter_factors",
+                "gray",
+                "blur_apply",
+                "blur_sigma",
+                "solarize",
+            )
+        },
+    )
     out = ga._noise_patch(x, p, torch.Generator().manual_seed(0))
     inside = out[0, :, 5:25, 10:30]
     outside = out[0].clone()
@@ -239,7 +282,7 @@ def test_bad_inputs_are_user_errors():
 
 # ---------------------------------------------------------------------- distributions vs A's CPU pipeline
 N_LOCAL = 4
-SIZES = [(48, 64), (36, 120)]   # a 4:3 image and a wide one (exercises the central fallback)
+SIZES = [(48, 64), (36, 120)]  # a 4:3 image and a wide one (exercises the central fallback)
 
 
 @pytest.fixture(scope="module")
@@ -312,8 +355,9 @@ def cpu_pipeline_draws():
     mp.setattr(A.GaussianNoisePatch, "draw", draw)
     try:
         torch.manual_seed(0)
-        aug = A.MultiCropAugmentation(global_size=16, local_size=8, n_local=N_LOCAL,
-                                      noise_patch=A.GaussianNoisePatch(max_sigma=0.5))
+        aug = A.MultiCropAugmentation(
+            global_size=16, local_size=8, n_local=N_LOCAL, noise_patch=A.GaussianNoisePatch(max_sigma=0.5)
+        )
         imgs = [Image.new("RGB", (w, h), (120, 80, 40)) for h, w in SIZES]
         for i in range(500):
             aug(imgs[i % 2])
@@ -352,9 +396,9 @@ def test_crop_geometry_distributions_match(cpu_pipeline_draws, gpu_pipeline_draw
     img = np.tile(np.arange(n), 2 + N_LOCAL)
     area = (params.height * params.width).numpy() / (sizes[img, 0] * sizes[img, 1]).numpy()
     aspect = (params.width.double() / params.height.double()).numpy()
-    for (h, w) in SIZES:
+    for h, w in SIZES:
         cpu = cpu_pipeline_draws[f"crop_{(w, h)}"]
-        on = (sizes[img, 0].numpy() == h)
+        on = sizes[img, 0].numpy() == h
         for group in (("global1", "global2"), ("local",)):
             sel_cpu = [(a, r) for k, a, r in cpu if k in group]
             sel = on & np.isin(kinds, group)
@@ -403,7 +447,7 @@ def test_jitter_and_blur_parameter_distributions_match(cpu_pipeline_draws, gpu_p
 def test_noise_patch_distributions_match(cpu_pipeline_draws, gpu_pipeline_draws):
     params, sizes, _ = gpu_pipeline_draws
     cpu = [(h, w, d) for h, w, d in cpu_pipeline_draws["noise"] if d is not None]
-    assert len(cpu) == len(cpu_pipeline_draws["noise"])   # p = 1
+    assert len(cpu) == len(cpu_pipeline_draws["noise"])  # p = 1
     assert params.noise_apply.all()
     short = torch.minimum(sizes[:, 0], sizes[:, 1]).float()
     _same_distribution([d[0] / min(h, w) for h, w, d in cpu], (params.noise_side / short).numpy())
@@ -431,7 +475,7 @@ def test_decode_uses_jpeg_draft_and_pads_batches(tmp_path):
             Image.new("RGB", size, (40 * i, 100, 200)).save(tmp_path / "train" / cls / f"{i}.jpg", quality=90)
         Image.new("RGB", (400, 300)).save(tmp_path / "train" / cls / "big.png")
     img = decode_file(tmp_path / "train" / "a" / "0.jpg", decode_side=100)
-    assert img.size == (200, 150)                         # DCT scale 1/2 keeps the short side >= 100
+    assert img.size == (200, 150)  # DCT scale 1/2 keeps the short side >= 100
     assert decode_file(tmp_path / "train" / "a" / "0.jpg", None).size == (400, 300)
     assert decode_file(tmp_path / "train" / "a" / "big.png", 100).size == (math.ceil(400 / 3), 100)  # reduce(3)
     assert needed_side(224, 96, 0.32, 0.05, 8) == math.ceil(96 / math.sqrt(0.05))
@@ -445,7 +489,7 @@ def test_decode_uses_jpeg_draft_and_pads_batches(tmp_path):
     for img, (hh, ww) in zip(batch["images"], batch["sizes"].tolist()):
         assert min(hh, ww) >= 120 and img[:, hh:, :].sum() == 0 and img[:, :, ww:].sum() == 0
 
-    ds = DecodeDataset([(torch.zeros(3, 2, 2), 0)], None)   # a dataset with a transform already applied
+    ds = DecodeDataset([(torch.zeros(3, 2, 2), 0)], None)  # a dataset with a transform already applied
     with pytest.raises(FdbenchError, match="without a transform"):
         ds[0]
     out = DecodeCollate()([(torch.ones(3, 2, 3, dtype=torch.uint8), 1), (torch.ones(3, 4, 1, dtype=torch.uint8), 0)])

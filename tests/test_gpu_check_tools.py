@@ -25,15 +25,15 @@ def test_count_ops_counts_top_level_kernel_ops_per_innermost_part():
     x = torch.randn(4, 4)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         with record_function("forward_backward"):
-            y = x + 1                      # 1
-            y = y.view(16).view(4, 4)      # views: no kernel
-            y = y.to(torch.float32)        # same dtype: no copy
+            y = x + 1  # 1
+            y = y.view(16).view(4, 4)  # views: no kernel
+            y = y.to(torch.float32)  # same dtype: no copy
             with record_function("student"):
-                z = torch.nn.functional.linear(y, x)   # 1 (its addmm/mm inside is part of it)
-                z = z.double()                          # a real copy: 1
+                z = torch.nn.functional.linear(y, x)  # 1 (its addmm/mm inside is part of it)
+                z = z.double()  # a real copy: 1
         with record_function("ema"):
-            torch._foreach_mul_([x, y], 0.5)            # 1 for the whole list
-        x * 2                              # outside every part: not counted
+            torch._foreach_mul_([x, y], 0.5)  # 1 for the whole list
+        x * 2  # outside every part: not counted
     counts = lc.count_ops(prof)
     assert (counts["forward_backward"], counts["student"], counts["ema"]) == (1, 2, 1)
     assert sum(counts.values()) == 4

@@ -19,15 +19,14 @@ from pretrain.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss, sinkhorn_knopp
 def test_dino_loss_hand_computed_k2():
     # student temp 1 so the log-softmaxes are readable: [0, 0] -> [-ln2, -ln2]; [ln3, 0] -> [ln 3/4, ln 1/4]
     loss_fn = DINOLoss(2, student_temp=1.0)
-    s_global = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])      # crop 0, crop 1 (B = 1)
+    s_global = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])  # crop 0, crop 1 (B = 1)
     t_global = torch.tensor([[1.0, 0.0], [0.5, 0.5]])
     # pairs (s0, t1) = ln 2 and (s1, t0) = -ln(3/4)
     expected = (math.log(2.0) + math.log(4.0 / 3.0)) / 2
     assert loss_fn(s_global, None, t_global).item() == pytest.approx(expected, rel=1e-6)
     # one local crop [0, ln3] -> [ln 1/4, ln 3/4]: pairs (l, t0) = ln 4, (l, t1) = -(ln 1/4 + ln 3/4)/2
     s_local = torch.tensor([[0.0, math.log(3.0)]])
-    expected_local = (math.log(2.0) + math.log(4.0 / 3.0) + math.log(4.0)
-                      - 0.5 * (math.log(0.25) + math.log(0.75))) / 4
+    expected_local = (math.log(2.0) + math.log(4.0 / 3.0) + math.log(4.0) - 0.5 * (math.log(0.25) + math.log(0.75))) / 4
     assert loss_fn(s_global, s_local, t_global).item() == pytest.approx(expected_local, rel=1e-6)
 
 
@@ -74,8 +73,8 @@ def test_mean_centring_softmax_and_ema():
     loss_fn = DINOLoss(4, center_momentum=0.9)
     z1 = torch.tensor([[1.0, 2.0, 3.0, 4.0], [3.0, 2.0, 1.0, 0.0]])
     z2 = torch.tensor([[0.0, 0.0, 8.0, 0.0]])
-    loss_fn.update_center(z1)                        # c = 0.1 * [2, 2, 2, 2]
-    loss_fn.update_center(z2)                        # c = 0.9 * c + 0.1 * [0, 0, 8, 0]
+    loss_fn.update_center(z1)  # c = 0.1 * [2, 2, 2, 2]
+    loss_fn.update_center(z2)  # c = 0.9 * c + 0.1 * [0, 0, 8, 0]
     expected_c = torch.tensor([0.18, 0.18, 0.98, 0.18])
     assert torch.allclose(loss_fn.center.squeeze(0), expected_c, atol=1e-6)
     probs = loss_fn.softmax_center_teacher(z1, teacher_temp=0.5)
@@ -84,7 +83,7 @@ def test_mean_centring_softmax_and_ema():
     # an empty batch (no masked token anywhere) leaves the centre as it was
     loss_fn.update_center(torch.zeros(0, 4))
     assert torch.allclose(loss_fn.center.squeeze(0), expected_c, atol=1e-6)
-    assert "center" in loss_fn.state_dict()          # checkpointed with the loss
+    assert "center" in loss_fn.state_dict()  # checkpointed with the loss
 
 
 # ---------------------------------------------------------------- Sinkhorn-Knopp
@@ -116,7 +115,7 @@ def test_sinkhorn_matches_reference_and_marginals():
 
 def test_sinkhorn_is_finite_at_low_temperature():
     logits = torch.tensor([[40.0, -40.0, 0.0], [-40.0, 40.0, 0.0]])
-    assert not torch.isfinite(torch.exp(logits / 0.04)).all()   # the naive exp overflows
+    assert not torch.isfinite(torch.exp(logits / 0.04)).all()  # the naive exp overflows
     q = sinkhorn_knopp(logits, 0.04)
     assert torch.isfinite(q).all()
     assert torch.allclose(q.sum(dim=1), torch.ones(2), atol=1e-5)
@@ -131,7 +130,7 @@ def test_ibot_sinkhorn_uses_the_masked_token_count():
 # ---------------------------------------------------------------- iBOT loss
 def test_ibot_loss_hand_computed_k2():
     loss_fn = iBOTPatchLoss(2, student_temp=1.0)
-    masks = torch.tensor([[True, False, True], [False, False, False]])   # image 0: 2 masked, image 1: none
+    masks = torch.tensor([[True, False, True], [False, False, False]])  # image 0: 2 masked, image 1: none
     student = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0]])
     teacher = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     # CE1 = ln 2, CE2 = -ln(1/4) = ln 4; image 0 weighs 1/2 per token; N = 2 images
@@ -143,7 +142,7 @@ def test_ibot_loss_matches_per_image_definition():
     g = torch.Generator().manual_seed(2)
     n, p, k = 6, 9, 7
     masks = torch.rand(n, p, generator=g) < 0.4
-    masks[0] = False                                              # an unmasked image still counts in N
+    masks[0] = False  # an unmasked image still counts in N
     m = int(masks.sum())
     student = torch.randn(m, k, generator=g) * 2
     teacher = torch.softmax(torch.randn(m, k, generator=g), -1)
@@ -152,7 +151,7 @@ def test_ibot_loss_matches_per_image_definition():
     total, row = 0.0, 0
     for i in range(n):
         ni = int(masks[i].sum())
-        ce = -(teacher[row:row + ni].double() * torch.log_softmax(student[row:row + ni].double() / 0.1, -1)).sum(-1)
+        ce = -(teacher[row : row + ni].double() * torch.log_softmax(student[row : row + ni].double() / 0.1, -1)).sum(-1)
         total += ce.sum().item() / max(1, ni)
         row += ni
     assert loss.item() == pytest.approx(total / n, rel=1e-5)
@@ -181,10 +180,10 @@ def _boolean_ibot(loss_fn, student_tokens, head, teacher_probs_of, masks):
 def _random_masks(g, n, p, *, empty_image=True, none=False):
     masks = torch.rand(n, p, generator=g) < torch.rand(n, 1, generator=g)
     if empty_image:
-        masks[1] = False          # an image with zero masked tokens
+        masks[1] = False  # an image with zero masked tokens
         masks[0, 0] = True
     if none:
-        masks[:] = False          # a batch without any masked token
+        masks[:] = False  # a batch without any masked token
     return masks
 
 
@@ -228,7 +227,7 @@ def test_ibot_indexed_path_equals_boolean_mask_path(fast, case):
     ref = _boolean_ibot(loss_fn, tokens, head, teacher_probs_of, masks)
     (ref_grad,) = torch.autograd.grad(ref, tokens, allow_unused=False)
 
-    indices, weights = masked_token_indices(masks)            # on the CPU, as the collates do
+    indices, weights = masked_token_indices(masks)  # on the CPU, as the collates do
     student = _masked_tokens(tokens, indices) @ head
     teacher = torch.softmax(_masked_tokens(teacher_tokens, indices) @ head / 0.07, dim=-1)
     ours = loss_fn(student, teacher, mask_weights=weights, n_images=n)
@@ -254,15 +253,19 @@ def test_sinkhorn_host_count_equals_tensor_count():
     g = torch.Generator().manual_seed(6)
     logits = torch.randn(9, 5, generator=g)
     loss = iBOTPatchLoss(5)
-    torch.testing.assert_close(loss.sinkhorn_knopp_teacher(logits, 0.1, 9),
-                               loss.sinkhorn_knopp_teacher(logits, 0.1, torch.tensor([9])), rtol=0, atol=0)
+    torch.testing.assert_close(
+        loss.sinkhorn_knopp_teacher(logits, 0.1, 9),
+        loss.sinkhorn_knopp_teacher(logits, 0.1, torch.tensor([9])),
+        rtol=0,
+        atol=0,
+    )
     empty = loss.sinkhorn_knopp_teacher(torch.zeros(0, 5), 0.1, 0)
     assert empty.shape == (0, 5)
 
 
 # ---------------------------------------------------------------- KoLeo
 def test_koleo_hand_computed():
-    x = torch.tensor([[2.0, 0.0], [0.0, 0.5], [-3.0, 0.0]])   # normalises to e1, e2, -e1
+    x = torch.tensor([[2.0, 0.0], [0.0, 0.5], [-3.0, 0.0]])  # normalises to e1, e2, -e1
     # nearest neighbours are all at distance sqrt(2)
     assert KoLeoLoss()(x).item() == pytest.approx(-math.log(math.sqrt(2.0)), rel=1e-6)
 
@@ -280,7 +283,7 @@ def test_koleo_finite_at_batch_one_and_duplicates():
     one = torch.randn(1, 8, requires_grad=True)
     loss = KoLeoLoss()(one)
     assert loss.item() == 0.0 and torch.isfinite(loss)
-    dup = torch.ones(3, 4, requires_grad=True)                # identical rows: distance 0
+    dup = torch.ones(3, 4, requires_grad=True)  # identical rows: distance 0
     loss = KoLeoLoss()(dup)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(dup.grad).all()
@@ -294,7 +297,7 @@ def test_dino_head_last_layer_is_weight_normalised():
     head = DINOHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8, nlayers=3)
     assert torch.nn.utils.parametrize.is_parametrized(head.last_layer, "weight")
     weight = head.last_layer.weight
-    assert torch.allclose(weight.norm(dim=1), torch.ones(32), atol=1e-6)     # g = 1 at init
+    assert torch.allclose(weight.norm(dim=1), torch.ones(32), atol=1e-6)  # g = 1 at init
     x = torch.randn(5, 16)
     out = head(x)
     assert out.shape == (5, 32)
@@ -309,7 +312,7 @@ def test_dino_head_last_layer_is_weight_normalised():
     assert torch.allclose(out, z @ weight.t(), atol=1e-5)
     # hidden layers: Linear-GELU-Linear-GELU-Linear
     assert [type(m).__name__ for m in head.mlp] == ["Linear", "GELU", "Linear", "GELU", "Linear"]
-    teacher = copy.deepcopy(head)                                             # EMA teachers are deep copies
+    teacher = copy.deepcopy(head)  # EMA teachers are deep copies
     assert torch.allclose(teacher(x), out, atol=1e-6)
     head(x).sum().backward()
     assert head.last_layer.parametrizations.weight.original1.grad is not None
@@ -339,7 +342,7 @@ def _dist_worker(rank, world, port, logits, masked_counts, out):
         loss = DINOLoss(logits.shape[1])
         loss.update_center(shard)
         ibot = iBOTPatchLoss(logits.shape[1])
-        own = logits[sum(masked_counts[:rank]):sum(masked_counts[:rank + 1])]  # uneven token counts
+        own = logits[sum(masked_counts[:rank]) : sum(masked_counts[: rank + 1])]  # uneven token counts
         ibot.update_center(own)
         out[rank] = (q, loss.center.clone(), ibot.center.clone())
     finally:
@@ -375,8 +378,12 @@ def test_dino_loss_against_dinov2_divisor(n_local):
     t_probs = torch.softmax(torch.randn(n_global * b, k, generator=g), dim=-1)
     students = list(s_global.chunk(n_global)) + (list(s_local.chunk(n_local)) if n_local else [])
     teachers = t_probs.chunk(n_global)
-    summed = sum((-(t * torch.log_softmax(s / 0.1, -1)).sum(-1)).mean()
-                 for si, s in enumerate(students) for ti, t in enumerate(teachers) if si != ti)
+    summed = sum(
+        (-(t * torch.log_softmax(s / 0.1, -1)).sum(-1)).mean()
+        for si, s in enumerate(students)
+        for ti, t in enumerate(teachers)
+        if si != ti
+    )
     official = summed / (n_global * (n_global - 1) + max(n_local * n_global, 1))
     ours = DINOLoss(k, student_temp=0.1)(s_global, s_local, t_probs, n_global_crops=n_global)
     factor = 1.0 if n_local else (n_global * (n_global - 1)) / (n_global * (n_global - 1) + 1)
@@ -394,6 +401,6 @@ def test_koleo_batch_one_reference_is_a_finite_constant_without_gradient():
     ref = -torch.log(torch.nn.PairwiseDistance(2, eps=1e-8)(xn, xn[nb]) + 1e-8).mean()
     ref.backward()
     assert torch.isfinite(ref) and ref.item() == pytest.approx(-math.log(1e-8 * math.sqrt(384) + 1e-8), rel=1e-4)
-    assert torch.count_nonzero(x.grad) == 0                                    # no gradient
+    assert torch.count_nonzero(x.grad) == 0  # no gradient
     ours = KoLeoLoss()(torch.randn(1, 384, requires_grad=True))
-    assert ours.item() == 0.0 and not ours.requires_grad                        # ours: constant 0
+    assert ours.item() == 0.0 and not ours.requires_grad  # ours: constant 0

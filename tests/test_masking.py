@@ -13,8 +13,9 @@ from pretrain.masking import BlockMaskGenerator, make_masks
 @pytest.mark.parametrize("grid", [(14, 14), (7, 7), (16, 16), (4, 4), (3, 8), (2, 2), (1, 5)])
 def test_masked_count_and_ratio_range(grid):
     n_images, n_patches = 400, grid[0] * grid[1]
-    masks = make_masks(n_images, grid, mask_probability=0.5, ratio_range=(0.1, 0.5),
-                       generator=torch.Generator().manual_seed(0))
+    masks = make_masks(
+        n_images, grid, mask_probability=0.5, ratio_range=(0.1, 0.5), generator=torch.Generator().manual_seed(0)
+    )
     assert masks.shape == (n_images, n_patches) and masks.dtype == torch.bool
     counts = masks.sum(dim=1)
     # never more than int(n_patches * 0.5) patches, and only int(400 * 0.5) images can carry a mask
@@ -27,7 +28,7 @@ def test_masked_count_and_ratio_range(grid):
         assert ratios.min() >= int(n_patches * 0.1) / n_patches - 1e-9
         # ratios are spread over [0.1, 0.5] (stratified): both halves of the range are populated
         assert 0.35 < float((ratios < 0.3).double().mean()) < 0.7
-        assert 0.22 < float(ratios.mean()) < 0.32   # 0.3 minus the blocks that stop short of target
+        assert 0.22 < float(ratios.mean()) < 0.32  # 0.3 minus the blocks that stop short of target
     else:
         # tiny grids: still masks, but some targets round down to 0 patches
         assert int((counts > 0).sum()) > 0
@@ -71,7 +72,7 @@ def test_reproducible_with_generator_and_bad_input():
     b = make_masks(16, (6, 6), generator=torch.Generator().manual_seed(7))
     c = make_masks(16, (6, 6), generator=torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
-    assert make_masks(5, 3).shape == (5, 9)                       # an int grid is square
+    assert make_masks(5, 3).shape == (5, 9)  # an int grid is square
     with pytest.raises(FdbenchError, match="ratio range"):
         make_masks(4, (4, 4), ratio_range=(0.6, 0.2))
     with pytest.raises(FdbenchError, match="probability"):

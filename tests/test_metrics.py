@@ -8,9 +8,20 @@ import pandas as pd
 import pytest
 import torch
 
-from analysis.metrics import (ALEXNET_CLEAN_ERROR, ALEXNET_MEAN_ERRORS, COMMON, EXTRA, UNNORMALISED,
-                              Baseline, alexnet_baseline, baseline_from_results, parse_corruptions,
-                              parse_severities, summarise, topk_accuracy)
+from analysis.metrics import (
+    ALEXNET_CLEAN_ERROR,
+    ALEXNET_MEAN_ERRORS,
+    COMMON,
+    EXTRA,
+    UNNORMALISED,
+    Baseline,
+    alexnet_baseline,
+    baseline_from_results,
+    parse_corruptions,
+    parse_severities,
+    summarise,
+    topk_accuracy,
+)
 from fdbench.errors import FdbenchError
 
 COLUMNS = ["checkpoint", "protocol", "corruption", "severity", "n", "top1", "top5"]
@@ -39,15 +50,23 @@ def test_alexnet_own_errors_give_ce_and_relative_ce_of_one():
 
 def test_crafted_table_against_hand_computation():
     # baseline run: clean error 0.2; gaussian_noise errors 0.5..0.9; contrast errors 0.3 at every severity
-    base = pd.DataFrame(_rows("ref", "knn", 0.8, {"gaussian_noise": [0.5, 0.4, 0.3, 0.2, 0.1],
-                                                  "contrast": [0.7] * 5}), columns=COLUMNS)
+    base = pd.DataFrame(
+        _rows("ref", "knn", 0.8, {"gaussian_noise": [0.5, 0.4, 0.3, 0.2, 0.1], "contrast": [0.7] * 5}), columns=COLUMNS
+    )
     # model: clean error 0.1; gaussian_noise errors 0.2, 0.3, 0.4, 0.5, 0.6; contrast errors 0.15
-    model = pd.DataFrame(_rows("m", "knn", 0.9, {"gaussian_noise": [0.8, 0.7, 0.6, 0.5, 0.4],
-                                                 "contrast": [0.85] * 5}), columns=COLUMNS)
-    rows, agg = summarise(model, {"knn": Baseline("ref", 0.2, {(c, s): 1 - a for _, _, c, s, _, a, _ in
-                                                              base.itertuples(index=False) if c != "clean"})})
-    ce_gauss = (0.2 + 0.3 + 0.4 + 0.5 + 0.6) / (0.5 + 0.6 + 0.7 + 0.8 + 0.9)        # 2.0 / 3.5
-    rel_gauss = (0.1 + 0.2 + 0.3 + 0.4 + 0.5) / (0.3 + 0.4 + 0.5 + 0.6 + 0.7)       # 1.5 / 2.5
+    model = pd.DataFrame(
+        _rows("m", "knn", 0.9, {"gaussian_noise": [0.8, 0.7, 0.6, 0.5, 0.4], "contrast": [0.85] * 5}), columns=COLUMNS
+    )
+    rows, agg = summarise(
+        model,
+        {
+            "knn": Baseline(
+                "ref", 0.2, {(c, s): 1 - a for _, _, c, s, _, a, _ in base.itertuples(index=False) if c != "clean"}
+            )
+        },
+    )
+    ce_gauss = (0.2 + 0.3 + 0.4 + 0.5 + 0.6) / (0.5 + 0.6 + 0.7 + 0.8 + 0.9)  # 2.0 / 3.5
+    rel_gauss = (0.1 + 0.2 + 0.3 + 0.4 + 0.5) / (0.3 + 0.4 + 0.5 + 0.6 + 0.7)  # 1.5 / 2.5
     ce_contrast = 0.75 / 1.5
     rel_contrast = (5 * 0.05) / (5 * 0.1)
     got = rows.set_index("corruption")
@@ -66,8 +85,11 @@ def test_crafted_table_against_hand_computation():
 
 
 def test_baseline_from_results_csv_matches_hand_built_baseline(tmp_path):
-    frame = pd.DataFrame(_rows("ref", "linear", 0.8, {"snow": [0.5, 0.4, 0.3, 0.2, 0.1]})
-                         + _rows("other", "linear", 0.5, {"snow": [0.1] * 5}), columns=COLUMNS)
+    frame = pd.DataFrame(
+        _rows("ref", "linear", 0.8, {"snow": [0.5, 0.4, 0.3, 0.2, 0.1]})
+        + _rows("other", "linear", 0.5, {"snow": [0.1] * 5}),
+        columns=COLUMNS,
+    )
     path = tmp_path / "results.csv"
     frame.to_csv(path, index=False)
     with pytest.raises(FdbenchError, match="2 checkpoints"):
@@ -83,10 +105,11 @@ def test_baseline_from_results_csv_matches_hand_built_baseline(tmp_path):
 
 
 def test_alexnet_needs_all_five_severities_and_unnormalised_is_labelled():
-    frame = pd.DataFrame([("m", "linear", "clean", 0, 10, 0.9, 1.0), ("m", "linear", "fog", 2, 10, 0.6, 0.9)],
-                         columns=COLUMNS)
+    frame = pd.DataFrame(
+        [("m", "linear", "clean", 0, 10, 0.9, 1.0), ("m", "linear", "fog", 2, 10, 0.6, 0.9)], columns=COLUMNS
+    )
     rows, agg = summarise(frame, alexnet_baseline())
-    assert math.isnan(rows["ce"].iloc[0])              # only a mean over 5 severities is published
+    assert math.isnan(rows["ce"].iloc[0])  # only a mean over 5 severities is published
     rows, agg = summarise(frame, None)
     assert rows["normalisation"].iloc[0] == UNNORMALISED == agg["m"]["linear"]["normalisation"]
     assert rows["error"].iloc[0] == pytest.approx(0.4) and math.isnan(agg["m"]["linear"]["mCE"])
@@ -100,7 +123,7 @@ def test_topk_accuracy_counts_by_hand():
     # top-1 hits: row 0 only; top-2 hits: rows 0, 1 (0.15 second), 3 (tie 0.3/0.3: index order decides)
     assert acc[1] == pytest.approx(1 / 4)
     assert acc[2] == pytest.approx((logits.topk(2).indices == labels[:, None]).any(1).float().mean().item())
-    assert acc[5] == 1.0                               # capped at 3 classes
+    assert acc[5] == 1.0  # capped at 3 classes
 
 
 def test_parsing_corruptions_and_severities():

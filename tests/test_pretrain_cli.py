@@ -23,14 +23,27 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)   # tiny models: one intra-op thread is fastest (and matches the subprocess)
+    torch.set_num_threads(1)  # tiny models: one intra-op thread is fastest (and matches the subprocess)
     yield
     torch.set_num_threads(threads)
 
 
 def options(root, out, **overrides) -> dict:
-    opts = dict(arch="vit_pico", patch_size=8, global_size=32, local_size=16, n_local=2, prototypes=64,
-                batch_size=20, epochs=4, data=str(root), out=str(out), workers=0, eval_every=2, device="cpu")
+    opts = dict(
+        arch="vit_pico",
+        patch_size=8,
+        global_size=32,
+        local_size=16,
+        n_local=2,
+        prototypes=64,
+        batch_size=20,
+        epochs=4,
+        data=str(root),
+        out=str(out),
+        workers=0,
+        eval_every=2,
+        device="cpu",
+    )
     opts.update(overrides)
     return opts
 
@@ -99,7 +112,8 @@ def test_yaml_curriculum_config_file_and_default_out(tiny_dataset, tmp_path, cap
         "stages:\n"
         "  - {name: low, fraction: 0.34, global_size: 16, local_size: 8, n_local: 1}\n"
         "  - {name: mid, fraction: 0.33, global_size: 23, local_size: 16, n_local: 1}\n"
-        "  - {name: full, fraction: 0.33, global_size: 32, local_size: 16, n_local: 2, noise_patching: true}\n")
+        "  - {name: full, fraction: 0.33, global_size: 32, local_size: 16, n_local: 2, noise_patching: true}\n"
+    )
     config = tmp_path / "recipe.yaml"
     opts = options(tiny_dataset, "unused", epochs=3)
     opts.pop("out")
@@ -116,14 +130,17 @@ def test_yaml_curriculum_config_file_and_default_out(tiny_dataset, tmp_path, cap
     assert summary["flops"]["flops_ratio_vs_none"] > 1.0
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--curriculum", "bogus"], "unknown curriculum 'bogus'"),
-    (["--batch-size", "1"], "--batch-size must be at least 2"),
-    (["--batch-size", "500"], "fewer than one batch"),
-    (["--data", "/does/not/exist"], "data folder not found"),
-    (["--arch", "vit_huge"], "unknown --arch"),
-    (["--resume"], "nothing to resume"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--curriculum", "bogus"], "unknown curriculum 'bogus'"),
+        (["--batch-size", "1"], "--batch-size must be at least 2"),
+        (["--batch-size", "500"], "fewer than one batch"),
+        (["--data", "/does/not/exist"], "data folder not found"),
+        (["--arch", "vit_huge"], "unknown --arch"),
+        (["--resume"], "nothing to resume"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_code_2(tiny_dataset, tmp_path, capsys, extra, message):
     opts = options(tiny_dataset, tmp_path / "bad")
     code, _, stderr = run_cli(as_args(opts) + extra, capsys)
@@ -141,9 +158,17 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_weights(tiny_dataset, tmp_pa
 
     out = tmp_path / "killed"
     opts = options(tiny_dataset, out, drop_path_rate=0.1, save_every_steps=1)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    proc = subprocess.Popen([sys.executable, "-m", "fdbench", "pretrain", *as_args(opts)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fdbench", "pretrain", *as_args(opts)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     last = out / "checkpoints" / "last.pt"
     killed_at = None
     deadline = time.time() + 120
@@ -151,7 +176,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_weights(tiny_dataset, tmp_pa
         if last.exists():
             try:
                 step = read_checkpoint(last)["step"]
-            except Exception:   # noqa: BLE001 - a reader may race the writer's rename; try again
+            except Exception:  # noqa: BLE001 - a reader may race the writer's rename; try again
                 step = 0
             if step >= 3:
                 proc.send_signal(signal.SIGKILL)

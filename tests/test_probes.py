@@ -30,7 +30,8 @@ def test_linear_probe_separable_features_are_classified_perfectly():
     assert len(probe.grid) == 16
     assert probe.val_accuracy == max(g["val_accuracy"] for g in probe.grid)
     assert {"lr": probe.lr, "weight_decay": probe.weight_decay} in [
-        {"lr": g["lr"], "weight_decay": g["weight_decay"]} for g in probe.grid]
+        {"lr": g["lr"], "weight_decay": g["weight_decay"]} for g in probe.grid
+    ]
 
 
 def test_linear_probe_is_invariant_to_feature_offset_and_scale():
@@ -53,8 +54,9 @@ def test_stacked_training_equals_torch_adam_run_separately():
     for g, (lr, wd) in enumerate(zip(lrs, wds)):
         weight = torch.zeros(6, 3, requires_grad=True)
         bias = torch.zeros(3, requires_grad=True)
-        opt = torch.optim.Adam([{"params": [weight], "weight_decay": wd},
-                                {"params": [bias], "weight_decay": 0.0}], lr=lr)
+        opt = torch.optim.Adam(
+            [{"params": [weight], "weight_decay": wd}, {"params": [bias], "weight_decay": 0.0}], lr=lr
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda t: 0.5 * (1 + math.cos(math.pi * t / epochs)))
         for _ in range(epochs):
             opt.zero_grad()
@@ -76,7 +78,7 @@ def test_stratified_split_holds_out_the_fraction_of_every_class():
     labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 1)
     fit, held = stratified_split(labels, 0.2, seed=3)
     assert sorted(torch.cat([fit, held]).tolist()) == list(range(16))
-    assert torch.bincount(labels[held], minlength=3).tolist() == [2, 1, 0]   # the lone class 2 stays in fit
+    assert torch.bincount(labels[held], minlength=3).tolist() == [2, 1, 0]  # the lone class 2 stays in fit
 
 
 def test_knn_scores_match_a_hand_written_weighted_vote():
@@ -86,7 +88,7 @@ def test_knn_scores_match_a_hand_written_weighted_vote():
     queries = torch.randn(7, 8, generator=gen)
     k, temp = 5, 0.1
     probe = knn_probe(train, labels, k=k, temperature=temp)
-    probe.max_chunk_elements = 3 * 30      # 3 queries per chunk: exercise the chunked path
+    probe.max_chunk_elements = 3 * 30  # 3 queries per chunk: exercise the chunked path
     scores = probe.logits(queries)
     for qi, q in enumerate(queries):
         sims = [(float(q @ t / (q.norm() * t.norm())), int(lab)) for t, lab in zip(train, labels)]
@@ -101,19 +103,22 @@ def test_knn_separable_features_and_k_larger_than_train():
     x, y = _blobs(20)
     xt, yt = _blobs(10, seed=4)
     assert (knn_probe(x, y).predict(xt) == yt).all()
-    small = knn_probe(x[:3], y[:3], k=20)       # k is capped at the number of training samples
+    small = knn_probe(x[:3], y[:3], k=20)  # k is capped at the number of training samples
     assert small.logits(xt).shape == (len(xt), int(y[:3].max()) + 1)
 
 
-@pytest.mark.parametrize("call", [
-    lambda: fit_linear_probe(torch.randn(4), torch.zeros(4)),
-    lambda: fit_linear_probe(torch.randn(4, 3), torch.zeros(5, dtype=torch.long)),
-    lambda: fit_linear_probe(torch.randn(0, 3), torch.zeros(0, dtype=torch.long)),
-    lambda: fit_linear_probe(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), val_fraction=1.5),
-    lambda: fit_linear_probe(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), val_fraction=0.0),
-    lambda: knn_probe(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), k=0),
-    lambda: knn_probe(torch.randn(4, 3), torch.tensor([0, 1, -1, 0])),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: fit_linear_probe(torch.randn(4), torch.zeros(4)),
+        lambda: fit_linear_probe(torch.randn(4, 3), torch.zeros(5, dtype=torch.long)),
+        lambda: fit_linear_probe(torch.randn(0, 3), torch.zeros(0, dtype=torch.long)),
+        lambda: fit_linear_probe(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), val_fraction=1.5),
+        lambda: fit_linear_probe(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), val_fraction=0.0),
+        lambda: knn_probe(torch.randn(4, 3), torch.zeros(4, dtype=torch.long), k=0),
+        lambda: knn_probe(torch.randn(4, 3), torch.tensor([0, 1, -1, 0])),
+    ],
+)
 def test_bad_probe_inputs_are_user_errors(call):
     with pytest.raises(FdbenchError):
         call()

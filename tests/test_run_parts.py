@@ -16,8 +16,14 @@ from pretrain.run_state import RunState
 
 
 def test_run_state_round_trips():
-    state = RunState(step=7, iters_per_epoch=3, elapsed_s=1.5, knn=[{"epoch": 1, "step": 6, "top1": 0.5}],
-                     costs=[StageCost("a", 16, 8, 2)], none_flops_per_image=123)
+    state = RunState(
+        step=7,
+        iters_per_epoch=3,
+        elapsed_s=1.5,
+        knn=[{"epoch": 1, "step": 6, "top1": 0.5}],
+        costs=[StageCost("a", 16, 8, 2)],
+        none_flops_per_image=123,
+    )
     saved = state.state_dict()
     assert (saved["epoch"], saved["step"]) == (2, 7) and saved["run_time_s"] >= 0
     again = RunState(iters_per_epoch=3)
@@ -45,16 +51,29 @@ def test_train_with_a_user_backbone_and_dataset(tiny_dataset, tmp_path):
     from pretrain.engine import train
 
     torch.set_num_threads(1)
-    cfg = build_config("cpu-tiny", arch="vit_pico", patch_size=8, global_size=32, local_size=16, n_local=1,
-                       prototypes=32, batch_size=20, epochs=1, curriculum="none", data=str(tiny_dataset),
-                       out=str(tmp_path / "run"), workers=0, device="cpu",
-                       sets={"head.hidden_dim": 32, "head.bottleneck_dim": 16, "run.knn_train_per_class": 5})
+    cfg = build_config(
+        "cpu-tiny",
+        arch="vit_pico",
+        patch_size=8,
+        global_size=32,
+        local_size=16,
+        n_local=1,
+        prototypes=32,
+        batch_size=20,
+        epochs=1,
+        curriculum="none",
+        data=str(tiny_dataset),
+        out=str(tmp_path / "run"),
+        workers=0,
+        device="cpu",
+        sets={"head.hidden_dim": 32, "head.bottleneck_dim": 16, "run.knn_train_per_class": 5},
+    )
     torch.manual_seed(5)
     backbone = build_backbone("vit_pico", img_size=32, patch_size=8, drop_path_rate=0.0, layerscale=None)
     initial = {k: v.clone() for k, v in backbone.state_dict().items()}
     train_set = Subset(open_dataset(tiny_dataset, "train"), range(40))
     result = train(cfg, backbone=backbone, train_set=train_set)
-    assert result.finished and result.summary["iters_per_epoch"] == 2   # 40 images / batch 20
+    assert result.finished and result.summary["iters_per_epoch"] == 2  # 40 images / batch 20
     ckpt = read_checkpoint(result.final)
     assert ckpt["model"]["layerscale"] is None and ckpt["teacher_backbone"].keys() == initial.keys()
     # the student trained the object we passed in
@@ -65,8 +84,10 @@ def test_package_exports_its_public_pieces_lazily():
     import subprocess
     import sys
 
-    code = ("import sys, pretrain.masking; assert 'pretrain.engine' not in sys.modules; "
-            "from pretrain import DINOLoss, DINOHead, GaussianNoisePatch, build_curriculum, train; "
-            "import pretrain; assert set(pretrain.__all__) >= {'DINOLoss', 'train'}; "
-            "from pretrain.losses import DINOLoss as D; assert DINOLoss is D")
+    code = (
+        "import sys, pretrain.masking; assert 'pretrain.engine' not in sys.modules; "
+        "from pretrain import DINOLoss, DINOHead, GaussianNoisePatch, build_curriculum, train; "
+        "import pretrain; assert set(pretrain.__all__) >= {'DINOLoss', 'train'}; "
+        "from pretrain.losses import DINOLoss as D; assert DINOLoss is D"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

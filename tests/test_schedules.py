@@ -9,26 +9,31 @@ import torch
 
 from fdbench.models import build_backbone
 from pretrain.heads import DINOHead
-from pretrain.schedules import (apply_schedules, cosine_schedule, layer_id, linear_warmup_then_constant,
-                                param_groups, scaled_lr)
+from pretrain.schedules import (
+    apply_schedules,
+    cosine_schedule,
+    layer_id,
+    linear_warmup_then_constant,
+    param_groups,
+    scaled_lr,
+)
 
 
 def test_cosine_schedule_endpoints_with_freeze_and_warmup():
-    s = cosine_schedule(base=4e-3, final=1e-6, total_iters=100, warmup_iters=10, warmup_start=0.0,
-                        freeze_iters=5)
+    s = cosine_schedule(base=4e-3, final=1e-6, total_iters=100, warmup_iters=10, warmup_start=0.0, freeze_iters=5)
     assert s.shape == (100,) and s.dtype == torch.float64
-    assert (s[:5] == 0).all()                                 # frozen
-    assert s[5].item() == 0.0                                 # warm-up starts at warmup_start
-    assert s[14].item() == pytest.approx(4e-3)                # last warm-up value is the peak
-    assert s[15].item() == pytest.approx(4e-3)                # the cosine starts at the peak too
+    assert (s[:5] == 0).all()  # frozen
+    assert s[5].item() == 0.0  # warm-up starts at warmup_start
+    assert s[14].item() == pytest.approx(4e-3)  # last warm-up value is the peak
+    assert s[15].item() == pytest.approx(4e-3)  # the cosine starts at the peak too
     # warm-up is linear: equal steps of base / (warmup - 1)
     assert torch.allclose(s[5:15], torch.linspace(0, 4e-3, 10, dtype=torch.float64))
     # the cosine part, by the formula: n = 85 iterations, i = 0..84
     i = torch.arange(85, dtype=torch.float64)
     expected = 1e-6 + 0.5 * (4e-3 - 1e-6) * (1 + torch.cos(math.pi * i / 85))
     assert torch.allclose(s[15:], expected)
-    assert s[-1].item() == pytest.approx(1e-6, abs=2e-6)       # approaches the final value
-    assert (s[15:].diff() <= 0).all()                          # and decreases monotonically
+    assert s[-1].item() == pytest.approx(1e-6, abs=2e-6)  # approaches the final value
+    assert (s[15:].diff() <= 0).all()  # and decreases monotonically
 
 
 def test_cosine_schedule_momentum_and_weight_decay_recipes():
@@ -52,7 +57,7 @@ def test_teacher_temperature_warmup():
     assert t[0].item() == pytest.approx(0.04) and t[29].item() == pytest.approx(0.07)
     assert (t[29:] == 0.07).all()
     assert t[1].item() == pytest.approx(0.04 + 0.03 / 29)
-    short = linear_warmup_then_constant(0.04, 0.07, 30, 10)      # warm-up shortened to the run
+    short = linear_warmup_then_constant(0.04, 0.07, 30, 10)  # warm-up shortened to the run
     assert torch.allclose(short, torch.linspace(0.04, 0.07, 10, dtype=torch.float64))
 
 
@@ -64,39 +69,51 @@ def test_scaled_lr_square_root_rule():
 
 def _student():
     torch.manual_seed(0)
-    backbone = build_backbone("vit_pico", img_size=32, patch_size=16)      # 2 blocks
+    backbone = build_backbone("vit_pico", img_size=32, patch_size=16)  # 2 blocks
     head = DINOHead(backbone.embed_dim, out_dim=16, hidden_dim=8, bottleneck_dim=4)
     return backbone, head
 
 
 def _multipliers(groups):
-    return {name: (g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"])
-            for g in groups for name in g["names"]}
+    return {name: (g["lr_multiplier"], g["wd_multiplier"], g["is_last_layer"]) for g in groups for name in g["names"]}
 
 
 def test_param_groups_layer_decay_and_no_weight_decay():
     backbone, head = _student()
-    groups = param_groups({"backbone": backbone, "dino_head": head, "ibot_head": head},
-                          lr_decay=0.9, patch_embed_lr_mult=0.2)
+    groups = param_groups(
+        {"backbone": backbone, "dino_head": head, "ibot_head": head}, lr_decay=0.9, patch_embed_lr_mult=0.2
+    )
     m = _multipliers(groups)
     n_params = len(list(backbone.parameters())) + len(list(head.parameters()))
-    assert sum(len(g["params"]) for g in groups) == n_params                # the shared head counted once
+    assert sum(len(g["params"]) for g in groups) == n_params  # the shared head counted once
     assert all({"params", "lr_multiplier", "wd_multiplier", "is_last_layer"} <= set(g) for g in groups)
     L = 2
     # lr: decay ** (L + 1 - layer_id), layer_id 0 for the embeddings, i + 1 for block i
-    assert m["backbone.blocks.1.attn.qkv.weight"][0] == pytest.approx(0.9)        # last block
-    assert m["backbone.blocks.0.attn.qkv.weight"][0] == pytest.approx(0.9 ** 2)   # one block earlier
-    assert m["backbone.norm.weight"][0] == pytest.approx(1.0)                     # after the blocks
+    assert m["backbone.blocks.1.attn.qkv.weight"][0] == pytest.approx(0.9)  # last block
+    assert m["backbone.blocks.0.attn.qkv.weight"][0] == pytest.approx(0.9**2)  # one block earlier
+    assert m["backbone.norm.weight"][0] == pytest.approx(1.0)  # after the blocks
     assert m["backbone.patch_embed.proj.weight"][0] == pytest.approx(0.9 ** (L + 1) * 0.2)
     assert m["backbone.pos_embed"][0] == pytest.approx(0.9 ** (L + 1))
     assert m["dino_head.mlp.0.weight"][0] == 1.0
     # weight decay: none on biases, norms, LayerScale, tokens, position table
-    for name in ("backbone.blocks.0.attn.qkv.bias", "backbone.blocks.0.norm1.weight", "backbone.norm.bias",
-                 "backbone.blocks.1.ls1.gamma", "backbone.cls_token", "backbone.mask_token",
-                 "backbone.pos_embed", "dino_head.mlp.0.bias", "backbone.patch_embed.proj.bias"):
+    for name in (
+        "backbone.blocks.0.attn.qkv.bias",
+        "backbone.blocks.0.norm1.weight",
+        "backbone.norm.bias",
+        "backbone.blocks.1.ls1.gamma",
+        "backbone.cls_token",
+        "backbone.mask_token",
+        "backbone.pos_embed",
+        "dino_head.mlp.0.bias",
+        "backbone.patch_embed.proj.bias",
+    ):
         assert m[name][1] == 0.0, name
-    for name in ("backbone.blocks.0.attn.qkv.weight", "backbone.blocks.1.mlp.fc2.weight",
-                 "backbone.patch_embed.proj.weight", "dino_head.mlp.2.weight"):
+    for name in (
+        "backbone.blocks.0.attn.qkv.weight",
+        "backbone.blocks.1.mlp.fc2.weight",
+        "backbone.patch_embed.proj.weight",
+        "dino_head.mlp.2.weight",
+    ):
         assert m[name][1] == 1.0, name
     # last layer flagged, only it
     last = [n for n, v in m.items() if v[2]]
@@ -109,7 +126,7 @@ def test_param_groups_skip_frozen_and_override_depth():
     backbone.cls_token.requires_grad_(False)
     m = _multipliers(param_groups({"backbone": backbone}, lr_decay=0.5, num_layers=4))
     assert "backbone.cls_token" not in m
-    assert m["backbone.blocks.1.mlp.fc1.weight"][0] == pytest.approx(0.5 ** 3)    # 4 + 1 - 2
+    assert m["backbone.blocks.1.mlp.fc1.weight"][0] == pytest.approx(0.5**3)  # 4 + 1 - 2
 
 
 def test_apply_schedules_and_last_layer_freeze():
@@ -133,7 +150,7 @@ def test_apply_schedules_and_last_layer_freeze():
     for g in opt.param_groups:
         moved = [not torch.equal(before[id(p)], p) for p in g["params"]]
         assert not any(moved) if g["is_last_layer"] else any(moved)
-    assert isinstance(opt.state_dict()["param_groups"][0]["names"], list)       # checkpoint-safe
+    assert isinstance(opt.state_dict()["param_groups"][0]["names"], list)  # checkpoint-safe
 
 
 def test_dinov2_weight_decay_rule_decays_tokens():

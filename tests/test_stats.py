@@ -36,11 +36,11 @@ def test_bootstrap_interval_of_clean_difference_matches_the_paired_normal_approx
     rng = np.random.default_rng(5)
     n = 4000
     a = rng.random(n) < 0.70
-    b = np.where(rng.random(n) < 0.8, a, rng.random(n) < 0.76)     # correlated with a
+    b = np.where(rng.random(n) < 0.8, a, rng.random(n) < 0.76)  # correlated with a
     o = _outcomes({("A", "knn", "clean", 0): a, ("B", "knn", "clean", 0): b})
     row = differences(o, "A", "B", "knn").set_index("metric").loc["clean top-1"]
     d = b.astype(float) - a.astype(float)
-    se = d.std() / math.sqrt(n)          # paired standard error of the difference of two proportions
+    se = d.std() / math.sqrt(n)  # paired standard error of the difference of two proportions
     assert row["difference"] == pytest.approx(d.mean())
     assert row["ci_hi"] - row["ci_lo"] == pytest.approx(2 * 1.959964 * se, rel=0.12)
     assert row["ci_lo"] < d.mean() < row["ci_hi"]
@@ -52,13 +52,18 @@ def test_identical_checkpoints_are_not_distinguishable_and_groups_and_mce_are_co
     n = 50
     cells = {}
     for name in ("clean", "gaussian_noise", "shot_noise", "fog"):
-        for sev in ([0] if name == "clean" else [1, 2]):
+        for sev in [0] if name == "clean" else [1, 2]:
             correct = rng.random(n) < 0.5
             cells[("A", "linear", name, sev)] = correct
             cells[("B", "linear", name, sev)] = correct
     table = differences(_outcomes(cells), "A", "B", "linear").set_index("metric")
-    assert set(table.index) >= {"clean top-1", "noise (mean) top-1", "weather (mean) top-1",
-                                "common (mean) top-1", "mCE (unnormalised mean error)"}
+    assert set(table.index) >= {
+        "clean top-1",
+        "noise (mean) top-1",
+        "weather (mean) top-1",
+        "common (mean) top-1",
+        "mCE (unnormalised mean error)",
+    }
     assert (table["difference"] == 0).all() and (table["ci_lo"] == 0).all() and (table["ci_hi"] == 0).all()
     assert (table["verdict"] == INDISTINCT).all()
 

@@ -12,8 +12,11 @@ SMALL = SyntheticSpec(classes=3, train_per_class=4, val_per_class=2, size=32, se
 
 
 def _digest(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_same_seed_same_bytes(tmp_path):
@@ -42,8 +45,9 @@ def test_grey_level_is_a_nuisance_and_images_are_grey():
     """Mean brightness carries no class information (the classes' distributions overlap), and
     shapes and backgrounds are grey: colour is no instance cue (the texture's noise aside)."""
     size, n = 32, 40
-    means = {c: np.array([render_image(c, np.random.default_rng([1, c, i]), size).mean() for i in range(n)])
-             for c in (0, 1)}
+    means = {
+        c: np.array([render_image(c, np.random.default_rng([1, c, i]), size).mean() for i in range(n)]) for c in (0, 1)
+    }
     assert abs(means[0].mean() - means[1].mean()) < means[0].std()
     img = render_image(2, np.random.default_rng(3), size).astype(float)
     assert np.abs(img - img.mean(-1, keepdims=True)).mean() < 0.1 * 255
@@ -101,8 +105,11 @@ def test_sharp_edges_would_leak_the_class_into_high_frequencies():
     sharp = replace(NUISANCES, edge_blur=0.0)
 
     def grey(split, n):
-        x = [render_image(c, np.random.default_rng([99, split, c, i]), 32, sharp).astype(float).mean(-1) / 255
-             for c in range(10) for i in range(n)]
+        x = [
+            render_image(c, np.random.default_rng([99, split, c, i]), 32, sharp).astype(float).mean(-1) / 255
+            for c in range(10)
+            for i in range(n)
+        ]
         return np.array(x), np.repeat(np.arange(10), n)
 
     assert _band_spectrum_accuracy(lambda r: r > 0.35, grey(0, 60), grey(1, 30)) > 0.17

@@ -1,4 +1,5 @@
 """Seconds for 30 pretraining steps of a candidate config: python speed.py DATA OUT PIPELINE [dotted=value ...]"""
+
 import sys
 import time
 

@@ -17,7 +17,6 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -99,9 +98,18 @@ def main():
         rand = build_backbone(cfg.model.arch, img_size=spec.size, patch_size=cfg.model.patch_size)
         rnd = probes(encode(rand, tx), ty, encode(rand, vx), vy)
         cache.write_text(json.dumps([pixel, rnd]))
-    row = {"name": args.name, "curriculum": args.curriculum, "data": args.data, "nuis": repr(spec.nuisances),
-           "sets": " ".join(args.set), "gen_s": round(gen_s, 1),
-           "pix_knn": pixel["knn"], "pix_lin": pixel["linear"], "rand_knn": rnd["knn"], "rand_lin": rnd["linear"]}
+    row = {
+        "name": args.name,
+        "curriculum": args.curriculum,
+        "data": args.data,
+        "nuis": repr(spec.nuisances),
+        "sets": " ".join(args.set),
+        "gen_s": round(gen_s, 1),
+        "pix_knn": pixel["knn"],
+        "pix_lin": pixel["linear"],
+        "rand_knn": rnd["knn"],
+        "rand_lin": rnd["linear"],
+    }
     print(row, flush=True)
     if not args.floors_only:
         cfg.data.root = str(root)
@@ -114,15 +122,34 @@ def main():
         row["train_s"] = round(time.time() - t0, 1)
         model = load_backbone(result.final).model
         pre = probes(encode(model, tx), ty, encode(model, vx), vy)
-        row.update(pre_knn=pre["knn"], pre_lin=pre["linear"],
-                   steps=result.summary.get("steps") or result.summary.get("iterations"))
+        row.update(
+            pre_knn=pre["knn"],
+            pre_lin=pre["linear"],
+            steps=result.summary.get("steps") or result.summary.get("iterations"),
+        )
         best = max(row["pix_knn"], row["pix_lin"], row["rand_knn"], row["rand_lin"])
         row["gap_knn"] = round(pre["knn"] - best, 4)
         row["gap_lin"] = round(pre["linear"] - best, 4)
     print(row, flush=True)
     path = HERE / "results.csv"
-    cols = ["name", "curriculum", "data", "nuis", "sets", "gen_s", "pix_knn", "pix_lin", "rand_knn", "rand_lin",
-            "train_s", "steps", "pre_knn", "pre_lin", "gap_knn", "gap_lin"]
+    cols = [
+        "name",
+        "curriculum",
+        "data",
+        "nuis",
+        "sets",
+        "gen_s",
+        "pix_knn",
+        "pix_lin",
+        "rand_knn",
+        "rand_lin",
+        "train_s",
+        "steps",
+        "pre_knn",
+        "pre_lin",
+        "gap_knn",
+        "gap_lin",
+    ]
     new = not path.exists()
     with open(path, "a", newline="") as f:
         w = csv.DictWriter(f, fieldnames=cols)

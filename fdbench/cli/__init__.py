@@ -97,14 +97,27 @@ def main(argv: list[str] | None = None) -> None:
 
 # file-system conditions a user fixes (free space, permissions), not bugs: one line, exit 2.
 # Every write goes through fdbench.io's atomic writer, so files that existed before are intact.
-_DISK_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
-                errno.EISDIR, errno.EEXIST, errno.ENOENT, errno.ENAMETOOLONG, errno.EFBIG}
+_DISK_ERRORS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EISDIR,
+    errno.EEXIST,
+    errno.ENOENT,
+    errno.ENAMETOOLONG,
+    errno.EFBIG,
+}
 
 
 def os_error_message(err: OSError) -> str:
     where = f" ({err.filename})" if err.filename else ""
-    hint = {errno.ENOSPC: "; free some space and re-run the same command to resume",
-            errno.EDQUOT: "; free some space and re-run the same command to resume",
-            errno.EROFS: "; choose a writable output folder",
-            errno.EACCES: "; check the folder's permissions"}.get(err.errno, "")
+    hint = {
+        errno.ENOSPC: "; free some space and re-run the same command to resume",
+        errno.EDQUOT: "; free some space and re-run the same command to resume",
+        errno.EROFS: "; choose a writable output folder",
+        errno.EACCES: "; check the folder's permissions",
+    }.get(err.errno, "")
     return f"{err.strerror or err}{where}{hint}"

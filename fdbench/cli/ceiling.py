@@ -26,8 +26,11 @@ def ceiling(run, steps, batch_size, lr, device, seed, out):
     for name, value in (("--steps", steps), ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise FdbenchError(f"{name} must be at least 1, got {value}")
-    path = train_ceiling(run, out, CeilingConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
-                                                  device=device), announce=echo)
-    echo(f"wrote {path} and {out / 'ceiling.json'}; evaluate it with "
-         f"`fdbench eval-corruptions {run / 'final.pt'} --ceiling {path}`")
+    path = train_ceiling(
+        run, out, CeilingConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device), announce=echo
+    )
+    echo(
+        f"wrote {path} and {out / 'ceiling.json'}; evaluate it with "
+        f"`fdbench eval-corruptions {run / 'final.pt'} --ceiling {path}`"
+    )
     click.echo(str(path))

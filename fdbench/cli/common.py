@@ -39,22 +39,29 @@ def _check_yaml_value(key, val, target: click.Parameter, file, ctx, param) -> No
     """click converts a YAML value with int()/float(): 16.7 would silently become 16, a list a string."""
     many = getattr(target, "multiple", False) or (target.nargs != 1)
     if isinstance(val, (list, dict)) and not many:
-        raise click.BadParameter(f"key {key!r} in {file} must be a single value, got a {type(val).__name__}",
-                                 ctx, param)
+        raise click.BadParameter(
+            f"key {key!r} in {file} must be a single value, got a {type(val).__name__}", ctx, param
+        )
     if isinstance(target.type, click.types.IntParamType) and not isinstance(val, bool) and isinstance(val, float):
         if not val.is_integer():
             raise click.BadParameter(f"key {key!r} in {file} must be a whole number, got {val}", ctx, param)
 
 
 def config_option(f):
-    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-                        callback=_load_config,
-                        help="YAML file whose keys mirror these options; command-line values win.")(f)
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        is_eager=True,
+        expose_value=False,
+        callback=_load_config,
+        help="YAML file whose keys mirror these options; command-line values win.",
+    )(f)
 
 
 def device_option(f):
-    return click.option("--device", default="auto", show_default=True,
-                        help="auto (CUDA when present), cpu, cuda or cuda:N.")(f)
+    return click.option(
+        "--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N."
+    )(f)
 
 
 def seed_option(f):
@@ -63,16 +70,23 @@ def seed_option(f):
 
 def out_option(default: str, help: str = "Output folder."):
     def deco(f):
-        return click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=default,
-                            show_default=True, help=help)(f)
+        return click.option(
+            "--out", type=click.Path(file_okay=False, path_type=Path), default=default, show_default=True, help=help
+        )(f)
+
     return deco
 
 
 def check_range(option: str, value, low=None, high=None) -> None:
     """One-line error (exit 2) for an option outside [low, high]."""
     if (low is not None and value < low) or (high is not None and value > high):
-        bounds = (f"between {low} and {high}" if low is not None and high is not None
-                  else f"at least {low}" if low is not None else f"at most {high}")
+        bounds = (
+            f"between {low} and {high}"
+            if low is not None and high is not None
+            else f"at least {low}"
+            if low is not None
+            else f"at most {high}"
+        )
         raise FdbenchError(f"{option} must be {bounds}, got {value}")
 
 

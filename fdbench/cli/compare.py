@@ -16,17 +16,34 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 
 @click.command("compare")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--evals", "evals", multiple=True, type=click.Path(path_type=Path),
-              help="An eval-corruptions output folder to search first (repeatable) [default: found in or "
-                   "beside each run: RUN/evals/corruptions, RUN/../evals/corruptions, ./evals/corruptions].")
-@click.option("--frequency", "frequency", multiple=True, type=click.Path(path_type=Path),
-              help="A frequency-analysis output folder to search first (repeatable) [default: found the same "
-                   "way, .../evals/frequency].")
-@click.option("--reference", default=None,
-              help="Run the ratios and CE are relative to [default: the run trained with --curriculum none].")
+@click.option(
+    "--evals",
+    "evals",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="An eval-corruptions output folder to search first (repeatable) [default: found in or "
+    "beside each run: RUN/evals/corruptions, RUN/../evals/corruptions, ./evals/corruptions].",
+)
+@click.option(
+    "--frequency",
+    "frequency",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="A frequency-analysis output folder to search first (repeatable) [default: found the same "
+    "way, .../evals/frequency].",
+)
+@click.option(
+    "--reference",
+    default=None,
+    help="Run the ratios and CE are relative to [default: the run trained with --curriculum none].",
+)
 @click.option("--title", default=None, help="Report title.")
-@click.option("--figures/--no-figures", default=True, show_default=True,
-              help="Draw the figures (PNG + PDF, embedded in report.html); --no-figures is much faster.")
+@click.option(
+    "--figures/--no-figures",
+    default=True,
+    show_default=True,
+    help="Draw the figures (PNG + PDF, embedded in report.html); --no-figures is much faster.",
+)
 @out_option("reports/compare")
 @config_option
 def compare(runs, evals, frequency, reference, title, figures, out):
@@ -44,11 +61,18 @@ def compare(runs, evals, frequency, reference, title, figures, out):
         if not run.exists():
             raise FdbenchError(f"run not found: {run}")
         if run.is_file() and run.suffix.lower() not in CHECKPOINT_SUFFIXES:
-            raise FdbenchError(f"{run} is neither a run folder nor a checkpoint "
-                               f"({', '.join(CHECKPOINT_SUFFIXES)})")
-    lock_folder(out, "compare")   # one writer per --out; released at exit or when killed
-    report = run_compare(list(runs), out, evals=list(evals), frequency=list(frequency), reference=reference,
-                         title=title, figures=figures, announce=echo)
+            raise FdbenchError(f"{run} is neither a run folder nor a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+    lock_folder(out, "compare")  # one writer per --out; released at exit or when killed
+    report = run_compare(
+        list(runs),
+        out,
+        evals=list(evals),
+        frequency=list(frequency),
+        reference=reference,
+        title=title,
+        figures=figures,
+        announce=echo,
+    )
     print_headline(report)
     if not report.missing.empty:
         echo(f"{len(report.missing)} missing piece(s) listed in {report.out / 'missing.csv'}")

@@ -15,9 +15,15 @@ from fdbench.lock import lock_folder
 @click.option("--classes", type=int, default=10, show_default=True, help="Number of classes (2-12).")
 @click.option("--train-per-class", type=int, default=300, show_default=True)
 @click.option("--val-per-class", type=int, default=50, show_default=True)
-@click.option("--size", type=int, default=32, show_default=True, help="Image side in pixels (>= 32; the embedded dataset is 32).")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Output folder [default: the cache folder every command uses when given no --data].")
+@click.option(
+    "--size", type=int, default=32, show_default=True, help="Image side in pixels (>= 32; the embedded dataset is 32)."
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Output folder [default: the cache folder every command uses when given no --data].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
 @seed_option
 @config_option
@@ -25,8 +31,9 @@ def make_dataset(kind, classes, train_per_class, val_per_class, size, out, overw
     """Write the embedded synthetic dataset as an ImageFolder (train/ and val/)."""
     from fdbench.synthetic import SyntheticSpec, cache_dir, make_synthetic_dataset
 
-    spec = SyntheticSpec(classes=classes, train_per_class=train_per_class, val_per_class=val_per_class,
-                         size=size, seed=seed)
+    spec = SyntheticSpec(
+        classes=classes, train_per_class=train_per_class, val_per_class=val_per_class, size=size, seed=seed
+    )
     out = out or cache_dir() / spec.folder_name()
     existed = (out / "dataset.json").exists()
     # the dataset folder itself is swapped on --overwrite, so the lock is a sibling file

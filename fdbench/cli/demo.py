@@ -11,8 +11,12 @@ from fdbench.cli.common import device_option, echo, out_option, seed_option
 
 @click.command("demo")
 @out_option("runs/demo", help="Folder for both runs, their evaluations and the report.")
-@click.option("--epochs", type=int, default=None,
-              help="Training epochs of each run [default: the preset's: 4 for cpu-tiny, 100 for gpu-small].")
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="Training epochs of each run [default: the preset's: 4 for cpu-tiny, 100 for gpu-small].",
+)
 @device_option
 @seed_option
 def demo(out: Path, epochs, device, seed):
@@ -29,8 +33,10 @@ def demo(out: Path, epochs, device, seed):
 
     result = run_demo(DemoConfig(out=str(out), epochs=epochs, device=device, seed=seed), announce=echo)
     ran = [s for s in result.steps if s.status == "done"]
-    echo(f"[demo] {len(ran)} step(s) run, {len(result.steps) - len(ran)} skipped; total "
-         f"{sum(s.seconds for s in result.steps):.0f} s; preset {result.preset} on {result.device}")
+    echo(
+        f"[demo] {len(ran)} step(s) run, {len(result.steps) - len(ran)} skipped; total "
+        f"{sum(s.seconds for s in result.steps):.0f} s; preset {result.preset} on {result.device}"
+    )
     click.echo(headline_table(result.report.headline))
     for line in result.report.findings:
         echo(line.replace("**", ""))

@@ -11,8 +11,12 @@ from fdbench.cli.common import echo
 
 @click.command("export")
 @click.argument("checkpoint", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Output .safetensors file (a .json config is written beside it).")
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Output .safetensors file (a .json config is written beside it).",
+)
 def export(checkpoint, out):
     """Export the (teacher) backbone of a checkpoint to safetensors."""
     from fdbench.checkpoint import export_backbone

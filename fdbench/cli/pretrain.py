@@ -29,16 +29,33 @@ def recipe_flags(f):
 
 
 @click.command("pretrain")
-@click.option("--preset", type=click.Choice(["auto", *PRESETS]), default=None,
-              help="Recipe to start from: auto = cpu-tiny on CPU, gpu-small on CUDA [auto].")
+@click.option(
+    "--preset",
+    type=click.Choice(["auto", *PRESETS]),
+    default=None,
+    help="Recipe to start from: auto = cpu-tiny on CPU, gpu-small on CUDA [auto].",
+)
 @recipe_flags
-@click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
-              help="Set any recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable; wins over the flags).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML recipe: a run's own config.yaml (nested sections), flag names (batch-size: 64) "
-                   "or dotted keys; the command line wins over the file.")
-@click.option("--resume", is_flag=True,
-              help="Insist on continuing the run in --out (re-running the same command continues it anyway).")
+@click.option(
+    "--set",
+    "sets",
+    multiple=True,
+    metavar="SECTION.FIELD=VALUE",
+    help="Set any recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable; wins over the flags).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="YAML recipe: a run's own config.yaml (nested sections), flag names (batch-size: 64) "
+    "or dotted keys; the command line wins over the file.",
+)
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Insist on continuing the run in --out (re-running the same command continues it anyway).",
+)
 def pretrain(preset, sets, config_file, resume, **options):
     """Pretrain a ViT with DINOv2, with or without the FastDINOv2 curriculum.
 
@@ -54,8 +71,10 @@ def pretrain(preset, sets, config_file, resume, **options):
     from pretrain.engine import train
 
     cfg = recipe_from_command_line(preset, config_file, options, sets)
-    echo(f"pretrain: curriculum {cfg.curriculum.name}, preset {cfg.preset}, {cfg.model.arch}/{cfg.model.patch_size}, "
-         f"{cfg.run.epochs} epochs, batch {cfg.run.batch_size}, data {cfg.data.root or 'embedded synthetic'}")
+    echo(
+        f"pretrain: curriculum {cfg.curriculum.name}, preset {cfg.preset}, {cfg.model.arch}/{cfg.model.patch_size}, "
+        f"{cfg.run.epochs} epochs, batch {cfg.run.batch_size}, data {cfg.data.root or 'embedded synthetic'}"
+    )
     result = train(cfg, resume=resume, log=echo)
     if not result.finished:
         echo(f"stopped early; re-run the same command to continue {result.out}")
@@ -64,15 +83,14 @@ def pretrain(preset, sets, config_file, resume, **options):
     click.echo(str(result.final))
 
 
-def recipe_from_command_line(preset: str | None, config_file: str | None, options: dict,
-                             sets: tuple[str, ...]):
+def recipe_from_command_line(preset: str | None, config_file: str | None, options: dict, sets: tuple[str, ...]):
     """preset -> the --config file -> the named flags given -> --set, later ones winning."""
     file_preset, file_values = load_config_file(config_file) if config_file else (None, {})
     chosen = preset if preset is not None else file_preset
     given = {NAMED_OPTIONS[name].key: value for name, value in options.items() if value is not None}
     assignments = dict(parse_assignment(text) for text in sets)
     values = {**file_values, **given, **assignments}
-    if values.get("data.root"):   # stored resolved: resumes and evaluations work from any folder
+    if values.get("data.root"):  # stored resolved: resumes and evaluations work from any folder
         values["data.root"] = absolute_data(values["data.root"])
     return build_config(None if chosen in (None, "auto") else chosen, sets=values)
 
@@ -81,14 +99,18 @@ def _print_report(result) -> None:
     s = result.summary
     for st in s.get("stages", []):
         gflops = st["flops_per_image"] / 1e9 if st.get("flops_per_image") else float("nan")
-        echo(f"  stage {st['name']:<8} epochs {st['start_epoch']}-{st['end_epoch'] - 1}  "
-             f"{st['global_size']}/{st['local_size']} px  {st['wall_clock_s']:.1f} s  {st['img_per_s']:.0f} img/s  "
-             f"{1000 * st['step_time_s']:.0f} ms/step  {st['peak_memory_bytes'] / 2**20:.0f} MiB  "
-             f"{gflops:.3f} GFLOPs/img")
+        echo(
+            f"  stage {st['name']:<8} epochs {st['start_epoch']}-{st['end_epoch'] - 1}  "
+            f"{st['global_size']}/{st['local_size']} px  {st['wall_clock_s']:.1f} s  {st['img_per_s']:.0f} img/s  "
+            f"{1000 * st['step_time_s']:.0f} ms/step  {st['peak_memory_bytes'] / 2**20:.0f} MiB  "
+            f"{gflops:.3f} GFLOPs/img"
+        )
     flops = s.get("flops") or {}
     if flops:
-        echo(f"  training FLOPs {flops['total_flops'] / 1e12:.2f} TFLOPs; the same schedule as `none`: "
-             f"{flops['none_total_flops'] / 1e12:.2f} TFLOPs (ratio {flops['flops_ratio_vs_none']:.2f}x)")
+        echo(
+            f"  training FLOPs {flops['total_flops'] / 1e12:.2f} TFLOPs; the same schedule as `none`: "
+            f"{flops['none_total_flops'] / 1e12:.2f} TFLOPs (ratio {flops['flops_ratio_vs_none']:.2f}x)"
+        )
     knn = s.get("knn", {})
     if knn.get("final_top1") is not None:
         echo(f"  final kNN top-1 {100 * knn['final_top1']:.1f}% (k={knn['k']}, T={knn['temperature']})")
