@@ -37,7 +37,7 @@ ARCHS: dict[str, tuple[int, int, int]] = {
     "vit_base": (768, 12, 12),
     "vit_large": (1024, 24, 16),
 }
-PATCH_SIZES = (8, 14, 16)
+PATCH_SIZES = (4, 8, 14, 16)  # 4: small images (the 32 px embedded dataset)
 
 
 @dataclass

@@ -63,7 +63,7 @@ class ModelConfig:
     """The student/teacher backbone (see ``fdbench.models.build_backbone``)."""
 
     arch: str = opt("vit_small", "Backbone: vit_pico, vit_nano, vit_tiny, vit_small, vit_base, vit_large.", option=True)
-    patch_size: int = opt(16, "Patch size: 8, 14 or 16.", option=True)
+    patch_size: int = opt(16, "Patch size: 4, 8, 14 or 16.", option=True)
     drop_path_rate: float = opt(0.1, "Student drop-path rate (the teacher never drops paths).", option=True)
     drop_path_uniform: bool = opt(
         True, "DINOv2: the same drop-path rate in every block (false: timm's 0 -> rate ramp)."
