@@ -136,10 +136,11 @@ def fingerprint(files: list[Path], settings: dict) -> str:
 
 
 class StepLog:
-    """``out/demo.json``: which steps finished, with which input fingerprint, and what they cost."""
+    """``out/demo.json`` (or ``name``): which steps finished, with which input fingerprint, and what they cost."""
 
-    def __init__(self, out: Path):
-        self.path = out / STATE_FILE
+    def __init__(self, out: Path, name: str = STATE_FILE):
+        self.path = out / name
+        self.tag = f"[{Path(name).stem}]"  # the prefix of the step messages: [demo], [ablation]
         self.state: dict = {"steps": {}}
         if self.path.exists():
             try:
@@ -184,16 +185,16 @@ def run_step(
 ) -> bool:
     """Run ``fn`` unless the step finished before with the same fingerprint; True when it ran."""
     if log.finished(name, fp, outputs):
-        announce(f"[demo] {name}: already done, skipping")
+        announce(f"{log.tag} {name}: already done, skipping")
         records.append(StepRecord(name, "skipped"))
         return False
-    announce(f"[demo] {name}: running")
+    announce(f"{log.tag} {name}: running")
     t0, c0 = time.perf_counter(), _cpu_time()
     fn()
     seconds, cpu = time.perf_counter() - t0, _cpu_time() - c0
     log.record(name, fp, seconds, cpu)
     records.append(StepRecord(name, "done", seconds, cpu))
-    announce(f"[demo] {name}: done in {seconds:.0f} s (CPU time {cpu:.0f} s)")
+    announce(f"{log.tag} {name}: done in {seconds:.0f} s (CPU time {cpu:.0f} s)")
     return True
 
 

@@ -144,6 +144,8 @@ class CropConfig:
     global_scale: tuple[float, float] = opt((0.32, 1.0), "Area range of the global crops.")
     local_scale: tuple[float, float] = opt((0.05, 0.32), "Area range of the local crops.")
     inverted_blur: bool = opt(False, "Reproduce the released models' (inverted) blur probabilities.", option=True)
+    # DINOv2's range is for 224 px crops; on 32 px images a sigma of 2 px wipes out the shapes
+    blur_sigma: tuple[float, float] = opt((0.1, 2.0), "Range of the Gaussian blur's sigma (px) [DINOv2: 0.1-2.0].")
 
 
 @dataclass
@@ -245,6 +247,7 @@ class PretrainConfig:
         # YAML has no tuples: bring the crop scales back to tuples so configs compare equal
         cfg.crops.global_scale = tuple(cfg.crops.global_scale)
         cfg.crops.local_scale = tuple(cfg.crops.local_scale)
+        cfg.crops.blur_sigma = tuple(cfg.crops.blur_sigma)
         return cfg
 
     @property

@@ -49,6 +49,7 @@ def make_augment(cfg, stage):
         global_scale=stage.global_scale,
         local_scale=stage.local_scale,
         inverted_blur=cfg.crops.inverted_blur,
+        blur_sigma=cfg.crops.blur_sigma,
         noise_patch=noise,
     )
 
@@ -61,6 +62,7 @@ def make_gpu_augment(cfg, stage):
         stage,
         cfg.model.patch_size,
         inverted_blur=cfg.crops.inverted_blur,
+        blur_sigma=cfg.crops.blur_sigma,
         mask_probability=cfg.loss.mask_probability,
         mask_ratio_range=(cfg.loss.mask_ratio_min, cfg.loss.mask_ratio_max),
     )

@@ -19,6 +19,7 @@ from fdbench.errors import FdbenchError
 # command name -> (module, attribute). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fdbench.cli.demo", "demo"),
+    "ablation": ("fdbench.cli.ablation", "ablation"),
     "pretrain": ("fdbench.cli.pretrain", "pretrain"),
     "eval-corruptions": ("fdbench.cli.evaluate", "eval_corruptions"),
     "ceiling": ("fdbench.cli.ceiling", "ceiling"),
