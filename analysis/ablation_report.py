@@ -94,6 +94,7 @@ def write_report(
     preset: str = "",
     device: str = "",
     figures: bool = True,
+    title: str = "FastDINOv2 ablation",
 ):
     """Judge the findings and write the report; returns ``(findings table, {name: table})``."""
     from analysis.frequency import read_results
@@ -111,7 +112,7 @@ def write_report(
     figure_files = differences_figure(comparisons, out) if figures and len(comparisons) else []
     atomic_write_text(
         out / "report.md",
-        render_markdown(found, comparisons, arm_rows, seeds, protocol, preset, device, figure_files),
+        render_markdown(found, comparisons, arm_rows, seeds, protocol, preset, device, figure_files, title),
     )
     return findings, tables
 
@@ -143,9 +144,11 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines + [""]
 
 
-def render_markdown(found, comparisons, arm_rows, seeds, protocol, preset, device, figure_files) -> str:
+def render_markdown(
+    found, comparisons, arm_rows, seeds, protocol, preset, device, figure_files, title="FastDINOv2 ablation"
+) -> str:
     lines = [
-        "# FastDINOv2 ablation",
+        f"# {title}",
         "",
         f"Preset `{preset}` on `{device}`; seeds {', '.join(map(str, seeds))} per arm; the same recipe for "
         f"every arm. Differences are `arm - none` in percentage points ({protocol} probe), with 95% intervals "
