@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
+from torch.utils.data import DataLoader
 
 from analysis.metrics import (
     CLEAN,
@@ -50,6 +51,27 @@ from analysis.outcomes import Outcomes
 from analysis.probes import fit_linear_probe, knn_probe
 from analysis.stats import differences
 from fdbench.errors import FdbenchError
+from fdbench.checkpoint import load_backbone
+from fdbench.data import (
+    ImageFolderDataset,
+    dataset_resolution,
+    eval_transform,
+    load_split_tensor,
+    open_dataset,
+    recorded_root,
+    resolve_root,
+)
+from fdbench.device import resolve_device
+from fdbench.features import FrozenEncoder, eval_image_size, extract_features
+from fdbench.io import (
+    atomic_torch_save,
+    atomic_write_csv,
+    atomic_write_json,
+    file_sha256,
+    json_safe,
+    progress,
+    read_json,
+)
 
 PROTOCOLS = ("linear", "knn")
 RESULT_COLUMNS = ["checkpoint", "kind", "protocol", "corruption", "severity", "n", "top1", "top5"]
@@ -157,14 +179,6 @@ def checkpoint_labels(paths: Sequence[str | Path]) -> list[str]:
     return labels
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 # ---- features -----------------------------------------------------------------------------------
 
 
@@ -196,10 +210,6 @@ def corrupted_features(
 @torch.no_grad()
 def dataset_features(encoder, dataset, *, batch_size: int = 256, workers: int = 0, desc: str = ""):
     """Stream a dataset of (uint8 CHW tensor, label) through the encoder: (features, labels) on CPU."""
-    from torch.utils.data import DataLoader
-
-    from fdbench.io import progress
-
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, shuffle=False)
     feats, labels = [], []
     for x, y in progress(loader, desc=desc, unit="batch"):
@@ -271,16 +281,12 @@ def _read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> l
 
 
 def _choose_data(config: EvalConfig, metas: list[dict], announce) -> str:
-    from fdbench.data import resolve_root
-
     if config.data:
         return resolve_root(config.data)
-    recorded = (metas[0].get("data") or {}).get("root") if metas else None
-    if recorded and (Path(recorded).exists() or re.match(r"^(cifar10|cifar100|stl10):", str(recorded))):
-        announce(f"no --data given: using the dataset the checkpoint was trained on: {recorded}")
-        return str(recorded)
+    recorded = recorded_root(metas[0], announce, "falling back to the embedded dataset") if metas else None
     if recorded:
-        announce(f"the checkpoint's training data {recorded} is not here; falling back to the embedded dataset")
+        announce(f"no --data given: using the dataset the checkpoint was trained on: {recorded}")
+        return recorded
     return resolve_root(None, announce=announce)
 
 
@@ -305,11 +311,6 @@ def evaluate_corruptions(
     ``corrupt_fn(images, name, severity, generator=seed)`` replaces ``corruptions.corrupt`` (tests,
     other corruption sources); it must return images of the same dtype and shape.
     """
-    from fdbench.checkpoint import load_backbone
-    from fdbench.data import dataset_resolution, load_split_tensor, open_dataset
-    from fdbench.device import resolve_device
-    from fdbench.io import progress
-
     announce = announce or (lambda message: None)
     out = Path(out)
     if not checkpoints:
@@ -323,13 +324,13 @@ def evaluate_corruptions(
 
     labels = checkpoint_labels(checkpoints)
     loaded = [load_backbone(path) for path in checkpoints]  # bad files fail here, before any work
-    for path, lb in zip(checkpoints, loaded):
-        if not 1 <= config.n_last_blocks <= len(lb.model.blocks):
+    for path, ckpt in zip(checkpoints, loaded):
+        if not 1 <= config.n_last_blocks <= len(ckpt.model.blocks):
             raise FdbenchError(
-                f"--n-last-blocks must be between 1 and {len(lb.model.blocks)} for {path}, got {config.n_last_blocks}"
+                f"--n-last-blocks must be between 1 and {len(ckpt.model.blocks)} for {path}, got {config.n_last_blocks}"
             )
-    fingerprints = {label: file_sha256(lb.meta["path"]) for label, lb in zip(labels, loaded)}
-    entries = [_Entry(label, "pretrained", lb, fingerprints[label]) for label, lb in zip(labels, loaded)]
+    fingerprints = {label: file_sha256(ckpt.meta["path"]) for label, ckpt in zip(labels, loaded)}
+    entries = [_Entry(label, "pretrained", ckpt, fingerprints[label]) for label, ckpt in zip(labels, loaded)]
     if config.ceiling:
         ceiling = load_backbone(config.ceiling)
         label = "ceiling" if "ceiling" not in labels else "supervised-ceiling"
@@ -340,7 +341,7 @@ def evaluate_corruptions(
             label = floor.label if floor.label not in labels else f"floor-{floor.label}"
             entries.append(_Entry(label, "floor", floor.loaded, floor.fingerprint))
             fingerprints[label] = floor.fingerprint
-    root = _choose_data(config, [lb.meta for lb in loaded], announce)
+    root = _choose_data(config, [ckpt.meta for ckpt in loaded], announce)
     corrupted_root = Path(config.corrupted_root) if config.corrupted_root else None
     if corrupted_root is not None:
         _check_corrupted_root(corrupted_root, names, severities)
@@ -374,17 +375,17 @@ def evaluate_corruptions(
     bar = progress(total=len(entries) * len(cells), desc="eval-corruptions", unit="cell")
     try:
         for entry in entries:
-            label, lb = entry.label, entry.loaded
+            label, ckpt = entry.label, entry.loaded
             # floors use the first checkpoint's evaluation size: the same val tensors, the same pixels
-            size = _eval_size(lb or loaded[0], native)
+            size = _eval_size(ckpt or loaded[0], native)
             resize = size if native else None
             ckpt_info[label] = {
                 "kind": entry.kind,
-                "path": (lb.meta.get("path") if lb else None),
+                "path": (ckpt.meta.get("path") if ckpt else None),
                 "sha256": entry.fingerprint,
-                "source": lb.source if lb else "pixels",
-                "arch": lb.config.arch if lb else "pixels",
-                "patch_size": lb.config.patch_size if lb else None,
+                "source": ckpt.source if ckpt else "pixels",
+                "arch": ckpt.config.arch if ckpt else "pixels",
+                "patch_size": ckpt.config.patch_size if ckpt else None,
                 "image_size": size,
             }
             todo = [(c, s) for c, s in cells if not all(store.has(label, p, c, s) for p in protocols)]
@@ -403,7 +404,7 @@ def evaluate_corruptions(
                     desc="loading val",
                 )
             val_images, val_labels, classes = val_cache[size]
-            encoder = PixelEncoder(size).to(device) if lb is None else _encoder(lb, config.n_last_blocks, device)
+            encoder = PixelEncoder(size).to(device) if ckpt is None else _encoder(ckpt, config.n_last_blocks, device)
             probes = _fit_probes(
                 encoder, label, root, size, resize, classes, protocols, config, out, entry.fingerprint, device, announce
             )
@@ -474,24 +475,17 @@ class _Entry:
     fingerprint: str
 
 
-def _eval_size(lb, native: int | None) -> int:
-    from fdbench.features import eval_image_size
-
-    trained = (lb.meta.get("data") or {}).get("image_size") or lb.config.img_size
-    return eval_image_size(trained, native, lb.config.patch_size)
+def _eval_size(ckpt, native: int | None) -> int:
+    trained = (ckpt.meta.get("data") or {}).get("image_size") or ckpt.config.img_size
+    return eval_image_size(trained, native, ckpt.config.patch_size)
 
 
-def _encoder(lb, n_last_blocks: int, device: torch.device):
-    from fdbench.features import FrozenEncoder
-
-    return FrozenEncoder(lb.model, n_last_blocks=n_last_blocks).to(device)
+def _encoder(ckpt, n_last_blocks: int, device: torch.device):
+    return FrozenEncoder(ckpt.model, n_last_blocks=n_last_blocks).to(device)
 
 
 def _fit_probes(encoder, label, root, size, resize, classes, protocols, config, out, sha, device, announce):
     """Clean train features (cached in OUT/cache, keyed by checkpoint checksum and settings) -> probes."""
-    from fdbench.data import eval_transform, open_dataset
-    from fdbench.io import atomic_torch_save
-
     key = hashlib.blake2b(f"{sha}|{root}|{size}|{resize}|{config.n_last_blocks}".encode(), digest_size=6).hexdigest()
     cache = out / "cache" / f"{label}-train-{key}.pt"
     if cache.exists():
@@ -541,9 +535,6 @@ def _cell_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(features, labels) of one cell's val images; the labels are the val labels except for a
     ``--corrupted-root`` folder, which carries its own."""
-    from fdbench.data import ImageFolderDataset, eval_transform
-    from fdbench.features import extract_features
-
     if corruption == CLEAN:
         return extract_features(encoder, val_images, batch_size=config.batch_size), val_labels
     if corrupted_root is not None:
@@ -556,16 +547,6 @@ def _cell_features(
 
 
 # ---- outputs ------------------------------------------------------------------------------------
-
-
-def _clean_nan(obj):
-    if isinstance(obj, dict):
-        return {k: _clean_nan(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean_nan(v) for v in obj]
-    if isinstance(obj, float) and math.isnan(obj):
-        return None
-    return obj
 
 
 def summary_table(summary, aggregates: dict, normalised: bool):
@@ -612,8 +593,6 @@ def format_table(table) -> str:
 
 
 def _write_outputs(out: Path, store: _Store, baseline, settings: dict, ckpt_info: dict) -> dict:
-    from fdbench.io import atomic_write_csv, atomic_write_json
-
     results = store.frame()
     summary, aggregates = summarise(results.drop(columns="kind"), baseline)
     kinds = dict(zip(results["checkpoint"], results["kind"]))
@@ -632,12 +611,7 @@ def _write_outputs(out: Path, store: _Store, baseline, settings: dict, ckpt_info
     atomic_write_csv(paths["results"], results)
     atomic_write_csv(paths["summary"], summary)
     atomic_write_csv(paths["table"], table)
-    previous = {}
-    if paths["summary_json"].exists():
-        try:
-            previous = json.loads(paths["summary_json"].read_text()).get("checkpoints", {})
-        except (ValueError, OSError):
-            previous = {}
+    previous = (read_json(paths["summary_json"]) or {}).get("checkpoints", {})
     checkpoints = {}
     for label in aggregates:
         info = {**previous.get(label, {}), **ckpt_info.get(label, {})}
@@ -645,7 +619,7 @@ def _write_outputs(out: Path, store: _Store, baseline, settings: dict, ckpt_info
         checkpoints[label] = {**info, "protocols": aggregates[label]}
     atomic_write_json(
         paths["summary_json"],
-        _clean_nan(
+        json_safe(
             {
                 "normalisation": normalisation,
                 "settings": settings,
@@ -690,8 +664,6 @@ def difference_pairs(store: _Store) -> list[tuple[str, str]]:
 def _write_differences(out: Path, store: _Store, baseline, protocols) -> Path:
     """differences.csv: paired bootstrap intervals and McNemar p-values for ``difference_pairs``."""
     import pandas as pd
-
-    from fdbench.io import atomic_write_csv
 
     frames = [
         differences(store.outcomes, a, b, protocol, denominators=_denominators(baseline, protocol, store, a))

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -64,6 +63,7 @@ from analysis.frequency_analyses import (
     wrong_mask,
 )
 from analysis.frequency_figures import draw_figures
+from fdbench.data import recorded_root
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json
 
@@ -153,12 +153,7 @@ def _data_root(config: "FrequencyConfig", meta: dict, announce) -> str | None:
     """``--data``, else the checkpoint's recorded training data when it is here, else the embedded set."""
     if config.data is not None:
         return config.data
-    recorded = (meta.get("data") or {}).get("root")
-    if recorded and (Path(recorded).exists() or re.match(r"^(cifar10|cifar100|stl10):", str(recorded))):
-        return str(recorded)
-    if recorded:
-        announce(f"the checkpoint's training data {recorded} is not here; using the embedded dataset")
-    return None
+    return recorded_root(meta, announce, "using the embedded dataset")
 
 
 @dataclass

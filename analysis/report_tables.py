@@ -132,14 +132,14 @@ def convergence_tables(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataF
     """(kNN rows, loss rows, stage switches), epochs as fractions (step / iterations per epoch)."""
     knn_rows, loss_rows, switch_rows = [], [], []
     for r in records:
-        ipe = _iters_per_epoch(r)
+        iters_per_epoch = _iters_per_epoch(r)
         m = r.metrics
-        if m is not None and ipe:
+        if m is not None and iters_per_epoch:
             for row in m[m["row"] == "knn"].to_dict("records"):
                 knn_rows.append(
                     {
                         "run": r.label,
-                        "epoch": row["step"] / ipe,
+                        "epoch": row["step"] / iters_per_epoch,
                         "step": int(row["step"]),
                         "wall_clock_s": row.get("elapsed_s"),
                         "knn_top1_pct": pct(row.get("knn_top1")),
@@ -150,7 +150,7 @@ def convergence_tables(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataF
                 loss_rows.append(
                     {
                         "run": r.label,
-                        "epoch": row["step"] / ipe,
+                        "epoch": row["step"] / iters_per_epoch,
                         "step": int(row["step"]),
                         "stage": row.get("stage_name"),
                         "wall_clock_s": row.get("elapsed_s"),

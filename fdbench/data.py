@@ -174,6 +174,19 @@ def resolve_root(root: str | os.PathLike | None, announce: Callable[[str], None]
     return str(root)
 
 
+def recorded_root(meta: dict, announce: Callable[[str], None], fallback: str) -> str | None:
+    """The dataset root a checkpoint's ``meta`` recorded, when it is here (a folder that exists or a
+    torchvision ``kind:DIR`` root); else ``None``, announcing ``fallback`` (what the caller does
+    instead) when a root was recorded but is missing."""
+    recorded = (meta.get("data") or {}).get("root")
+    kind, colon, _ = str(recorded).partition(":")
+    if recorded and (Path(recorded).exists() or (colon and kind in _TV_MARKERS)):
+        return str(recorded)
+    if recorded:
+        announce(f"the checkpoint's training data {recorded} is not here; {fallback}")
+    return None
+
+
 def read_class_list(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():

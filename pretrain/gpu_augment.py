@@ -307,7 +307,7 @@ class GpuMultiCrop:
         return self._constants[key]
 
     def masks(self, n_images: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """iBOT masks for the global crops via A's ``pretrain.masking.make_masks`` (CPU)."""
+        """iBOT masks for the global crops via ``pretrain.masking.make_masks`` (CPU)."""
         from pretrain.masking import make_masks
 
         grid = self.global_size // self.patch_size
