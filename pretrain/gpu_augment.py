@@ -40,9 +40,8 @@ import torch
 import torch.nn.functional as F
 
 from fdbench.errors import FdbenchError
+from fdbench.features import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 RRC_ATTEMPTS = 10
