@@ -40,12 +40,10 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from analysis import fourier
 from analysis import frequency_stats as fstats
 from analysis.frequency_analyses import (
-    Classifier,
     bandpass_accuracy,
     bandpass_auc,
     cell_outcomes,
@@ -63,7 +61,12 @@ from analysis.frequency_analyses import (
     wrong_mask,
 )
 from analysis.frequency_figures import draw_figures
-from fdbench.data import recorded_root
+from analysis.frequency_models import Model, checkpoint_labels, eval_setup, find_checkpoints, stratified
+from analysis.frequency_models import load_model as _load_model  # a module global: tests stub it
+from analysis.evaluate import default_corrupt_fn
+from fdbench.checkpoint import load_backbone
+from fdbench.data import dataset_resolution, load_split_tensor, open_dataset
+from fdbench.device import resolve_device, seed_everything
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json
 
@@ -123,112 +126,6 @@ class FrequencyReport:
     files: list[Path] = field(default_factory=list)
 
 
-# ---- checkpoints ---------------------------------------------------------------------------------
-
-
-def find_checkpoints(paths: Sequence[str], runs: str | Path = "runs", announce=None) -> list[Path]:
-    """The given checkpoint files, or every ``<runs>/*/final.pt`` when none are given."""
-    if paths:
-        return [Path(p) for p in paths]
-    found = sorted(Path(runs).glob("*/final.pt"))
-    if not found:
-        raise FdbenchError(
-            f"no checkpoints given and none found under {runs}/*/final.pt: train some with "
-            f"`fdbench pretrain` first, or pass checkpoint files"
-        )
-    if announce:
-        announce(f"analysing {len(found)} checkpoint(s) found under {runs}/: " + ", ".join(str(p) for p in found))
-    return found
-
-
-def checkpoint_labels(paths: Sequence[Path]) -> list[str]:
-    """The labels eval-corruptions gives the same files (``runs/<name>/final.pt`` -> ``<name>``), so
-    its results.csv rows match these checkpoints."""
-    from analysis.evaluate import checkpoint_labels as eval_labels
-
-    return eval_labels(paths)
-
-
-def _data_root(config: "FrequencyConfig", meta: dict, announce) -> str | None:
-    """``--data``, else the checkpoint's recorded training data when it is here, else the embedded set."""
-    if config.data is not None:
-        return config.data
-    return recorded_root(meta, announce, "using the embedded dataset")
-
-
-@dataclass
-class _Model:
-    """A checkpoint turned into a classifier, with the evaluation images it is analysed on."""
-
-    classifier: Classifier
-    size: int
-    root: str
-    val_images: torch.Tensor
-    val_labels: torch.Tensor
-    num_classes: int
-    curriculum: str
-
-
-def _stratified(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """Indices of ``n`` samples taken round-robin over classes (each class in a seeded random order)."""
-    gen = torch.Generator().manual_seed(seed)
-    per_class = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
-    per_class = [idx[torch.randperm(len(idx), generator=gen)] for idx in per_class]
-    order = [int(idx[j]) for j in range(max(len(i) for i in per_class)) for idx in per_class if j < len(idx)]
-    return torch.tensor(order[:n], dtype=torch.long)
-
-
-def _eval_setup(loaded, config: FrequencyConfig, announce=lambda m: None) -> tuple[str | None, int, int | None]:
-    """(data root, evaluation size, resize) of a loaded checkpoint: ``--data`` or its training data, at
-    the dataset's native size (every pixel kept) or the training size, a multiple of the patch."""
-    from fdbench.data import dataset_resolution
-    from fdbench.features import eval_image_size
-
-    root = _data_root(config, loaded.meta, announce)
-    native = dataset_resolution(root)
-    trained = (loaded.meta.get("data") or {}).get("image_size") or loaded.config.img_size
-    size = eval_image_size(trained, native, loaded.config.patch_size)
-    return root, size, (size if native else None)
-
-
-def _load_model(path: Path, config: FrequencyConfig, device: torch.device, label: str, announce) -> _Model:
-    from fdbench.checkpoint import load_backbone
-    from fdbench.data import eval_transform, load_split_tensor, open_dataset
-    from fdbench.features import FrozenEncoder
-    from analysis.evaluate import dataset_features
-    from analysis.probes import fit_linear_probe, knn_probe
-
-    loaded = load_backbone(path, map_location=device)
-    root, size, resize = _eval_setup(loaded, config, announce)
-    encoder = FrozenEncoder(loaded.model).to(device)
-
-    train = open_dataset(root, "train", eval_transform(size, resize))
-    feats, labels = dataset_features(encoder, train, batch_size=config.batch_size, desc=f"{label}: train features")
-    num_classes = len(train.classes)
-    if config.probe == "linear":
-        probe = fit_linear_probe(feats, labels, seed=config.seed, num_classes=num_classes)
-    else:
-        probe = knn_probe(feats, labels, num_classes=num_classes)
-    probe.to(device)
-
-    need = max(config.n_images, config.bandpass_images)
-    val_x, val_y, _ = load_split_tensor(
-        root, "val", size, resize=resize, max_per_class=math.ceil(need / num_classes), desc=f"{label}: val"
-    )
-    announce(
-        f"{label}: {loaded.config.arch}/{loaded.config.patch_size} at {size} px, {config.probe} probe "
-        f"on {len(feats)} train images, data {root or 'embedded synthetic dataset'}"
-    )
-
-    def classify(images: torch.Tensor) -> torch.Tensor:
-        return probe.logits(encoder(images))
-
-    curriculum = loaded.meta.get("curriculum")
-    if isinstance(curriculum, dict):
-        curriculum = curriculum.get("name") or json.dumps(curriculum, sort_keys=True)
-    return _Model(classify, size, str(root) if root else "", val_x, val_y, num_classes, str(curriculum or ""))
-
-
 # ---- the runner ----------------------------------------------------------------------------------
 
 
@@ -268,7 +165,6 @@ def run_frequency_analysis(
     Work already done with the same parameters (per analysis and checkpoint, recorded in a JSON beside
     each CSV) is reused. ``corrupt_fn``/``corruption_names`` default to the ``corruptions`` package.
     """
-    from fdbench.device import resolve_device, seed_everything
 
     _validate(config)
     device = resolve_device(config.device)
@@ -369,10 +265,10 @@ def _analysis_params(analysis: str, config: FrequencyConfig, path: Path) -> dict
 
 
 def _run_one(
-    analysis: str, model: _Model, config: FrequencyConfig, device, label: str, params: dict, partial: Path | None = None
+    analysis: str, model: Model, config: FrequencyConfig, device, label: str, params: dict, partial: Path | None = None
 ):
     n = config.n_images if analysis == "heatmap" else config.bandpass_images
-    idx = _stratified(model.val_labels, n, config.seed)
+    idx = stratified(model.val_labels, n, config.seed)
     images, labels = model.val_images[idx], model.val_labels[idx]
     clean_wrong = wrong_mask(model.classifier, images, labels, batch_size=config.batch_size, device=device)
     clean_err = 100 * float(clean_wrong.float().mean())
@@ -451,18 +347,13 @@ def _bandpass_intervals(df: pd.DataFrame, kept: dict, seed: int) -> tuple[dict[s
 
 def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names, report):
     """Corruption spectra on the analysis images (one dataset per run; reused when unchanged)."""
-    from fdbench.data import dataset_resolution, load_split_tensor
-
     if corrupt_fn is None or corruption_names is None:
-        from analysis.evaluate import default_corrupt_fn
         from corruptions import names
 
         corrupt_fn = corrupt_fn or default_corrupt_fn()
         corruption_names = corruption_names or names("all")
     if source is not None:
-        from fdbench.checkpoint import load_backbone
-
-        root, size, resize = _eval_setup(load_backbone(source), config, announce)
+        root, size, resize = eval_setup(load_backbone(source), config, announce)
     else:
         root = config.data
         native = dataset_resolution(root)
@@ -478,13 +369,12 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
     if csv.exists() and cent_csv.exists() and _params_match(meta, params):
         announce(f"spectra already done ({csv}), reusing them")
         return pd.read_csv(csv), pd.read_csv(cent_csv)
-    from fdbench.data import open_dataset
 
     num_classes = len(open_dataset(root, "val").classes)
     x, y, _ = load_split_tensor(
         root, "val", size, resize=resize, max_per_class=math.ceil(config.n_images / num_classes), desc="spectra: val"
     )
-    idx = _stratified(y, config.n_images, config.seed)
+    idx = stratified(y, config.n_images, config.seed)
     announce(
         f"corruption spectra: {len(corruption_names)} corruptions x 5 severities on {len(idx)} images at {size} px"
     )

@@ -333,96 +333,49 @@ def missing_table(
     """One row per (run, piece) that is missing, with what to run to produce it."""
     rows = []
     for r in records:
+
+        def add(piece: str, how_to_get_it: str, status: str = "missing") -> None:
+            rows.append({"run": r.label, "piece": piece, "status": status, "how_to_get_it": how_to_get_it})
+
         ckpt = str(r.checkpoint) if r.checkpoint else f"{r.path}/final.pt"
         if r.is_run:
             if not r.summary:
-                rows.append(
-                    {
-                        "run": r.label,
-                        "piece": "training summary (summary.json)",
-                        "status": "missing",
-                        "how_to_get_it": f"finish the run: re-run its `fdbench pretrain` command (--out {r.path})",
-                    }
+                add(
+                    "training summary (summary.json)",
+                    f"finish the run: re-run its `fdbench pretrain` command (--out {r.path})",
                 )
             elif not r.summary.get("finished"):
-                rows.append(
-                    {
-                        "run": r.label,
-                        "piece": "training",
-                        "status": "unfinished",
-                        "how_to_get_it": f"re-run its `fdbench pretrain` command (--out {r.path}) to continue",
-                    }
-                )
+                add("training", f"re-run its `fdbench pretrain` command (--out {r.path}) to continue", "unfinished")
             if r.metrics is None:
-                rows.append(
-                    {
-                        "run": r.label,
-                        "piece": "training metrics (metrics.csv)",
-                        "status": "missing",
-                        "how_to_get_it": "written by `fdbench pretrain` while training",
-                    }
-                )
+                add("training metrics (metrics.csv)", "written by `fdbench pretrain` while training")
         found = eval_found.get(r.label) or {}
         if r.checkpoint is None:
-            rows.append(
-                {
-                    "run": r.label,
-                    "piece": "checkpoint (final.pt)",
-                    "status": "missing",
-                    "how_to_get_it": "finish training; evaluation needs final.pt",
-                }
-            )
+            add("checkpoint (final.pt)", "finish training; evaluation needs final.pt")
         for protocol in ("linear", "knn"):
             if protocol not in found.get("protocols", set()):
-                rows.append(
-                    {
-                        "run": r.label,
-                        "piece": f"eval-corruptions ({protocol} probe)",
-                        "status": "missing",
-                        "how_to_get_it": f"fdbench eval-corruptions {ckpt} --protocol {protocol} "
-                        f"--corruptions all (then pass --evals DIR to compare)",
-                    }
+                add(
+                    f"eval-corruptions ({protocol} probe)",
+                    f"fdbench eval-corruptions {ckpt} --protocol {protocol} "
+                    f"--corruptions all (then pass --evals DIR to compare)",
                 )
         if found and found.get("common", 0) < 15:
-            rows.append(
-                {
-                    "run": r.label,
-                    "piece": "eval-corruptions (common corruptions)",
-                    "status": "partial",
-                    "how_to_get_it": f"{found.get('common', 0)} of the 15 common corruptions evaluated; mCE "
-                    f"averages only those",
-                }
+            add(
+                "eval-corruptions (common corruptions)",
+                f"{found.get('common', 0)} of the 15 common corruptions evaluated; mCE averages only those",
+                "partial",
             )
         data = freq.get(r.label)
         if data is None:
-            rows.append(
-                {
-                    "run": r.label,
-                    "piece": "frequency-analysis",
-                    "status": "missing",
-                    "how_to_get_it": f"fdbench frequency-analysis {ckpt} --results <eval dir>/results.csv "
-                    f"(then pass --frequency DIR to compare)",
-                }
+            add(
+                "frequency-analysis",
+                f"fdbench frequency-analysis {ckpt} --results <eval dir>/results.csv "
+                f"(then pass --frequency DIR to compare)",
             )
         else:
             if data.heatmap is None:
-                rows.append(
-                    {
-                        "run": r.label,
-                        "piece": "Fourier heat map",
-                        "status": "missing",
-                        "how_to_get_it": f"fdbench frequency-analysis {ckpt} --analyses heatmap",
-                    }
-                )
+                add("Fourier heat map", f"fdbench frequency-analysis {ckpt} --analyses heatmap")
             if data.bandpass is None:
-                rows.append(
-                    {
-                        "run": r.label,
-                        "piece": "band-pass curves",
-                        "status": "missing",
-                        "how_to_get_it": f"fdbench frequency-analysis {ckpt} --analyses bandpass",
-                    }
-                )
+                add("band-pass curves", f"fdbench frequency-analysis {ckpt} --analyses bandpass")
     return pd.DataFrame(rows, columns=["run", "piece", "status", "how_to_get_it"])
 
 
