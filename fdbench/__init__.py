@@ -1,6 +1,36 @@
 """fdbench: robustness benchmarking with a bundled FastDINOv2 pretraining engine.
 
 Kept deliberately light: importing ``fdbench`` (or ``fdbench.models``) pulls in no engine and no CLI.
+The core's public pieces are importable from the package (``from fdbench import build_backbone,
+load_backbone``), each loaded on first use.
 """
 
+from __future__ import annotations
+
+import importlib
+
 __version__ = "0.1.0"
+
+_HOMES = {
+    "FdbenchError": "errors",
+    "BackboneConfig": "models",
+    "MaskableViT": "models",
+    "build_backbone": "models",
+    "LoadedBackbone": "checkpoint",
+    "load_backbone": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "save_checkpoint": "checkpoint",
+    "FrozenEncoder": "features",
+    "extract_features": "features",
+    "open_dataset": "data",
+    "resolve_device": "device",
+    "knn_votes": "scoring",
+    "topk_accuracy": "scoring",
+}
+__all__ = ["__version__", *sorted(_HOMES)]
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'fdbench' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"fdbench.{_HOMES[name]}"), name)
