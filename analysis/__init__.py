@@ -6,7 +6,7 @@ loaded on first use, so ``import analysis.probes`` pulls in neither the evaluati
 
 from __future__ import annotations
 
-import importlib
+from fdbench.lazy import lazy_exports
 
 _HOMES = {
     "LinearProbe": "probes",
@@ -30,8 +30,4 @@ _HOMES = {
 }
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'analysis' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"analysis.{_HOMES[name]}"), name)
+__getattr__ = lazy_exports(__name__, _HOMES)

@@ -54,20 +54,6 @@ def wrong_mask(
     return torch.cat(wrong) if wrong else torch.zeros(0, dtype=torch.bool)
 
 
-def error_rate(
-    classifier: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    batch_size: int = 256,
-    transform: Callable | None = None,
-    device=None,
-) -> float:
-    """Top-1 error (fraction) of ``classifier`` on ``images`` (optionally through ``transform``)."""
-    wrong = wrong_mask(classifier, images, labels, batch_size=batch_size, transform=transform, device=device)
-    return int(wrong.sum()) / max(1, len(images))
-
-
 def fourier_heatmap(
     classifier: Classifier,
     images: torch.Tensor,

@@ -135,12 +135,14 @@ def convergence_tables(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataF
         iters_per_epoch = _iters_per_epoch(r)
         m = r.metrics
         if m is not None and iters_per_epoch:
+
+            def at(row: dict, per_epoch: float = iters_per_epoch) -> dict:
+                return {"run": r.label, "epoch": row["step"] / per_epoch, "step": int(row["step"])}
+
             for row in m[m["row"] == "knn"].to_dict("records"):
                 knn_rows.append(
                     {
-                        "run": r.label,
-                        "epoch": row["step"] / iters_per_epoch,
-                        "step": int(row["step"]),
+                        **at(row),
                         "wall_clock_s": row.get("elapsed_s"),
                         "knn_top1_pct": pct(row.get("knn_top1")),
                         "knn_top5_pct": pct(row.get("knn_top5")),
@@ -149,9 +151,7 @@ def convergence_tables(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataF
             for row in m[m["row"] == "train"].to_dict("records"):
                 loss_rows.append(
                     {
-                        "run": r.label,
-                        "epoch": row["step"] / iters_per_epoch,
-                        "step": int(row["step"]),
+                        **at(row),
                         "stage": row.get("stage_name"),
                         "wall_clock_s": row.get("elapsed_s"),
                         **{k: row.get(k) for k in ("loss", "dino", "ibot", "koleo", "lr", "img_per_s")},

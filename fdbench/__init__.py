@@ -7,7 +7,7 @@ load_backbone``), each loaded on first use.
 
 from __future__ import annotations
 
-import importlib
+from fdbench.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -29,8 +29,4 @@ _HOMES = {
 }
 __all__ = ["__version__", *sorted(_HOMES)]
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'fdbench' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"fdbench.{_HOMES[name]}"), name)
+__getattr__ = lazy_exports(__name__, _HOMES)

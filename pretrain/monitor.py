@@ -21,16 +21,8 @@ from fdbench.scoring import knn_votes
 from fdbench.scoring import topk_accuracy as scoring_topk
 
 
-def knn_predict(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    n_classes: int,
-    k: int = 20,
-    temperature: float = 0.07,
-    chunk: int = 1024,
-) -> torch.Tensor:
-    """Class votes ``[N_test, n_classes]`` of the weighted cosine kNN (see the module docstring)."""
+def knn_predict(train_features, train_labels, test_features, n_classes, k=20, temperature=0.07, chunk=1024):
+    """:func:`fdbench.scoring.knn_votes` on raw features: the memory bank is normalised here."""
     bank = torch.nn.functional.normalize(train_features.float(), dim=1)
     return knn_votes(bank, train_labels, test_features, n_classes, k=k, temperature=temperature, chunk=chunk)
 
