@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+import pandas as pd
 
 from corruptions import registry
 from fdbench.errors import FdbenchError
@@ -34,6 +35,8 @@ COMMON: tuple[str, ...] = registry.COMMON
 EXTRA: tuple[str, ...] = registry.EXTRA
 ALL: tuple[str, ...] = registry.ALL
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
 CLEAN = "clean"  # the corruption name of clean rows in results.csv (severity 0)
 
 # AlexNet top-1 error on ImageNet-C, mean over the five severities, as published with ImageNet-C
@@ -163,8 +166,6 @@ def baseline_from_results(path: str | Path) -> dict[str, Baseline]:
 
     ``path`` may end in ``#CHECKPOINT`` to pick one checkpoint of a file that holds several.
     """
-    import pandas as pd
-
     text = str(path)
     file, checkpoint = Path(text), None
     if not file.exists() and "#" in text:
@@ -216,8 +217,6 @@ def summarise(results, baseline: Baseline | Mapping[str, Baseline] | None = None
     ``aggregates`` a dict ``{checkpoint: {protocol: {...}}}`` with clean accuracy, mCE, relative mCE,
     mean corrupted accuracy, group means and the extras' means.
     """
-    import pandas as pd
-
     norm_name = normalisation_name(baseline)
     records, aggregates = [], {}
     for (ckpt, protocol), rows in results.groupby(["checkpoint", "protocol"], sort=False):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import random
 
+import numpy as np
 import torch
 
 from fdbench.errors import FdbenchError
@@ -31,10 +33,6 @@ def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
 
 
 def seed_everything(seed: int) -> None:
-    import random
-
-    import numpy as np
-
     random.seed(seed)
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)

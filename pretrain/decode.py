@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fdbench.data import open_dataset, to_rgb
 from fdbench.errors import FdbenchError
+from pretrain.masking import make_masks
 
 
 def needed_side(
@@ -133,8 +134,6 @@ class DecodeCollate:
             "labels": torch.tensor([int(label) for _, label in samples], dtype=torch.long),
         }
         if self.mask_grid:
-            from pretrain.masking import make_masks
-
             out["masks"] = make_masks(
                 2 * len(samples),
                 grid=(self.mask_grid, self.mask_grid),

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from fdbench.errors import FdbenchError
 from fdbench.features import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.masking import make_masks, masked_token_indices
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
@@ -307,8 +308,6 @@ class GpuMultiCrop:
 
     def masks(self, n_images: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """iBOT masks for the global crops via ``pretrain.masking.make_masks`` (CPU)."""
-        from pretrain.masking import make_masks
-
         grid = self.global_size // self.patch_size
         return make_masks(
             n_images,
@@ -338,8 +337,6 @@ class GpuMultiCrop:
         if masks is None:
             masks, indices = self.masks(2 * images.shape[0], mask_generator), None
         if indices is None:
-            from pretrain.masking import masked_token_indices
-
             indices, weights = masked_token_indices(masks)
         return {
             "global": global_crops,

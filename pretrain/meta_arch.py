@@ -33,6 +33,9 @@ from torch import nn
 from fdbench.device import autocast
 from fdbench.models import build_backbone
 from pretrain.config import PretrainConfig
+from pretrain.heads import DINOHead
+from pretrain.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from pretrain.masking import masked_token_indices
 
 
 class Student(nn.Module):
@@ -93,9 +96,6 @@ class MetaArch(nn.Module):
         class token [N,D] and the patch tokens [N,P,D]; ``embed_dim``; ``config`` for the checkpoint);
         the teacher is a copy of it (with its drop path, if it has any)."""
         super().__init__()
-        from pretrain.heads import DINOHead
-        from pretrain.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
-
         self.cfg = cfg
         self.device = torch.device(device)
         m, h, lc = cfg.model, cfg.head, cfg.loss
@@ -217,8 +217,6 @@ class MetaArch(nn.Module):
         if self._ibot_on(batch.get("masks")):
             mask_indices, mask_weights = batch.get("mask_indices"), batch.get("mask_weights")
             if mask_indices is None:
-                from pretrain.masking import masked_token_indices
-
                 mask_indices, mask_weights = masked_token_indices(batch["masks"])
             masks = batch["masks"].to(self.device, non_blocking=True)
             mask_indices = mask_indices.to(self.device, non_blocking=True)

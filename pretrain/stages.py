@@ -11,6 +11,7 @@ import torch
 from fdbench.errors import FdbenchError
 from pretrain.config import PretrainConfig
 from pretrain.curriculum import Stage, build_curriculum, load_curriculum_yaml, round_to_patch, stage_index
+from pretrain.schedules import cosine_schedule, linear_warmup_then_constant, scaled_lr
 
 
 @dataclass(kw_only=True)
@@ -136,8 +137,6 @@ def build_schedules(cfg: PretrainConfig, stages: list[StagePlan], iters_per_epoc
     switch); a restarted stage's warm-ups and freeze are capped at 20% of the stage (the paper's
     10 warm-up epochs of a 50-epoch second stage).
     """
-    from pretrain.schedules import cosine_schedule, linear_warmup_then_constant, scaled_lr
-
     o, lc = cfg.optim, cfg.loss
     peak = scaled_lr(o.base_lr, cfg.run.batch_size)
     if o.stage_restart:
