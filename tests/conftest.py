@@ -65,3 +65,16 @@ def tiny_run_config(tiny_run_options):
         return build_config("cpu-tiny", **tiny_run_options(out, **overrides))
 
     return config
+
+
+@pytest.fixture(scope="session")
+def one_epoch_config(tiny_run_config):
+    """``config(out, **overrides)``: the tiny run cut to one epoch of curriculum none with one local
+    crop and a small head (32 prototypes, hidden 32, bottleneck 16), kNN on 5 train images a class."""
+
+    def config(out, **overrides):
+        small = dict(n_local=1, prototypes=32, epochs=1, curriculum="none")
+        sets = {"head.hidden_dim": 32, "head.bottleneck_dim": 16, "run.knn_train_per_class": 5}
+        return tiny_run_config(out, **{**small, "sets": sets, **overrides})
+
+    return config

@@ -71,7 +71,7 @@ def test_a_short_spell_is_not_flagged_and_state_round_trips():
     assert len(observe(again, uniform, spread, steps=1)) == 1
 
 
-def test_run_writes_the_signals_and_the_warnings(tiny_run_config, tmp_path):
+def test_run_writes_the_signals_and_the_warnings(one_epoch_config, tmp_path):
     import json
 
     import pandas as pd
@@ -79,15 +79,7 @@ def test_run_writes_the_signals_and_the_warnings(tiny_run_config, tmp_path):
     from pretrain.engine import train
 
     torch.set_num_threads(1)
-    cfg = tiny_run_config(
-        tmp_path / "run",
-        n_local=1,
-        prototypes=32,
-        epochs=1,
-        curriculum="none",
-        log_every=1,
-        sets={"head.hidden_dim": 32, "head.bottleneck_dim": 16, "run.knn_train_per_class": 5},
-    )
+    cfg = one_epoch_config(tmp_path / "run", log_every=1)
     result = train(cfg)
     rows = pd.read_csv(result.metrics).query("row == 'train'")
     assert len(rows) == 4 and rows["teacher_entropy"].between(0, 1).all()

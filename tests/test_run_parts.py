@@ -46,18 +46,11 @@ def test_run_folder_cleans_stale_temps_and_truncates_metrics(tmp_path):
     assert [r["step"] for r in folder.metrics] == [1, 2]
 
 
-def test_train_with_a_user_backbone_and_dataset(tiny_dataset, tmp_path, tiny_run_config):
+def test_train_with_a_user_backbone_and_dataset(tiny_dataset, tmp_path, one_epoch_config):
     from pretrain.engine import train
 
     torch.set_num_threads(1)
-    cfg = tiny_run_config(
-        tmp_path / "run",
-        n_local=1,
-        prototypes=32,
-        epochs=1,
-        curriculum="none",
-        sets={"head.hidden_dim": 32, "head.bottleneck_dim": 16, "run.knn_train_per_class": 5},
-    )
+    cfg = one_epoch_config(tmp_path / "run")
     torch.manual_seed(5)
     backbone = build_backbone("vit_pico", img_size=32, patch_size=8, drop_path_rate=0.0, layerscale=None)
     initial = {k: v.clone() for k, v in backbone.state_dict().items()}
