@@ -38,8 +38,9 @@ from pretrain.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from pretrain.masking import masked_token_indices
 
 
-class Student(nn.Module):
-    """Backbone + heads, with a single forward for all crops (so DDP sees one forward per step)."""
+class BackboneWithHeads(nn.Module):
+    """Backbone + heads, the student or the EMA teacher, with a single forward for all crops (so DDP
+    sees one forward per step)."""
 
     def __init__(self, backbone: nn.Module, dino_head: nn.Module, ibot_head: nn.Module | None):
         super().__init__()
@@ -121,7 +122,7 @@ class MetaArch(nn.Module):
             if h.ibot_separate_head
             else None
         )
-        self.student = Student(backbone, dino_head, ibot_head)
+        self.student = BackboneWithHeads(backbone, dino_head, ibot_head)
 
         # the teacher starts as a copy of the student, without drop path, and never gets gradients
         if user_backbone:
@@ -136,7 +137,7 @@ class MetaArch(nn.Module):
                 layerscale=m.layerscale,
             )
             teacher_backbone.load_state_dict(backbone.state_dict())
-        self.teacher = Student(
+        self.teacher = BackboneWithHeads(
             teacher_backbone, copy.deepcopy(dino_head), copy.deepcopy(ibot_head) if ibot_head is not None else None
         )
         self.teacher.requires_grad_(False).eval()

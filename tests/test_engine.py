@@ -72,10 +72,10 @@ def test_schedules_continuous_and_restarted(tiny_cfg, tmp_path):
 
     cfg = tiny_cfg(tmp_path, epochs=8, warmup_epochs=2)
     cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp = 0.04, 0.07  # DINOv2's warm-up (cpu-tiny keeps 0.04)
-    ipe = 4
+    iters_per_epoch = 4
     stages = plan_stages(cfg, resolve_curriculum(cfg))
     assert [(p.start_epoch, p.end_epoch) for p in stages] == [(0, 6), (6, 8)]
-    s = build_schedules(cfg, stages, ipe)
+    s = build_schedules(cfg, stages, iters_per_epoch)
     peak = cfg.optim.base_lr * math.sqrt(cfg.run.batch_size / 1024)
     assert len(s.lr) == 32
     assert s.lr[0] == 0 and s.lr[7] == pytest.approx(peak) and s.lr[-1] < s.lr[8] and s.lr[-1] > cfg.optim.min_lr
@@ -87,7 +87,7 @@ def test_schedules_continuous_and_restarted(tiny_cfg, tmp_path):
     assert s.lr[24] < s.lr[23] and s.momentum[24] > s.momentum[23]
 
     cfg.optim.stage_restart = True
-    r = build_schedules(cfg, stages, ipe)
+    r = build_schedules(cfg, stages, iters_per_epoch)
     assert r.lr[7] == pytest.approx(peak) and r.lr[23] < 0.05 * peak  # stage 1's own cosine ends near 0
     # stage 2 (8 iterations) restarts: warm-up capped at 20% of the stage (2 iterations), momentum
     # back to 0.99, teacher temperature warm-up again, last layer frozen again
