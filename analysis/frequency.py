@@ -67,7 +67,7 @@ from fdbench.checkpoint import load_backbone
 from fdbench.data import dataset_resolution, load_split_tensor, open_dataset
 from fdbench.device import resolve_device, seed_everything
 from fdbench.errors import FdbenchError
-from fdbench.io import atomic_write_csv, atomic_write_json
+from fdbench.io import atomic_write_csv, atomic_write_json, read_json
 
 __all__ = [  # the analyses are re-exported: ``frequency.fourier_heatmap`` etc. stay the public names
     "ANALYSES",
@@ -128,10 +128,7 @@ class FrequencyReport:
 
 
 def _params_match(meta_path: Path, params: dict) -> bool:
-    try:
-        return json.loads(meta_path.read_text()).get("params") == json.loads(json.dumps(params))
-    except (OSError, ValueError):
-        return False
+    return (read_json(meta_path) or {}).get("params") == json.loads(json.dumps(params))
 
 
 def _validate(config: FrequencyConfig) -> None:
