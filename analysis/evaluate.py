@@ -25,24 +25,12 @@ stopped: finished (checkpoint, protocol, corruption, severity) rows are never re
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
 
-from analysis.metrics import (
-    CLEAN,
-    alexnet_baseline,
-    baseline_from_results,
-    normalisation_name,
-    parse_corruptions,
-    parse_severities,
-    topk_accuracy,
-)
-from analysis.floors import PixelEncoder, floors
-from analysis.outcomes import FILENAME as OUTCOMES_FILE
 from analysis.eval_features import (
     CHUNK,
     chunk_seed,
@@ -60,10 +48,20 @@ from analysis.evaluate_outputs import (
     write_differences,
     write_outputs,
 )
+from analysis.floors import PixelEncoder, floors
+from analysis.metrics import (
+    CLEAN,
+    alexnet_baseline,
+    baseline_from_results,
+    normalisation_name,
+    parse_corruptions,
+    parse_severities,
+    topk_accuracy,
+)
+from analysis.outcomes import FILENAME as OUTCOMES_FILE
 from analysis.outcomes import Outcomes
 from analysis.probes import fit_linear_probe, knn_probe
-from fdbench.errors import FdbenchError
-from fdbench.checkpoint import load_backbone
+from fdbench.checkpoint import checkpoint_labels, load_backbone
 from fdbench.data import (
     ImageFolderDataset,
     dataset_resolution,
@@ -74,6 +72,7 @@ from fdbench.data import (
     resolve_root,
 )
 from fdbench.device import resolve_device
+from fdbench.errors import FdbenchError
 from fdbench.features import FrozenEncoder, eval_image_size, extract_features
 from fdbench.io import (
     atomic_torch_save,
@@ -145,28 +144,6 @@ def parse_protocols(spec: str) -> list[str]:
     if spec in PROTOCOLS:
         return [spec]
     raise FdbenchError(f"unknown protocol {spec!r}: use linear, knn or both")
-
-
-def checkpoint_labels(paths: Sequence[str | Path]) -> list[str]:
-    """Short unique names: ``runs/x/final.pt`` -> ``x``, ``runs/x/checkpoints/e10.pt`` -> ``x-e10``,
-    a run folder -> its name, any other file -> its stem; repeats get ``-2``, ``-3``, ..."""
-    labels = []
-    for raw in paths:
-        p = Path(raw)
-        if p.is_dir():
-            name = p.resolve().name
-        elif p.parent.name == "checkpoints":
-            name = f"{p.parent.parent.resolve().name}-{p.stem}"
-        elif p.stem == "final":
-            name = p.parent.resolve().name
-        else:
-            name = p.stem
-        name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name) or "checkpoint"
-        label, i = name, 2
-        while label in labels:
-            label, i = f"{name}-{i}", i + 1
-        labels.append(label)
-    return labels
 
 
 # ---- the evaluation -----------------------------------------------------------------------------

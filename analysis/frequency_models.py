@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from analysis.evaluate import checkpoint_labels, dataset_features
+from analysis.eval_features import dataset_features
 from analysis.frequency_analyses import Classifier
 from analysis.probes import fit_linear_probe, knn_probe
-from fdbench.checkpoint import load_backbone
+from fdbench.checkpoint import checkpoint_labels, load_backbone
 from fdbench.data import dataset_resolution, eval_transform, load_split_tensor, open_dataset, recorded_root
 from fdbench.errors import FdbenchError
 from fdbench.features import FrozenEncoder, eval_image_size

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
-from analysis.evaluate import checkpoint_labels
+from fdbench.checkpoint import checkpoint_labels
 from fdbench.config import load_yaml
 from fdbench.errors import FdbenchError
 from fdbench.io import file_sha256, read_json
