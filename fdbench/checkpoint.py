@@ -25,7 +25,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -257,3 +257,25 @@ def _load_dinov2_official(state: dict) -> LoadedBackbone:
 def _unchunk(key: str) -> str:
     # DINOv2 with block_chunks > 0 stores blocks.<chunk>.<global index>.<...>
     return re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key) if re.match(r"^blocks\.\d+\.\d+\.", key) else key
+
+
+def checkpoint_labels(paths: Sequence[str | Path]) -> list[str]:
+    """Short unique names: ``runs/x/final.pt`` -> ``x``, ``runs/x/checkpoints/e10.pt`` -> ``x-e10``,
+    a run folder -> its name, any other file -> its stem; repeats get ``-2``, ``-3``, ..."""
+    labels = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            name = p.resolve().name
+        elif p.parent.name == "checkpoints":
+            name = f"{p.parent.parent.resolve().name}-{p.stem}"
+        elif p.stem == "final":
+            name = p.parent.resolve().name
+        else:
+            name = p.stem
+        name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name) or "checkpoint"
+        label, i = name, 2
+        while label in labels:
+            label, i = f"{name}-{i}", i + 1
+        labels.append(label)
+    return labels

@@ -145,17 +145,18 @@ def bench_stages(cfg: BenchConfig) -> list[StagePlan]:
 
     def plan(name: str, scale: float, noise: bool) -> StagePlan:
         return StagePlan(
-            0,
-            name,
-            0,
-            1,
-            round_to_patch(crops.global_size * scale, p),
-            round_to_patch(crops.local_size * scale, p),
-            crops.n_local,
-            tuple(crops.global_scale),
-            tuple(crops.local_scale),
-            noise,
-            curriculum.noise_max_sigma,
+            index=0,
+            name=name,
+            fraction=1.0,
+            start_epoch=0,
+            end_epoch=1,
+            global_size=round_to_patch(crops.global_size * scale, p),
+            local_size=round_to_patch(crops.local_size * scale, p),
+            n_local=crops.n_local,
+            global_scale=tuple(crops.global_scale),
+            local_scale=tuple(crops.local_scale),
+            noise_patching=noise,
+            noise_max_sigma=curriculum.noise_max_sigma,
         )
 
     table = {"stage1": plan("stage1", curriculum.stage1_scale, False), "stage2": plan("stage2", 1.0, True)}

@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from fdbench.errors import FdbenchError
+from fdbench.features import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.masking import make_masks, masked_token_indices
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 RRC_ATTEMPTS = 10
@@ -311,9 +311,7 @@ class GpuMultiCrop:
         return self._constants[key]
 
     def masks(self, n_images: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """iBOT masks for the global crops via A's ``pretrain.masking.make_masks`` (CPU)."""
-        from pretrain.masking import make_masks
-
+        """iBOT masks for the global crops via ``pretrain.masking.make_masks`` (CPU)."""
         grid = self.global_size // self.patch_size
         return make_masks(
             n_images,
@@ -343,8 +341,6 @@ class GpuMultiCrop:
         if masks is None:
             masks, indices = self.masks(2 * images.shape[0], mask_generator), None
         if indices is None:
-            from pretrain.masking import masked_token_indices
-
             indices, weights = masked_token_indices(masks)
         return {
             "global": global_crops,

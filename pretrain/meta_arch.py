@@ -11,8 +11,10 @@ One iteration of DINOv2, for a batch of B images with G = 2 global and L local c
         + w_ibot * iBOT(student masked patch logits, teacher masked patch probs);
 4. backward (the student is DDP-wrapped under torch.distributed, so gradients are averaged).
 
-The optimiser step, gradient clipping, last-layer freeze and EMA are separate calls, driven by the
-engine: ``clip_gradients``, ``cancel_last_layer_gradients``, ``update_teacher``.
+The optimiser step, gradient clipping and EMA are separate calls, driven by the engine
+(``clip_gradients``, ``update_teacher``); the heads' last layer is frozen by a learning rate of 0 in
+its parameter group (``pretrain.schedules.apply_schedules``), so its gradients still count in the
+clipped norm.
 
 No host-device sync: the masked patch tokens are gathered with ``index_select`` on flat indices the
 collate computed on the CPU (``batch["mask_indices"]``, with the iBOT weights ``batch["mask_weights"]``;
@@ -22,19 +24,23 @@ asking the device (boolean indexing or ``nonzero`` on the device would make the 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from fdbench.device import autocast
 from fdbench.models import build_backbone
 from pretrain.config import PretrainConfig
+from pretrain.heads import DINOHead
+from pretrain.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from pretrain.masking import masked_token_indices
 
 
-class Student(nn.Module):
-    """Backbone + heads, with a single forward for all crops (so DDP sees one forward per step)."""
+class BackboneWithHeads(nn.Module):
+    """Backbone + heads, the student or the EMA teacher, with a single forward for all crops (so DDP
+    sees one forward per step)."""
 
     def __init__(self, backbone: nn.Module, dino_head: nn.Module, ibot_head: nn.Module | None):
         super().__init__()
@@ -91,9 +97,6 @@ class MetaArch(nn.Module):
         class token [N,D] and the patch tokens [N,P,D]; ``embed_dim``; ``config`` for the checkpoint);
         the teacher is a copy of it (with its drop path, if it has any)."""
         super().__init__()
-        from pretrain.heads import DINOHead
-        from pretrain.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
-
         self.cfg = cfg
         self.device = torch.device(device)
         m, h, lc = cfg.model, cfg.head, cfg.loss
@@ -119,7 +122,7 @@ class MetaArch(nn.Module):
             if h.ibot_separate_head
             else None
         )
-        self.student = Student(backbone, dino_head, ibot_head)
+        self.student = BackboneWithHeads(backbone, dino_head, ibot_head)
 
         # the teacher starts as a copy of the student, without drop path, and never gets gradients
         if user_backbone:
@@ -134,7 +137,7 @@ class MetaArch(nn.Module):
                 layerscale=m.layerscale,
             )
             teacher_backbone.load_state_dict(backbone.state_dict())
-        self.teacher = Student(
+        self.teacher = BackboneWithHeads(
             teacher_backbone, copy.deepcopy(dino_head), copy.deepcopy(ibot_head) if ibot_head is not None else None
         )
         self.teacher.requires_grad_(False).eval()
@@ -192,12 +195,6 @@ class MetaArch(nn.Module):
             parts["ibot_head"] = self.student.ibot_head
         return parts
 
-    def autocast(self):
-        """bf16 autocast on CUDA; plain fp32 on CPU (bf16 on CPU is slower and less exact)."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
     # ---- one step ----------------------------------------------------------------------------------
 
     def _ibot_on(self, masks: torch.Tensor | None) -> bool:
@@ -221,14 +218,12 @@ class MetaArch(nn.Module):
         if self._ibot_on(batch.get("masks")):
             mask_indices, mask_weights = batch.get("mask_indices"), batch.get("mask_weights")
             if mask_indices is None:
-                from pretrain.masking import masked_token_indices
-
                 mask_indices, mask_weights = masked_token_indices(batch["masks"])
             masks = batch["masks"].to(self.device, non_blocking=True)
             mask_indices = mask_indices.to(self.device, non_blocking=True)
             mask_weights = mask_weights.to(self.device, non_blocking=True)
         n_global = 2
-        with self.autocast():
+        with autocast(self.device):
             teacher_cls_probs, teacher_patch_probs = self.teacher_targets(global_crops, mask_indices, teacher_temp)
             out = self.student_ddp(global_crops, local_crops, masks, mask_indices)
             dino = self.dino_loss(
@@ -298,13 +293,6 @@ class MetaArch(nn.Module):
             for part in self.named_student_modules().values()
         ]
         return norms[0]
-
-    def cancel_last_layer_gradients(self) -> None:
-        """Drop the heads' last-layer gradients (frozen during the first epoch): AdamW skips them."""
-        for name, part in self.named_student_modules().items():
-            if name.endswith("head"):
-                for p in part.last_layer.parameters():
-                    p.grad = None
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:

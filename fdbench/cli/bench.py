@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fdbench.cli.common import config_option, echo, out_option
+from fdbench.cli.common import config_option, echo, out_option, sets_option
 from pretrain.config import OPTIONS, parse_assignment, set_option
 
 # the recipe fields bench-train names as flags (help from the field); any other: --set section.field=value
@@ -51,13 +51,7 @@ def recipe_flags(f):
 
 @click.command("bench-train")
 @recipe_flags
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="SECTION.FIELD=VALUE",
-    help="Set any other recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable).",
-)
+@sets_option("Set any other recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable).")
 @click.option("--stages", default="stage1,stage2", show_default=True, help="Comma-separated: stage1, stage2.")
 @click.option("--steps", type=int, default=20, show_default=True, help="Timed steps per measurement.")
 @click.option(

@@ -6,7 +6,7 @@ import typing
 
 import click
 
-from fdbench.cli.common import absolute_data, echo
+from fdbench.cli.common import absolute_data, echo, sets_option
 from pretrain.config import NAMED_OPTIONS, PRESETS, Option, build_config, load_config_file, parse_assignment
 
 
@@ -36,13 +36,7 @@ def recipe_flags(f):
     help="Recipe to start from: auto = cpu-tiny on CPU, gpu-small on CUDA [auto].",
 )
 @recipe_flags
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="SECTION.FIELD=VALUE",
-    help="Set any recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable; wins over the flags).",
-)
+@sets_option("Set any recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable; wins over the flags).")
 @click.option(
     "--config",
     "config_file",
