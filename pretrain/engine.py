@@ -8,7 +8,8 @@ Re-running the same command on the same folder continues from ``checkpoints/last
 order, the crops and masks (seeded per sample and per batch), the schedules, the optimiser, the
 centring statistics and the RNG states all resume where they stopped, so the weights match an
 uninterrupted run exactly (on CPU). Under ``torchrun`` every rank runs this same function; rank 0
-writes the files.
+writes the files. SIGTERM or SIGUSR1 (a cluster's preemption warning) stops the run after the current
+step with ``last.pt`` saved (``pretrain.preemption``); ``fdbench pretrain`` then exits with code 75.
 
 Speed: the crops come from ``--data-pipeline`` (``pretrain.pipeline``: ``gpu`` = workers only decode
 and the device augments the batch, the default on CUDA; ``cpu`` = workers augment), the DINO/iBOT
@@ -45,6 +46,7 @@ from pretrain.fast_step import accelerate_meta_arch
 from pretrain.meta_arch import MetaArch
 from pretrain.monitor import KnnMonitor
 from pretrain.pipeline import StageFeed, make_augment, resolve_pipeline
+from pretrain.preemption import PreemptionWatch
 from pretrain.run_folder import METRIC_COLUMNS, RunFolder, gflops
 from pretrain.run_state import RunState
 from pretrain.schedules import apply_schedules
@@ -84,6 +86,7 @@ class RunResult:
     summary: dict = field(default_factory=dict)
     finished: bool = False
     resumed_from: int | None = None  # the step a resumed run started from
+    preempted: bool = False  # stopped on SIGTERM/SIGUSR1 after saving last.pt (pretrain.preemption)
 
     @property
     def knn_top1(self) -> float | None:
@@ -261,7 +264,8 @@ def train(
             backbone=backbone,
             train_set=train_set,
         )
-        return trainer.run(resume)
+        with PreemptionWatch(trainer.log) as trainer.preempt:
+            return trainer.run(resume)
     finally:
         if lock is not None:
             lock.release()
@@ -333,6 +337,7 @@ class Trainer:
         self.watch = NonFiniteWatch(dist_ctx.device)
         self.collapse = CollapseWatch()
         self.monitor = None
+        self.preempt = PreemptionWatch()  # train() installs a watching one around run()
 
     # ---- the parts' state -------------------------------------------------------------------------
 
@@ -437,7 +442,7 @@ class Trainer:
             "warnings": list(self.collapse.warnings),
         }
 
-    def result(self, finished: bool, summary: dict) -> RunResult:
+    def result(self, finished: bool, summary: dict, preempted: bool = False) -> RunResult:
         f = self.folder
         return RunResult(
             f.out,
@@ -448,7 +453,19 @@ class Trainer:
             summary,
             finished,
             self.state.resumed_from,
+            preempted,
         )
+
+    def stop_preempted(self, saved: bool) -> RunResult:
+        """After a SIGTERM/SIGUSR1 (every rank agreed): last.pt holds this step; the caller requeues."""
+        if not saved:
+            self.save()
+        self.bar.close()
+        self.log(
+            f"stopped on {self.preempt.requested or 'another rank signalled'} at step {self.state.step}/"
+            f"{self.total_iters}; last.pt saved: re-run the same command to continue"
+        )
+        return self.result(False, self.summary(False), preempted=True)
 
     # ---- checks and evaluations -------------------------------------------------------------------
 
@@ -631,8 +648,12 @@ class Trainer:
                     momentum=float(sched.momentum[it]),
                     clip_grad=cfg.optim.clip_grad,
                 )
-                # still on the device: averaged over the ranks, watched for non-finite losses
-                values = all_mean(torch.stack([out_step[k].float() for k in (*LOSS_TERMS, "grad_norm")]), ddp)
+                # still on the device: averaged over the ranks, watched for non-finite losses. Under DDP
+                # the preemption flags ride along (last entry, > 0 when any rank was signalled)
+                values = torch.stack([out_step[k].float() for k in (*LOSS_TERMS, "grad_norm")])
+                if ddp.world_size > 1:
+                    values = torch.cat([values, values.new_tensor([self.preempt.flag])])
+                values = all_mean(values, ddp)
                 self.watch.add(it + 1, values[: len(LOSS_TERMS)])
                 state.step += 1
                 steps_this_process += 1
@@ -648,9 +669,12 @@ class Trainer:
                 window.add(cfg.run.batch_size)
                 self.bar.update(1)
                 log_step = state.step % cfg.run.log_every == 0 or state.step % iters_per_epoch == 0
+                signalled = ddp.world_size == 1 and self.preempt.requested is not None
                 if log_step:
                     # logging steps only: the one read-back of the losses (a host-device sync)
-                    logged = dict(zip((*LOSS_TERMS, "grad_norm"), values.tolist()))
+                    host = values.tolist()
+                    logged = dict(zip((*LOSS_TERMS, "grad_norm"), host))
+                    signalled = signalled or (ddp.world_size > 1 and host[-1] > 0)
                     self.stop_if_non_finite()
                     if ddp.main:
                         self.log_row(plan, epoch, it, logged, window)
@@ -664,6 +688,9 @@ class Trainer:
                 if due and state.step % iters_per_epoch != 0:
                     self.save()
                     last_save = time.perf_counter()
+                # a signal: stop after this step; at an epoch's end only once its evaluation is saved
+                if signalled and state.step % iters_per_epoch != 0:
+                    return self.stop_preempted(saved=due)
                 if cfg.run.stop_after_steps and steps_this_process >= cfg.run.stop_after_steps:
                     self.stop_if_non_finite()
                     self.bar.close()
@@ -683,6 +710,8 @@ class Trainer:
                 self.evaluate(state.epoch - 1)
             self.save()
             last_save = time.perf_counter()
+            if state.step < self.total_iters and any_rank(self.preempt.requested is not None, ddp):
+                return self.stop_preempted(saved=True)
         self.bar.close()
 
         # 6. finish: final.pt, summary.json, costs.csv
