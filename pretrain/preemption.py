@@ -11,8 +11,9 @@ retry"): distinct from success (0), fdbench's user errors (2), crashes (1) and d
 
 Why these two signals: SLURM sends SIGTERM when a job is preempted or cancelled (then SIGKILL after
 its grace time) and, with ``--signal=USR1@T``, SIGUSR1 T seconds before the time limit; ``torchrun``
-turns the SIGTERM it gets into a SIGTERM to each worker. A second signal while the first is being
-honoured kills the process the ordinary way (atomic writes leave no half-written file).
+passes the signals it handles on to each worker. A worker may so get the same request twice (from
+SLURM, which signals every process of a step, and from torchrun): repeats are ignored. To stop at
+once use SIGINT (Ctrl-C) or SIGKILL; atomic writes leave no half-written file either way.
 
 Under DDP the ranks must stop after the same step (the checkpoint is a collective): each rank's flag
 travels in the step's loss all-reduce (no extra collective) and is read on logging steps, so a
@@ -21,7 +22,6 @@ signalled DDP run stops within ``--log-every`` steps; one process looks at its f
 
 from __future__ import annotations
 
-import os
 import signal
 import threading
 
@@ -39,9 +39,7 @@ class PreemptionWatch:
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum, frame) -> None:
-        if self.requested is not None:  # asked twice: stop now, the default way
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
+        if self.requested is not None:  # the same request again (SLURM and torchrun both forward it)
             return
         self.requested = signal.Signals(signum).name
         self.log(f"{self.requested} received: finishing this step, saving last.pt, then exiting ({EXIT_REQUEUE})")
