@@ -209,6 +209,13 @@ class RunConfig:
     stop_after_steps: int = opt(
         0, "Testing aid: stop (as if killed) after N iterations of this process.", option=True, resume_safe=True
     )
+    tensorboard: bool = opt(
+        False,
+        "Also write metrics.csv's columns and the stage switches as TensorBoard events in RUN/tb/ "
+        "(needs the fdbench[tensorboard] extra).",
+        option=True,
+        resume_safe=True,
+    )
     threads: int | None = opt(
         None,
         "CPU intra-op threads [torch's default]; 1 is often faster on a busy shared machine.",

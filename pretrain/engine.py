@@ -264,8 +264,11 @@ def train(
             backbone=backbone,
             train_set=train_set,
         )
-        with PreemptionWatch(trainer.log) as trainer.preempt:
-            return trainer.run(resume)
+        try:
+            with PreemptionWatch(trainer.log) as trainer.preempt:
+                return trainer.run(resume)
+        finally:
+            trainer.folder.close()
     finally:
         if lock is not None:
             lock.release()
@@ -296,6 +299,10 @@ class Trainer:
                 f"--batch-size {cfg.run.batch_size} must be divisible by the {dist_ctx.world_size} processes"
             )
         self.per_rank_batch = cfg.run.batch_size // dist_ctx.world_size
+        if cfg.run.tensorboard:
+            from pretrain.tensorboard import summary_writer_class
+
+            summary_writer_class()  # a missing package fails here, before any work
 
         # 1. data and curriculum -> stages of iterations
         self.root = resolve_root(cfg.data.root, announce=log)
@@ -494,7 +501,7 @@ class Trainer:
             with torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext():
                 result = self.monitor.evaluate(self.meta.teacher.backbone)
             state.knn.append({"epoch": epoch, "step": state.step, "top1": result.top1, "top5": result.top5})
-            self.folder.metrics.append(
+            self.folder.add_row(
                 {
                     "row": "knn",
                     "epoch": epoch,
@@ -569,6 +576,8 @@ class Trainer:
             folder.start(cfg)
         folder.clean_stale_temps()
         folder.load_metrics(state.step)
+        if cfg.run.tensorboard:
+            folder.open_tensorboard(state.step)
         self.meta.wrap_ddp()
         if state.step >= self.total_iters and folder.final.exists():
             self.log(f"{folder.out} is already finished ({self.total_iters} iterations); nothing to do")
@@ -611,11 +620,13 @@ class Trainer:
             plan = stage_at(self.stages, epoch)
             cost = state.costs[plan.index]
             if epoch == plan.start_epoch and start_in_epoch == 0:
-                self.log(
+                switch = (
                     f"stage {plan.index + 1}/{len(self.stages)} '{plan.name}': epochs {plan.start_epoch}-"
                     f"{plan.end_epoch - 1}, global {plan.global_size} px, local {plan.n_local} x "
                     f"{plan.local_size} px, noise patching {'on' if plan.noise_patching else 'off'}"
                 )
+                self.log(switch)
+                folder.add_text("curriculum/stage", switch, state.step + 1)  # at its first step
                 if cfg.optim.stage_restart and plan.index > 0:
                     self.optimizer.state.clear()  # the paper's restart: fresh AdamW moments at the switch
             if feed is None or feed.stage is not plan:
