@@ -102,13 +102,14 @@ def build_optimizer(meta: MetaArch, cfg: PretrainConfig) -> torch.optim.Optimize
         patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult,
         wd_rule=cfg.optim.weight_decay_rule,
     )
-    fused = meta.device.type == "cuda"
+    fused = meta.device.type == "cuda" and not meta.sharded  # fused AdamW takes no DTensors
     return torch.optim.AdamW(groups, lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=fused)
 
 
-def resolve_compile(flag: bool | None, device: torch.device) -> bool:
-    """``--compile`` default: on CUDA only (on a CPU compiling costs more than the short runs gain)."""
-    return device.type == "cuda" if flag is None else bool(flag)
+def resolve_compile(flag: bool | None, device: torch.device, strategy: str = "ddp") -> bool:
+    """``--compile`` default: on CUDA only (on a CPU compiling costs more than the short runs gain),
+    and not under ``--strategy fsdp`` (compiling through FSDP2's hooks is untested here)."""
+    return device.type == "cuda" and strategy != "fsdp" if flag is None else bool(flag)
 
 
 # ---- one iteration -----------------------------------------------------------------------------
@@ -327,11 +328,17 @@ class Trainer:
         # cross-entropies always (same maths, less memory), compiled backbones if asked
         seed_everything(cfg.run.seed)
         self.meta = MetaArch(cfg, dist_ctx.device, backbone=backbone)
-        self.compiled = resolve_compile(cfg.run.compile, dist_ctx.device)
+        if cfg.run.activation_checkpointing:
+            from pretrain.sharding import checkpoint_blocks
+
+            checkpoint_blocks(self.meta.student.backbone)
+        self.sharding = cfg.run.strategy == "fsdp" and dist_ctx.world_size > 1
+        self.compiled = resolve_compile(cfg.run.compile, dist_ctx.device, cfg.run.strategy)
         accelerate_meta_arch(self.meta, compile=self.compiled)
         self.optimizer = build_optimizer(self.meta, cfg)
         log(
             f"data pipeline {self.pipeline}, torch.compile {'on' if self.compiled else 'off'}, device {dist_ctx.device}"
+            f"{', FSDP2' if self.sharding else ''}{', activation checkpointing' if cfg.run.activation_checkpointing else ''}"
         )
         if dist_ctx.world_size > 1:
             torch.manual_seed(cfg.run.seed * 1000 + dist_ctx.rank)  # ranks draw different drop-path masks
@@ -348,11 +355,13 @@ class Trainer:
 
     # ---- the parts' state -------------------------------------------------------------------------
 
-    def checkpoint(self, final: bool = False) -> dict:
+    def checkpoint(self, final: bool = False, parts: dict | None = None, optimizer_state: dict | None = None) -> dict:
+        """The checkpoint dict; ``parts`` / ``optimizer_state``: the model's and the optimiser's state
+        when already gathered (under FSDP every rank gathers them, see :meth:`save`)."""
         cfg, state = self.cfg, self.state
         ckpt = {
             "kind": "training",
-            **self.meta.state_dict_parts(),
+            **(parts if parts is not None else self.meta.state_dict_parts()),
             "config": cfg.to_dict(),
             "curriculum": self.curriculum.to_dict(),
             "stages": [dataclasses.asdict(p) for p in self.stages],
@@ -371,7 +380,7 @@ class Trainer:
             "collapse_watch": self.collapse.state_dict(),
         }
         if not final:
-            ckpt["optimizer"] = self.optimizer.state_dict()
+            ckpt["optimizer"] = optimizer_state if optimizer_state is not None else self.optimizer.state_dict()
         return ckpt
 
     def resume_from(self, ckpt: dict) -> None:
@@ -393,9 +402,15 @@ class Trainer:
     def save(self, final: bool = False) -> None:
         self.stop_if_non_finite()  # never overwrite the last good checkpoint with a diverged model
         rngs = gather_rng(self.dist)  # collective: every rank calls save()
+        parts = optimizer_state = None
+        if self.sharding:  # gathering the shards is a collective too
+            from pretrain.sharding import full_optimizer_state
+
+            parts = self.meta.state_dict_parts()
+            optimizer_state = None if final else full_optimizer_state(self.optimizer)
         if not self.dist.main:
             return
-        ckpt = self.checkpoint(final)
+        ckpt = self.checkpoint(final, parts, optimizer_state)
         ckpt["rng"] = rngs
         keep, epoch = self.cfg.run.keep_every_epochs, self.state.epoch
         keep_as = epoch if (not final and keep and self.state.step_in_epoch == 0 and epoch % keep == 0) else None
@@ -495,11 +510,12 @@ class Trainer:
 
     def evaluate(self, epoch: int) -> None:
         """The online kNN monitor on the teacher (rank 0), into the kNN curve and metrics.csv."""
+        backbone = self.meta.backbone_for_eval()  # under FSDP a collective: before the rank-0 branch
         if self.dist.main:
             t0, state = time.perf_counter(), self.state
             # eager: the monitor's batch shapes would each cost the compiled backbone a recompile
             with torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext():
-                result = self.monitor.evaluate(self.meta.teacher.backbone)
+                result = self.monitor.evaluate(backbone)
             state.knn.append({"epoch": epoch, "step": state.step, "top1": result.top1, "top5": result.top5})
             self.folder.add_row(
                 {
@@ -578,7 +594,17 @@ class Trainer:
         folder.load_metrics(state.step)
         if cfg.run.tensorboard:
             folder.open_tensorboard(state.step)
-        self.meta.wrap_ddp()
+        if self.sharding:
+            # the checkpoint (if any) is loaded whole; now shard, and re-shard the optimiser's state
+            from pretrain.sharding import shard_optimizer_state
+
+            unsharded = self.optimizer.state_dict()
+            self.meta.shard()
+            self.optimizer = build_optimizer(self.meta, cfg)
+            shard_optimizer_state(self.optimizer, unsharded)
+            del unsharded
+        else:
+            self.meta.wrap_ddp()
         if state.step >= self.total_iters and folder.final.exists():
             self.log(f"{folder.out} is already finished ({self.total_iters} iterations); nothing to do")
             return self.result(True, folder.read_summary())
