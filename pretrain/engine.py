@@ -516,6 +516,7 @@ class Trainer:
             # eager: the monitor's batch shapes would each cost the compiled backbone a recompile
             with torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext():
                 result = self.monitor.evaluate(backbone)
+            self.meta.release_eval_backbone()
             state.knn.append({"epoch": epoch, "step": state.step, "top1": result.top1, "top5": result.top5})
             self.folder.add_row(
                 {

@@ -197,7 +197,10 @@ class MetaArch(nn.Module):
         from pretrain.sharding import shard_student_and_teacher
 
         if dist.get_rank() == 0:  # the kNN monitor runs on rank 0 alone: it needs whole weights
-            self.eval_backbone = copy.deepcopy(self.teacher.backbone)
+            template = copy.deepcopy(self.teacher.backbone)
+            if {n for n, _ in template.named_buffers()} <= set(template.state_dict()):
+                template.to("meta")  # no storage between evaluations: every tensor comes from the gather
+            self.eval_backbone = template
         shard_student_and_teacher(self)
         self.sharded = True
         self._pairs = self._ema_pairs()  # the sharded parameters replaced the old ones
@@ -212,8 +215,16 @@ class MetaArch(nn.Module):
         state = full_state_dict(self.teacher.backbone)
         if self.eval_backbone is None:
             return None
+        if any(t.is_meta for t in self.eval_backbone.state_dict().values()):
+            self.eval_backbone.to_empty(device=self.device)
         self.eval_backbone.load_state_dict(state)
         return self.eval_backbone.eval()
+
+    def release_eval_backbone(self) -> None:
+        """Free the gathered copy after an evaluation (sharded runs; a no-op otherwise)."""
+        if self.sharded and self.eval_backbone is not None:
+            if {n for n, _ in self.eval_backbone.named_buffers()} <= set(self.eval_backbone.state_dict()):
+                self.eval_backbone.to("meta")
 
     def _ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         student = dict(self.student.named_parameters())
