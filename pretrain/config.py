@@ -211,6 +211,27 @@ class RunConfig:
     stop_after_steps: int = opt(
         0, "Testing aid: stop (as if killed) after N iterations of this process.", option=True, resume_safe=True
     )
+    strategy: str = opt(
+        "ddp",
+        "Under torchrun: ddp (replicated model, averaged gradients) or fsdp (FSDP2: parameters, gradients "
+        "and optimiser state sharded per block; same checkpoints).",
+        option=True,
+        choices=("ddp", "fsdp"),
+        resume_safe=True,
+    )
+    activation_checkpointing: bool = opt(
+        False,
+        "Recompute each student block in the backward pass (less memory, ~1 more forward).",
+        option=True,
+        resume_safe=True,
+    )
+    tensorboard: bool = opt(
+        False,
+        "Also write metrics.csv's columns and the stage switches as TensorBoard events in RUN/tb/ "
+        "(needs the fdbench[tensorboard] extra).",
+        option=True,
+        resume_safe=True,
+    )
     threads: int | None = opt(
         None,
         "CPU intra-op threads [torch's default]; 1 is often faster on a busy shared machine.",

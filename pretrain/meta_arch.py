@@ -148,6 +148,8 @@ class MetaArch(nn.Module):
         self.koleo_loss = KoLeoLoss()
         self.to(self.device)
         self.student_ddp: nn.Module = self.student  # replaced by a DDP wrapper in wrap_ddp()
+        self.sharded = False  # FSDP2 (shard()): parameters are DTensor shards
+        self.eval_backbone: nn.Module | None = None  # rank 0 under FSDP: an unsharded copy for the kNN monitor
         # the last step's teacher class embeddings [G*B,D] and DINO targets [G*B,K] (None before one)
         self.teacher_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pairs = self._ema_pairs()
@@ -155,7 +157,20 @@ class MetaArch(nn.Module):
     # ---- checkpoint -----------------------------------------------------------------------------------
 
     def state_dict_parts(self) -> dict:
-        """The model's entries of a training checkpoint (student, teacher, the losses' centres)."""
+        """The model's entries of a training checkpoint (student, teacher, the losses' centres).
+
+        Sharded (FSDP), the tensors are gathered whole: a collective that every rank calls."""
+        if self.sharded:
+            from pretrain.sharding import full_state_dict
+
+            teacher = full_state_dict(self.teacher)
+            return {
+                "model": self.teacher.backbone.config.to_dict(),
+                "teacher_backbone": {k[len("backbone.") :]: v for k, v in teacher.items() if k.startswith("backbone.")},
+                "student": full_state_dict(self.student),
+                "teacher": teacher,
+                "losses": {"dino": self.dino_loss.state_dict(), "ibot": self.ibot_loss.state_dict()},
+            }
         return {
             "model": self.teacher.backbone.config.to_dict(),  # built at the full global crop size
             "teacher_backbone": self.teacher.backbone.state_dict(),
@@ -179,6 +194,40 @@ class MetaArch(nn.Module):
             self.student_ddp = nn.parallel.DistributedDataParallel(
                 self.student, device_ids=ids, broadcast_buffers=False
             )
+
+    def shard(self) -> None:
+        """FSDP2 on the student and teacher (``pretrain.sharding``); load any checkpoint before this."""
+        from pretrain.sharding import shard_student_and_teacher
+
+        if dist.get_rank() == 0:  # the kNN monitor runs on rank 0 alone: it needs whole weights
+            template = copy.deepcopy(self.teacher.backbone)
+            if {n for n, _ in template.named_buffers()} <= set(template.state_dict()):
+                template.to("meta")  # no storage between evaluations: every tensor comes from the gather
+            self.eval_backbone = template
+        shard_student_and_teacher(self)
+        self.sharded = True
+        self._pairs = self._ema_pairs()  # the sharded parameters replaced the old ones
+
+    def backbone_for_eval(self) -> nn.Module | None:
+        """The teacher backbone, whole, where the monitor runs (sharded: gathered into rank 0's copy,
+        a collective; other ranks get None)."""
+        if not self.sharded:
+            return self.teacher.backbone
+        from pretrain.sharding import full_state_dict
+
+        state = full_state_dict(self.teacher.backbone)
+        if self.eval_backbone is None:
+            return None
+        if any(t.is_meta for t in self.eval_backbone.state_dict().values()):
+            self.eval_backbone.to_empty(device=self.device)
+        self.eval_backbone.load_state_dict(state)
+        return self.eval_backbone.eval()
+
+    def release_eval_backbone(self) -> None:
+        """Free the gathered copy after an evaluation (sharded runs; a no-op otherwise)."""
+        if self.sharded and self.eval_backbone is not None:
+            if {n for n, _ in self.eval_backbone.named_buffers()} <= set(self.eval_backbone.state_dict()):
+                self.eval_backbone.to("meta")
 
     def _ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         student = dict(self.student.named_parameters())
@@ -292,11 +341,22 @@ class MetaArch(nn.Module):
             nn.utils.clip_grad_norm_([p for p in part.parameters() if p.grad is not None], max_norm)
             for part in self.named_student_modules().values()
         ]
+        if self.sharded:  # the norm over all shards, as a DTensor: read it as a plain tensor
+            from pretrain.sharding import full
+
+            return full(norms[0])
         return norms[0]
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """teacher <- m * teacher + (1 - m) * student, for every parameter, with fused foreach ops."""
         teacher, student = self._pairs
+        if self.sharded:  # on the local shards (student and teacher are sharded alike)
+            from pretrain.sharding import local, reshard
+
+            # FSDP2 keeps a root module's gathered parameters after its forward (for the backward the
+            # teacher never has): drop them, or the next forward would reuse them, missing this update
+            reshard(self.teacher)
+            teacher, student = [local(t) for t in teacher], [local(s) for s in student]
         torch._foreach_mul_(teacher, momentum)
         torch._foreach_add_(teacher, student, alpha=1.0 - momentum)

@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-dataset": ("fdbench.cli.dataset", "make_dataset"),
     "export": ("fdbench.cli.export", "export"),
     "bench-train": ("fdbench.cli.bench", "bench_train"),
+    "launch": ("fdbench.cli.launch", "launch"),
 }
 
 

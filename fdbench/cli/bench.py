@@ -66,6 +66,12 @@ def recipe_flags(f):
 )
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the backbones [on for CUDA].")
 @click.option("--reference", is_flag=True, help="Also run the plain eager step + CPU pipeline in the same run.")
+@click.option(
+    "--activation-checkpointing/--no-activation-checkpointing",
+    "activation_checkpointing",
+    default=False,
+    help="Recompute the student blocks in the backward pass (compare peak memory with and without).",
+)
 @click.option("--no-e2e", is_flag=True, help="Model-only (synthetic tensors), skip the end-to-end runs.")
 @click.option(
     "--decode-slack",
@@ -76,7 +82,20 @@ def recipe_flags(f):
 )
 @out_option("bench", help="Folder for bench.csv and bench.json.")
 @config_option
-def bench_train(sets, stages, steps, warmup, pipeline, compile_, reference, no_e2e, decode_slack, out, **recipe):
+def bench_train(
+    sets,
+    stages,
+    steps,
+    warmup,
+    pipeline,
+    compile_,
+    reference,
+    activation_checkpointing,
+    no_e2e,
+    decode_slack,
+    out,
+    **recipe,
+):
     """Measure model-only and end-to-end img/s, TFLOP/s, MFU and peak memory of a training step.
 
     \b
@@ -98,6 +117,7 @@ def bench_train(sets, stages, steps, warmup, pipeline, compile_, reference, no_e
         decode_slack=decode_slack,
         **recipe,
     )
+    cfg.recipe.run.activation_checkpointing = activation_checkpointing
     for text in sets:
         set_option(cfg.recipe, *parse_assignment(text))
     rows = run_bench(cfg, log=echo, on_row=lambda done: write_results(done, Path(out), cfg))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import typing
 
 import click
@@ -70,6 +71,11 @@ def pretrain(preset, sets, config_file, resume, **options):
         f"{cfg.run.epochs} epochs, batch {cfg.run.batch_size}, data {cfg.data.root or 'embedded synthetic'}"
     )
     result = train(cfg, resume=resume, log=echo)
+    if result.preempted:  # SIGTERM/SIGUSR1: last.pt is saved; a batch script requeues on this code
+        from pretrain.preemption import EXIT_REQUEUE
+
+        echo(f"preempted; re-run the same command to continue {result.out} (exit code {EXIT_REQUEUE})")
+        sys.exit(EXIT_REQUEUE)
     if not result.finished:
         echo(f"stopped early; re-run the same command to continue {result.out}")
         return
