@@ -13,11 +13,14 @@ from typing import Any, Union
 
 import pandas as pd
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:.5em 0 1em;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
-text-align:right}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}img{max-width:100%}
-figure{margin:1em 0}figcaption{font-size:13px;color:#555}code{background:#f5f5f5;padding:0 3px}
-.missing{color:#a00}"""
+# Wide tables scroll inside their own box (.scroll) instead of running past the window; figures
+# scale to the text width; long words (paths, run names) wrap instead of widening the page.
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222;
+overflow-wrap:anywhere}.scroll{overflow-x:auto;max-width:100%;margin:.5em 0 1em}
+table{border-collapse:collapse;font-size:13px}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:right;overflow-wrap:normal}th{background:#f3f3f3}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;height:auto}figure{margin:1em 0}figcaption{font-size:13px;color:#555}
+code{background:#f5f5f5;padding:0 3px}pre{overflow-x:auto}.missing{color:#a00}"""
 
 
 @dataclass(frozen=True)
@@ -125,7 +128,7 @@ def html_table(df: pd.DataFrame) -> str:
         "<tr>" + "".join(f"<td>{html.escape(format_cell(c, v))}</td>" for c, v in zip(df.columns, row)) + "</tr>"
         for row in df.itertuples(index=False)
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+    return f"<div class='scroll'><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>"
 
 
 def _inline_html(text: str) -> str:
@@ -187,7 +190,9 @@ def render_markdown(doc: Document) -> str:
 
 def render_html(doc: Document) -> str:
     parts = [
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(doc.title)}</title>"
+        "<!DOCTYPE html><html><head><meta charset='utf-8'>"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{html.escape(doc.title)}</title>"
         f"<style>{CSS}</style></head><body><h1>{html.escape(doc.title)}</h1>"
     ]
     for block in doc.blocks:
