@@ -150,6 +150,10 @@ def corrupt(
     # on CPU, chunks of ~8 ImageNet-sized images keep each pass over the data in cache (1.3-2x faster
     # than one large batch); on GPUs the whole batch goes at once
     step = x.shape[0] if x.device.type != "cpu" else max(1, CPU_CHUNK_PIXELS // (h * w))
+    u8_fn = tb.UINT8_CPU.get(name) if quantized and x.device.type == "cpu" else None
+    if u8_fn is not None:  # 8-bit in, 8-bit out, no float round trip (PIL-bound corruptions)
+        y = u8_fn(x, p, ctx)
+        return y[0] if single else y
     parts = []
     for i in range(0, x.shape[0], step):
         xi = x[i : i + step]
