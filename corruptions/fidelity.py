@@ -28,7 +28,14 @@ reference's own draw-to-draw spread: each statistic is computed per reference dr
 images), its relative standard error over the R draws is e = sd / (mean sqrt(R)), the torch/ref
 ratio of two such means then has a standard deviation of about sqrt(2) e, and the ratio must lie
 within max(2%, 3 sqrt(2) e) of 1: three standard deviations of what chance alone gives, with a 2%
-floor for corruptions whose draws barely differ. This criterion needs ``repeats >= 2``.
+floor for corruptions whose draws barely differ. This criterion needs ``repeats >= 2``. The
+standard error is itself estimated from the R draws, so with few draws (6, the CLI default) a few
+percent of honest cells fail by chance; recheck a failing cell with more draws (24) and another seed
+before calling it a discrepancy.
+
+``table`` chooses the severity constants: ImageNet-C's (the package as published) or, at 32/64 px,
+CIFAR-10-C's / Tiny-ImageNet-C's, with the package's functions rebuilt around them
+(:func:`corruptions.reference.table_function`).
 """
 
 from __future__ import annotations
