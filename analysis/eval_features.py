@@ -30,13 +30,20 @@ def corrupt_images(
     chunk, each chunk with its own seed ``chunk_seed(seed, corruption, severity, chunk start)``."""
     if start % CHUNK:
         raise ValueError(f"batches must start at a multiple of {CHUNK}, got {start}")
-    parts = [
-        corrupt_fn(
+
+    def one(i: int) -> torch.Tensor:
+        return corrupt_fn(
             images[i : i + CHUNK], corruption, severity, generator=chunk_seed(seed, corruption, severity, start + i)
         )
-        for i in range(0, len(images), CHUNK)
-    ]
-    return torch.cat(parts)
+
+    starts = range(0, len(images), CHUNK)
+    if images.device.type == "cpu" and getattr(corrupt_fn, "thread_safe", False):
+        from corruptions.registry import cpu_map
+
+        # chunks side by side on the cores; each has its own seed, so the bytes do not depend on it
+        # (only for functions marked thread-safe: a user's corrupt_fn is called one chunk at a time)
+        return cpu_map(one, starts, combine=torch.cat)
+    return torch.cat([one(i) for i in starts])
 
 
 def default_corrupt_fn() -> Callable:
@@ -46,6 +53,7 @@ def default_corrupt_fn() -> Callable:
     def fn(images, name, severity, generator=None):
         return corrupt(images, name, severity, backend="torch", generator=generator, params="auto")
 
+    fn.thread_safe = True  # corrupt() may run on several chunks at once (corrupt_images)
     return fn
 
 

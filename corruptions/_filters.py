@@ -44,6 +44,12 @@ def pad_index(n: int, before: int, after: int, mode: str) -> np.ndarray:
 def pad2d(x: torch.Tensor, top: int, bottom: int, left: int, right: int, mode: str) -> torch.Tensor:
     """Pad the last two dims of ``x`` with one of ``PAD_MODES`` (any pad size)."""
     h, w = x.shape[-2:]
+    torch_mode = {"edge": "replicate", "reflect": "reflect"}.get(mode)
+    fits = mode != "reflect" or (max(top, bottom) < h and max(left, right) < w)
+    if torch_mode and fits and x.dim() in (3, 4) and x.is_floating_point():
+        # the same copies as the index gathers below, 3-5x faster (F.pad's reflect excludes the border
+        # pixel, as OpenCV's reflect-101; it needs pads smaller than the side)
+        return F.pad(x, (left, right, top, bottom), mode=torch_mode)
     if top or bottom:
         iy = torch.as_tensor(pad_index(h, top, bottom, mode), device=x.device)
         x = x.index_select(-2, iy)
@@ -153,13 +159,17 @@ def filter2d(x: torch.Tensor, kernel: np.ndarray, mode: str = "reflect") -> torc
                     out.add_(xp[..., i : i + h, j : j + w], alpha=float(kernel[i, j]))
         return out
     ph, pw = xp.shape[-2:]
-    # circular convolution with the flipped kernel; rows/cols >= k-1 of the result never wrap
-    kf = _on(
-        xp,
-        ("fftk", ph, pw, kernel.tobytes(), kernel.shape),
-        lambda: np.pad(kernel[::-1, ::-1], ((0, ph - kh), (0, pw - kw))),
-    )
-    spec = torch.fft.rfft2(xp.float()) * torch.fft.rfft2(kf.float())
+    # circular convolution with the flipped kernel; rows/cols >= k-1 of the result never wrap. The
+    # kernel's spectrum is built once per (size, kernel, device)
+    key = ("fftk", ph, pw, kernel.tobytes(), kernel.shape, str(xp.device))
+    kspec = _DEVICE_CACHE.get(key)
+    if kspec is None:
+        padded = np.pad(kernel[::-1, ::-1], ((0, ph - kh), (0, pw - kw))).astype(np.float32)
+        kspec = torch.fft.rfft2(torch.as_tensor(padded, device=xp.device))
+        if len(_DEVICE_CACHE) > 512:
+            _DEVICE_CACHE.clear()
+        _DEVICE_CACHE[key] = kspec
+    spec = torch.fft.rfft2(xp.float()) * kspec
     out = torch.fft.irfft2(spec, s=(ph, pw))
     return out[..., kh - 1 : kh - 1 + h, kw - 1 : kw - 1 + w].to(x.dtype)
 

@@ -28,7 +28,14 @@ reference's own draw-to-draw spread: each statistic is computed per reference dr
 images), its relative standard error over the R draws is e = sd / (mean sqrt(R)), the torch/ref
 ratio of two such means then has a standard deviation of about sqrt(2) e, and the ratio must lie
 within max(2%, 3 sqrt(2) e) of 1: three standard deviations of what chance alone gives, with a 2%
-floor for corruptions whose draws barely differ. This criterion needs ``repeats >= 2``.
+floor for corruptions whose draws barely differ. This criterion needs ``repeats >= 2``. The
+standard error is itself estimated from the R draws, so with few draws (6, the CLI default) a few
+percent of honest cells fail by chance; recheck a failing cell with more draws (24) and another seed
+before calling it a discrepancy.
+
+``table`` chooses the severity constants: ImageNet-C's (the package as published) or, at 32/64 px,
+CIFAR-10-C's / Tiny-ImageNet-C's, with the package's functions rebuilt around them
+(:func:`corruptions.reference.table_function`).
 """
 
 from __future__ import annotations
@@ -191,6 +198,31 @@ def spread_check(clean: torch.Tensor, torch_out: torch.Tensor, ref_out: torch.Te
     return out
 
 
+def _torch_corrupt(x: torch.Tensor, name: str, severity: int, table: str, seed, frost_index=None) -> torch.Tensor:
+    """The torch backend on uint8 ``x`` with ``table``'s constants and the package's (ImageNet-C)
+    structure (``params.STYLE["imagenet"]``), the code path the reference functions follow; uint8
+    out, truncated as ``corrupt`` does (one batch: ``corrupt``'s CPU chunking only changes speed)."""
+    from corruptions import params as ptab
+    from corruptions import torch_backend as tb
+    from corruptions._rng import Rng
+
+    ctx = tb.Context(
+        rng=Rng(seed, x.device), table=table, style=ptab.STYLE["imagenet"], quantized=True, frost_index=frost_index
+    )
+    if x.device.type == "cpu" and name in tb.UINT8_CPU:  # the path ``corrupt`` takes for 8-bit CPU images
+        return tb.UINT8_CPU[name](x, ptab.severity_params(table, name, severity), ctx)
+    y = tb.FUNCTIONS[name](x.float() / 255, ptab.severity_params(table, name, severity), ctx)
+    return torch.floor(y * 255 + 1e-3).clamp(0, 255).to(torch.uint8).cpu()
+
+
+def _reference_corrupt(xs: torch.Tensor, name: str, severity: int, table: str, seed: int) -> torch.Tensor:
+    """The reference on uint8 ``xs``, one numpy seed per image drawn from ``seed`` (as ``corrupt``)."""
+    from corruptions._rng import Rng
+    from corruptions.reference import corrupt_reference
+
+    return corrupt_reference(xs, name, severity, Rng(seed, "cpu").seeds(xs.shape[0]), table)
+
+
 def compare(
     images: torch.Tensor,
     name: str,
@@ -199,24 +231,31 @@ def compare(
     repeats: int = 4,
     seed: int = 0,
     device: str | torch.device = "cpu",
+    table: str = "imagenet",
 ) -> dict:
-    """One row of the fidelity table for ``name`` at ``severity`` on uint8 ``images`` [N, 3, H, W]."""
-    from corruptions.registry import corrupt
+    """One row of the fidelity table for ``name`` at ``severity`` on uint8 ``images`` [N, 3, H, W].
 
-    row: dict = {"corruption": name, "severity": severity, "images": images.shape[0]}
+    ``table``: the severity constants both backends use: ``imagenet`` (the package as published), or
+    ``tiny-imagenet`` / ``cifar10`` (the package's functions rebuilt with those constants,
+    :func:`corruptions.reference.table_function`; elastic transform, whose small-image constants
+    parametrise another transform, stays on ImageNet-C's). The row's ``table`` says which was used."""
+    from corruptions.reference import NO_TABLE_FUNCTION
+
+    table = "imagenet" if name in NO_TABLE_FUNCTION else table
+    row: dict = {"corruption": name, "severity": severity, "table": table, "images": images.shape[0]}
     x = images.to(device)
     if name in DETERMINISTIC:
-        t = corrupt(x, name, severity, generator=seed, params="imagenet").cpu()
-        r = corrupt(images, name, severity, backend="reference", generator=seed)
+        t = _torch_corrupt(x, name, severity, table, seed)
+        r = _reference_corrupt(images, name, severity, table, seed)
         row.update(kind="deterministic", psnr_db=psnr(t, r))
         row["passed"] = row["psnr_db"] >= PSNR_MIN_DB
         return row
     xs = images.repeat(repeats, 1, 1, 1)
     if name == "frost":
-        t, r = _frost_matched(xs, images.shape[0], severity, seed, device)
+        t, r = _frost_matched(xs, images.shape[0], severity, seed, device, table)
     else:
-        t = corrupt(xs.to(device), name, severity, generator=seed, params="imagenet").cpu()
-        r = corrupt(xs, name, severity, backend="reference", generator=seed + 1)
+        t = _torch_corrupt(xs.to(device), name, severity, table, seed)
+        r = _reference_corrupt(xs, name, severity, table, seed + 1)
     st, sr = change_stats(xs, t), change_stats(xs, r)
     ratio = st["mean_abs"] / sr["mean_abs"] if sr["mean_abs"] > 0 else (1.0 if st["mean_abs"] == 0 else math.inf)
     row.update(kind="random", torch_mean_abs=st["mean_abs"], ref_mean_abs=sr["mean_abs"], mean_abs_ratio=ratio)
@@ -232,13 +271,10 @@ def compare(
 
 
 def _frost_matched(
-    xs: torch.Tensor, n_images: int, severity: int, seed: int, device
+    xs: torch.Tensor, n_images: int, severity: int, seed: int, device, table: str = "imagenet"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Frost on ``xs`` (``images.repeat(R, 1, 1, 1)``: row i is draw i // n_images) with picture
     (i // n_images) mod 6 in both backends; crop positions stay random."""
-    from corruptions import params as ptab
-    from corruptions import torch_backend as tb
-    from corruptions._rng import Rng
     from corruptions.reference import corrupt_reference
 
     picks = [(i // n_images) % 6 for i in range(xs.shape[0])]
@@ -249,23 +285,15 @@ def _frost_matched(
             s += 1
         seeds.append(s)
         s += 1
-    r = corrupt_reference(xs, "frost", severity, seeds)
-    x = xs.to(device).float() / 255
-    ctx = tb.Context(
-        rng=Rng(seed, x.device),
-        table="imagenet",
-        style=ptab.STYLE["imagenet"],
-        quantized=True,
-        frost_index=torch.tensor(picks),
-    )
-    y = tb.frost(x, ptab.severity_params("imagenet", "frost", severity), ctx)
-    t = torch.floor(y * 255 + 1e-3).clamp(0, 255).to(torch.uint8).cpu()
+    r = corrupt_reference(xs, "frost", severity, seeds, table)
+    t = _torch_corrupt(xs.to(device), "frost", severity, table, seed, frost_index=torch.tensor(picks))
     return t, r
 
 
 COLUMNS = [
     "corruption",
     "severity",
+    "table",
     "kind",
     "images",
     "psnr_db",
@@ -301,8 +329,15 @@ def fidelity_table(
     seed: int = 0,
     device: str | torch.device = "cpu",
     show_progress: bool = True,
+    table: str = "auto",
 ):
-    """The fidelity table (a pandas DataFrame with ``COLUMNS``) over corruptions x severities."""
+    """The fidelity table (a pandas DataFrame with ``COLUMNS``) over corruptions x severities.
+
+    ``table``: ``auto`` (by image size, as ``corrupt``'s ``params="auto"``: CIFAR-10-C constants up to
+    48 px, Tiny-ImageNet-C up to 144, ImageNet-C above) or a table name; see :func:`compare`."""
+    from corruptions import params as ptab
+
+    table = ptab.resolve_table(table, images.shape[-2], images.shape[-1])
     import pandas as pd
 
     from fdbench.io import progress
@@ -317,7 +352,7 @@ def fidelity_table(
     rows = []
     bar = progress(jobs, desc="fidelity", unit="cell", disable=None if show_progress else True)
     for n, s in bar:
-        rows.append(compare(images, n, s, repeats=repeats, seed=seed, device=device))
+        rows.append(compare(images, n, s, repeats=repeats, seed=seed, device=device, table=table))
     frame = pd.DataFrame(rows)
     for col in COLUMNS:
         if col not in frame:

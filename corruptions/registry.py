@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
 import torch
 
 from fdbench.errors import FdbenchError
@@ -41,6 +45,7 @@ GROUPS: dict[str, tuple[str, ...]] = {"common": COMMON, "extra": EXTRA, "all": A
 _SUBSET_ALIASES = {"validation": "extra"}
 BACKENDS = ("torch", "reference")
 CPU_CHUNK_PIXELS = 8 * 224 * 224
+CPU_CHUNK_IMAGES = 32  # small images: still several chunks per batch, so both cores get work
 SEVERITIES = (1, 2, 3, 4, 5)
 
 
@@ -92,6 +97,51 @@ def _check_images(images) -> tuple[torch.Tensor, bool]:
     return x, single
 
 
+_POOL_STATE = threading.local()
+
+
+@contextmanager
+def _one_intra_op_thread():
+    """torch's intra-op threads set to 1 for the duration (restored after): CPU corruption results
+    then never depend on the thread count (parallel reductions and BLAS split work by it), and the
+    cores are used by running chunks side by side instead."""
+    previous = torch.get_num_threads()
+    if previous != 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if previous != 1:
+            torch.set_num_threads(previous)
+
+
+def cpu_map(fn, items, workers: int | None = None, combine=None):
+    """``[fn(item) for item in items]`` on ``workers`` threads (default ``torch.get_num_threads()``, as
+    many as torch would use), each with one intra-op thread; order kept; ``combine(results)`` (e.g.
+    ``torch.cat``) is applied still with one intra-op thread (on a loaded machine OpenMP's threads
+    waiting on each other cost more than the copy). Inside a ``cpu_map`` worker (a nested call) it
+    runs serially. Results are the same for any ``workers`` as long as each ``fn(item)`` depends on
+    its item only (own seed, own images)."""
+    items = list(items)
+    nested = getattr(_POOL_STATE, "active", False)
+    workers = 1 if nested else min(len(items), max(1, workers or torch.get_num_threads()))
+
+    def run(item):
+        _POOL_STATE.active = True
+        try:
+            return fn(item)
+        finally:
+            _POOL_STATE.active = nested
+
+    with _one_intra_op_thread():
+        if workers <= 1:
+            out = [run(item) for item in items]
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                out = list(pool.map(run, items))
+        return combine(out) if combine is not None else out
+
+
 def corrupt(
     images: torch.Tensor,
     name: str,
@@ -112,7 +162,13 @@ def corrupt(
     ``generator``: ``None`` (global RNG), an int seed or a ``torch.Generator``: a given seed gives the
     same output on the same device; random parameters are drawn per image.
     ``params``: ``auto`` (table nearest to the images' shorter side: CIFAR-10-C 32, Tiny-ImageNet-C 64,
-    ImageNet-C 224), or ``imagenet`` | ``tiny-imagenet`` | ``cifar10``.
+    ImageNet-C 224), or ``imagenet`` | ``tiny-imagenet`` | ``cifar10``. The reference package has only
+    ImageNet-C's constants: with ``backend="reference"`` small images get those (the package's
+    corruption of a small image, not CIFAR-10-C / Tiny-ImageNet-C; see ``corruptions.reference``).
+
+    On CPU the batch is split into fixed chunks, each with its own generator seeded from
+    ``generator``, run on ``torch.get_num_threads()`` threads (:func:`cpu_map`): the same bytes for
+    any thread count.
     """
     from corruptions import params as ptab
 
@@ -145,19 +201,32 @@ def corrupt(
     from corruptions import torch_backend as tb
 
     quantized = x.dtype == torch.uint8
-    ctx = tb.Context(rng=rng, table=table, style=ptab.STYLE[table], quantized=quantized)
     fn, p = tb.FUNCTIONS[name], ptab.severity_params(table, name, severity)
-    # on CPU, chunks of ~8 ImageNet-sized images keep each pass over the data in cache (1.3-2x faster
-    # than one large batch); on GPUs the whole batch goes at once
-    step = x.shape[0] if x.device.type != "cpu" else max(1, CPU_CHUNK_PIXELS // (h * w))
-    parts = []
-    for i in range(0, x.shape[0], step):
-        xi = x[i : i + step]
-        parts.append(fn(xi.float() / 255 if quantized else xi.float().clamp(0, 1), p, ctx))
-    y = parts[0] if len(parts) == 1 else torch.cat(parts)
-    if quantized:
-        # np.uint8(float) truncates; the tiny offset keeps exact integers (k/255*255) from dropping a level
-        y = torch.floor(y * 255 + 1e-3).clamp(0, 255).to(torch.uint8)
-    else:
-        y = y.to(x.dtype)
+    u8_fn = tb.UINT8_CPU.get(name) if quantized and x.device.type == "cpu" else None
+
+    def run(xi: torch.Tensor, chunk_rng: Rng) -> torch.Tensor:
+        ctx = tb.Context(rng=chunk_rng, table=table, style=ptab.STYLE[table], quantized=quantized)
+        if u8_fn is not None:  # 8-bit in, 8-bit out, no float round trip (PIL-bound corruptions)
+            return u8_fn(xi, p, ctx)
+        y = fn(xi.float() / 255 if quantized else xi.float().clamp(0, 1), p, ctx)
+        if quantized:
+            # np.uint8(float) truncates; the tiny offset keeps exact integers (k/255*255) from dropping a level
+            return torch.floor(y * 255 + 1e-3).clamp(0, 255).to(torch.uint8)
+        return y.to(x.dtype)
+
+    if x.device.type != "cpu":  # GPUs: the whole batch at once
+        y = run(x, rng)
+        return y[0] if single else y
+    # CPU: chunks of ~8 ImageNet-sized images (at most CPU_CHUNK_IMAGES) keep each pass over the data
+    # in cache (1.3-2x faster than one large batch). Each chunk draws from its own generator, seeded
+    # from ``generator`` in chunk order, so chunks run side by side on the cores (``cpu_map``) and
+    # the result is the same for any number of threads.
+    step = max(1, min(CPU_CHUNK_PIXELS // (h * w), CPU_CHUNK_IMAGES))
+    starts = list(range(0, x.shape[0], step))
+    seeds = rng.seeds(len(starts))
+    y = cpu_map(
+        lambda k: run(x[starts[k] : starts[k] + step], Rng(seeds[k], x.device)),
+        range(len(starts)),
+        combine=lambda parts: parts[0] if len(parts) == 1 else torch.cat(parts),
+    )
     return y[0] if single else y

@@ -51,10 +51,10 @@ def shot_noise(x, p, ctx):
 
 def impulse_noise(x, p, ctx):
     """skimage ``random_noise(mode='s&p', amount=c)``: each value (pixel and channel independently) is
-    replaced with probability c, by 1 or 0 with equal odds."""
-    flipped = ctx.rng.uniform(x.shape) < p
-    salted = ctx.rng.uniform(x.shape) < 0.5
-    return torch.where(flipped, salted.to(x.dtype), x)
+    replaced with probability c, by 1 or 0 with equal odds (one uniform u per value: replaced when
+    u < c, by salt when u < c / 2)."""
+    u = ctx.rng.uniform(x.shape)
+    return torch.where(u < p, (u < p / 2).to(x.dtype), x)
 
 
 def speckle_noise(x, p, ctx):
@@ -359,30 +359,41 @@ def saturate(x, p, ctx):
     return torch.where(delta > 0, colour, gray).clamp(0, 1)
 
 
-def jpeg_compression(x, p, ctx):
-    """Encode as JPEG at quality c and decode. On CPU with PIL (libjpeg-turbo, exactly as the
-    reference); on CUDA with torchvision's nvJPEG encoder/decoder on the GPU."""
-    u8 = torch.round(x * 255).clamp(0, 255).to(torch.uint8)
-    if x.device.type != "cuda":
-        import io
+def _pil_each(u8: torch.Tensor, fn) -> torch.Tensor:
+    """``fn`` (PIL image -> PIL image) on every image of a uint8 CPU batch [N, 3, H, W] -> uint8 batch.
 
-        from PIL import Image
+    One NHWC copy in and one out: PIL reads a C-contiguous array without copying it again."""
+    from PIL import Image
 
-        out = []
-        for img in u8.permute(0, 2, 3, 1).cpu().numpy():
-            buf = io.BytesIO()
-            Image.fromarray(img).save(buf, format="JPEG", quality=int(p))
-            buf.seek(0)
-            with Image.open(buf) as im:
-                out.append(np.asarray(im.convert("RGB")))
-        return torch.from_numpy(np.stack(out)).to(x.device).permute(0, 3, 1, 2).to(x.dtype) / 255
+    arr = u8.permute(0, 2, 3, 1).contiguous().numpy()
+    out = None
+    for i, img in enumerate(arr):
+        res = fn(Image.fromarray(img))
+        if res.mode != "RGB":
+            res = res.convert("RGB")
+        if out is None:
+            out = np.empty((len(arr), res.size[1], res.size[0], 3), dtype=np.uint8)
+        out[i] = np.asarray(res)
+    return torch.from_numpy(out).permute(0, 3, 1, 2)
+
+
+def _jpeg_u8(u8: torch.Tensor, quality: int) -> torch.Tensor:
+    """JPEG encode + decode of a uint8 batch with torchvision (libjpeg-turbo on CPU: the same bytes as
+    the reference's PIL round trip, without PIL's per-image objects and copies; nvJPEG on CUDA)."""
     from torchvision.io import decode_jpeg, encode_jpeg
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchvision >= 0.29 deprecation notice
-        data = encode_jpeg(list(u8.contiguous().unbind(0)), quality=int(p))
-        out = decode_jpeg([d.cpu() for d in data], device=x.device)
-    return torch.stack(out).to(x.dtype) / 255
+        data = encode_jpeg(list(u8.contiguous().unbind(0)), quality=int(quality))
+        out = decode_jpeg([d.cpu() for d in data], device=u8.device)
+    return torch.stack(out)
+
+
+def jpeg_compression(x, p, ctx):
+    """Encode as JPEG at quality c and decode: torchvision's libjpeg-turbo on CPU (bit-exact with the
+    reference's PIL), nvJPEG on CUDA."""
+    u8 = torch.round(x * 255).clamp(0, 255).to(torch.uint8)
+    return _jpeg_u8(u8, int(p)).to(x.dtype) / 255
 
 
 def pixelate(x, p, ctx):
@@ -391,6 +402,22 @@ def pixelate(x, p, ctx):
     h, w = x.shape[-2:]
     small = flt.pil_resize(x, max(int(h * p), 1), max(int(w * p), 1), "box", quantize=ctx.quantized)
     return flt.pil_resize(small, h, w, ctx.style["pixelate_up"], quantize=ctx.quantized).clamp(0, 1)
+
+
+def jpeg_compression_u8(u8, p, ctx):
+    """:func:`jpeg_compression` of a uint8 CPU batch, uint8 out (no float round trip)."""
+    return _jpeg_u8(u8, int(p))
+
+
+def pixelate_u8(u8, p, ctx):
+    """:func:`pixelate` of a uint8 CPU batch with PIL itself (what the reference and the 32/64 px
+    scripts run: 8-bit fixed-point resampling), uint8 out."""
+    from PIL import Image
+
+    h, w = u8.shape[-2:]
+    size = (max(int(w * p), 1), max(int(h * p), 1))
+    up = {"nearest": Image.NEAREST, "box": Image.BOX}[ctx.style["pixelate_up"]]
+    return _pil_each(u8, lambda im: im.resize(size, Image.BOX).resize((w, h), up))
 
 
 def _pixel_grid(n, h, w, device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -450,6 +477,10 @@ def elastic_transform(x, p, ctx):
     out = _sample(x, yy + alpha * dy[:, 0], xx + alpha * dx[:, 0], align_corners=False)
     return out.clamp(0, 1)
 
+
+# uint8 [N, 3, H, W] CPU batch -> uint8 batch: used by ``corrupt`` for 8-bit images on CPU, where
+# the PIL-bound corruptions are fastest (and exact) on the bytes themselves
+UINT8_CPU = {"jpeg_compression": jpeg_compression_u8, "pixelate": pixelate_u8}
 
 FUNCTIONS = {
     "gaussian_noise": gaussian_noise,

@@ -330,3 +330,23 @@ def test_fidelity_spread_criterion_can_fail():
     assert not bad["spread_passed"] and bad["std_r_ratio"] == pytest.approx(1.08, abs=0.02)
     smooth = clean + flt.gaussian_filter(same - clean, 1.0) * 3
     assert spread_check(clean, smooth, ref, n)["centroid_ratio"] < 0.8
+
+
+def test_torch_canny_and_chamfer_fallbacks_match_opencv():
+    # on CPU spatter calls OpenCV itself when it is importable; the torch implementations (used on
+    # GPUs and without OpenCV) must give OpenCV's answers too
+    g = torch.Generator().manual_seed(4)
+    liquid = flt.gaussian_filter(0.65 + 0.3 * torch.randn(3, 1, 80, 72, generator=g), 2.0)
+    liquid = torch.where(liquid < 0.68, torch.zeros_like(liquid), liquid)
+    l8 = torch.floor(liquid * 255).clamp(0, 255)
+    ref_edges = np.stack([cv2.Canny(a[0].numpy().astype(np.uint8), 50, 150) > 0 for a in l8])
+    assert ref_edges.sum() > 60
+    assert torch.equal(spt.canny(l8, 50, 150)[:, 0], torch.from_numpy(ref_edges))
+    assert (spt._canny_torch(l8, 50, 150)[:, 0].numpy() != ref_edges).mean() < 0.002
+    edges = torch.from_numpy(ref_edges)[:, None]
+    ref = np.stack(
+        [np.minimum(cv2.distanceTransform(np.where(e, 0, 255).astype(np.uint8), cv2.DIST_L2, 5), 20) for e in ref_edges]
+    )
+    np.testing.assert_array_equal(spt.chamfer_distance_5x5(edges, 20, "scan")[:, 0].numpy(), ref)
+    np.testing.assert_allclose(spt.chamfer_distance_5x5(edges, 20, "relax")[:, 0].numpy(), ref, atol=1e-5)
+    np.testing.assert_array_equal(spt.chamfer_distance_5x5(edges, 20)[:, 0].numpy(), ref)

@@ -314,6 +314,12 @@ CASES: list[tuple[str, list[str], list[str], object]] = [
     ("cf-repeats-0", ["corruption-fidelity", "--repeats", "0", "--out", "{tmp}/fid"], ["--repeats"], None),
     ("cf-count-0", ["corruption-fidelity", "--count", "0", "--out", "{tmp}/fid"], ["--count"], None),
     (
+        "cf-table",
+        ["corruption-fidelity", "--table", "mnist", "--out", "{tmp}/fid", "--count", "1"],
+        ["unknown params table", "mnist"],
+        None,
+    ),
+    (
         "cf-severities",
         ["corruption-fidelity", "--severities", "9", "--out", "{tmp}/fid", "--count", "1"],
         ["severities"],
