@@ -38,6 +38,7 @@ from analysis.metrics import (
     UNNORMALISED,
     alexnet_baseline,
     baseline_from_results,
+    check_results,
     normalisation_name,
     parse_corruptions,
     parse_severities,
@@ -253,6 +254,10 @@ def _read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> l
         frame.insert(1, "kind", "pretrained")  # written before floors existed
     if list(frame.columns) != RESULT_COLUMNS:
         raise FdbenchError(f"{results} is not an eval-corruptions results.csv; use another --out or --overwrite")
+    try:
+        check_results(frame, results)
+    except FdbenchError as err:
+        raise FdbenchError(f"{err}; use another --out or --overwrite") from None
     old = previous.get("settings", {})
     changed = [k for k in RESUME_KEYS if k in old and old[k] != settings[k]]
     if changed:
@@ -503,7 +508,7 @@ def _encoder(lb, n_last_blocks: int, device: torch.device):
 
 def _fit_probes(encoder, label, root, size, resize, classes, protocols, config, out, sha, device, announce):
     """Clean train features (cached in OUT/cache, keyed by checkpoint checksum and settings) -> probes."""
-    from fdbench.data import eval_transform, open_dataset
+    from fdbench.data import check_same_classes, eval_transform, open_dataset
     from fdbench.io import atomic_torch_save
 
     key = hashlib.blake2b(f"{sha}|{root}|{size}|{resize}|{config.n_last_blocks}".encode(), digest_size=6).hexdigest()
@@ -513,11 +518,7 @@ def _fit_probes(encoder, label, root, size, resize, classes, protocols, config, 
         feats, labels = stored
     else:
         train = open_dataset(root, "train", eval_transform(size, resize))
-        if list(train.classes) != list(classes):
-            raise FdbenchError(
-                f"train and val of {root} have different classes "
-                f"({len(train.classes)} vs {len(classes)}); they must match"
-            )
+        check_same_classes(list(train.classes), list(classes), root)
         announce(f"{label}: encoding {len(train)} train images at {size} px")
         feats, labels = dataset_features(
             encoder, train, batch_size=config.batch_size, workers=config.workers, desc=f"{label} train features"

@@ -381,12 +381,9 @@ def read_results(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise FdbenchError(f"cannot read {path} as CSV ({str(err).splitlines()[0]})") from None
-    need = {"checkpoint", "protocol", "corruption", "severity", "top1"}
-    if not need <= set(df.columns):
-        raise FdbenchError(
-            f"{path} is not an eval-corruptions results.csv: needs columns "
-            f"{', '.join(sorted(need))}, has {', '.join(map(str, df.columns))}"
-        )
+    from analysis.metrics import check_results
+
+    check_results(df, path)
     return df
 
 
@@ -521,7 +518,7 @@ def _eval_setup(loaded, config: FrequencyConfig, announce=lambda m: None) -> tup
 
 def _load_model(path: Path, config: FrequencyConfig, device: torch.device, label: str, announce) -> _Model:
     from fdbench.checkpoint import load_backbone
-    from fdbench.data import eval_transform, load_split_tensor, open_dataset
+    from fdbench.data import check_same_classes, eval_transform, load_split_tensor, open_dataset
     from fdbench.features import FrozenEncoder
     from analysis.evaluate import dataset_features
     from analysis.probes import fit_linear_probe, knn_probe
@@ -531,6 +528,7 @@ def _load_model(path: Path, config: FrequencyConfig, device: torch.device, label
     encoder = FrozenEncoder(loaded.model).to(device)
 
     train = open_dataset(root, "train", eval_transform(size, resize))
+    check_same_classes(list(train.classes), list(open_dataset(root, "val").classes), root)
     feats, labels = dataset_features(encoder, train, batch_size=config.batch_size, desc=f"{label}: train features")
     num_classes = len(train.classes)
     if config.probe == "linear":

@@ -53,6 +53,7 @@ from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from analysis.metrics import check_results
 from analysis.paired import floor_headline, paired_findings, paired_tables
 
 from fdbench.errors import FdbenchError
@@ -184,6 +185,14 @@ def _read_csv(path: Path) -> pd.DataFrame | None:
         return None
 
 
+def _read_csv_or_fail(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FdbenchError(f"cannot read {path} ({reason}); fix or move it away") from None
+
+
 def _labels_for(paths: list[Path]) -> list[str]:
     """The names eval-corruptions and frequency-analysis give these entries (run folder -> its name)."""
     from analysis.evaluate import checkpoint_labels
@@ -276,6 +285,10 @@ class _Cache:
         if key not in self.evals:
             results = _read_csv(folder / "results.csv")
             need = {"checkpoint", "protocol", "corruption", "severity", "top1"}
+            if results is None and (folder / "results.csv").is_file():
+                results = _read_csv_or_fail(folder / "results.csv")  # unreadable: say so, not "missing"
+            if results is not None and not {"checkpoint", "top1"}.isdisjoint(results.columns):
+                check_results(results, folder / "results.csv")  # text where numbers belong: refused
             if results is None or not need <= set(results.columns):
                 self.evals[key] = None
             else:

@@ -221,6 +221,28 @@ def check_fingerprint(recorded: dict | None, root: str, announce: Callable[[str]
         )
 
 
+def check_same_classes(train: list[str], val: list[str], root) -> None:
+    """Labels are indices into each split's class list: two lists that differ would score the val
+    images against other classes' names. One line naming the classes that differ."""
+    if list(train) == list(val):
+        return
+    only_train = [c for c in train if c not in set(val)]
+    only_val = [c for c in val if c not in set(train)]
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    parts = [
+        f"only in train: {some(only_train)}" if only_train else "",
+        f"only in val: {some(only_val)}" if only_val else "",
+    ]
+    detail = "; ".join(p for p in parts if p) or "the same names in another order"
+    raise FdbenchError(
+        f"the train and val splits of {root} have different classes ({detail}); "
+        f"give both the same class folders (or use --class-list)"
+    )
+
+
 def read_class_list(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():

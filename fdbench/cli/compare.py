@@ -8,6 +8,7 @@ import click
 
 from fdbench.cli.common import config_option, echo, out_option
 from fdbench.errors import FdbenchError
+from fdbench.io import remove_stale_temps
 from fdbench.lock import lock_folder
 
 
@@ -63,6 +64,7 @@ def compare(runs, evals, frequency, reference, title, figures, out):
         if run.is_file() and run.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise FdbenchError(f"{run} is neither a run folder nor a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
     lock_folder(out, "compare")  # one writer per --out; released at exit or when killed
+    remove_stale_temps(out, depth=1)  # of writes a kill -9 interrupted: ours to remove now that --out is locked
     report = run_compare(
         list(runs),
         out,

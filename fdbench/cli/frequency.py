@@ -14,6 +14,7 @@ from fdbench.cli.common import (
     out_option,
     seed_option,
 )
+from fdbench.io import remove_stale_temps
 from fdbench.lock import lock_folder
 
 
@@ -119,6 +120,7 @@ def frequency_analysis(
         check_range(name, value, 1)
     check_range("--severity", severity, 1, 5)
     lock_folder(out, "frequency-analysis")  # one writer per --out; released at exit or when killed
+    remove_stale_temps(out, depth=1)  # of writes a kill -9 interrupted: ours to remove now that --out is locked
     config = FrequencyConfig(
         checkpoints=list(checkpoints),
         data=absolute_data(data),
