@@ -238,6 +238,9 @@ class _Store:
         return pd.DataFrame(list(self.rows.values()), columns=RESULT_COLUMNS)
 
 
+_CHANGED = {"data_fingerprint": "data_fingerprint: the dataset's files changed"}
+
+
 def _read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> list[dict]:
     """Rows of an earlier run in ``out`` that may be reused; a clear error if its settings differ."""
     import pandas as pd
@@ -262,7 +265,7 @@ def _read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> l
     changed = [k for k in RESUME_KEYS if k in old and old[k] != settings[k]]
     if changed:
         raise FdbenchError(
-            f"{out} holds results computed with other settings ({', '.join(changed)}); "
+            f"{out} holds results computed with other settings ({', '.join(_CHANGED.get(k, k) for k in changed)}); "
             f"use another --out, or --overwrite to discard them"
         )
     for label, info in previous.get("checkpoints", {}).items():

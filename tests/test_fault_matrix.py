@@ -858,7 +858,7 @@ def test_eval_warns_when_the_training_dataset_changed(tmp_path, capsys, matrix_d
     extra = next((data / "val").rglob("*.png"))
     shutil.copy(extra, extra.with_name("extra.png"))
     code, _, err = _run(argv, capsys)  # the same --out: its results are of the other dataset
-    assert code == 2 and "other settings (data_fingerprint)" in err, err
+    assert code == 2 and "other settings (data_fingerprint: the dataset's files changed)" in err, err
     code, _, err = _run([*argv[:3], tmp_path / "ev2", *argv[4:]], capsys)
     assert code == 0 and f"warning: the dataset at {data} changed since the checkpoint was trained on it" in err
 
