@@ -630,6 +630,9 @@ CASES: list[tuple[str, list[str], list[str], object]] = [
         ["evdir/results.csv"],
         _results_garbage,
     ),
+    ("cmp-junk-pt", ["compare", "{tmp}/junk.pt", "--out", "{tmp}/rep"], ["junk.pt", "cannot read"], _junk_ckpt),
+    ("cmp-empty-pt", ["compare", "{tmp}/empty.pt", "--out", "{tmp}/rep"], ["empty.pt", "empty"], _junk_ckpt),
+    ("cmp-pickle-code", ["compare", "{tmp}/evil.pt", "--out", "{tmp}/rep"], ["evil.pt", "would run code"], _evil),
     # ---- checkpoints: a pickle that would run code is refused in full sentences
     (
         "ck-pickle-code",
@@ -1043,11 +1046,12 @@ def _holder(folder: Path, name: str = ".fdbench.lock") -> subprocess.Popen:
 def test_second_writer_is_refused_and_a_killed_holders_lock_is_reclaimed(command, tmp_path, capsys, matrix_data):
     out = tmp_path / "out"
     (tmp_path / "junk.pt").write_bytes(b"junk")
+    _pico(tmp_path)
     argv = {
         "pretrain": ["pretrain", "--data", matrix_data, "--out", out, "--device", "cpu", "--batch-size", "4"],
         "eval-corruptions": ["eval-corruptions", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
         "frequency-analysis": ["frequency-analysis", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
-        "compare": ["compare", tmp_path / "junk.pt", "--out", out],
+        "compare": ["compare", tmp_path / "b.pt", "--out", out],  # a real checkpoint: a junk one is refused first
         "make-corruptions": ["make-corruptions", matrix_data / "val", out, "--device", "cpu"],
         "make-dataset": ["make-dataset", "--out", out, *SMALL],
     }[command]

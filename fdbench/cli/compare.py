@@ -63,6 +63,10 @@ def compare(runs, evals, frequency, reference, title, figures, out):
             raise FdbenchError(f"run not found: {run}")
         if run.is_file() and run.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise FdbenchError(f"{run} is neither a run folder nor a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+        if run.is_file():  # the suffix is not enough: a junk .pt would be reported as a run with no data
+            from fdbench.checkpoint import load_backbone
+
+            load_backbone(run)
     lock_folder(out, "compare")  # one writer per --out; released at exit or when killed
     remove_stale_temps(out, depth=1)  # of writes a kill -9 interrupted: ours to remove now that --out is locked
     report = run_compare(
