@@ -175,6 +175,11 @@ def _check(cfg: WriterConfig) -> list[str]:
         raise FdbenchError(f"JPEG quality must be in 1-100, got {cfg.quality}")
     if cfg.resize and cfg.crop > cfg.resize_to:
         raise FdbenchError(f"crop {cfg.crop} is larger than the resize {cfg.resize_to}")
+    if cfg.workers < 0:
+        raise FdbenchError(f"--workers must be >= 0, got {cfg.workers}")
+    from corruptions.params import resolve_table
+
+    resolve_table(cfg.params, cfg.crop, cfg.crop)  # a bad name up front, not when the first image needs it
     return names
 
 

@@ -633,6 +633,13 @@ CASES: list[tuple[str, list[str], list[str], object]] = [
     ("cmp-junk-pt", ["compare", "{tmp}/junk.pt", "--out", "{tmp}/rep"], ["junk.pt", "cannot read"], _junk_ckpt),
     ("cmp-empty-pt", ["compare", "{tmp}/empty.pt", "--out", "{tmp}/rep"], ["empty.pt", "empty"], _junk_ckpt),
     ("cmp-pickle-code", ["compare", "{tmp}/evil.pt", "--out", "{tmp}/rep"], ["evil.pt", "would run code"], _evil),
+    # ---- make-corruptions and ceiling: options read lazily before (a bad --params only failed when an
+    # image needed it, so a resumed OUT accepted it), a negative learning rate reached AdamW
+    ("mc-params-name", MC + ["--params", "nofile.yaml"], ["unknown params table", "nofile.yaml"], None),
+    ("mc-workers-neg", MC + ["--workers", "-1"], ["--workers"], None),
+    ("ce-lr-neg", ["ceiling", "{tmp}/user", "--lr", "-1", "--out", "{tmp}/ce"], ["--lr"], _user_folder),
+    ("ce-lr-nan", ["ceiling", "{tmp}/user", "--lr", "nan", "--out", "{tmp}/ce"], ["--lr"], _user_folder),
+    ("ce-no-run", ["ceiling", "{tmp}/user", "--out", "{tmp}/ce"], ["user"], _user_folder),
     # ---- checkpoints: a pickle that would run code is refused in full sentences
     (
         "ck-pickle-code",

@@ -109,7 +109,7 @@ def make_corruptions(
         backend=backend,
         device=str(dev),
         batch_size=batch_size,
-        workers=max(0, workers),
+        workers=workers,
         resize=not no_resize,
         format=fmt,
         quality=quality,
