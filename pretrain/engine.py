@@ -389,11 +389,11 @@ class Trainer:
             self.state.load_state_dict(ckpt)
             if "collapse_watch" in ckpt:  # checkpoints written before the collapse monitor have none
                 self.collapse.load_state_dict(ckpt["collapse_watch"])
+            before = ckpt["data_position"].get("pipeline", "cpu")
         except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
             raise FdbenchError(f"{last} is damaged or incomplete ({brief(err)}); {fix}") from None
         self.saved_rng = ckpt["rng"]  # restored just before the first step (see run())
         self.log(f"resuming {self.folder.out} at step {self.state.step}/{self.total_iters} (epoch {self.state.epoch})")
-        before = ckpt["data_position"].get("pipeline", "cpu")
         if before != self.pipeline:  # `auto` on another kind of device: same distributions, other draws
             self.log(
                 f"note: this run's crops so far came from the {before} pipeline, from here on from the "
