@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fdbench.checkpoint import LoadedBackbone
+from fdbench.features import to_float01
 from fdbench.models import build_backbone
 
 MAX_PIXEL_DIMS = 4096
@@ -54,7 +55,7 @@ class PixelEncoder(nn.Module):
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device).float() / 255.0
+        x = to_float01(images.to(self.device))
         if self.factor > 1:
             x = F.avg_pool2d(x, self.factor, ceil_mode=True)
         x = x.flatten(1)

@@ -34,25 +34,64 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-import torch
 
 from analysis import fourier
 from analysis import frequency_stats as fstats
-from analysis import plots
+from analysis.frequency_analyses import (
+    bandpass_accuracy,
+    bandpass_auc,
+    cell_outcomes,
+    comparison_frame,
+    comparison_pair,
+    corruption_spectra,
+    crossing_radius,
+    fourier_heatmap,
+    group_accuracy,
+    heatmap_summary,
+    radius_fractions,
+    read_results,
+    robustness_table,
+    wrong_mask,
+)
+from analysis.frequency_figures import draw_figures
+from analysis.frequency_models import Model, checkpoint_labels, eval_setup, find_checkpoints, stratified
+from analysis.frequency_models import load_model as _load_model  # a module global: tests stub it
+from analysis.evaluate import default_corrupt_fn
+from fdbench.checkpoint import load_backbone
+from fdbench.data import dataset_resolution, load_split_tensor, open_dataset
+from fdbench.device import resolve_device, seed_everything
 from fdbench.errors import FdbenchError
-from fdbench.io import atomic_write_csv, atomic_write_json, progress
+from fdbench.io import atomic_write_csv, atomic_write_json, read_json
+
+__all__ = [  # the analyses are re-exported: ``frequency.fourier_heatmap`` etc. stay the public names
+    "ANALYSES",
+    "FrequencyConfig",
+    "FrequencyReport",
+    "bandpass_accuracy",
+    "bandpass_auc",
+    "comparison_frame",
+    "comparison_pair",
+    "corruption_spectra",
+    "crossing_radius",
+    "fourier_heatmap",
+    "group_accuracy",
+    "heatmap_summary",
+    "radius_fractions",
+    "read_results",
+    "robustness_table",
+    "run_frequency_analysis",
+    "wrong_mask",
+]
 
 ANALYSES = ("heatmap", "bandpass", "spectra")
 PROBES = ("linear", "knn")
 DEFAULT_RESULTS = Path("evals/corruptions/results.csv")  # where `fdbench eval-corruptions` writes by default
-Classifier = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -86,475 +125,6 @@ class FrequencyReport:
     files: list[Path] = field(default_factory=list)
 
 
-# ---- analyses on any classifier -----------------------------------------------------------------
-
-
-def _predict(classifier: Classifier, images: torch.Tensor) -> torch.Tensor:
-    out = classifier(images)
-    return out.argmax(dim=1) if out.ndim == 2 else out
-
-
-def _as_float01(images: torch.Tensor, device) -> torch.Tensor:
-    images = images.to(device)
-    return images.float().div_(255) if images.dtype == torch.uint8 else images.float()
-
-
-def wrong_mask(
-    classifier: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    batch_size: int = 256,
-    transform: Callable | None = None,
-    device=None,
-) -> torch.Tensor:
-    """Per image: whether ``classifier`` gets it wrong (bool ``[n]``, optionally through ``transform``)."""
-    device = device or images.device
-    wrong = []
-    for start in range(0, len(images), batch_size):
-        x = _as_float01(images[start : start + batch_size], device)
-        if transform is not None:
-            x = transform(x)
-        wrong.append(_predict(classifier, x).cpu() != labels[start : start + batch_size].cpu())
-    return torch.cat(wrong) if wrong else torch.zeros(0, dtype=torch.bool)
-
-
-def error_rate(
-    classifier: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    batch_size: int = 256,
-    transform: Callable | None = None,
-    device=None,
-) -> float:
-    """Top-1 error (fraction) of ``classifier`` on ``images`` (optionally through ``transform``)."""
-    wrong = wrong_mask(classifier, images, labels, batch_size=batch_size, transform=transform, device=device)
-    return int(wrong.sum()) / max(1, len(images))
-
-
-def fourier_heatmap(
-    classifier: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    eps: float,
-    window: int | None = None,
-    batch_size: int = 256,
-    seed: int = 0,
-    device=None,
-    desc: str = "heat map",
-    partial: str | Path | None = None,
-    partial_key: str = "",
-    save_every_s: float = 30.0,
-    outcomes: dict | None = None,
-) -> pd.DataFrame:
-    """Error rate under a Fourier-basis perturbation for every frequency of a centred window.
-
-    ``images``: [n, 3, N, N] (uint8 or float [0,1]); every (frequency, image) pair is one perturbed
-    image, and ``batch_size`` of them go through the classifier at once. Returns a long frame with
-    one row per window cell: ``ky, kx`` (cycles/image), ``radius`` (|k|), ``radius_frac`` (|k| / (N/2)),
-    ``error_pct`` and ``n``. Signs are drawn from ``seed`` (one per frequency, image and channel).
-
-    ``partial``: a file where the error counts so far are saved every ``save_every_s`` seconds; a later
-    call with the same file and ``partial_key`` continues from there (the signs are fixed by the seed,
-    so the result is identical to an uninterrupted run). The file is removed when the map is done.
-
-    ``outcomes``: a dict that receives the per-image results, ``wrong`` (bool ``[F, n]``, one row per
-    evaluated mirror pair) and ``index`` (``[window, window]``, the row each window cell shows).
-    """
-    import time
-
-    from fdbench.io import atomic_torch_save
-
-    n, size = len(images), images.shape[-1]
-    if n == 0:
-        raise FdbenchError("the heat map needs at least one image")
-    if eps <= 0:
-        raise FdbenchError(f"eps must be positive, got {eps}")
-    window = window or fourier.default_window(size)
-    unique, index = fourier.half_plane(size, window)
-    device = torch.device(device) if device is not None else images.device
-    x_all = _as_float01(images, device)
-    labels = torch.as_tensor(labels).cpu()
-    gen = torch.Generator().manual_seed(seed)
-    signs = fourier.random_signs((len(unique), n, images.shape[1]), generator=gen)
-    wrong = torch.zeros(len(unique), n, dtype=torch.bool)
-    total = len(unique) * n
-    key = f"{partial_key}|{size}|{window}|{eps}|{n}|{seed}|per-image"
-    first = 0
-    if partial is not None and Path(partial).exists():
-        try:
-            state = torch.load(partial, weights_only=True)
-        except Exception:  # a damaged partial file only costs the redone work
-            state = {}
-        if state.get("key") == key and state["wrong"].shape == wrong.shape:
-            first, wrong = int(state["start"]), state["wrong"]
-    last_save = time.monotonic()
-    for start in progress(
-        range(first, total, batch_size),
-        desc=desc,
-        unit="batch",
-        initial=first // batch_size,
-        total=math.ceil(total / batch_size),
-    ):
-        t = torch.arange(start, min(start + batch_size, total))
-        f, i = t // n, t % n
-        # basis images for the few distinct frequencies of this batch, then one per item
-        fu, inv = torch.unique(f, return_inverse=True)
-        bases = fourier.fourier_bases(size, unique[fu], device=device)[inv.to(device)]
-        x = fourier.fourier_perturb(x_all[i.to(device)], bases, eps, signs[f, i].to(device))
-        wrong[f, i] = _predict(classifier, x).cpu() != labels[i]
-        if partial is not None and time.monotonic() - last_save > save_every_s:
-            atomic_torch_save({"key": key, "start": int(t[-1]) + 1, "wrong": wrong}, partial)
-            last_save = time.monotonic()
-    if partial is not None:
-        Path(partial).unlink(missing_ok=True)
-    if outcomes is not None:
-        outcomes.update(wrong=wrong.numpy(), index=index.numpy())
-    error = (wrong.float().mean(dim=1) * 100).numpy()
-    w = fourier.window_frequencies(window).numpy()
-    ky, kx = np.meshgrid(w, w, indexing="ij")
-    radius = np.hypot(ky, kx)
-    return pd.DataFrame(
-        {
-            "ky": ky.ravel(),
-            "kx": kx.ravel(),
-            "radius": radius.ravel(),
-            "radius_frac": radius.ravel() / (size / 2),
-            "error_pct": error[index.numpy().ravel()],
-            "n": n,
-        }
-    )
-
-
-def radius_fractions(steps: int) -> list[float]:
-    """``0, 1/steps, ..., 1`` (fractions of Nyquist) plus sqrt(2), the corner of the spectrum."""
-    if steps < 1:
-        raise FdbenchError(f"--radii must be at least 1, got {steps}")
-    return [i / steps for i in range(steps + 1)] + [math.sqrt(2)]
-
-
-def bandpass_accuracy(
-    classifier: Classifier,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    fractions: Sequence[float],
-    batch_size: int = 256,
-    device=None,
-    desc: str = "band-pass",
-    outcomes: dict | None = None,
-) -> pd.DataFrame:
-    """Accuracy on low- and high-pass filtered images for each radius ``r = frac * N/2``.
-
-    Returns ``filter, radius, radius_frac, accuracy_pct, n``; the last fraction (sqrt 2) keeps every
-    coefficient in the low-pass image (clean accuracy) and none in the high-pass one. ``outcomes``: a
-    dict that receives ``wrong`` (bool ``[rows, n]``, aligned with the returned rows).
-    """
-    size = images.shape[-1]
-    device = torch.device(device) if device is not None else images.device
-    rows, wrong_rows = [], []
-    for frac in progress(list(fractions), desc=desc, unit="radius"):
-        # a hair above frac * N/2 so the corner coefficient counts as inside at frac = sqrt(2)
-        radius = frac * size / 2 + 1e-6
-        for kind in ("low", "high"):
-            wrong = wrong_mask(
-                classifier,
-                images,
-                labels,
-                batch_size=batch_size,
-                device=device,
-                transform=lambda x, r=radius, k=kind: fourier.band_pass(x, r, k),
-            )
-            wrong_rows.append(wrong.numpy())
-            rows.append(
-                {
-                    "filter": kind,
-                    "radius": frac * size / 2,
-                    "radius_frac": frac,
-                    "accuracy_pct": 100 * (1 - int(wrong.sum()) / max(1, len(images))),
-                    "n": len(images),
-                }
-            )
-    if outcomes is not None:
-        outcomes["wrong"] = np.stack(wrong_rows) if wrong_rows else np.zeros((0, len(images)), dtype=bool)
-    return pd.DataFrame(rows)
-
-
-def corruption_spectra(
-    images: torch.Tensor,
-    corrupt_fn: Callable,
-    corruption_names: Sequence[str],
-    *,
-    severities: Sequence[int] = (1, 2, 3, 4, 5),
-    seed: int = 0,
-    desc: str = "spectra",
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Radial power spectra of ``corrupt_fn(x, name, severity) - x`` over ``images`` (float [0,1]).
-
-    Returns ``(spectra, centroids)``: ``spectra`` has ``corruption, severity, radius, radius_frac,
-    mean_power, total_power``; ``centroids`` has ``corruption, severity, centroid, centroid_frac,
-    energy`` (mean squared L2 norm of the difference per image and channel).
-    """
-    clean = _as_float01(images, "cpu")
-    size = clean.shape[-1]
-    spec_rows, cent_rows = [], []
-    cells = [(c, s) for c in corruption_names for s in severities]
-    for name, sev in progress(cells, desc=desc, unit="cell"):
-        gen = torch.Generator().manual_seed(seed)
-        out = corrupt_fn(clean.clone(), name, sev, generator=gen)
-        out = out.float().div(255) if out.dtype == torch.uint8 else out.float()
-        delta = out.cpu() - clean
-        radius, mean_power, total_power = fourier.radial_power_spectrum(delta)
-        centroid = fourier.spectral_centroid(delta)
-        for r, mp, tp in zip(radius.tolist(), mean_power.tolist(), total_power.tolist()):
-            spec_rows.append(
-                {
-                    "corruption": name,
-                    "severity": sev,
-                    "radius": r,
-                    "radius_frac": r / (size / 2),
-                    "mean_power": mp,
-                    "total_power": tp,
-                }
-            )
-        cent_rows.append(
-            {
-                "corruption": name,
-                "severity": sev,
-                "centroid": centroid,
-                "centroid_frac": centroid / (size / 2),
-                "energy": float(total_power.sum()),
-            }
-        )
-    return pd.DataFrame(spec_rows), pd.DataFrame(cent_rows)
-
-
-# ---- summary numbers ----------------------------------------------------------------------------
-
-
-def heatmap_summary(df: pd.DataFrame, clean_error_pct: float, size: int) -> dict[str, float]:
-    """Mean / low-band / high-band error and the error-increase-weighted frequency (module docstring)."""
-    window = int(df["kx"].nunique())
-    low = df["radius"] < window / 4
-    excess = (df["error_pct"] - clean_error_pct).clip(lower=0)
-    centroid = float((excess * df["radius"]).sum() / excess.sum() / (size / 2)) if excess.sum() > 0 else math.nan
-    return {
-        "heatmap_mean_error_pct": float(df["error_pct"].mean()),
-        "heatmap_low_error_pct": float(df.loc[low, "error_pct"].mean()) if low.any() else math.nan,
-        "heatmap_high_error_pct": float(df.loc[~low, "error_pct"].mean()) if (~low).any() else math.nan,
-        "heatmap_centroid_frac": centroid,
-    }
-
-
-def crossing_radius(df: pd.DataFrame) -> float:
-    """Smallest radius fraction where low-pass accuracy >= high-pass accuracy (interpolated), NaN if never."""
-    low = df[df["filter"] == "low"].set_index("radius_frac")["accuracy_pct"].sort_index()
-    high = df[df["filter"] == "high"].set_index("radius_frac")["accuracy_pct"].sort_index()
-    gap = (low - high).dropna()
-    xs, ys = gap.index.to_numpy(float), gap.to_numpy(float)
-    for j in range(len(xs)):
-        if ys[j] >= 0:
-            if j == 0:
-                return float(xs[0])
-            # linear interpolation of the sign change between grid points j-1 and j
-            return float(xs[j - 1] + (xs[j] - xs[j - 1]) * (-ys[j - 1]) / (ys[j] - ys[j - 1]))
-    return math.nan
-
-
-def bandpass_auc(df: pd.DataFrame, kind: str) -> float:
-    """Mean accuracy (%) of one curve over radius fractions 0..1 (trapezoid rule)."""
-    part = df[(df["filter"] == kind) & (df["radius_frac"] <= 1 + 1e-9)].sort_values("radius_frac")
-    x, y = part["radius_frac"].to_numpy(float), part["accuracy_pct"].to_numpy(float)
-    if len(x) < 2:
-        return float(y.mean()) if len(y) else math.nan
-    return float(np.sum((y[1:] + y[:-1]) / 2 * np.diff(x)) / (x[-1] - x[0]))
-
-
-def read_results(path: str | Path) -> pd.DataFrame:
-    """An eval-corruptions ``results.csv`` (top1 as fractions), checked for the needed columns."""
-    path = Path(path)
-    if not path.is_file():
-        raise FdbenchError(f"results file not found: {path} (pass the results.csv of `fdbench eval-corruptions`)")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise FdbenchError(f"cannot read {path} as CSV ({str(err).splitlines()[0]})") from None
-    from analysis.metrics import check_results
-
-    check_results(df, path)
-    return df
-
-
-def _results_protocol(df: pd.DataFrame) -> pd.DataFrame:
-    protocols = list(dict.fromkeys(df["protocol"].astype(str)))
-    chosen = "linear" if "linear" in protocols else protocols[0]
-    return df[df["protocol"].astype(str) == chosen]
-
-
-def robustness_table(results: pd.DataFrame, centroids: pd.DataFrame) -> pd.DataFrame:
-    """Per checkpoint and corruption: accuracy drop (pp, clean - mean over severities) and the
-    corruption's spectral centroid (fraction of Nyquist, mean over the same severities)."""
-    from analysis.metrics import CLEAN
-
-    res = _results_protocol(results)
-    rows = []
-    for ckpt, part in res.groupby("checkpoint", sort=False):
-        clean = part[part["corruption"] == CLEAN]["top1"]
-        if clean.empty:
-            continue
-        clean_top1 = float(clean.mean())
-        for name, cells in part[part["corruption"] != CLEAN].groupby("corruption", sort=False):
-            cent = centroids[(centroids["corruption"] == name) & centroids["severity"].isin(cells["severity"])]
-            if cent.empty:
-                continue
-            rows.append(
-                {
-                    "checkpoint": str(ckpt),
-                    "corruption": name,
-                    "centroid_frac": float(cent["centroid_frac"].mean()),
-                    "top1_pct": 100 * float(cells["top1"].mean()),
-                    "clean_top1_pct": 100 * clean_top1,
-                    "drop_pp": 100 * (clean_top1 - float(cells["top1"].mean())),
-                }
-            )
-    return pd.DataFrame(
-        rows, columns=["checkpoint", "corruption", "centroid_frac", "top1_pct", "clean_top1_pct", "drop_pp"]
-    )
-
-
-def group_accuracy(results: pd.DataFrame, keys: Sequence[str]) -> dict[str, float]:
-    """Noise-group and blur-group mean top-1 (%) of the results rows whose checkpoint is one of ``keys``
-    (eval-corruptions labels its rows like :func:`checkpoint_labels`)."""
-    from analysis.metrics import GROUPS
-
-    res = _results_protocol(results)
-    part = res[res["checkpoint"].astype(str).isin([str(k) for k in keys])]
-    if part.empty:
-        return {}
-    out = {
-        f"{g}_top1_pct": 100 * float(part[part["corruption"].isin(GROUPS[g])]["top1"].mean()) for g in ("noise", "blur")
-    }
-    out["noise_minus_blur_pp"] = out["noise_top1_pct"] - out["blur_top1_pct"]
-    return out
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------
-
-
-def find_checkpoints(paths: Sequence[str], runs: str | Path = "runs", announce=None) -> list[Path]:
-    """The given checkpoint files, or every ``<runs>/*/final.pt`` when none are given."""
-    if paths:
-        return [Path(p) for p in paths]
-    found = sorted(Path(runs).glob("*/final.pt"))
-    if not found:
-        raise FdbenchError(
-            f"no checkpoints given and none found under {runs}/*/final.pt: train some with "
-            f"`fdbench pretrain` first, or pass checkpoint files"
-        )
-    if announce:
-        announce(f"analysing {len(found)} checkpoint(s) found under {runs}/: " + ", ".join(str(p) for p in found))
-    return found
-
-
-def checkpoint_labels(paths: Sequence[Path]) -> list[str]:
-    """The labels eval-corruptions gives the same files (``runs/<name>/final.pt`` -> ``<name>``), so
-    its results.csv rows match these checkpoints."""
-    from analysis.evaluate import checkpoint_labels as eval_labels
-
-    return eval_labels(paths)
-
-
-def _data_root(config: "FrequencyConfig", meta: dict, announce) -> str | None:
-    """``--data``, else the checkpoint's recorded training data when it is here, else the embedded set."""
-    from fdbench.data import check_fingerprint
-
-    recorded = (meta.get("data") or {}).get("root")
-    check_fingerprint(meta.get("data"), config.data or recorded, announce)  # another dataset at that path
-    if config.data is not None:
-        return config.data
-    if recorded and (Path(recorded).exists() or re.match(r"^(cifar10|cifar100|stl10):", str(recorded))):
-        return str(recorded)
-    if recorded:
-        announce(f"the checkpoint's training data {recorded} is not here; using the embedded dataset")
-    return None
-
-
-@dataclass
-class _Model:
-    """A checkpoint turned into a classifier, with the evaluation images it is analysed on."""
-
-    classifier: Classifier
-    size: int
-    root: str
-    val_images: torch.Tensor
-    val_labels: torch.Tensor
-    num_classes: int
-    curriculum: str
-
-
-def _stratified(labels: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    """Indices of ``n`` samples taken round-robin over classes (each class in a seeded random order)."""
-    gen = torch.Generator().manual_seed(seed)
-    per_class = [torch.nonzero(labels == c).flatten() for c in torch.unique(labels)]
-    per_class = [idx[torch.randperm(len(idx), generator=gen)] for idx in per_class]
-    order = [int(idx[j]) for j in range(max(len(i) for i in per_class)) for idx in per_class if j < len(idx)]
-    return torch.tensor(order[:n], dtype=torch.long)
-
-
-def _eval_setup(loaded, config: FrequencyConfig, announce=lambda m: None) -> tuple[str | None, int, int | None]:
-    """(data root, evaluation size, resize) of a loaded checkpoint: ``--data`` or its training data, at
-    the dataset's native size (every pixel kept) or the training size, a multiple of the patch."""
-    from fdbench.data import dataset_resolution
-    from fdbench.features import eval_image_size
-
-    root = _data_root(config, loaded.meta, announce)
-    native = dataset_resolution(root)
-    trained = (loaded.meta.get("data") or {}).get("image_size") or loaded.config.img_size
-    size = eval_image_size(trained, native, loaded.config.patch_size)
-    return root, size, (size if native else None)
-
-
-def _load_model(path: Path, config: FrequencyConfig, device: torch.device, label: str, announce) -> _Model:
-    from fdbench.checkpoint import load_backbone
-    from fdbench.data import check_same_classes, eval_transform, load_split_tensor, open_dataset
-    from fdbench.features import FrozenEncoder
-    from analysis.evaluate import dataset_features
-    from analysis.probes import fit_linear_probe, knn_probe
-
-    loaded = load_backbone(path, map_location=device)
-    root, size, resize = _eval_setup(loaded, config, announce)
-    encoder = FrozenEncoder(loaded.model).to(device)
-
-    train = open_dataset(root, "train", eval_transform(size, resize))
-    check_same_classes(list(train.classes), list(open_dataset(root, "val").classes), root)
-    feats, labels = dataset_features(encoder, train, batch_size=config.batch_size, desc=f"{label}: train features")
-    num_classes = len(train.classes)
-    if config.probe == "linear":
-        probe = fit_linear_probe(feats, labels, seed=config.seed, num_classes=num_classes)
-    else:
-        probe = knn_probe(feats, labels, num_classes=num_classes)
-    probe.to(device)
-
-    need = max(config.n_images, config.bandpass_images)
-    val_x, val_y, _ = load_split_tensor(
-        root, "val", size, resize=resize, max_per_class=math.ceil(need / num_classes), desc=f"{label}: val"
-    )
-    announce(
-        f"{label}: {loaded.config.arch}/{loaded.config.patch_size} at {size} px, {config.probe} probe "
-        f"on {len(feats)} train images, data {root or 'embedded synthetic dataset'}"
-    )
-
-    def classify(images: torch.Tensor) -> torch.Tensor:
-        return probe.logits(encoder(images))
-
-    curriculum = loaded.meta.get("curriculum")
-    if isinstance(curriculum, dict):
-        curriculum = curriculum.get("name") or json.dumps(curriculum, sort_keys=True)
-    return _Model(classify, size, str(root) if root else "", val_x, val_y, num_classes, str(curriculum or ""))
-
-
 # ---- the runner ----------------------------------------------------------------------------------
 
 
@@ -565,7 +135,7 @@ def _settings_diff(meta_path: Path, params: dict, ignore: tuple[str, ...] = ("mt
     ``eps`` and ``window`` left at their defaults compare by the value they stood for (recorded in
     the result's ``info``), so spelling out the default is not a change."""
     try:
-        saved = json.loads(meta_path.read_text())
+        saved = read_json(meta_path)
         before, info = dict(saved["params"]), dict(saved.get("info") or {})
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
@@ -601,7 +171,7 @@ def _read_finished(csv: Path, meta: Path, npz: Path, announce):
     return df, saved, kept
 
 
-def _refuse_changed(meta_path: Path, params: dict, what: str, config: "FrequencyConfig") -> None:
+def _refuse_changed(meta_path: Path, params: dict, what: str, config: FrequencyConfig) -> None:
     """Like eval-corruptions: results of other settings are not silently replaced."""
     diffs = _settings_diff(meta_path, params)
     if diffs and not config.overwrite:
@@ -640,7 +210,6 @@ def run_frequency_analysis(
     Work already done with the same parameters (per analysis and checkpoint, recorded in a JSON beside
     each CSV) is reused. ``corrupt_fn``/``corruption_names`` default to the ``corruptions`` package.
     """
-    from fdbench.device import resolve_device, seed_everything
 
     _validate(config)
     device = resolve_device(config.device)
@@ -753,10 +322,10 @@ def _analysis_params(analysis: str, config: FrequencyConfig, path: Path) -> dict
 
 
 def _run_one(
-    analysis: str, model: _Model, config: FrequencyConfig, device, label: str, params: dict, partial: Path | None = None
+    analysis: str, model: Model, config: FrequencyConfig, device, label: str, params: dict, partial: Path | None = None
 ):
     n = config.n_images if analysis == "heatmap" else config.bandpass_images
-    idx = _stratified(model.val_labels, n, config.seed)
+    idx = stratified(model.val_labels, n, config.seed)
     images, labels = model.val_images[idx], model.val_labels[idx]
     clean_wrong = wrong_mask(model.classifier, images, labels, batch_size=config.batch_size, device=device)
     clean_err = 100 * float(clean_wrong.float().mean())
@@ -801,14 +370,9 @@ def _run_one(
     return df, {"params": params, "info": info}, kept
 
 
-def _cell_outcomes(df: pd.DataFrame, kept: dict) -> np.ndarray:
-    """``[window cells, n]`` outcomes in the heat-map frame's row order (mirror pairs shown twice)."""
-    return kept["wrong"][kept["index"].ravel()]
-
-
 def _heatmap_intervals(df: pd.DataFrame, kept: dict, info: dict, seed: int) -> dict[str, float]:
     """``<number>_lo`` / ``<number>_hi``: 95% bootstrap intervals (over images) of the heat-map numbers."""
-    cells = _cell_outcomes(df, kept)
+    cells = cell_outcomes(df, kept)
     weights = fstats.bootstrap_weights(cells.shape[1], seed=seed)
     samples = fstats.heatmap_summary_samples(
         cells, df["radius"].to_numpy(float), kept["clean_wrong"], int(df["kx"].nunique()), info["image_size"], weights
@@ -840,18 +404,13 @@ def _bandpass_intervals(df: pd.DataFrame, kept: dict, seed: int) -> tuple[dict[s
 
 def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names, report):
     """Corruption spectra on the analysis images (one dataset per run; reused when unchanged)."""
-    from fdbench.data import dataset_resolution, load_split_tensor
-
     if corrupt_fn is None or corruption_names is None:
-        from analysis.evaluate import default_corrupt_fn
         from corruptions import names
 
         corrupt_fn = corrupt_fn or default_corrupt_fn()
         corruption_names = corruption_names or names("all")
     if source is not None:
-        from fdbench.checkpoint import load_backbone
-
-        root, size, resize = _eval_setup(load_backbone(source), config, announce)
+        root, size, resize = eval_setup(load_backbone(source), config, announce)
     else:
         root = config.data
         native = dataset_resolution(root)
@@ -873,13 +432,12 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
         else:
             announce(f"spectra already done ({csv}), reusing them")
             return frames
-    from fdbench.data import open_dataset
 
     num_classes = len(open_dataset(root, "val").classes)
     x, y, _ = load_split_tensor(
         root, "val", size, resize=resize, max_per_class=math.ceil(config.n_images / num_classes), desc="spectra: val"
     )
-    idx = _stratified(y, config.n_images, config.seed)
+    idx = stratified(y, config.n_images, config.seed)
     announce(
         f"corruption spectra: {len(corruption_names)} corruptions x 5 severities on {len(idx)} images at {size} px"
     )
@@ -892,141 +450,3 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
 
 
 # ---- figures -------------------------------------------------------------------------------------
-
-
-def comparison_pair(infos: dict[str, dict], labels: Sequence[str]) -> tuple[str, str]:
-    """(A, B) for the difference map: the standard curriculum ("none") as A and another as B when the
-    checkpoints record their curricula, else the first two."""
-    base = [l for l in labels if infos.get(l, {}).get("curriculum", "").lower() in ("none", "standard", "dinov2")]
-    other = [l for l in labels if l not in base]
-    if base and other:
-        return base[0], other[0]
-    return labels[0], labels[1]
-
-
-def comparison_frame(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
-    """Two heat maps on the same window joined cell by cell, with ``diff = error_b - error_a`` (pp)."""
-    merged = a[["ky", "kx", "radius_frac", "error_pct"]].merge(
-        b[["ky", "kx", "error_pct"]], on=["ky", "kx"], suffixes=("_a", "_b")
-    )
-    merged = merged.rename(columns={"error_pct_a": "error_a", "error_pct_b": "error_b"})
-    merged["diff"] = merged["error_b"] - merged["error_a"]
-    return merged
-
-
-def draw_figures(
-    out: Path, heatmaps, bandpasses, infos, spectra, centroids, results, config, files, outcomes: dict | None = None
-) -> dict:
-    """Every figure, each drawn from the DataFrame that is (or was) written as its CSV.
-
-    ``outcomes``: per-image outcomes by ``(analysis, label)``; with them the heat maps get their ring
-    curves with bootstrap intervals and the difference map marks its significant cells."""
-    outcomes = outcomes or {}
-    figures = {}
-
-    def emit(name, fig):
-        files.extend(plots.save_figure(fig, out / name))
-        figures[name] = fig
-
-    if heatmaps:
-        vmax = plots.nice_max(max(float(df["error_pct"].max()) for df in heatmaps.values()))
-        for label, df in heatmaps.items():
-            info = infos[label]
-            emit(
-                f"{label}/heatmap",
-                plots.heatmap_figure(
-                    df,
-                    vmax=vmax,
-                    title=f"{label}: Fourier heat map (eps {info['eps']:.2f}, "
-                    f"{info['heatmap_images']} images, clean error {info['heatmap_clean_error_pct']:.1f}%)",
-                ),
-            )
-        same = [l for l in heatmaps if len(heatmaps[l]) == len(next(iter(heatmaps.values())))]
-        pair = comparison_pair(infos, same) if len(same) >= 2 else None
-        rings = _ring_tables(heatmaps, outcomes, infos, pair, config.seed)
-        if rings is not None:
-            curves, diff = rings
-            atomic_write_csv(out / "heatmap_rings.csv", curves)
-            files.append(out / "heatmap_rings.csv")
-            if diff is not None:
-                atomic_write_csv(out / "heatmap_rings_difference.csv", diff)
-                files.append(out / "heatmap_rings_difference.csv")
-            emit("heatmap_rings", plots.ring_curve_figure(curves, diff, pair=pair))
-        if pair is not None:
-            la, lb = pair
-            comp = comparison_frame(heatmaps[la], heatmaps[lb])
-            paired = _paired_cells(heatmaps, outcomes, la, lb)
-            if paired is not None:
-                comp["p_value"] = fstats.mcnemar_p(*paired)
-                comp["significant"] = fstats.benjamini_hochberg(comp["p_value"].to_numpy())
-            atomic_write_csv(out / "heatmap_comparison.csv", comp)
-            files.append(out / "heatmap_comparison.csv")
-            emit(
-                "heatmap_comparison",
-                plots.heatmap_comparison_figure(
-                    comp, la, lb, suptitle="Fourier heat maps: error rate under a unit Fourier perturbation"
-                ),
-            )
-    if bandpasses:
-        combined = pd.concat([df.assign(checkpoint=label) for label, df in bandpasses.items()], ignore_index=True)
-        combined = combined[["checkpoint"] + [c for c in combined.columns if c != "checkpoint"]]
-        atomic_write_csv(out / "bandpass.csv", combined)
-        files.append(out / "bandpass.csv")
-        chance = 100 / max(infos[l].get("num_classes", 1) for l in bandpasses)
-        emit(
-            "bandpass",
-            plots.bandpass_figure(
-                combined, chance_pct=chance, crossings={l: crossing_radius(df) for l, df in bandpasses.items()}
-            ),
-        )
-    if spectra is not None:
-        emit("spectra", plots.spectra_figure(spectra, severity=config.severity))
-        if results is not None:
-            table = robustness_table(results, centroids)
-            if table.empty:
-                raise FdbenchError(
-                    "the eval-corruptions results have no clean rows or no corruption in common with the spectra"
-                )
-            atomic_write_csv(out / "robustness_vs_frequency.csv", table)
-            files.append(out / "robustness_vs_frequency.csv")
-            emit("robustness_vs_frequency", plots.robustness_frequency_figure(table))
-    return figures
-
-
-def _paired_cells(heatmaps, outcomes, la: str, lb: str):
-    """Both checkpoints' ``[cells, n]`` outcomes when they were measured on the same images, else None."""
-    ka, kb = outcomes.get(("heatmap", la)), outcomes.get(("heatmap", lb))
-    if (
-        ka is None
-        or kb is None
-        or not np.array_equal(ka["images"], kb["images"])
-        or ka["wrong"].shape != kb["wrong"].shape
-    ):
-        return None
-    return _cell_outcomes(heatmaps[la], ka), _cell_outcomes(heatmaps[lb], kb)
-
-
-def _ring_tables(heatmaps, outcomes, infos, pair, seed: int):
-    """(ring curves of every checkpoint, paired ring difference of the pair or None), or None without
-    per-image outcomes."""
-    frames = []
-    for label, df in heatmaps.items():
-        kept = outcomes.get(("heatmap", label))
-        if kept is None:
-            return None
-        curve = fstats.ring_curve(
-            _cell_outcomes(df, kept), df["radius"].to_numpy(float), infos[label]["image_size"], seed=seed
-        )
-        frames.append(curve.assign(checkpoint=label))
-    curves = pd.concat(frames, ignore_index=True)
-    curves = curves[["checkpoint"] + [c for c in curves.columns if c != "checkpoint"]]
-    diff = None
-    if pair is not None:
-        paired = _paired_cells(heatmaps, outcomes, *pair)
-        if paired is not None:
-            diff = fstats.ring_difference(
-                *paired, heatmaps[pair[0]]["radius"].to_numpy(float), infos[pair[0]]["image_size"], seed=seed
-            )
-            diff.insert(0, "b", pair[1])
-            diff.insert(0, "a", pair[0])
-    return curves, diff

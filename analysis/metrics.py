@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
-import torch
+import pandas as pd
 
 from corruptions import registry
 from fdbench.errors import FdbenchError
+from fdbench.scoring import topk_accuracy  # noqa: F401  (re-exported: evaluation's accuracy)
 
 # the ImageNet-C families have one definition, in corruptions.registry (brightness is weather)
 GROUPS: dict[str, tuple[str, ...]] = dict(registry.FAMILIES)
@@ -34,9 +35,12 @@ COMMON: tuple[str, ...] = registry.COMMON
 EXTRA: tuple[str, ...] = registry.EXTRA
 ALL: tuple[str, ...] = registry.ALL
 SEVERITIES: tuple[int, ...] = (1, 2, 3, 4, 5)
+
+
 CLEAN = "clean"  # the corruption name of clean rows in results.csv (severity 0)
 
-# AlexNet top-1 error on ImageNet-C, mean over the five severities (FACTS.md)
+# AlexNet top-1 error on ImageNet-C, mean over the five severities, as published with ImageNet-C
+# (Hendrycks & Dietterich 2019)
 ALEXNET_MEAN_ERRORS: dict[str, float] = {
     "gaussian_noise": 0.886428,
     "shot_noise": 0.894468,
@@ -111,18 +115,6 @@ def parse_severities(spec: str | int | Iterable[int]) -> list[int]:
     if bad or not values:
         raise FdbenchError(f"bad severities {spec!r}: severities go from 1 to 5 (e.g. 1-5 or 1,3,5)")
     return sorted(set(values))
-
-
-def topk_accuracy(logits: torch.Tensor, labels: torch.Tensor, ks: Sequence[int] = (1, 5)) -> dict[int, float]:
-    """Fraction of rows whose label is among the k highest scores, for each k.
-
-    k is capped at the number of classes (top-5 of a 4-class problem is the top-4, i.e. 1.0).
-    """
-    labels = labels.to(logits.device)
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices == labels.view(-1, 1)  # [N, kmax]
-    # integer counts / n: exact fractions, no float32 rounding in results.csv
-    return {k: int(top[:, : min(k, kmax)].any(dim=1).sum()) / len(labels) if len(labels) else math.nan for k in ks}
 
 
 def corruption_error(errors: Sequence[float], baseline_errors: Sequence[float]) -> float:
@@ -213,8 +205,6 @@ def baseline_from_results(path: str | Path) -> dict[str, Baseline]:
 
     ``path`` may end in ``#CHECKPOINT`` to pick one checkpoint of a file that holds several.
     """
-    import pandas as pd
-
     text = str(path)
     file, checkpoint = Path(text), None
     if not file.exists() and "#" in text:
@@ -264,8 +254,6 @@ def summarise(results, baseline: Baseline | Mapping[str, Baseline] | None = None
     ``aggregates`` a dict ``{checkpoint: {protocol: {...}}}`` with clean accuracy, mCE, relative mCE,
     mean corrupted accuracy, group means and the extras' means.
     """
-    import pandas as pd
-
     norm_name = normalisation_name(baseline)
     records, aggregates = [], {}
     for (ckpt, protocol), rows in results.groupby(["checkpoint", "protocol"], sort=False):

@@ -8,12 +8,10 @@ val images and the same corrupted pixels); otherwise the table says why there is
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
 
-from analysis.metrics import CLEAN
 from analysis.outcomes import FILENAME, Outcomes
 from analysis.stats import INDISTINCT, differences
 
@@ -47,13 +45,6 @@ def _floor_labels(results: pd.DataFrame | None) -> list[str]:
     if results is None or "kind" not in results.columns:
         return []
     return list(dict.fromkeys(results.loc[results["kind"] != "pretrained", "checkpoint"]))
-
-
-def _clean(results: pd.DataFrame, label: str, protocol: str) -> float:
-    rows = results[
-        (results["checkpoint"] == label) & (results["protocol"] == protocol) & (results["corruption"] == CLEAN)
-    ]
-    return float(rows["top1"].iloc[0]) if len(rows) else math.nan
 
 
 def paired_tables(labels: list[str], reference: str | None, eval_sources: dict) -> dict[str, pd.DataFrame]:

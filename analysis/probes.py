@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from fdbench.errors import FdbenchError
+from fdbench.scoring import knn_votes
 
 __all__ = ["LinearProbe", "KNNProbe", "fit_linear_probe", "knn_probe", "stratified_split", "DEFAULT_LRS", "DEFAULT_WDS"]
 
@@ -265,21 +266,18 @@ class KNNProbe:
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         """Vote scores ``[N, C]`` = sum of exp(sim / T) over the k nearest neighbours of each class,
         on the device of ``feats``."""
-        device = self.train_feats.device
-        k = min(self.k, len(self.train_feats))
         # queries per chunk: the [chunk, N_train] similarity matrix stays within max_chunk_elements
         chunk = max(1, min(4096, self.max_chunk_elements // max(1, len(self.train_feats))))
-        out = []
-        for start in range(0, len(feats), chunk):
-            q = F.normalize(feats[start : start + chunk].to(device, torch.float32), dim=1)
-            sims, idx = (q @ self.train_feats.T).topk(k, dim=1)  # [B, k]
-            weights = (sims / self.temperature).exp()
-            scores = torch.zeros(len(q), self.num_classes, device=device)
-            scores.scatter_add_(1, self.train_labels[idx], weights)
-            out.append(scores)
-        if not out:
-            return torch.empty(0, self.num_classes, device=feats.device)
-        return torch.cat(out).to(feats.device)
+        votes = knn_votes(
+            self.train_feats,
+            self.train_labels,
+            feats,
+            self.num_classes,
+            k=self.k,
+            temperature=self.temperature,
+            chunk=chunk,
+        )
+        return votes.to(feats.device)
 
     def predict(self, feats: torch.Tensor) -> torch.Tensor:
         return self.logits(feats).argmax(dim=1)

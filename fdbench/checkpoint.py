@@ -26,7 +26,7 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 
@@ -45,7 +45,7 @@ EXPECTED = (
 class LoadedBackbone:
     model: MaskableViT
     config: BackboneConfig
-    source: str  # "fdbench-training", "fdbench-backbone", "safetensors", "dinov2-official"
+    source: str  # "fdbench-training", "fdbench-backbone", "safetensors", "timm-export", "dinov2-official"
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. {"data": {...}, "epoch": ...}
 
 
@@ -191,8 +191,18 @@ def _load_safetensors(path: Path) -> LoadedBackbone:
         raise FdbenchError(f"cannot read {path} as safetensors ({err}); expected {EXPECTED}") from None
     if "fdbench" in metadata:
         config = json.loads(metadata["fdbench"])
-    elif path.with_suffix(".json").exists():
+    elif "fdbench_timm" in metadata:  # `fdbench export --format timm`: timm's keys, no mask token
+        config = json.loads(metadata["fdbench_timm"])
+        model_cfg = BackboneConfig.from_dict(config["model"])
+        model = build_backbone(model_cfg)
+        tensors.setdefault("mask_token", model.mask_token.detach().clone())
+        _load_state(model, tensors, "timm export")
+        meta = {k: v for k, v in config.items() if k in ("data", "curriculum", "epoch")}
+        return LoadedBackbone(model, model_cfg, "timm-export", meta)
+    elif path.with_suffix(".json").exists() and not _looks_like_dinov2(tensors):
         config = json.loads(path.with_suffix(".json").read_text())
+    elif _looks_like_dinov2(tensors):  # timm's DINOv2 weights (e.g. vit_small_patch14_dinov2's model.safetensors)
+        return _load_dinov2_official(tensors)
     else:
         raise FdbenchError(
             f"{path} has no fdbench config (neither in its metadata nor in {path.with_suffix('.json').name})"
@@ -217,10 +227,21 @@ def _load_dinov2_official(state: dict) -> LoadedBackbone:
     Names match timm's except: register tokens (``register_tokens`` -> ``reg_token``), chunked
     blocks (``blocks.<chunk>.<i>.`` -> ``blocks.<i>.``), and the class-token position, which DINOv2
     keeps in ``pos_embed[:, 0]`` and we fold into the class token (our table covers patches only).
+
+    timm's DINOv2 weights (``vit_small_patch14_dinov2`` and ``..._reg4_dinov2``, from local files)
+    load here too: the same names, ``reg_token`` for the registers, and with registers a table of
+    patch positions only (a square count: timm's ``no_embed_class``), without a mask token.
     """
     if any(".mlp.w12." in k for k in state):
         raise FdbenchError("SwiGLU DINOv2 backbones (ViT-g) are not supported; use ViT-S/B/L")
     state = {_unchunk(k): v for k, v in state.items()}
+    if "reg_token" in state:  # timm's name
+        state["register_tokens"] = state.pop("reg_token")
+    n_pos = state["pos_embed"].shape[1]
+    if math.isqrt(n_pos) ** 2 == n_pos:  # patches only (timm no_embed_class): a zero class position
+        state["pos_embed"] = torch.cat(
+            [state["pos_embed"].new_zeros(1, 1, state["pos_embed"].shape[-1]), state["pos_embed"]], 1
+        )
     dim = state["cls_token"].shape[-1]
     arch = next(
         (
@@ -266,3 +287,25 @@ def _load_dinov2_official(state: dict) -> LoadedBackbone:
 def _unchunk(key: str) -> str:
     # DINOv2 with block_chunks > 0 stores blocks.<chunk>.<global index>.<...>
     return re.sub(r"^blocks\.\d+\.(\d+)\.", r"blocks.\1.", key) if re.match(r"^blocks\.\d+\.\d+\.", key) else key
+
+
+def checkpoint_labels(paths: Sequence[str | Path]) -> list[str]:
+    """Short unique names: ``runs/x/final.pt`` -> ``x``, ``runs/x/checkpoints/e10.pt`` -> ``x-e10``,
+    a run folder -> its name, any other file -> its stem; repeats get ``-2``, ``-3``, ..."""
+    labels = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            name = p.resolve().name
+        elif p.parent.name == "checkpoints":
+            name = f"{p.parent.parent.resolve().name}-{p.stem}"
+        elif p.stem == "final":
+            name = p.parent.resolve().name
+        else:
+            name = p.stem
+        name = re.sub(r"[^A-Za-z0-9_.+-]+", "_", name) or "checkpoint"
+        label, i = name, 2
+        while label in labels:
+            label, i = f"{name}-{i}", i + 1
+        labels.append(label)
+    return labels

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import yaml
 
 from fdbench.errors import FdbenchError
+from fdbench.io import atomic_write_text
 
 T = TypeVar("T")
 
@@ -63,6 +64,4 @@ def from_dict(cls: type[T], data: dict[str, Any], *, strict: bool = True) -> T:
 
 
 def save_yaml(obj: Any, path: str | Path) -> None:
-    from fdbench.io import atomic_write_text
-
     atomic_write_text(path, yaml.safe_dump(to_dict(obj), sort_keys=False))

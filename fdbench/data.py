@@ -14,8 +14,10 @@ Accepted roots:
 
 from __future__ import annotations
 
+import json
 import os
 import warnings
+from collections import Counter
 from pathlib import Path
 from typing import Callable
 
@@ -25,6 +27,7 @@ from PIL import Image, ImageFile
 from torch.utils.data import DataLoader, Dataset
 
 from fdbench.errors import FdbenchError
+from fdbench.io import progress
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif", ".jfif")
 SPLIT_ALIASES = {"train": ("train",), "val": ("val", "validation", "test")}
@@ -243,6 +246,19 @@ def check_same_classes(train: list[str], val: list[str], root) -> None:
     )
 
 
+def recorded_root(meta: dict, announce: Callable[[str], None], fallback: str) -> str | None:
+    """The dataset root a checkpoint's ``meta`` recorded, when it is here (a folder that exists or a
+    torchvision ``kind:DIR`` root); else ``None``, announcing ``fallback`` (what the caller does
+    instead) when a root was recorded but is missing."""
+    recorded = (meta.get("data") or {}).get("root")
+    kind, colon, _ = str(recorded).partition(":")
+    if recorded and (Path(recorded).exists() or (colon and kind in _TV_MARKERS)):
+        return str(recorded)
+    if recorded:
+        announce(f"the checkpoint's training data {recorded} is not here; {fallback}")
+    return None
+
+
 def read_class_list(path: str | os.PathLike) -> list[str]:
     path = Path(path)
     if not path.is_file():
@@ -293,8 +309,6 @@ def dataset_resolution(root: str | os.PathLike | None) -> int | None:
         return 96
     meta = Path(spec) / "dataset.json"
     if meta.exists():
-        import json
-
         return int(json.loads(meta.read_text())["size"])
     for kind, marker in _TV_MARKERS.items():
         if (Path(spec) / marker).is_dir():
@@ -337,13 +351,9 @@ def load_split_tensor(
     Meant for evaluation-sized data (the embedded dataset, CIFAR, ImageNet-100 val); ``max_per_class``
     keeps the first images of each class for a quick look at larger ones.
     """
-    from fdbench.io import progress
-
     ds = open_dataset(root, split, eval_transform(size, resize), class_list)
     indices = list(range(len(ds)))
     if max_per_class is not None:
-        from collections import Counter
-
         taken: Counter = Counter()
         indices = []
         for i, label in enumerate(ds.targets):

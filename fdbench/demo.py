@@ -52,6 +52,7 @@ class DemoConfig:
     epochs: int | None = None  # None: the preset's (4 for cpu-tiny, 100 for gpu-small)
     device: str = "auto"
     seed: int = 0
+    seeds: int = 1  # runs per curriculum, seeds seed..seed+N-1; N > 1 adds the seed-interval report
     preset: str | None = None  # None: cpu-tiny on a CPU, gpu-small on CUDA
     data: str | None = None  # None: the embedded synthetic dataset
     train_options: dict[str, Any] = field(default_factory=dict)  # extra `pretrain` options (CLI names)
@@ -136,10 +137,11 @@ def fingerprint(files: list[Path], settings: dict) -> str:
 
 
 class StepLog:
-    """``out/demo.json``: which steps finished, with which input fingerprint, and what they cost."""
+    """``out/demo.json`` (or ``name``): which steps finished, with which input fingerprint, and what they cost."""
 
-    def __init__(self, out: Path):
-        self.path = out / STATE_FILE
+    def __init__(self, out: Path, name: str = STATE_FILE):
+        self.path = out / name
+        self.tag = f"[{Path(name).stem}]"  # the prefix of the step messages: [demo], [ablation]
         self.state: dict = {"steps": {}}
         if self.path.exists():
             try:
@@ -184,16 +186,16 @@ def run_step(
 ) -> bool:
     """Run ``fn`` unless the step finished before with the same fingerprint; True when it ran."""
     if log.finished(name, fp, outputs):
-        announce(f"[demo] {name}: already done, skipping")
+        announce(f"{log.tag} {name}: already done, skipping")
         records.append(StepRecord(name, "skipped"))
         return False
-    announce(f"[demo] {name}: running")
+    announce(f"{log.tag} {name}: running")
     t0, c0 = time.perf_counter(), _cpu_time()
     fn()
     seconds, cpu = time.perf_counter() - t0, _cpu_time() - c0
     log.record(name, fp, seconds, cpu)
     records.append(StepRecord(name, "done", seconds, cpu))
-    announce(f"[demo] {name}: done in {seconds:.0f} s (CPU time {cpu:.0f} s)")
+    announce(f"{log.tag} {name}: done in {seconds:.0f} s (CPU time {cpu:.0f} s)")
     return True
 
 
@@ -223,6 +225,8 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
     announce = announce or (lambda message: None)
     if config.epochs is not None and config.epochs < 1:
         raise FdbenchError(f"--epochs must be at least 1 (got {config.epochs})")
+    if config.seeds < 1:
+        raise FdbenchError(f"--seeds must be at least 1 (got {config.seeds})")
     device = resolve_device(config.device)
     cuda = device.type == "cuda"
     preset, window, radii = _settings(config, cuda)
@@ -235,47 +239,52 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
         f"{config.data or 'embedded synthetic dataset'}"
     )
 
-    # 1-2. train both curricula with the same preset (the engine resumes an interrupted run)
+    # 1-2. train both curricula with the same preset, once per seed (the engine resumes an interrupted run)
+    seeds = [config.seed + k for k in range(config.seeds)]
+    names = {(c, s): run_name(c, s, config.seeds) for c in CURRICULA for s in seeds}
     finals = {}
     for curriculum in CURRICULA:
-        cfg = build_config(
-            preset,
-            curriculum=curriculum,
-            epochs=config.epochs,
-            device=config.device,
-            seed=config.seed,
-            out=str(out / curriculum),
-            data=config.data,
-            **config.train_options,
-        )
-        run_dir = out / curriculum
-        finals[curriculum] = run_dir / "final.pt"
-        if (run_dir / "config.yaml").exists():
-            from fdbench.config import load_yaml
+        for seed in seeds:
+            name = names[(curriculum, seed)]
+            run_dir = out / name
+            cfg = build_config(
+                preset,
+                curriculum=curriculum,
+                epochs=config.epochs,
+                device=config.device,
+                seed=seed,
+                out=str(run_dir),
+                data=config.data,
+                **config.train_options,
+            )
+            finals[name] = run_dir / "final.pt"
+            if (run_dir / "config.yaml").exists():
+                from fdbench.config import load_yaml
 
-            # a different recipe in the same folder is an error (with the fix), never silently reused
-            check_same_run(load_yaml(run_dir / "config.yaml"), cfg, run_dir)
-        fp = fingerprint([], {"config": _stable(cfg.to_dict())})
-        run_step(
-            log,
-            f"train-{curriculum}",
-            fp,
-            [finals[curriculum], run_dir / "summary.json"],
-            lambda cfg=cfg: _train(train, cfg, announce),
-            announce,
-            records,
-        )
+                # a different recipe in the same folder is an error (with the fix), never silently reused
+                check_same_run(load_yaml(run_dir / "config.yaml"), cfg, run_dir)
+            fp = fingerprint([], {"config": _stable(cfg.to_dict())})
+            run_step(
+                log,
+                f"train-{name}",
+                fp,
+                [finals[name], run_dir / "summary.json"],
+                lambda cfg=cfg: _train(train, cfg, announce),
+                announce,
+                records,
+            )
+    reference = names[("none", seeds[0])]
 
     # the supervised ceiling of the reference run's budget (same steps and batch, with labels)
     ceiling_dir = out / "ceiling"
-    fp = fingerprint([finals["none"]], {"ceiling": 1, "seed": config.seed})
+    fp = fingerprint([finals[reference]], {"ceiling": 1, "seed": config.seed})
     run_step(
         log,
         "ceiling",
         fp,
         [ceiling_dir / "ceiling.pt"],
         lambda: train_ceiling(
-            out / "none", ceiling_dir, CeilingConfig(seed=config.seed, device=config.device), announce=announce
+            out / reference, ceiling_dir, CeilingConfig(seed=config.seed, device=config.device), announce=announce
         ),
         announce,
         records,
@@ -283,7 +292,7 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
 
     # 3. both checkpoints, the floors and the ceiling on every corruption and severity, both probes
     evals = out / "evals" / "corruptions"
-    checkpoints = [finals[c] for c in CURRICULA]
+    checkpoints = list(finals.values())
     eval_config = EvalConfig(
         data=config.data,
         protocol=config.protocol,
@@ -336,9 +345,10 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
 
     # 5. the comparison report (cheap: always rebuilt when any input changed)
     report_dir = out / "report"
+    run_dirs = [out / name for name in finals]
     inputs = (
-        [out / c / "summary.json" for c in CURRICULA]
-        + [out / c / "metrics.csv" for c in CURRICULA]
+        [d / "summary.json" for d in run_dirs]
+        + [d / "metrics.csv" for d in run_dirs]
         + [evals / "results.csv", freq_dir / "summary.csv"]
     )
     fp = fingerprint(inputs, {"report": 1, "figures": config.figures})
@@ -346,7 +356,7 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
 
     def build_report():
         holder["report"] = compare(
-            [out / c for c in CURRICULA],
+            run_dirs,
             report_dir,
             evals=[evals],
             frequency=[freq_dir],
@@ -359,8 +369,43 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
         log, "report", fp, [report_dir / "report.html", report_dir / "summary.json"], build_report, announce, records
     ):
         holder["report"] = _stored_report(report_dir)
+
+    # 6. with several seeds: both curricula compared over seeds and images (the ablation's statistics)
+    if config.seeds > 1:
+        from analysis.ablation_report import write_report
+
+        seeds_dir = out / "seeds"
+        fp = fingerprint(
+            [evals / "outcomes.npz", freq_dir / "summary.csv", *[d / "summary.json" for d in run_dirs]],
+            {"seeds": seeds, "figures": config.figures},
+        )
+        run_step(
+            log,
+            "seeds-report",
+            fp,
+            [seeds_dir / "report.md", seeds_dir / "findings.csv"],
+            lambda: write_report(
+                seeds_dir,
+                runs=out,
+                evals=evals,
+                frequency=freq_dir,
+                arms=list(CURRICULA),
+                seeds=seeds,
+                preset=preset,
+                device=str(device),
+                figures=config.figures,
+                title=f"fdbench demo over seeds {', '.join(map(str, seeds))}: two-stage vs none",
+            ),
+            announce,
+            records,
+        )
     log.note(preset=preset, device=str(device), total_seconds=round(sum(r.seconds for r in records), 2))
     return DemoResult(out, records, holder["report"], str(device), preset)
+
+
+def run_name(curriculum: str, seed: int, seeds: int) -> str:
+    """``none`` / ``two-stage`` for a one-seed demo; ``<curriculum>-s<seed>`` with several seeds."""
+    return curriculum if seeds == 1 else f"{curriculum}-s{seed}"
 
 
 def _train(train_fn, cfg, announce) -> None:

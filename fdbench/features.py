@@ -9,11 +9,11 @@ before it, as the robustness definitions require.
 
 from __future__ import annotations
 
-import contextlib
 
 import torch
 from torch import nn
 
+from fdbench.device import autocast
 from fdbench.io import progress
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -55,13 +55,6 @@ class FrozenEncoder(nn.Module):
         if self.avgpool:
             parts.append(blocks[-1][1].mean(dim=1))
         return torch.cat(parts, dim=-1).float()
-
-
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA, nothing on CPU (fp32 is faster and exact there)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 def extract_features(

@@ -1,4 +1,5 @@
-"""Atomic file writes and the progress helper: every writer and every long loop goes through here.
+"""Atomic file writes, tolerant reads, file fingerprints and the progress helper: every writer and
+every long loop goes through here.
 
 Atomic means: write to a temporary file in the same folder, flush and fsync, then ``os.replace``.
 A crash at any point leaves either the old file or the new one, never a truncated mix.
@@ -7,8 +8,10 @@ A crash at any point leaves either the old file or the new one, never a truncate
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
+import math
 import os
 import sys
 import tempfile
@@ -22,6 +25,9 @@ __all__ = [
     "atomic_write_json",
     "atomic_write_csv",
     "atomic_torch_save",
+    "read_json",
+    "json_safe",
+    "file_sha256",
     "progress",
     "remove_stale_temps",
 ]
@@ -97,6 +103,35 @@ def _json_default(obj: Any) -> Any:
     if isinstance(obj, os.PathLike):
         return os.fspath(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON value in ``path``, or ``default`` when the file is missing or unreadable (a report
+    or a resume check then treats it as absent instead of failing)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return default
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN floats as ``None`` (JSON has no NaN), string keys and sets as lists."""
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """The SHA-256 hex digest of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def atomic_write_csv(path: str | os.PathLike, frame) -> None:

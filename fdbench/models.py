@@ -140,15 +140,17 @@ class MaskableViT(VisionTransformer):
         return x[:, 0], x[:, self.num_prefix_tokens :]
 
     def forward_last_blocks(self, x: torch.Tensor, n: int = 1):
-        """(cls, patch) of each of the last ``n`` blocks, each through the final norm (DINOv2 eval)."""
-        x = self._embed(x, None)
-        outputs = []
-        for i, block in enumerate(self.blocks):
-            x = block(x)
-            if i >= len(self.blocks) - n:
-                y = self.norm(x)
-                outputs.append((y[:, 0], y[:, self.num_prefix_tokens :]))
-        return outputs
+        """(cls, patch) of each of the last ``n`` blocks, each through the final norm (DINOv2 eval):
+        timm's ``forward_intermediates`` (which embeds through this class's ``_pos_embed``)."""
+        blocks = self.forward_intermediates(
+            x,
+            indices=min(n, len(self.blocks)),
+            norm=True,
+            output_fmt="NLC",
+            intermediates_only=True,
+            return_prefix_tokens=True,
+        )
+        return [(prefix[:, 0], patch) for patch, prefix in blocks]
 
 
 def build_backbone(

@@ -274,12 +274,14 @@ MARKER = "dataset.json"
 
 
 def _marker(spec: SyntheticSpec) -> dict:
-    return {
+    marker = {
         "name": "fdbench-synthetic",
         "version": VERSION,
         **asdict(spec),
         "class_names": list(CLASS_NAMES[: spec.classes]),
     }
+    # as it reads back from dataset.json (tuples become lists), so a stored marker compares equal
+    return json.loads(json.dumps(marker))
 
 
 def _describe(marker: dict) -> str:

@@ -15,7 +15,7 @@ must not pull in the engine, and ``fdbench``'s core never imports this package.
 
 from __future__ import annotations
 
-import importlib
+from fdbench.lazy import lazy_exports
 
 _HOMES = {
     "Center": "center",
@@ -42,8 +42,4 @@ _HOMES = {
 }
 __all__ = sorted(_HOMES)
 
-
-def __getattr__(name: str):
-    if name not in _HOMES:
-        raise AttributeError(f"module 'pretrain' has no attribute {name!r}")
-    return getattr(importlib.import_module(f"pretrain.{_HOMES[name]}"), name)
+__getattr__ = lazy_exports(__name__, _HOMES)

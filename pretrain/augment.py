@@ -5,7 +5,7 @@ Multi-crop (DINOv2 ``DataAugmentationDINO``), per image:
 - geometry: bicubic ``RandomResizedCrop`` (antialiased: this is where low-resolution stages
   downsample) and horizontal flip (p 0.5), drawn independently for every crop;
 - colour: ``ColorJitter(0.4, 0.4, 0.2, 0.1)`` with p 0.8, then grayscale with p 0.2;
-- ``ToTensor``; Gaussian blur (kernel 9, sigma ~ U(0.1, 2)) with p 1.0 / 0.1 / 0.5 for global
+- ``ToTensor``; Gaussian blur (kernel 9, sigma ~ U(blur_sigma), DINOv2: 0.1-2) with p 1.0 / 0.1 / 0.5 for global
   crop 1 / global crop 2 / local crops, and solarize (threshold 128 of 255) with p 0.2 on global
   crop 2 only;
 - ImageNet mean/std normalisation.
@@ -120,6 +120,13 @@ class RandomGaussianBlur:
         return _gaussian_blur(img, sigma)
 
 
+def _check_sigma(sigma) -> tuple[float, float]:
+    lo, hi = float(sigma[0]), float(sigma[1])
+    if not 0.0 < lo <= hi:
+        raise FdbenchError(f"blur sigma range must satisfy 0 < min <= max, got ({lo}, {hi})")
+    return lo, hi
+
+
 def _check_scale(name: str, scale) -> tuple[float, float]:
     lo, hi = float(scale[0]), float(scale[1])
     if not 0.0 < lo <= hi <= 1.0:
@@ -146,6 +153,7 @@ class MultiCropAugmentation:
         blur_probs: tuple[float, float, float] = (1.0, 0.1, 0.5),
         inverted_blur: bool = False,
         noise_patch: GaussianNoisePatch | None = None,
+        blur_sigma: tuple[float, float] = (0.1, 2.0),
     ):
         if global_size < 1 or local_size < 1:
             raise FdbenchError(f"crop sizes must be positive, got global {global_size}, local {local_size}")
@@ -160,6 +168,7 @@ class MultiCropAugmentation:
         self.inverted_blur = bool(inverted_blur)
         self.blur_probs_effective = tuple(1.0 - p for p in self.blur_probs) if inverted_blur else self.blur_probs
         self.noise_patch = noise_patch
+        self.blur_sigma = _check_sigma(blur_sigma)
 
         bicubic = T.InterpolationMode.BICUBIC
         self.global_geometry = T.Compose(
@@ -184,9 +193,9 @@ class MultiCropAugmentation:
         # 8-bit PIL image (solarize's 128 becomes 128/255) without PIL <-> tensor round trips,
         # which cost more than the blur itself on small crops
         to_tensor, normalize = T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)
-        self.blur_global1 = RandomGaussianBlur(self.blur_probs_effective[0])
-        self.blur_global2 = RandomGaussianBlur(self.blur_probs_effective[1])
-        self.blur_local = RandomGaussianBlur(self.blur_probs_effective[2])
+        self.blur_global1 = RandomGaussianBlur(self.blur_probs_effective[0], *self.blur_sigma)
+        self.blur_global2 = RandomGaussianBlur(self.blur_probs_effective[1], *self.blur_sigma)
+        self.blur_local = RandomGaussianBlur(self.blur_probs_effective[2], *self.blur_sigma)
         self.global1 = T.Compose([color, to_tensor, self.blur_global1, normalize])
         self.global2 = T.Compose(
             [color, to_tensor, self.blur_global2, T.RandomSolarize(threshold=128 / 255, p=0.2), normalize]
@@ -196,7 +205,7 @@ class MultiCropAugmentation:
     def __repr__(self) -> str:
         return (
             f"MultiCropAugmentation(global={self.global_size}@{self.global_scale}, "
-            f"local={self.n_local}x{self.local_size}@{self.local_scale}, blur={self.blur_probs_effective}, "
+            f"local={self.n_local}x{self.local_size}@{self.local_scale}, blur={self.blur_probs_effective}@{self.blur_sigma}, "
             f"noise_patch={self.noise_patch})"
         )
 

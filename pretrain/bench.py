@@ -20,7 +20,9 @@ order). Measured:
 - FLOPs per step (``torch.utils.flop_counter``, forward + backward, counted once on the eager step),
   achieved TFLOP/s = FLOPs / model-only step time, MFU = achieved / the device's dense bf16 peak
   (:data:`PEAK_BF16_TFLOPS`; blank for unknown devices and CPUs);
-- peak device memory (CUDA allocator; blank on CPU).
+- peak memory: the CUDA allocator's peak of the cell, or on CPU the process's resident set size
+  after the cell's steps (process-wide and never shrinking much: compare options in separate runs,
+  e.g. with and without ``--activation-checkpointing``).
 
 Timings synchronise the device once before and once after the timed steps, never inside them.
 """
@@ -145,17 +147,18 @@ def bench_stages(cfg: BenchConfig) -> list[StagePlan]:
 
     def plan(name: str, scale: float, noise: bool) -> StagePlan:
         return StagePlan(
-            0,
-            name,
-            0,
-            1,
-            round_to_patch(crops.global_size * scale, p),
-            round_to_patch(crops.local_size * scale, p),
-            crops.n_local,
-            tuple(crops.global_scale),
-            tuple(crops.local_scale),
-            noise,
-            curriculum.noise_max_sigma,
+            index=0,
+            name=name,
+            fraction=1.0,
+            start_epoch=0,
+            end_epoch=1,
+            global_size=round_to_patch(crops.global_size * scale, p),
+            local_size=round_to_patch(crops.local_size * scale, p),
+            n_local=crops.n_local,
+            global_scale=tuple(crops.global_scale),
+            local_scale=tuple(crops.local_scale),
+            noise_patching=noise,
+            noise_max_sigma=curriculum.noise_max_sigma,
         )
 
     table = {"stage1": plan("stage1", curriculum.stage1_scale, False), "stage2": plan("stage2", 1.0, True)}
@@ -209,6 +212,10 @@ class TrainStep:
 
         self.pcfg = cfg.recipe
         self.meta = MetaArch(self.pcfg, device)
+        if self.pcfg.run.activation_checkpointing:  # as the engine does (pretrain.sharding)
+            from pretrain.sharding import checkpoint_blocks
+
+            checkpoint_blocks(self.meta.student.backbone)
         self.optimizer = build_optimizer(self.meta, self.pcfg)
         self.teacher_temp = self.TEACHER_TEMP
         self.fast, self.compile = fast, compile
@@ -312,8 +319,12 @@ def _sig(value: float, digits: int = 4) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def _peak_gib(device: torch.device) -> float | None:
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+def _peak_gib(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    from pretrain.costs import rss_bytes
+
+    return rss_bytes() / 2**30
 
 
 def run_bench(
@@ -383,6 +394,7 @@ def run_bench(
                     "n_local": stage.n_local,
                     "batch": batch_size,
                     "compile": compiled,
+                    "act_ckpt": bool(r.run.activation_checkpointing),
                     "pipeline": pipe,
                     "model_step_ms": round(1e3 * t_model, 3),
                     "model_img_s": round(batch_size / t_model, 1),
@@ -393,7 +405,7 @@ def run_bench(
                     "tflop_per_step": _sig(flops / 1e12),
                     "achieved_tflops": _sig(achieved),
                     "mfu": round(achieved / peak, 4) if peak else None,
-                    "peak_mem_gib": round(_peak_gib(device), 3) if device.type == "cuda" else None,
+                    "peak_mem_gib": round(_peak_gib(device), 3),
                     "loss": round(loss, 4) if math.isfinite(loss) else None,
                     "device": device_name,
                 }
@@ -433,6 +445,7 @@ TABLE_COLUMNS = (
     "local",
     "batch",
     "compile",
+    "act_ckpt",
     "pipeline",
     "model_img_s",
     "e2e_img_s",

@@ -27,7 +27,7 @@ import dataclasses
 import math
 import sys
 import typing
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +144,8 @@ class CropConfig:
     global_scale: tuple[float, float] = opt((0.32, 1.0), "Area range of the global crops.")
     local_scale: tuple[float, float] = opt((0.05, 0.32), "Area range of the local crops.")
     inverted_blur: bool = opt(False, "Reproduce the released models' (inverted) blur probabilities.", option=True)
+    # DINOv2's range is for 224 px crops; on 32 px images a sigma of 2 px wipes out the shapes
+    blur_sigma: tuple[float, float] = opt((0.1, 2.0), "Range of the Gaussian blur's sigma (px) [DINOv2: 0.1-2.0].")
 
 
 @dataclass
@@ -209,6 +211,27 @@ class RunConfig:
     stop_after_steps: int = opt(
         0, "Testing aid: stop (as if killed) after N iterations of this process.", option=True, resume_safe=True
     )
+    strategy: str = opt(
+        "ddp",
+        "Under torchrun: ddp (replicated model, averaged gradients) or fsdp (FSDP2: parameters, gradients "
+        "and optimiser state sharded per block; same checkpoints).",
+        option=True,
+        choices=("ddp", "fsdp"),
+        resume_safe=True,
+    )
+    activation_checkpointing: bool = opt(
+        False,
+        "Recompute each student block in the backward pass (less memory, ~1 more forward).",
+        option=True,
+        resume_safe=True,
+    )
+    tensorboard: bool = opt(
+        False,
+        "Also write metrics.csv's columns and the stage switches as TensorBoard events in RUN/tb/ "
+        "(needs the fdbench[tensorboard] extra).",
+        option=True,
+        resume_safe=True,
+    )
     threads: int | None = opt(
         None,
         "CPU intra-op threads [torch's default]; 1 is often faster on a busy shared machine.",
@@ -245,6 +268,7 @@ class PretrainConfig:
         # YAML has no tuples: bring the crop scales back to tuples so configs compare equal
         cfg.crops.global_scale = tuple(cfg.crops.global_scale)
         cfg.crops.local_scale = tuple(cfg.crops.local_scale)
+        cfg.crops.blur_sigma = tuple(cfg.crops.blur_sigma)
         return cfg
 
     @property
@@ -426,24 +450,11 @@ def validate(cfg: PretrainConfig, warn: bool = True) -> None:
 
 
 def _validate_types(cfg: PretrainConfig) -> None:
-    """A YAML list or a float where an integer belongs: name the field instead of failing deep inside."""
-    for part in fields(cfg):
-        section = getattr(cfg, part.name)
-        if not is_dataclass(section):
-            continue
-        for f in fields(section):
-            value, kinds = getattr(section, f.name), str(f.type).replace(" ", "").split("|")
-            if value is None and "None" in kinds:
-                continue
-            ok = (
-                (value is not None and not isinstance(value, bool) and isinstance(value, int) and "int" in kinds)
-                or (isinstance(value, (int, float)) and not isinstance(value, bool) and "float" in kinds)
-                or (isinstance(value, bool) and "bool" in kinds)
-                or (isinstance(value, str) and "str" in kinds)
-                or not {"int", "float", "bool", "str"} & set(kinds)
-            )
-            if not ok:
-                raise FdbenchError(f"{part.name}.{f.name} must be {' or '.join(kinds)}, got {value!r}")
+    """A Python caller's value of the wrong type (a YAML list or a float where an integer belongs):
+    name the field instead of failing deep inside. ``--set`` and ``--config`` values were typed by
+    :func:`coerce` already; this is the same check, strict."""
+    for key, option in OPTIONS.items():
+        coerce(key, getattr(getattr(cfg, option.section), option.name), option.hint, strict=True)
 
 
 # ---- the fields as options: named flags, --set, YAML and resume rules all read the metadata above
@@ -502,8 +513,12 @@ def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-def coerce(key: str, value: Any, hint: Any) -> Any:
-    """``value`` (from YAML or ``--set``, already YAML-parsed) as the type of field ``key``, or an error."""
+def coerce(key: str, value: Any, hint: Any, *, strict: bool = False) -> Any:
+    """``value`` (from YAML or ``--set``, already YAML-parsed) as the type of field ``key``, or an error.
+
+    ``strict``: the value must already have the type (a Python caller's config): no text is parsed
+    and no whole-number float passes for an int.
+    """
 
     def bad() -> FdbenchError:
         expected = {int: "a whole number (int)", float: "a number (float)"}.get(hint, _type_name(hint))
@@ -513,21 +528,23 @@ def coerce(key: str, value: Any, hint: Any) -> Any:
 
     args = typing.get_args(hint)
     if type(None) in args:  # Optional[X]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+        if value is None or (not strict and isinstance(value, str) and value.lower() in ("none", "null", "~")):
             return None
         (inner,) = [a for a in args if a is not type(None)]
-        return coerce(key, value, inner)
+        return coerce(key, value, inner, strict=strict)
     if typing.get_origin(hint) is tuple:
-        if isinstance(value, str):
+        if isinstance(value, str) and not strict:
             value = [v for v in value.strip("()[] ").split(",") if v.strip()]
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise bad()
-        return tuple(coerce(key, v, a) for v, a in zip(value, args))
+        return tuple(coerce(key, v, a, strict=strict) for v, a in zip(value, args))
     if hint is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+        if not strict and isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
             return value.lower() in ("true", "yes", "on")
+        raise bad()
+    if strict and (isinstance(value, bool) or not isinstance(value, {int: int, float: (int, float), str: str}[hint])):
         raise bad()
     if hint is int:
         if isinstance(value, float) and value.is_integer():

@@ -33,7 +33,15 @@ from typing import Any
 
 from fdbench.errors import FdbenchError
 
-__all__ = ["Stage", "Curriculum", "CURRICULA", "build_curriculum", "load_curriculum_yaml", "round_to_patch"]
+__all__ = [
+    "Stage",
+    "Curriculum",
+    "CURRICULA",
+    "build_curriculum",
+    "load_curriculum_yaml",
+    "round_to_patch",
+    "stage_index",
+]
 
 CURRICULA = ("none", "two-stage")
 _FRACTION_TOLERANCE = 1e-6
@@ -47,6 +55,19 @@ def _round_half_up(x: float) -> int:
 def round_to_patch(size: int | float, patch: int) -> int:
     """The multiple of ``patch`` nearest to ``size`` (halves round up), at least one patch."""
     return max(int(patch), _round_half_up(float(size) / patch) * int(patch))
+
+
+def stage_index(ranges: list[tuple[int, int]], epoch: int) -> int:
+    """Index of the ``(start, end)`` epoch range (end exclusive) holding ``epoch``; ranges without
+    epochs are never returned, and epochs past the end belong to the last range that has any."""
+    if epoch < 0:
+        raise FdbenchError(f"epoch must be >= 0, got {epoch}")
+    nonempty = [i for i, (start, end) in enumerate(ranges) if end > start]
+    for i in nonempty:
+        start, end = ranges[i]
+        if start <= epoch < end:
+            return i
+    return nonempty[-1] if nonempty else len(ranges) - 1
 
 
 @dataclass
@@ -148,15 +169,7 @@ class Curriculum:
         Stages without epochs are never returned; epochs past the end belong to the last stage
         that has any.
         """
-        if epoch < 0:
-            raise FdbenchError(f"epoch must be >= 0, got {epoch}")
-        ranges = self.stage_epochs(total_epochs)
-        nonempty = [i for i, (start, end) in enumerate(ranges) if end > start]
-        for i in nonempty:
-            start, end = ranges[i]
-            if start <= epoch < end:
-                return i
-        return nonempty[-1] if nonempty else len(self.stages) - 1
+        return stage_index(self.stage_epochs(total_epochs), epoch)
 
     def describe(self, total_epochs: int) -> list[str]:
         """One human-readable line per stage, e.g. ``low-res: epochs 0-2 (3), 112/48 px, noise off``."""

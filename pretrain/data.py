@@ -27,6 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from pretrain.augment import collate_multicrop
+from pretrain.decode import DecodeCollate
+from pretrain.masking import make_masks, masked_token_indices
+
 
 def derive_seed(*parts: int) -> int:
     """A well-mixed 63-bit seed from integers (numpy's SeedSequence hashing)."""
@@ -126,8 +130,6 @@ class MultiCropCollate:
         self.mask_ratio_range = tuple(mask_ratio_range)
 
     def __call__(self, samples: list[tuple[Any, int, int]]) -> dict:
-        from pretrain.augment import collate_multicrop
-
         generator = torch.Generator().manual_seed(samples[0][2])
         return collate_multicrop(
             [(crops, label) for crops, label, _ in samples],
@@ -168,9 +170,6 @@ class DecodeBatchCollate:
         self.mask_ratio_range = tuple(mask_ratio_range)
 
     def __call__(self, samples: list[tuple[torch.Tensor, int, int]]) -> dict:
-        from pretrain.decode import DecodeCollate
-        from pretrain.masking import make_masks, masked_token_indices
-
         batch = DecodeCollate(mask_grid=None)([(image, label) for image, label, _ in samples])
         mask_seed = samples[0][2]
         generator = torch.Generator().manual_seed(mask_seed)

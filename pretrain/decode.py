@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fdbench.data import open_dataset, to_rgb
 from fdbench.errors import FdbenchError
+from pretrain.masking import make_masks
 
 
 def needed_side(
@@ -109,8 +110,8 @@ class DecodeCollate:
     """Pads a list of ``(uint8 [3,h,w], label)`` to one ``uint8 [B,3,H,W]`` batch; optionally makes iBOT masks.
 
     Returns ``{"images", "sizes" (long [B,2] = h, w), "labels", "masks" (bool [2B, g*g] or absent)}``.
-    Masks are made here, in the workers, because A's block-wise mask sampler is a Python loop that
-    would otherwise sit on the training loop's critical path. ``mask_grid=None`` leaves them to the
+    Masks are made here, in the workers, because the block-wise mask sampler (``pretrain.masking``) is
+    a Python loop that would otherwise sit on the training loop's critical path. ``mask_grid=None`` leaves them to the
     augmenter. Picklable, so it works with worker processes.
     """
 
@@ -133,8 +134,6 @@ class DecodeCollate:
             "labels": torch.tensor([int(label) for _, label in samples], dtype=torch.long),
         }
         if self.mask_grid:
-            from pretrain.masking import make_masks
-
             out["masks"] = make_masks(
                 2 * len(samples),
                 grid=(self.mask_grid, self.mask_grid),

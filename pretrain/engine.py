@@ -8,7 +8,8 @@ Re-running the same command on the same folder continues from ``checkpoints/last
 order, the crops and masks (seeded per sample and per batch), the schedules, the optimiser, the
 centring statistics and the RNG states all resume where they stopped, so the weights match an
 uninterrupted run exactly (on CPU). Under ``torchrun`` every rank runs this same function; rank 0
-writes the files.
+writes the files. SIGTERM or SIGUSR1 (a cluster's preemption warning) stops the run after the current
+step with ``last.pt`` saved (``pretrain.preemption``); ``fdbench pretrain`` then exits with code 75.
 
 Speed: the crops come from ``--data-pipeline`` (``pretrain.pipeline``: ``gpu`` = workers only decode
 and the device augments the batch, the default on CUDA; ``cpu`` = workers augment), the DINO/iBOT
@@ -45,6 +46,7 @@ from pretrain.fast_step import accelerate_meta_arch
 from pretrain.meta_arch import MetaArch
 from pretrain.monitor import KnnMonitor
 from pretrain.pipeline import StageFeed, make_augment, resolve_pipeline
+from pretrain.preemption import PreemptionWatch
 from pretrain.run_folder import METRIC_COLUMNS, RunFolder, gflops
 from pretrain.run_state import RunState
 from pretrain.schedules import apply_schedules
@@ -87,6 +89,7 @@ class RunResult:
     summary: dict = field(default_factory=dict)
     finished: bool = False
     resumed_from: int | None = None  # the step a resumed run started from
+    preempted: bool = False  # stopped on SIGTERM/SIGUSR1 after saving last.pt (pretrain.preemption)
 
     @property
     def knn_top1(self) -> float | None:
@@ -102,13 +105,14 @@ def build_optimizer(meta: MetaArch, cfg: PretrainConfig) -> torch.optim.Optimize
         patch_embed_lr_mult=cfg.optim.patch_embed_lr_mult,
         wd_rule=cfg.optim.weight_decay_rule,
     )
-    fused = meta.device.type == "cuda"
+    fused = meta.device.type == "cuda" and not meta.sharded  # fused AdamW takes no DTensors
     return torch.optim.AdamW(groups, lr=0.0, betas=(cfg.optim.beta1, cfg.optim.beta2), fused=fused)
 
 
-def resolve_compile(flag: bool | None, device: torch.device) -> bool:
-    """``--compile`` default: on CUDA only (on a CPU compiling costs more than the short runs gain)."""
-    return device.type == "cuda" if flag is None else bool(flag)
+def resolve_compile(flag: bool | None, device: torch.device, strategy: str = "ddp") -> bool:
+    """``--compile`` default: on CUDA only (on a CPU compiling costs more than the short runs gain),
+    and not under ``--strategy fsdp`` (compiling through FSDP2's hooks is untested here)."""
+    return device.type == "cuda" and strategy != "fsdp" if flag is None else bool(flag)
 
 
 # ---- one iteration -----------------------------------------------------------------------------
@@ -264,7 +268,11 @@ def train(
             backbone=backbone,
             train_set=train_set,
         )
-        return trainer.run(resume)
+        try:
+            with PreemptionWatch(trainer.log) as trainer.preempt:
+                return trainer.run(resume)
+        finally:
+            trainer.folder.close()
     finally:
         if lock is not None:
             lock.release()
@@ -295,6 +303,10 @@ class Trainer:
                 f"--batch-size {cfg.run.batch_size} must be divisible by the {dist_ctx.world_size} processes"
             )
         self.per_rank_batch = cfg.run.batch_size // dist_ctx.world_size
+        if cfg.run.tensorboard:
+            from pretrain.tensorboard import summary_writer_class
+
+            summary_writer_class()  # a missing package fails here, before any work
 
         # 1. data and curriculum -> stages of iterations
         self.root = resolve_root(cfg.data.root, announce=log)
@@ -320,11 +332,17 @@ class Trainer:
         # cross-entropies always (same maths, less memory), compiled backbones if asked
         seed_everything(cfg.run.seed)
         self.meta = MetaArch(cfg, dist_ctx.device, backbone=backbone)
-        self.compiled = resolve_compile(cfg.run.compile, dist_ctx.device)
+        if cfg.run.activation_checkpointing:
+            from pretrain.sharding import checkpoint_blocks
+
+            checkpoint_blocks(self.meta.student.backbone)
+        self.sharding = cfg.run.strategy == "fsdp" and dist_ctx.world_size > 1
+        self.compiled = resolve_compile(cfg.run.compile, dist_ctx.device, cfg.run.strategy)
         accelerate_meta_arch(self.meta, compile=self.compiled)
         self.optimizer = build_optimizer(self.meta, cfg)
         log(
             f"data pipeline {self.pipeline}, torch.compile {'on' if self.compiled else 'off'}, device {dist_ctx.device}"
+            f"{', FSDP2' if self.sharding else ''}{', activation checkpointing' if cfg.run.activation_checkpointing else ''}"
         )
         if dist_ctx.world_size > 1:
             torch.manual_seed(cfg.run.seed * 1000 + dist_ctx.rank)  # ranks draw different drop-path masks
@@ -337,14 +355,17 @@ class Trainer:
         self.watch = NonFiniteWatch(dist_ctx.device)
         self.collapse = CollapseWatch()
         self.monitor = None
+        self.preempt = PreemptionWatch()  # train() installs a watching one around run()
 
     # ---- the parts' state -------------------------------------------------------------------------
 
-    def checkpoint(self, final: bool = False) -> dict:
+    def checkpoint(self, final: bool = False, parts: dict | None = None, optimizer_state: dict | None = None) -> dict:
+        """The checkpoint dict; ``parts`` / ``optimizer_state``: the model's and the optimiser's state
+        when already gathered (under FSDP every rank gathers them, see :meth:`save`)."""
         cfg, state = self.cfg, self.state
         ckpt = {
             "kind": "training",
-            **self.meta.state_dict_parts(),
+            **(parts if parts is not None else self.meta.state_dict_parts()),
             "config": cfg.to_dict(),
             "curriculum": self.curriculum.to_dict(),
             "stages": [dataclasses.asdict(p) for p in self.stages],
@@ -368,7 +389,7 @@ class Trainer:
             "collapse_watch": self.collapse.state_dict(),
         }
         if not final:
-            ckpt["optimizer"] = self.optimizer.state_dict()
+            ckpt["optimizer"] = optimizer_state if optimizer_state is not None else self.optimizer.state_dict()
         return ckpt
 
     def resume_from(self, ckpt: dict) -> None:
@@ -403,9 +424,15 @@ class Trainer:
     def save(self, final: bool = False) -> None:
         self.stop_if_non_finite()  # never overwrite the last good checkpoint with a diverged model
         rngs = gather_rng(self.dist)  # collective: every rank calls save()
+        parts = optimizer_state = None
+        if self.sharding:  # gathering the shards is a collective too
+            from pretrain.sharding import full_optimizer_state
+
+            parts = self.meta.state_dict_parts()
+            optimizer_state = None if final else full_optimizer_state(self.optimizer)
         if not self.dist.main:
             return
-        ckpt = self.checkpoint(final)
+        ckpt = self.checkpoint(final, parts, optimizer_state)
         ckpt["rng"] = rngs
         keep, epoch = self.cfg.run.keep_every_epochs, self.state.epoch
         keep_as = epoch if (not final and keep and self.state.step_in_epoch == 0 and epoch % keep == 0) else None
@@ -459,7 +486,7 @@ class Trainer:
             "warnings": list(self.collapse.warnings),
         }
 
-    def result(self, finished: bool, summary: dict) -> RunResult:
+    def result(self, finished: bool, summary: dict, preempted: bool = False) -> RunResult:
         f = self.folder
         return RunResult(
             f.out,
@@ -470,7 +497,19 @@ class Trainer:
             summary,
             finished,
             self.state.resumed_from,
+            preempted,
         )
+
+    def stop_preempted(self, saved: bool) -> RunResult:
+        """After a SIGTERM/SIGUSR1 (every rank agreed): last.pt holds this step; the caller requeues."""
+        if not saved:
+            self.save()
+        self.bar.close()
+        self.log(
+            f"stopped on {self.preempt.requested or 'another rank signalled'} at step {self.state.step}/"
+            f"{self.total_iters}; last.pt saved: re-run the same command to continue"
+        )
+        return self.result(False, self.summary(False), preempted=True)
 
     # ---- checks and evaluations -------------------------------------------------------------------
 
@@ -493,13 +532,15 @@ class Trainer:
 
     def evaluate(self, epoch: int) -> None:
         """The online kNN monitor on the teacher (rank 0), into the kNN curve and metrics.csv."""
+        backbone = self.meta.backbone_for_eval()  # under FSDP a collective: before the rank-0 branch
         if self.dist.main:
             t0, state = time.perf_counter(), self.state
             # eager: the monitor's batch shapes would each cost the compiled backbone a recompile
             with torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext():
-                result = self.monitor.evaluate(self.meta.teacher.backbone)
+                result = self.monitor.evaluate(backbone)
+            self.meta.release_eval_backbone()
             state.knn.append({"epoch": epoch, "step": state.step, "top1": result.top1, "top5": result.top5})
-            self.folder.metrics.append(
+            self.folder.add_row(
                 {
                     "row": "knn",
                     "epoch": epoch,
@@ -574,7 +615,19 @@ class Trainer:
             folder.start(cfg)
         folder.clean_stale_temps()
         folder.load_metrics(state.step)
-        self.meta.wrap_ddp()
+        if cfg.run.tensorboard:
+            folder.open_tensorboard(state.step)
+        if self.sharding:
+            # the checkpoint (if any) is loaded whole; now shard, and re-shard the optimiser's state
+            from pretrain.sharding import shard_optimizer_state
+
+            unsharded = self.optimizer.state_dict()
+            self.meta.shard()
+            self.optimizer = build_optimizer(self.meta, cfg)
+            shard_optimizer_state(self.optimizer, unsharded)
+            del unsharded
+        else:
+            self.meta.wrap_ddp()
         if state.step >= self.total_iters and folder.final.exists():
             self.log(f"{folder.out} is already finished ({self.total_iters} iterations); nothing to do")
             return self.result(True, folder.read_summary())
@@ -616,11 +669,13 @@ class Trainer:
             plan = stage_at(self.stages, epoch)
             cost = state.costs[plan.index]
             if epoch == plan.start_epoch and start_in_epoch == 0:
-                self.log(
+                switch = (
                     f"stage {plan.index + 1}/{len(self.stages)} '{plan.name}': epochs {plan.start_epoch}-"
                     f"{plan.end_epoch - 1}, global {plan.global_size} px, local {plan.n_local} x "
                     f"{plan.local_size} px, noise patching {'on' if plan.noise_patching else 'off'}"
                 )
+                self.log(switch)
+                folder.add_text("curriculum/stage", switch, state.step + 1)  # at its first step
                 if cfg.optim.stage_restart and plan.index > 0:
                     self.optimizer.state.clear()  # the paper's restart: fresh AdamW moments at the switch
             if feed is None or feed.stage is not plan:
@@ -653,8 +708,12 @@ class Trainer:
                     momentum=float(sched.momentum[it]),
                     clip_grad=cfg.optim.clip_grad,
                 )
-                # still on the device: averaged over the ranks, watched for non-finite losses
-                values = all_mean(torch.stack([out_step[k].float() for k in (*LOSS_TERMS, "grad_norm")]), ddp)
+                # still on the device: averaged over the ranks, watched for non-finite losses. Under DDP
+                # the preemption flags ride along (last entry, > 0 when any rank was signalled)
+                values = torch.stack([out_step[k].float() for k in (*LOSS_TERMS, "grad_norm")])
+                if ddp.world_size > 1:
+                    values = torch.cat([values, values.new_tensor([self.preempt.flag])])
+                values = all_mean(values, ddp)
                 self.watch.add(it + 1, values[: len(LOSS_TERMS)])
                 state.step += 1
                 steps_this_process += 1
@@ -670,9 +729,12 @@ class Trainer:
                 window.add(cfg.run.batch_size)
                 self.bar.update(1)
                 log_step = state.step % cfg.run.log_every == 0 or state.step % iters_per_epoch == 0
+                signalled = ddp.world_size == 1 and self.preempt.requested is not None
                 if log_step:
                     # logging steps only: the one read-back of the losses (a host-device sync)
-                    logged = dict(zip((*LOSS_TERMS, "grad_norm"), values.tolist()))
+                    host = values.tolist()
+                    logged = dict(zip((*LOSS_TERMS, "grad_norm"), host))
+                    signalled = signalled or (ddp.world_size > 1 and host[-1] > 0)
                     self.stop_if_non_finite()
                     if ddp.main:
                         self.log_row(plan, epoch, it, logged, window)
@@ -686,6 +748,9 @@ class Trainer:
                 if due and state.step % iters_per_epoch != 0:
                     self.save()
                     last_save = time.perf_counter()
+                # a signal: stop after this step; at an epoch's end only once its evaluation is saved
+                if signalled and state.step % iters_per_epoch != 0:
+                    return self.stop_preempted(saved=due)
                 if cfg.run.stop_after_steps and steps_this_process >= cfg.run.stop_after_steps:
                     self.stop_if_non_finite()
                     self.bar.close()
@@ -705,6 +770,8 @@ class Trainer:
                 self.evaluate(state.epoch - 1)
             self.save()
             last_save = time.perf_counter()
+            if state.step < self.total_iters and any_rank(self.preempt.requested is not None, ddp):
+                return self.stop_preempted(saved=True)
         self.bar.close()
 
         # 6. finish: final.pt, summary.json, costs.csv

@@ -20,7 +20,7 @@ Semantics follow DINOv2's CPU pipeline (torchvision transforms on PIL images), p
    brightness ``f*x``, contrast ``f*x + (1-f)*mean(gray(x))``, saturation ``f*x + (1-f)*gray(x)``
    (each clamped to [0, 1]) and hue ``H <- (H + f) mod 1`` in HSV; ``gray = .2989 R + .587 G + .114 B``;
 5. grayscale p=0.2;
-6. Gaussian blur, kernel 9, ``sigma ~ U(0.1, 2)``, reflect padding, p = 1.0 / 0.1 / 0.5 for global-1 /
+6. Gaussian blur, kernel 9, ``sigma ~ U(blur_sigma)`` (DINOv2: 0.1-2), reflect padding, p = 1.0 / 0.1 / 0.5 for global-1 /
    global-2 / local crops (``inverted_blur``: ``1 - p``, as DINOv2's released code does);
 7. solarise (``x >= 128/255 -> 1 - x``) p=0.2 on global-2 only;
 8. normalise with the ImageNet mean and std.
@@ -40,9 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from fdbench.errors import FdbenchError
+from fdbench.features import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.masking import make_masks, masked_token_indices
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
 RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
 RRC_ATTEMPTS = 10
@@ -102,6 +102,7 @@ class GpuMultiCrop:
         local_scale=(0.05, 0.32),
         blur_probs=(1.0, 0.1, 0.5),
         inverted_blur: bool = False,
+        blur_sigma=BLUR_SIGMA,
         noise_patching: bool = False,
         noise_max_sigma: float = 0.5,
         noise_p: float = 1.0,
@@ -130,6 +131,9 @@ class GpuMultiCrop:
         self.global_scale, self.local_scale = tuple(global_scale), tuple(local_scale)
         probs = tuple(float(p) for p in blur_probs)
         self.blur_probs = tuple(1.0 - p for p in probs) if inverted_blur else probs
+        if not 0.0 < float(blur_sigma[0]) <= float(blur_sigma[1]):
+            raise FdbenchError(f"blur sigma range must satisfy 0 < min <= max, got {tuple(blur_sigma)}")
+        self.blur_sigma = (float(blur_sigma[0]), float(blur_sigma[1]))
         self.noise_patching, self.noise_max_sigma, self.noise_p = (
             bool(noise_patching),
             float(noise_max_sigma),
@@ -209,7 +213,7 @@ class GpuMultiCrop:
             row < n_img, self.blur_probs[0], torch.where(is_global, self.blur_probs[1], self.blur_probs[2])
         )
         blur_apply = rand(n) < blur_p
-        blur_sigma = BLUR_SIGMA[0] + (BLUR_SIGMA[1] - BLUR_SIGMA[0]) * rand(n)
+        blur_sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * rand(n)
         is_global2 = (row >= n_img) & is_global
         solarize = (rand(n) < self.solarize_p) & is_global2
         return AugParams(
@@ -307,9 +311,7 @@ class GpuMultiCrop:
         return self._constants[key]
 
     def masks(self, n_images: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """iBOT masks for the global crops via A's ``pretrain.masking.make_masks`` (CPU)."""
-        from pretrain.masking import make_masks
-
+        """iBOT masks for the global crops via ``pretrain.masking.make_masks`` (CPU)."""
         grid = self.global_size // self.patch_size
         return make_masks(
             n_images,
@@ -339,8 +341,6 @@ class GpuMultiCrop:
         if masks is None:
             masks, indices = self.masks(2 * images.shape[0], mask_generator), None
         if indices is None:
-            from pretrain.masking import masked_token_indices
-
             indices, weights = masked_token_indices(masks)
         return {
             "global": global_crops,

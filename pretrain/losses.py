@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from pretrain.center import Center, all_reduce
+from pretrain.masking import masked_token_indices
 
 __all__ = ["Center", "DINOLoss", "iBOTPatchLoss", "KoLeoLoss", "sinkhorn_knopp", "soft_cross_entropy"]
 
@@ -239,8 +240,6 @@ class iBOTPatchLoss(_CenteredLoss):  # noqa: N801 (the method's name)
         if mask_weights is None:
             if masks is None:
                 raise ValueError("the iBOT loss needs the masks or the precomputed mask weights")
-            from pretrain.masking import masked_token_indices
-
             _, mask_weights = masked_token_indices(masks)
             n_images = masks.shape[0]
         elif n_images is None:

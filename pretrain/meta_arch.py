@@ -11,8 +11,10 @@ One iteration of DINOv2, for a batch of B images with G = 2 global and L local c
         + w_ibot * iBOT(student masked patch logits, teacher masked patch probs);
 4. backward (the student is DDP-wrapped under torch.distributed, so gradients are averaged).
 
-The optimiser step, gradient clipping, last-layer freeze and EMA are separate calls, driven by the
-engine: ``clip_gradients``, ``cancel_last_layer_gradients``, ``update_teacher``.
+The optimiser step, gradient clipping and EMA are separate calls, driven by the engine
+(``clip_gradients``, ``update_teacher``); the heads' last layer is frozen by a learning rate of 0 in
+its parameter group (``pretrain.schedules.apply_schedules``), so its gradients still count in the
+clipped norm.
 
 No host-device sync: the masked patch tokens are gathered with ``index_select`` on flat indices the
 collate computed on the CPU (``batch["mask_indices"]``, with the iBOT weights ``batch["mask_weights"]``;
@@ -22,19 +24,23 @@ asking the device (boolean indexing or ``nonzero`` on the device would make the 
 
 from __future__ import annotations
 
-import contextlib
 import copy
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from fdbench.device import autocast
 from fdbench.models import build_backbone
 from pretrain.config import PretrainConfig
+from pretrain.heads import DINOHead
+from pretrain.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
+from pretrain.masking import masked_token_indices
 
 
-class Student(nn.Module):
-    """Backbone + heads, with a single forward for all crops (so DDP sees one forward per step)."""
+class BackboneWithHeads(nn.Module):
+    """Backbone + heads, the student or the EMA teacher, with a single forward for all crops (so DDP
+    sees one forward per step)."""
 
     def __init__(self, backbone: nn.Module, dino_head: nn.Module, ibot_head: nn.Module | None):
         super().__init__()
@@ -91,9 +97,6 @@ class MetaArch(nn.Module):
         class token [N,D] and the patch tokens [N,P,D]; ``embed_dim``; ``config`` for the checkpoint);
         the teacher is a copy of it (with its drop path, if it has any)."""
         super().__init__()
-        from pretrain.heads import DINOHead
-        from pretrain.losses import DINOLoss, iBOTPatchLoss, KoLeoLoss
-
         self.cfg = cfg
         self.device = torch.device(device)
         m, h, lc = cfg.model, cfg.head, cfg.loss
@@ -119,7 +122,7 @@ class MetaArch(nn.Module):
             if h.ibot_separate_head
             else None
         )
-        self.student = Student(backbone, dino_head, ibot_head)
+        self.student = BackboneWithHeads(backbone, dino_head, ibot_head)
 
         # the teacher starts as a copy of the student, without drop path, and never gets gradients
         if user_backbone:
@@ -134,7 +137,7 @@ class MetaArch(nn.Module):
                 layerscale=m.layerscale,
             )
             teacher_backbone.load_state_dict(backbone.state_dict())
-        self.teacher = Student(
+        self.teacher = BackboneWithHeads(
             teacher_backbone, copy.deepcopy(dino_head), copy.deepcopy(ibot_head) if ibot_head is not None else None
         )
         self.teacher.requires_grad_(False).eval()
@@ -145,6 +148,8 @@ class MetaArch(nn.Module):
         self.koleo_loss = KoLeoLoss()
         self.to(self.device)
         self.student_ddp: nn.Module = self.student  # replaced by a DDP wrapper in wrap_ddp()
+        self.sharded = False  # FSDP2 (shard()): parameters are DTensor shards
+        self.eval_backbone: nn.Module | None = None  # rank 0 under FSDP: an unsharded copy for the kNN monitor
         # the last step's teacher class embeddings [G*B,D] and DINO targets [G*B,K] (None before one)
         self.teacher_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
         self._pairs = self._ema_pairs()
@@ -152,7 +157,20 @@ class MetaArch(nn.Module):
     # ---- checkpoint -----------------------------------------------------------------------------------
 
     def state_dict_parts(self) -> dict:
-        """The model's entries of a training checkpoint (student, teacher, the losses' centres)."""
+        """The model's entries of a training checkpoint (student, teacher, the losses' centres).
+
+        Sharded (FSDP), the tensors are gathered whole: a collective that every rank calls."""
+        if self.sharded:
+            from pretrain.sharding import full_state_dict
+
+            teacher = full_state_dict(self.teacher)
+            return {
+                "model": self.teacher.backbone.config.to_dict(),
+                "teacher_backbone": {k[len("backbone.") :]: v for k, v in teacher.items() if k.startswith("backbone.")},
+                "student": full_state_dict(self.student),
+                "teacher": teacher,
+                "losses": {"dino": self.dino_loss.state_dict(), "ibot": self.ibot_loss.state_dict()},
+            }
         return {
             "model": self.teacher.backbone.config.to_dict(),  # built at the full global crop size
             "teacher_backbone": self.teacher.backbone.state_dict(),
@@ -177,6 +195,40 @@ class MetaArch(nn.Module):
                 self.student, device_ids=ids, broadcast_buffers=False
             )
 
+    def shard(self) -> None:
+        """FSDP2 on the student and teacher (``pretrain.sharding``); load any checkpoint before this."""
+        from pretrain.sharding import shard_student_and_teacher
+
+        if dist.get_rank() == 0:  # the kNN monitor runs on rank 0 alone: it needs whole weights
+            template = copy.deepcopy(self.teacher.backbone)
+            if {n for n, _ in template.named_buffers()} <= set(template.state_dict()):
+                template.to("meta")  # no storage between evaluations: every tensor comes from the gather
+            self.eval_backbone = template
+        shard_student_and_teacher(self)
+        self.sharded = True
+        self._pairs = self._ema_pairs()  # the sharded parameters replaced the old ones
+
+    def backbone_for_eval(self) -> nn.Module | None:
+        """The teacher backbone, whole, where the monitor runs (sharded: gathered into rank 0's copy,
+        a collective; other ranks get None)."""
+        if not self.sharded:
+            return self.teacher.backbone
+        from pretrain.sharding import full_state_dict
+
+        state = full_state_dict(self.teacher.backbone)
+        if self.eval_backbone is None:
+            return None
+        if any(t.is_meta for t in self.eval_backbone.state_dict().values()):
+            self.eval_backbone.to_empty(device=self.device)
+        self.eval_backbone.load_state_dict(state)
+        return self.eval_backbone.eval()
+
+    def release_eval_backbone(self) -> None:
+        """Free the gathered copy after an evaluation (sharded runs; a no-op otherwise)."""
+        if self.sharded and self.eval_backbone is not None:
+            if {n for n, _ in self.eval_backbone.named_buffers()} <= set(self.eval_backbone.state_dict()):
+                self.eval_backbone.to("meta")
+
     def _ema_pairs(self) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         student = dict(self.student.named_parameters())
         teacher = dict(self.teacher.named_parameters())
@@ -191,12 +243,6 @@ class MetaArch(nn.Module):
         if self.student.ibot_head is not None:
             parts["ibot_head"] = self.student.ibot_head
         return parts
-
-    def autocast(self):
-        """bf16 autocast on CUDA; plain fp32 on CPU (bf16 on CPU is slower and less exact)."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
-        return contextlib.nullcontext()
 
     # ---- one step ----------------------------------------------------------------------------------
 
@@ -221,14 +267,12 @@ class MetaArch(nn.Module):
         if self._ibot_on(batch.get("masks")):
             mask_indices, mask_weights = batch.get("mask_indices"), batch.get("mask_weights")
             if mask_indices is None:
-                from pretrain.masking import masked_token_indices
-
                 mask_indices, mask_weights = masked_token_indices(batch["masks"])
             masks = batch["masks"].to(self.device, non_blocking=True)
             mask_indices = mask_indices.to(self.device, non_blocking=True)
             mask_weights = mask_weights.to(self.device, non_blocking=True)
         n_global = 2
-        with self.autocast():
+        with autocast(self.device):
             teacher_cls_probs, teacher_patch_probs = self.teacher_targets(global_crops, mask_indices, teacher_temp)
             out = self.student_ddp(global_crops, local_crops, masks, mask_indices)
             dino = self.dino_loss(
@@ -297,18 +341,22 @@ class MetaArch(nn.Module):
             nn.utils.clip_grad_norm_([p for p in part.parameters() if p.grad is not None], max_norm)
             for part in self.named_student_modules().values()
         ]
-        return norms[0]
+        if self.sharded:  # the norm over all shards, as a DTensor: read it as a plain tensor
+            from pretrain.sharding import full
 
-    def cancel_last_layer_gradients(self) -> None:
-        """Drop the heads' last-layer gradients (frozen during the first epoch): AdamW skips them."""
-        for name, part in self.named_student_modules().items():
-            if name.endswith("head"):
-                for p in part.last_layer.parameters():
-                    p.grad = None
+            return full(norms[0])
+        return norms[0]
 
     @torch.no_grad()
     def update_teacher(self, momentum: float) -> None:
         """teacher <- m * teacher + (1 - m) * student, for every parameter, with fused foreach ops."""
         teacher, student = self._pairs
+        if self.sharded:  # on the local shards (student and teacher are sharded alike)
+            from pretrain.sharding import local, reshard
+
+            # FSDP2 keeps a root module's gathered parameters after its forward (for the backward the
+            # teacher never has): drop them, or the next forward would reuse them, missing this update
+            reshard(self.teacher)
+            teacher, student = [local(t) for t in teacher], [local(s) for s in student]
         torch._foreach_mul_(teacher, momentum)
         torch._foreach_add_(teacher, student, alpha=1.0 - momentum)

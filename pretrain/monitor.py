@@ -17,34 +17,19 @@ from torch.utils.data import DataLoader, Subset
 
 from fdbench.data import check_same_classes, dataset_resolution, eval_transform, open_dataset
 from fdbench.features import FrozenEncoder, eval_image_size, extract_features
+from fdbench.scoring import knn_votes
+from fdbench.scoring import topk_accuracy as scoring_topk
 
 
-def knn_predict(
-    train_features: torch.Tensor,
-    train_labels: torch.Tensor,
-    test_features: torch.Tensor,
-    n_classes: int,
-    k: int = 20,
-    temperature: float = 0.07,
-    chunk: int = 1024,
-) -> torch.Tensor:
-    """Class votes ``[N_test, n_classes]`` of the weighted cosine kNN (see the module docstring)."""
-    train = torch.nn.functional.normalize(train_features.float(), dim=1)
-    test = torch.nn.functional.normalize(test_features.float(), dim=1)
-    k = min(k, len(train))
-    votes = []
-    for start in range(0, len(test), chunk):
-        sims, idx = (test[start : start + chunk] @ train.T).topk(k, dim=1)
-        weights = (sims / temperature).exp()
-        onehot = torch.nn.functional.one_hot(train_labels[idx], n_classes).to(weights.dtype)
-        votes.append((onehot * weights.unsqueeze(-1)).sum(dim=1))
-    return torch.cat(votes) if votes else torch.empty(0, n_classes)
+def knn_predict(train_features, train_labels, test_features, n_classes, k=20, temperature=0.07, chunk=1024):
+    """:func:`fdbench.scoring.knn_votes` on raw features: the memory bank is normalised here."""
+    bank = torch.nn.functional.normalize(train_features.float(), dim=1)
+    return knn_votes(bank, train_labels, test_features, n_classes, k=k, temperature=temperature, chunk=chunk)
 
 
 def topk_accuracy(votes: torch.Tensor, labels: torch.Tensor, k: int) -> float:
-    k = min(k, votes.shape[1])
-    hits = (votes.topk(k, dim=1).indices == labels.unsqueeze(1)).any(dim=1)
-    return float(hits.float().mean()) if len(labels) else float("nan")
+    """The top-``k`` accuracy (one ``k``) of :func:`fdbench.scoring.topk_accuracy`."""
+    return scoring_topk(votes, labels, (k,))[k]
 
 
 def _first_per_class(targets: list[int], per_class: int | None) -> list[int]:

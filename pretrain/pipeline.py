@@ -23,6 +23,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from fdbench.errors import FdbenchError
+from pretrain.augment import GaussianNoisePatch, MultiCropAugmentation
+from pretrain.data import AugmentedDataset, DecodeBatchCollate, DecodedDataset, MultiCropCollate, make_loader
+from pretrain.decode import DecodeDataset, needed_side
+from pretrain.gpu_augment import GpuMultiCrop
 
 PIPELINES = ("cpu", "gpu")
 
@@ -39,8 +43,6 @@ def resolve_pipeline(name: str | None, device: torch.device | str) -> str:
 
 def make_augment(cfg, stage):
     """The CPU pipeline's per-image multi-crop for a stage (:class:`pretrain.engine.StagePlan`)."""
-    from pretrain.augment import GaussianNoisePatch, MultiCropAugmentation
-
     noise = GaussianNoisePatch(max_sigma=stage.noise_max_sigma) if stage.noise_patching else None
     return MultiCropAugmentation(
         global_size=stage.global_size,
@@ -49,18 +51,18 @@ def make_augment(cfg, stage):
         global_scale=stage.global_scale,
         local_scale=stage.local_scale,
         inverted_blur=cfg.crops.inverted_blur,
+        blur_sigma=cfg.crops.blur_sigma,
         noise_patch=noise,
     )
 
 
 def make_gpu_augment(cfg, stage):
     """The on-device multi-crop for a stage: the same crops, blur choice, noise patching and masks."""
-    from pretrain.gpu_augment import GpuMultiCrop
-
     return GpuMultiCrop.from_stage(
         stage,
         cfg.model.patch_size,
         inverted_blur=cfg.crops.inverted_blur,
+        blur_sigma=cfg.crops.blur_sigma,
         mask_probability=cfg.loss.mask_probability,
         mask_ratio_range=(cfg.loss.mask_ratio_min, cfg.loss.mask_ratio_max),
     )
@@ -68,8 +70,6 @@ def make_gpu_augment(cfg, stage):
 
 def decode_side(stage, slack: float = 1.0) -> int:
     """Shorter side the workers decode to for a stage: no crop of the stage is upsampled by it."""
-    from pretrain.decode import needed_side
-
     return needed_side(
         stage.global_size, stage.local_size, stage.global_scale[0], stage.local_scale[0], stage.n_local, slack=slack
     )
@@ -96,9 +96,6 @@ class StageFeed:
         world_size: int = 1,
         decode_slack: float = 1.0,
     ):
-        from pretrain.data import AugmentedDataset, DecodeBatchCollate, DecodedDataset, MultiCropCollate
-        from pretrain.decode import DecodeDataset
-
         self.cfg, self.stage, self.pipeline = cfg, stage, resolve_pipeline(pipeline, device)
         self.device = torch.device(device)
         self.workers, self.rank, self.world_size = workers, rank, world_size
@@ -117,8 +114,6 @@ class StageFeed:
 
     def loader(self, epoch: int, start_step: int = 0) -> DataLoader:
         """This rank's loader batches of ``epoch`` from ``start_step`` on (decoded or augmented)."""
-        from pretrain.data import make_loader
-
         return make_loader(
             self.dataset,
             self.collate,

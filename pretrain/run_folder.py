@@ -8,6 +8,7 @@
     summary.json           the same per stage, total FLOPs, the FLOPs ratio vs `none`, final kNN
     checkpoints/last.pt    everything needed to continue exactly (+ epoch_XXXX.pt if asked)
     final.pt               the finished model (kind "training", without optimiser state)
+    tb/                    TensorBoard events of the metrics rows and stage switches (--tensorboard)
 
 Every file is written atomically (a temp file renamed over the target), so a kill leaves at most a
 stale ``.*.tmp`` behind, which :meth:`RunFolder.clean_stale_temps` removes. Only rank 0 writes.
@@ -71,6 +72,22 @@ class RunFolder:
         self.final = self.out / "final.pt"
         self.metrics: list[dict] = []
         self._last_flush = time.perf_counter()
+        self.tensorboard = None  # a pretrain.tensorboard.TensorBoardLog (open_tensorboard)
+
+    def open_tensorboard(self, resumed_step: int) -> None:
+        if self.writer:
+            from pretrain.tensorboard import TensorBoardLog
+
+            self.tensorboard = TensorBoardLog(self.out, resumed_step)
+
+    def add_text(self, tag: str, text: str, step: int) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.add_text(tag, text, step)
+
+    def close(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -124,6 +141,8 @@ class RunFolder:
     # ---- writing
     def add_row(self, row: dict, flush_every_s: float = 30.0) -> None:
         self.metrics.append(row)
+        if self.tensorboard is not None:
+            self.tensorboard.add_row(row)
         if time.perf_counter() - self._last_flush > flush_every_s:
             self.write_metrics()
 
@@ -131,6 +150,8 @@ class RunFolder:
         if self.writer:
             atomic_write_csv(self.metrics_path, pd.DataFrame(self.metrics, columns=METRIC_COLUMNS))
             self._last_flush = time.perf_counter()
+            if self.tensorboard is not None:
+                self.tensorboard.flush()
 
     def save_checkpoint(self, state: dict, final: bool = False, keep_as_epoch: int | None = None) -> None:
         if not self.writer:

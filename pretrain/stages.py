@@ -10,21 +10,26 @@ import torch
 
 from fdbench.errors import FdbenchError
 from pretrain.config import PretrainConfig
+from pretrain.curriculum import Stage, build_curriculum, load_curriculum_yaml, round_to_patch, stage_index
+from pretrain.schedules import cosine_schedule, linear_warmup_then_constant, scaled_lr
 
 
-@dataclass
-class StagePlan:
+@dataclass(kw_only=True)
+class StagePlan(Stage):
+    """A curriculum :class:`~pretrain.curriculum.Stage` as the engine runs it: its position, its epoch
+    range and its crop sizes rounded to the patch (``local_size`` 0 without local crops).
+
+    Plans are made from stages that were validated when the curriculum was built, or from the
+    validated config, so :class:`Stage`'s checks are not run again (a rounded ``local_size`` of 0 would
+    fail them).
+    """
+
     index: int
-    name: str
     start_epoch: int
     end_epoch: int  # exclusive
-    global_size: int
-    local_size: int
-    n_local: int
-    global_scale: tuple[float, float]
-    local_scale: tuple[float, float]
-    noise_patching: bool
-    noise_max_sigma: float
+
+    def __post_init__(self) -> None:
+        pass
 
     def iterations(self, iters_per_epoch: int) -> tuple[int, int]:
         return self.start_epoch * iters_per_epoch, self.end_epoch * iters_per_epoch
@@ -32,8 +37,6 @@ class StagePlan:
 
 def resolve_curriculum(cfg: PretrainConfig):
     """The Curriculum object for ``cfg.curriculum.name`` (a named one or a YAML file)."""
-    from pretrain.curriculum import build_curriculum, load_curriculum_yaml
-
     c = cfg.curriculum
     if c.name in ("none", "two-stage"):
         return build_curriculum(
@@ -63,8 +66,6 @@ def plan_stages(cfg: PretrainConfig, curriculum) -> list[StagePlan]:
     Named curricula take the number of local crops and the crop scales from ``cfg.crops``; a YAML
     curriculum sets them per stage.
     """
-    from pretrain.curriculum import round_to_patch
-
     patch = cfg.model.patch_size
     plans = []
     for stage, (start, end) in zip(curriculum.stages, curriculum.stage_epochs(cfg.run.epochs)):
@@ -74,6 +75,7 @@ def plan_stages(cfg: PretrainConfig, curriculum) -> list[StagePlan]:
             StagePlan(
                 index=len(plans),
                 name=stage.name,
+                fraction=stage.fraction,
                 start_epoch=start,
                 end_epoch=end,
                 global_size=round_to_patch(stage.global_size, patch),
@@ -91,22 +93,24 @@ def plan_stages(cfg: PretrainConfig, curriculum) -> list[StagePlan]:
 def none_stage(cfg: PretrainConfig) -> StagePlan:
     """The reference the FLOPs ratio is measured against: this run's recipe as curriculum ``none``."""
     return StagePlan(
-        0,
-        "none",
-        0,
-        cfg.run.epochs,
-        cfg.crops.global_size,
-        cfg.crops.local_size,
-        cfg.crops.n_local,
-        tuple(cfg.crops.global_scale),
-        tuple(cfg.crops.local_scale),
-        False,
-        0.0,
+        index=0,
+        name="none",
+        fraction=1.0,
+        start_epoch=0,
+        end_epoch=cfg.run.epochs,
+        global_size=cfg.crops.global_size,
+        local_size=cfg.crops.local_size,
+        n_local=cfg.crops.n_local,
+        global_scale=tuple(cfg.crops.global_scale),
+        local_scale=tuple(cfg.crops.local_scale),
+        noise_patching=False,
+        noise_max_sigma=0.0,
     )
 
 
 def stage_at(stages: list[StagePlan], epoch: int) -> StagePlan:
-    return next(p for p in stages if p.start_epoch <= epoch < p.end_epoch)
+    """The plan that trains ``epoch`` (the rule of :func:`pretrain.curriculum.stage_index`)."""
+    return stages[stage_index([(p.start_epoch, p.end_epoch) for p in stages], epoch)]
 
 
 # ---- schedules --------------------------------------------------------------------------------
@@ -133,8 +137,6 @@ def build_schedules(cfg: PretrainConfig, stages: list[StagePlan], iters_per_epoc
     switch); a restarted stage's warm-ups and freeze are capped at 20% of the stage (the paper's
     10 warm-up epochs of a 50-epoch second stage).
     """
-    from pretrain.schedules import cosine_schedule, linear_warmup_then_constant, scaled_lr
-
     o, lc = cfg.optim, cfg.loss
     peak = scaled_lr(o.base_lr, cfg.run.batch_size)
     if o.stage_restart:

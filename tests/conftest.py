@@ -25,3 +25,56 @@ def tiny_dataset(tmp_path_factory):
     return make_synthetic_dataset(
         root, SyntheticSpec(classes=4, train_per_class=20, val_per_class=10, size=32), workers=1
     )
+
+
+# The tiny run the engine tests share: vit_pico/8 at 32 px global and 16 px local crops (16/8 px in
+# a two-stage curriculum's stage 1), batch 20 of tiny_dataset's 80 train images (4 iterations an
+# epoch), 4 epochs, on the CPU without loader workers. Named options of ``build_config``.
+TINY_RUN = dict(
+    arch="vit_pico",
+    patch_size=8,
+    global_size=32,
+    local_size=16,
+    n_local=2,
+    prototypes=64,
+    batch_size=20,
+    epochs=4,
+    workers=0,
+    device="cpu",
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_options(tiny_dataset):
+    """``options(out, **overrides)``: the tiny run's named options on ``tiny_dataset`` writing to ``out``
+    (``data=`` among the overrides points it at another dataset)."""
+
+    def options(out, **overrides) -> dict:
+        return {**TINY_RUN, "data": str(tiny_dataset), "out": str(out), **overrides}
+
+    return options
+
+
+@pytest.fixture(scope="session")
+def tiny_run_config(tiny_run_options):
+    """``config(out, **overrides)``: the tiny run as a validated ``PretrainConfig`` (preset cpu-tiny);
+    overrides are named options, plus ``sets={"section.field": value}`` for the other fields."""
+    from pretrain.config import build_config
+
+    def config(out, **overrides):
+        return build_config("cpu-tiny", **tiny_run_options(out, **overrides))
+
+    return config
+
+
+@pytest.fixture(scope="session")
+def one_epoch_config(tiny_run_config):
+    """``config(out, **overrides)``: the tiny run cut to one epoch of curriculum none with one local
+    crop and a small head (32 prototypes, hidden 32, bottleneck 16), kNN on 5 train images a class."""
+
+    def config(out, **overrides):
+        small = dict(n_local=1, prototypes=32, epochs=1, curriculum="none")
+        sets = {"head.hidden_dim": 32, "head.bottleneck_dim": 16, "run.knn_train_per_class": 5}
+        return tiny_run_config(out, **{**small, "sets": sets, **overrides})
+
+    return config

@@ -221,3 +221,24 @@ def test_augment_then_collate_end_to_end():
     batch = collate_multicrop([(aug(_image(seed=s)), s) for s in range(4)], patch_size=8)
     assert batch["global"].shape == (8, 3, 32, 32) and batch["masks"].shape == (8, 16)
     assert int((batch["masks"].sum(1) > 0).sum()) == 4  # half the global crops
+
+
+def test_blur_sigma_range_reaches_both_pipelines():
+    """crops.blur_sigma sets the blur's sigma range in the CPU and the on-device multi-crop."""
+    from pretrain.config import preset
+    from pretrain.pipeline import make_augment, make_gpu_augment
+    from pretrain.stages import plan_stages, resolve_curriculum
+
+    cfg = preset("cpu-tiny")
+    cfg.crops.blur_sigma = (0.2, 0.6)
+    stage = plan_stages(cfg, resolve_curriculum(cfg))[0]
+    cpu = make_augment(cfg, stage)
+    for blur in (cpu.blur_global1, cpu.blur_global2, cpu.blur_local):
+        assert (blur.sigma_min, blur.sigma_max) == (0.2, 0.6)
+    gpu = make_gpu_augment(cfg, stage)
+    sizes = torch.tensor([[32, 32]] * 64)
+    params = gpu.sample_params(sizes, torch.Generator().manual_seed(0))
+    assert 0.2 <= float(params.blur_sigma.min()) and float(params.blur_sigma.max()) <= 0.6
+    assert float(params.blur_sigma.max() - params.blur_sigma.min()) > 0.2  # drawn over the range
+    with pytest.raises(FdbenchError, match="blur sigma"):
+        MultiCropAugmentation(blur_sigma=(0.0, 1.0))

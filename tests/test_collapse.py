@@ -71,33 +71,15 @@ def test_a_short_spell_is_not_flagged_and_state_round_trips():
     assert len(observe(again, uniform, spread, steps=1)) == 1
 
 
-def test_run_writes_the_signals_and_the_warnings(tiny_dataset, tmp_path):
+def test_run_writes_the_signals_and_the_warnings(one_epoch_config, tmp_path):
     import json
 
     import pandas as pd
 
-    from pretrain.config import build_config
     from pretrain.engine import train
 
     torch.set_num_threads(1)
-    cfg = build_config(
-        "cpu-tiny",
-        arch="vit_pico",
-        patch_size=8,
-        global_size=32,
-        local_size=16,
-        n_local=1,
-        prototypes=32,
-        batch_size=20,
-        epochs=1,
-        curriculum="none",
-        data=str(tiny_dataset),
-        out=str(tmp_path / "run"),
-        workers=0,
-        device="cpu",
-        log_every=1,
-        sets={"head.hidden_dim": 32, "head.bottleneck_dim": 16, "run.knn_train_per_class": 5},
-    )
+    cfg = one_epoch_config(tmp_path / "run", log_every=1)
     result = train(cfg)
     rows = pd.read_csv(result.metrics).query("row == 'train'")
     assert len(rows) == 4 and rows["teacher_entropy"].between(0, 1).all()

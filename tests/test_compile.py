@@ -22,7 +22,6 @@ from torch._dynamo.utils import counters
 
 from fdbench.checkpoint import read_checkpoint
 from fdbench.models import build_backbone
-from pretrain.config import build_config
 
 
 LOSS_COLUMNS = ["loss", "dino", "koleo", "ibot"]
@@ -39,30 +38,15 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def _cfg(root, out, **overrides):
+@pytest.fixture(scope="session")
+def _cfg(tiny_run_config):
     """2 epochs x 4 iterations of vit_pico: epoch 0 at 16/8 px (stage 1), epoch 1 at 32/16 px."""
-    opts = dict(
-        arch="vit_pico",
-        patch_size=8,
-        global_size=32,
-        local_size=16,
-        n_local=2,
-        prototypes=64,
-        batch_size=20,
-        epochs=2,
-        stage1_fraction=0.5,
-        data=str(root),
-        out=str(out),
-        workers=0,
-        log_every=1,
-        eval_every=0,
-        device="cpu",
-        drop_path_rate=0.1,
-    )
-    opts.update(overrides)
-    cfg = build_config("cpu-tiny", **opts)
-    cfg.run.knn_train_per_class = 5
-    return cfg
+
+    def config(out, **overrides):
+        defaults = dict(epochs=2, stage1_fraction=0.5, log_every=1, eval_every=0, drop_path_rate=0.1)
+        return tiny_run_config(out, **{**defaults, "sets": {"run.knn_train_per_class": 5}, **overrides})
+
+    return config
 
 
 def _fresh_dynamo():
@@ -113,13 +97,13 @@ def test_backbone_forward_has_no_graph_breaks():
     os.environ.get("FDBENCH_INDUCTOR_TESTS") != "1",
     reason="inductor compiles take 2.5-5 min on 2 cores: set FDBENCH_INDUCTOR_TESTS=1",
 )
-def test_inductor_step_equals_eager_compiles_once_per_shape_and_resumes_exactly(tiny_dataset, tmp_path, monkeypatch):
+def test_inductor_step_equals_eager_compiles_once_per_shape_and_resumes_exactly(_cfg, tmp_path, monkeypatch):
     from pretrain.engine import train
 
-    eager = train(_cfg(tiny_dataset, tmp_path / "eager", compile=False))
+    eager = train(_cfg(tmp_path / "eager", compile=False))
 
     _fresh_dynamo()
-    compiled, new_graphs = _train_recording_graphs(_cfg(tiny_dataset, tmp_path / "compiled", compile=True), monkeypatch)
+    compiled, new_graphs = _train_recording_graphs(_cfg(tmp_path / "compiled", compile=True), monkeypatch)
     assert compiled.summary["compile"] is True and compiled.finished
     assert dict(counters["graph_break"]) == {}, dict(counters["graph_break"])
     # graphs appear at the first step of each stage (steps 1 and 5) only, at most one per call there
@@ -146,10 +130,10 @@ def test_inductor_step_equals_eager_compiles_once_per_shape_and_resumes_exactly(
     # a compiled run stopped mid stage 1 and resumed (a fresh process's compile) crosses the switch
     out = tmp_path / "resumed"
     _fresh_dynamo()
-    first = train(_cfg(tiny_dataset, out, compile=True, save_every_steps=1, stop_after_steps=3))
+    first = train(_cfg(out, compile=True, save_every_steps=1, stop_after_steps=3))
     assert not first.finished and read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 3
     _fresh_dynamo()
-    done = train(_cfg(tiny_dataset, out, compile=True))
+    done = train(_cfg(out, compile=True))
     assert done.finished and done.resumed_from == 3
     resumed_w = _states(done)
     for name in compiled_w:
@@ -159,7 +143,7 @@ def test_inductor_step_equals_eager_compiles_once_per_shape_and_resumes_exactly(
         assert torch.equal(final_r["losses"][loss]["center"], final_c["losses"][loss]["center"]), loss
 
 
-def test_a_four_stage_curriculum_compiles_every_stage(tiny_dataset, tmp_path, monkeypatch):
+def test_a_four_stage_curriculum_compiles_every_stage(_cfg, tmp_path, monkeypatch):
     """4 stages x 3 backbone calls = 12 graphs: more than dynamo's default recompile limit (8), past
     which it silently runs new shapes eagerly. Dynamo's 'eager' backend (no C++ compile: seconds)
     has the same guards and limit, so this checks the engine's compiled run keeps compiling."""
@@ -179,7 +163,7 @@ def test_a_four_stage_curriculum_compiles_every_stage(tiny_dataset, tmp_path, mo
     )
     _fresh_dynamo()
     result, new_graphs = _train_recording_graphs(
-        _cfg(tiny_dataset, tmp_path / "run", compile=True, curriculum=str(curriculum), epochs=4), monkeypatch
+        _cfg(tmp_path / "run", compile=True, curriculum=str(curriculum), epochs=4), monkeypatch
     )
     assert result.finished and len(new_graphs) == 16
     assert new_graphs == [CALLS_PER_STAGE, 0, 0, 0] * 4, str(new_graphs)

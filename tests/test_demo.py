@@ -146,3 +146,34 @@ def test_cli_bad_epochs(tmp_path, capsys):
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: --epochs must be at least 1")
+
+
+def test_demo_with_two_seeds_reports_intervals_over_seeds(tiny_demo, tmp_path):
+    """--seeds 2: every curriculum trained per seed, one evaluation of all four, a seed-interval report."""
+    import dataclasses
+
+    import pandas as pd
+
+    from fdbench.demo import run_name
+
+    config, _, _ = tiny_demo
+    seeded = dataclasses.replace(
+        config, out=str(tmp_path / "seeds"), seeds=2, corruptions="gaussian_noise", severities="1"
+    )
+    result = demo(seeded)
+    names = [run_name(c, s, 2) for c in ("none", "two-stage") for s in (0, 1)]
+    assert names == ["none-s0", "none-s1", "two-stage-s0", "two-stage-s1"]
+    for name in names:
+        assert (result.out / name / "final.pt").is_file()
+    results = pd.read_csv(result.out / "evals" / "corruptions" / "results.csv")
+    assert set(results.loc[results["kind"] == "pretrained", "checkpoint"]) == set(names)
+    assert [s.name for s in result.steps][-1] == "seeds-report"
+    findings = pd.read_csv(result.out / "seeds" / "findings.csv")
+    assert set(findings["arm"]) == {"two-stage"}  # the demo's two curricula: finding 3 only
+    comps = pd.read_csv(result.out / "seeds" / "comparisons.csv")
+    clean = comps[comps["statistic"] == "clean"].iloc[0]
+    assert clean["ci_lo"] <= clean["difference"] <= clean["ci_hi"]
+    assert len(clean["per_seed_differences"].split()) == 2
+    assert result.report.reference == "none-s0"
+    with pytest.raises(FdbenchError, match="--seeds"):
+        demo(dataclasses.replace(seeded, seeds=0))

@@ -24,32 +24,16 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_options(root, out, **overrides) -> dict:
-    """A run of 4 epochs x 4 iterations (80 images, batch 20) of vit_pico at 32 px (16 px in stage 1)."""
-    opts = dict(
-        arch="vit_pico",
-        patch_size=8,
-        global_size=32,
-        local_size=16,
-        n_local=2,
-        prototypes=64,
-        batch_size=20,
-        epochs=4,
-        data=str(root),
-        out=str(out),
-        workers=0,
-        log_every=1,
-        eval_every=2,
-        device="cpu",
-    )
-    opts.update(overrides)
-    return opts
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_run_config):
+    """The tiny run logging every step, with a kNN evaluation every 2 epochs on 10 train images a class."""
 
+    def config(out, **overrides):
+        return tiny_run_config(
+            out, **{"log_every": 1, "eval_every": 2, "sets": {"run.knn_train_per_class": 10}, **overrides}
+        )
 
-def tiny_cfg(root, out, **overrides):
-    cfg = build_config("cpu-tiny", **tiny_options(root, out, **overrides))
-    cfg.run.knn_train_per_class = 10
-    return cfg
+    return config
 
 
 # ---- config --------------------------------------------------------------------------------------
@@ -83,15 +67,15 @@ def test_presets_validate_and_overrides_apply():
 # ---- schedules ----------------------------------------------------------------------------------
 
 
-def test_schedules_continuous_and_restarted(tiny_dataset, tmp_path):
+def test_schedules_continuous_and_restarted(tiny_cfg, tmp_path):
     from pretrain.engine import build_schedules, plan_stages, resolve_curriculum
 
-    cfg = tiny_cfg(tiny_dataset, tmp_path, epochs=8, warmup_epochs=2)
+    cfg = tiny_cfg(tmp_path, epochs=8, warmup_epochs=2)
     cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp = 0.04, 0.07  # DINOv2's warm-up (cpu-tiny keeps 0.04)
-    ipe = 4
+    iters_per_epoch = 4
     stages = plan_stages(cfg, resolve_curriculum(cfg))
     assert [(p.start_epoch, p.end_epoch) for p in stages] == [(0, 6), (6, 8)]
-    s = build_schedules(cfg, stages, ipe)
+    s = build_schedules(cfg, stages, iters_per_epoch)
     peak = cfg.optim.base_lr * math.sqrt(cfg.run.batch_size / 1024)
     assert len(s.lr) == 32
     assert s.lr[0] == 0 and s.lr[7] == pytest.approx(peak) and s.lr[-1] < s.lr[8] and s.lr[-1] > cfg.optim.min_lr
@@ -103,7 +87,7 @@ def test_schedules_continuous_and_restarted(tiny_dataset, tmp_path):
     assert s.lr[24] < s.lr[23] and s.momentum[24] > s.momentum[23]
 
     cfg.optim.stage_restart = True
-    r = build_schedules(cfg, stages, ipe)
+    r = build_schedules(cfg, stages, iters_per_epoch)
     assert r.lr[7] == pytest.approx(peak) and r.lr[23] < 0.05 * peak  # stage 1's own cosine ends near 0
     # stage 2 (8 iterations) restarts: warm-up capped at 20% of the stage (2 iterations), momentum
     # back to 0.99, teacher temperature warm-up again, last layer frozen again
@@ -157,11 +141,11 @@ def test_seeded_augmentation_is_reproducible_and_leaves_global_rng(tiny_dataset)
 # ---- the training step ----------------------------------------------------------------------------
 
 
-def _small_meta(tmp_path, tiny_dataset, **kw):
+def _small_meta(tmp_path, tiny_cfg, **kw):
     from pretrain.meta_arch import MetaArch
 
     torch.manual_seed(0)
-    cfg = tiny_cfg(tiny_dataset, tmp_path, drop_path_rate=0.0, **kw)
+    cfg = tiny_cfg(tmp_path, drop_path_rate=0.0, **kw)
     return cfg, MetaArch(cfg)
 
 
@@ -188,11 +172,11 @@ def _ce(p, z, temp=0.1):
 
 
 @pytest.mark.parametrize("precomputed", [True, False])
-def test_forward_backward_matches_an_independent_computation(tmp_path, tiny_dataset, precomputed):
+def test_forward_backward_matches_an_independent_computation(tmp_path, tiny_cfg, precomputed):
     """Teacher on unmasked globals, student on masked globals + locals; DINO over s != t pairs,
     KoLeo per global crop, iBOT on masked tokens (boolean masks here, the collate's host-computed
     indices in the step, or indices derived from the masks) weighted per image; teacher gets no gradients."""
-    cfg, meta = _small_meta(tmp_path, tiny_dataset)
+    cfg, meta = _small_meta(tmp_path, tiny_cfg)
     batch, temp, b, n_local = _batch(precomputed=precomputed), 0.05, 4, 2
     g, loc, masks = batch["global"], batch["local"], batch["masks"]
     with torch.no_grad():
@@ -237,12 +221,12 @@ def test_forward_backward_matches_an_independent_computation(tmp_path, tiny_data
 
 
 @pytest.mark.parametrize("centering", ["centering", "sinkhorn_knopp"])
-def test_forward_backward_ibot_on_indices_equals_boolean_masks(tmp_path, tiny_dataset, centering):
+def test_forward_backward_ibot_on_indices_equals_boolean_masks(tmp_path, tiny_cfg, centering):
     """The step's iBOT term (host-computed indices) equals boolean-mask gathers, with an image that
     masks nothing; a batch with no mask at all gives iBOT 0, finite, and leaves the iBOT centre alone."""
     from pretrain.losses import sinkhorn_knopp
 
-    cfg, meta = _small_meta(tmp_path, tiny_dataset, centering=centering)
+    cfg, meta = _small_meta(tmp_path, tiny_cfg, centering=centering)
     batch, temp = _batch(precomputed=True), 0.05
     masks = batch["masks"]
     masks[1] = False  # an image with zero masked tokens (indices recomputed below)
@@ -273,8 +257,8 @@ def test_forward_backward_ibot_on_indices_equals_boolean_masks(tmp_path, tiny_da
     assert all(torch.isfinite(p.grad).all() for p in meta.student.parameters() if p.grad is not None)
 
 
-def test_ema_update_and_last_layer_freeze(tmp_path, tiny_dataset):
-    cfg, meta = _small_meta(tmp_path, tiny_dataset)
+def test_ema_update_and_last_layer_freeze(tmp_path, tiny_cfg):
+    cfg, meta = _small_meta(tmp_path, tiny_cfg)
     with torch.no_grad():
         for p in meta.student.parameters():
             p.add_(torch.randn_like(p))
@@ -286,9 +270,6 @@ def test_ema_update_and_last_layer_freeze(tmp_path, tiny_dataset):
         assert torch.allclose(after[name], 0.9 * value + 0.1 * student[name], atol=1e-6), name
 
     meta.forward_backward(_batch(), 0.04)
-    meta.cancel_last_layer_gradients()
-    assert all(p.grad is None for p in meta.student.dino_head.last_layer.parameters())
-    assert all(p.grad is not None for p in meta.student.dino_head.mlp.parameters())
     norm = meta.clip_gradients(1e-3)
     assert norm > 1e-3
     total = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in meta.student.backbone.parameters()]))
@@ -337,12 +318,12 @@ def test_knn_votes_hand_computed_and_brute_force():
 
 
 @pytest.fixture(scope="module")
-def reference_run(tiny_dataset, tmp_path_factory):
+def reference_run(tiny_cfg, tmp_path_factory):
     """An uninterrupted two-stage run: stage 1 = epochs 0-2 at 16/8 px, stage 2 = epoch 3 at 32/16 px."""
     from pretrain.engine import train
 
     out = tmp_path_factory.mktemp("runs") / "reference"
-    return train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1, keep_every_epochs=2))
+    return train(tiny_cfg(out, drop_path_rate=0.1, keep_every_epochs=2))
 
 
 def test_run_folder_contents_and_stage_switch(reference_run):
@@ -413,18 +394,18 @@ def test_run_folder_contents_and_stage_switch(reference_run):
     assert state["curriculum"]["name"] == "two-stage" and state["step"] == 16
 
 
-def test_noise_patching_only_in_the_stages_that_enable_it(tiny_dataset, tmp_path):
+def test_noise_patching_only_in_the_stages_that_enable_it(tiny_cfg, tmp_path):
     from pretrain.engine import make_augment, plan_stages, resolve_curriculum
 
     def noise(**kw):
-        cfg = tiny_cfg(tiny_dataset, tmp_path, **kw)
+        cfg = tiny_cfg(tmp_path, **kw)
         return [make_augment(cfg, p).noise_patch is not None for p in plan_stages(cfg, resolve_curriculum(cfg))]
 
     assert noise() == [False, True]
     assert noise(noise_patching=False) == [False, False]  # curriculum alone
     assert noise(curriculum="none") == [False]
     assert noise(curriculum="none", noise_patching=True) == [True]  # patching alone
-    cfg = tiny_cfg(tiny_dataset, tmp_path, noise_max_sigma=0.2)
+    cfg = tiny_cfg(tmp_path, noise_max_sigma=0.2)
     assert make_augment(cfg, plan_stages(cfg, resolve_curriculum(cfg))[1]).noise_patch.max_sigma == 0.2
 
 
@@ -436,16 +417,16 @@ def _assert_same_state(a: dict, b: dict):
         assert torch.equal(a["losses"][loss]["center"], b["losses"][loss]["center"])
 
 
-def test_resumed_run_equals_uninterrupted_across_the_stage_switch(reference_run, tiny_dataset, tmp_path):
+def test_resumed_run_equals_uninterrupted_across_the_stage_switch(reference_run, tiny_cfg, tmp_path):
     from pretrain.engine import train
 
     out = tmp_path / "resumed"
-    first = train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1, save_every_steps=1, stop_after_steps=5))
+    first = train(tiny_cfg(out, drop_path_rate=0.1, save_every_steps=1, stop_after_steps=5))
     assert not first.finished and read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 5  # mid epoch 1
-    second = train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1, save_every_steps=1, stop_after_steps=9))
+    second = train(tiny_cfg(out, drop_path_rate=0.1, save_every_steps=1, stop_after_steps=9))
     assert second.resumed_from == 5
     assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 14  # past the switch at 12, mid epoch 3
-    done = train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1))
+    done = train(tiny_cfg(out, drop_path_rate=0.1))
     assert done.finished and done.resumed_from == 14
     _assert_same_state(read_checkpoint(reference_run.final), read_checkpoint(done.final))
     assert done.summary["knn"]["curve"] == reference_run.summary["knn"]["curve"]
@@ -455,17 +436,17 @@ def test_resumed_run_equals_uninterrupted_across_the_stage_switch(reference_run,
     steps = pd.read_csv(out / "metrics.csv").query("row == 'train'")["step"].tolist()
     assert steps == list(range(1, 17))
     # a finished run is not trained again; a different recipe in the same folder is refused
-    again = train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1))
+    again = train(tiny_cfg(out, drop_path_rate=0.1))
     assert again.finished and again.resumed_from == 16
     with pytest.raises(FdbenchError, match="different settings.*run.epochs"):
-        train(tiny_cfg(tiny_dataset, out, drop_path_rate=0.1, epochs=5))
+        train(tiny_cfg(out, drop_path_rate=0.1, epochs=5))
 
 
-def test_stage_restart_resets_adamw_at_the_switch(tiny_dataset, tmp_path):
+def test_stage_restart_resets_adamw_at_the_switch(tiny_cfg, tmp_path):
     from pretrain.engine import train
 
     out = tmp_path / "restart"
-    train(tiny_cfg(tiny_dataset, out, stage_restart=True, save_every_steps=1, stop_after_steps=13))
+    train(tiny_cfg(out, stage_restart=True, save_every_steps=1, stop_after_steps=13))
     state = read_checkpoint(out / "checkpoints" / "last.pt")
     assert state["step"] == 13
     # one AdamW step since the switch at iteration 12 (the last layer is frozen again, so it has none)
@@ -473,17 +454,17 @@ def test_stage_restart_resets_adamw_at_the_switch(tiny_dataset, tmp_path):
     assert steps == {1.0}
 
     cont = tmp_path / "continuous"
-    train(tiny_cfg(tiny_dataset, cont, save_every_steps=1, stop_after_steps=13))
+    train(tiny_cfg(cont, save_every_steps=1, stop_after_steps=13))
     steps = {float(s["step"]) for s in read_checkpoint(cont / "checkpoints" / "last.pt")["optimizer"]["state"].values()}
     assert max(steps) == 13.0
 
 
-def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_dataset, tmp_path, monkeypatch):
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_cfg, tmp_path, monkeypatch):
     from pretrain.engine import train
     from pretrain.meta_arch import MetaArch
 
     out = tmp_path / "nan"
-    train(tiny_cfg(tiny_dataset, out, save_every_steps=1, stop_after_steps=3))
+    train(tiny_cfg(out, save_every_steps=1, stop_after_steps=3))
     original = MetaArch.forward_backward
     calls = []
 
@@ -498,7 +479,7 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_datas
     # resumed at step 3: the second step of this process (step 5) is poisoned, after the epoch-end
     # checkpoint at step 4
     with pytest.raises(FdbenchError, match=r"non-finite loss at step 5 of 16 .*dino=nan.*last good checkpoint"):
-        train(tiny_cfg(tiny_dataset, out))
+        train(tiny_cfg(out))
     assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
     assert not (out / "final.pt").exists()
 
@@ -507,20 +488,20 @@ def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(tiny_datas
     # checkpoint that step would have written is not written
     calls.clear()
     with pytest.raises(FdbenchError, match=r"non-finite loss at step 6 of 16 \(epoch 1, stage 'low-res'\).*dino=nan"):
-        train(tiny_cfg(tiny_dataset, out, log_every=100))
+        train(tiny_cfg(out, log_every=100))
     assert read_checkpoint(out / "checkpoints" / "last.pt")["step"] == 4
 
 
 # ---- the on-device (gpu) pipeline and the fast step, on CPU tensors --------------------------------
 
 
-def test_gpu_feed_follows_each_stage_and_is_fixed_by_the_step(tiny_dataset, tmp_path):
+def test_gpu_feed_follows_each_stage_and_is_fixed_by_the_step(tiny_dataset, tmp_path, tiny_cfg):
     from fdbench.data import open_dataset
     from pretrain.decode import needed_side
     from pretrain.engine import plan_stages, resolve_curriculum
     from pretrain.pipeline import StageFeed
 
-    cfg = tiny_cfg(tiny_dataset, tmp_path, data_pipeline="gpu")
+    cfg = tiny_cfg(tmp_path, data_pipeline="gpu")
     train_set = open_dataset(tiny_dataset, "train")
     low, full = plan_stages(cfg, resolve_curriculum(cfg))
     feeds = [StageFeed(cfg, p, train_set, pipeline="gpu", device="cpu", workers=0) for p in (low, full)]
@@ -548,13 +529,13 @@ def test_gpu_feed_follows_each_stage_and_is_fixed_by_the_step(tiny_dataset, tmp_
     assert not torch.equal(first["global"], second["global"])
 
 
-def test_gpu_pipeline_resumed_run_equals_uninterrupted_across_the_stage_switch(tiny_dataset, tmp_path):
+def test_gpu_pipeline_resumed_run_equals_uninterrupted_across_the_stage_switch(tiny_cfg, tmp_path):
     """The same guarantee as the cpu pipeline's: kill anywhere, re-run, identical weights."""
     from pretrain.engine import train
 
     # batch 40: 2 iterations per epoch, stage 1 = steps 1-6 at 16/8 px, stage 2 = steps 7-8 at 32/16 px
     def cfg(out, **kw):
-        return tiny_cfg(tiny_dataset, out, data_pipeline="gpu", batch_size=40, drop_path_rate=0.1, eval_every=0, **kw)
+        return tiny_cfg(out, data_pipeline="gpu", batch_size=40, drop_path_rate=0.1, eval_every=0, **kw)
 
     reference = train(cfg(tmp_path / "reference"))
     assert reference.summary["pipeline"] == "gpu" and reference.summary["compile"] is False
@@ -568,7 +549,7 @@ def test_gpu_pipeline_resumed_run_equals_uninterrupted_across_the_stage_switch(t
     assert read_checkpoint(done.final)["data_position"]["pipeline"] == "gpu"
 
 
-def test_compiled_backbones_leave_checkpoint_keys_unchanged(tiny_dataset, tmp_path, monkeypatch):
+def test_compiled_backbones_leave_checkpoint_keys_unchanged(tiny_cfg, tmp_path, monkeypatch):
     """torch.compile (here its 'eager' backend: no C++ toolchain, seconds not minutes) must not leak
     wrapper prefixes such as `_orig_mod.` into checkpoints: the same keys and loadable either way."""
     from pretrain import fast_step
@@ -585,7 +566,6 @@ def test_compiled_backbones_leave_checkpoint_keys_unchanged(tiny_dataset, tmp_pa
     runs = {
         flag: train(
             tiny_cfg(
-                tiny_dataset,
                 tmp_path / str(flag),
                 curriculum="none",
                 data_pipeline="gpu",
@@ -609,7 +589,7 @@ def test_compiled_backbones_leave_checkpoint_keys_unchanged(tiny_dataset, tmp_pa
 
 @pytest.mark.cuda
 @pytest.mark.parametrize("centering", ["centering", "sinkhorn_knopp"])
-def test_cuda_train_steps_never_wait_for_the_device(tiny_dataset, tmp_path, centering):
+def test_cuda_train_steps_never_wait_for_the_device(tiny_cfg, tmp_path, centering):
     """After a warm-up step (AdamW creates its state), train_step and the loop's per-step bookkeeping
     run under torch.cuda.set_sync_debug_mode("error"): any host-device sync (.item(), nonzero(),
     boolean-mask indexing, a blocking copy) raises. Batches come pinned, as the loader gives them."""
@@ -620,7 +600,7 @@ def test_cuda_train_steps_never_wait_for_the_device(tiny_dataset, tmp_path, cent
     from pretrain.meta_arch import MetaArch
 
     torch.manual_seed(0)
-    cfg = tiny_cfg(tiny_dataset, tmp_path, device="cuda", compile=False, centering=centering)
+    cfg = tiny_cfg(tmp_path, device="cuda", compile=False, centering=centering)
     meta = accelerate_meta_arch(MetaArch(cfg, "cuda"), compile=False)  # the engine's chunked losses
     optimizer = build_optimizer(meta, cfg)
     batches = [_batch(generator_seed=s, precomputed=True) for s in range(5)]
@@ -659,27 +639,25 @@ def test_cuda_train_steps_never_wait_for_the_device(tiny_dataset, tmp_path, cent
 
 
 @pytest.mark.cuda
-def test_cuda_run_with_the_gpu_pipeline_by_default(tiny_dataset, tmp_path):
+def test_cuda_run_with_the_gpu_pipeline_by_default(tiny_cfg, tmp_path):
     """On CUDA `auto` picks the gpu pipeline; the crops are made on the device (compile off: the
     compiled step is exercised by benchmarks/gpu_check.sh's real runs)."""
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
     from pretrain.engine import train
 
-    result = train(
-        tiny_cfg(tiny_dataset, tmp_path / "cuda", device="cuda", compile=False, batch_size=40, epochs=2, eval_every=0)
-    )
+    result = train(tiny_cfg(tmp_path / "cuda", device="cuda", compile=False, batch_size=40, epochs=2, eval_every=0))
     assert result.finished and result.summary["pipeline"] == "gpu" and result.summary["device"].startswith("cuda")
     assert all(torch.isfinite(v).all() for v in read_checkpoint(result.final)["student"].values())
 
 
-def test_presets_follow_dinov2_groups_and_drop_path(tmp_path, tiny_dataset):
+def test_presets_follow_dinov2_groups_and_drop_path(tmp_path, tiny_cfg):
     from pretrain.engine import build_optimizer
 
     for name in PRESETS:
         cfg = preset(name)
         assert cfg.optim.weight_decay_rule == "dinov2" and cfg.model.drop_path_uniform
-    cfg, meta = _small_meta(tmp_path, tiny_dataset)
+    cfg, meta = _small_meta(tmp_path, tiny_cfg)
     decay = {n: g["wd_multiplier"] for g in build_optimizer(meta, cfg).param_groups for n in g["names"]}
     assert decay["backbone.cls_token"] == 1.0 and decay["backbone.pos_embed"] == 1.0
     cfg.optim.weight_decay_rule = "no-decay-tokens"
@@ -687,14 +665,14 @@ def test_presets_follow_dinov2_groups_and_drop_path(tmp_path, tiny_dataset):
     assert decay["backbone.cls_token"] == 0.0 and decay["backbone.pos_embed"] == 0.0
 
 
-def test_frozen_last_layer_matches_dinov2_order(tmp_path, tiny_dataset):
+def test_frozen_last_layer_matches_dinov2_order(tmp_path, tiny_cfg):
     # DINOv2: backward, clip every student part (last layer included), AdamW step with lr 0 for the
     # last layer. Replayed here with plain torch calls on a copy and compared with train_step.
     import copy
 
     from pretrain.engine import build_optimizer, train_step
 
-    cfg, meta = _small_meta(tmp_path, tiny_dataset)
+    cfg, meta = _small_meta(tmp_path, tiny_cfg)
     ref = copy.deepcopy(meta)
     opt, ref_opt = build_optimizer(meta, cfg), build_optimizer(ref, cfg)
     batch = _batch()

@@ -42,28 +42,13 @@ dist.destroy_process_group()
 
 
 @pytest.mark.slow
-def test_two_gloo_processes_train_in_sync(tiny_dataset, tmp_path):
+def test_two_gloo_processes_train_in_sync(tiny_run_options, tmp_path):
     out = tmp_path / "ddp"
     out.mkdir()
     script = tmp_path / "rank_script.py"
     script.write_text(RANK_SCRIPT)
     # 2 epochs x 4 iterations of a global batch of 20 (10 per rank); stage 2 starts at epoch 1
-    opts = dict(
-        arch="vit_pico",
-        patch_size=8,
-        global_size=32,
-        local_size=16,
-        n_local=2,
-        prototypes=64,
-        batch_size=20,
-        epochs=2,
-        data=str(tiny_dataset),
-        out=str(out),
-        workers=0,
-        device="cpu",
-        eval_every=0,
-        log_every=1,
-    )
+    opts = tiny_run_options(out, epochs=2, eval_every=0, log_every=1)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

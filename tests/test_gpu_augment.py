@@ -1,4 +1,4 @@
-"""The on-device multi-crop pipeline: exact per-crop semantics and the same distributions as A's CPU pipeline.
+"""The on-device multi-crop pipeline: exact per-crop semantics and the same distributions as the CPU pipeline (pretrain.augment).
 
 Everything runs on CPU tensors (the pipeline code is device-agnostic); one CUDA test checks the
 float16 resampling there and skips without CUDA.
@@ -280,17 +280,17 @@ def test_bad_inputs_are_user_errors():
         aug.apply(torch.zeros(1, 3, 8, 8), torch.tensor([[8, 8]]), aug.sample_params(torch.tensor([[8, 8]])))
 
 
-# ---------------------------------------------------------------------- distributions vs A's CPU pipeline
+# ---------------------------------------------------------------------- distributions vs the CPU pipeline
 N_LOCAL = 4
 SIZES = [(48, 64), (36, 120)]  # a 4:3 image and a wide one (exercises the central fallback)
 
 
 @pytest.fixture(scope="module")
 def cpu_pipeline_draws():
-    """Run A's MultiCropAugmentation on PIL images and record every parameter it draws.
+    """Run the CPU MultiCropAugmentation on PIL images and record every parameter it draws.
 
     Only the draws matter here, so the pixel work (resizing, colour adjustments, blurring) is
-    replaced by cheap stand-ins; A's sampling code and control flow run unchanged.
+    replaced by cheap stand-ins; its sampling code and control flow run unchanged.
     """
     from pretrain import augment as A
 

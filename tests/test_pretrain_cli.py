@@ -28,24 +28,10 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def options(root, out, **overrides) -> dict:
-    opts = dict(
-        arch="vit_pico",
-        patch_size=8,
-        global_size=32,
-        local_size=16,
-        n_local=2,
-        prototypes=64,
-        batch_size=20,
-        epochs=4,
-        data=str(root),
-        out=str(out),
-        workers=0,
-        eval_every=2,
-        device="cpu",
-    )
-    opts.update(overrides)
-    return opts
+@pytest.fixture(scope="session")
+def options(tiny_run_options):
+    """The tiny run's named options, with a kNN evaluation every 2 epochs."""
+    return lambda out, **overrides: tiny_run_options(out, **{"eval_every": 2, **overrides})
 
 
 def as_args(opts: dict) -> list[str]:
@@ -68,9 +54,9 @@ def run_cli(args, capsys) -> tuple[int, str, str]:
     return exit_info.value.code, captured.out, captured.err
 
 
-def test_pretrain_none_end_to_end(tiny_dataset, tmp_path, capsys):
+def test_pretrain_none_end_to_end(options, tmp_path, capsys):
     out = tmp_path / "none"
-    code, stdout, stderr = run_cli(as_args(options(tiny_dataset, out, curriculum="none")), capsys)
+    code, stdout, stderr = run_cli(as_args(options(out, curriculum="none")), capsys)
     assert code == 0, stderr
     final = out / "final.pt"
     assert stdout.strip().splitlines()[-1] == str(final)
@@ -84,17 +70,17 @@ def test_pretrain_none_end_to_end(tiny_dataset, tmp_path, capsys):
     costs = pd.read_csv(out / "costs.csv")
     assert list(costs["stage"]) == ["full-res", "none (reference)"]
     # running the finished command again does not train again
-    code, stdout, stderr = run_cli(as_args(options(tiny_dataset, out, curriculum="none")), capsys)
+    code, stdout, stderr = run_cli(as_args(options(out, curriculum="none")), capsys)
     assert code == 0 and "already finished" in stderr
 
 
-def test_pretrain_gpu_pipeline_on_cpu_tensors_end_to_end(tiny_dataset, tmp_path, capsys):
+def test_pretrain_gpu_pipeline_on_cpu_tensors_end_to_end(options, tmp_path, capsys):
     """--data-pipeline gpu on --device cpu: decode-only workers + the batched multi-crop on CPU
     tensors, through both stages (one step each), to a loadable final.pt."""
     from fdbench.checkpoint import load_backbone
 
     out = tmp_path / "gpu"
-    opts = options(tiny_dataset, out, data_pipeline="gpu", compile=False, batch_size=80, epochs=2, eval_every=0)
+    opts = options(out, data_pipeline="gpu", compile=False, batch_size=80, epochs=2, eval_every=0)
     code, stdout, stderr = run_cli(as_args(opts), capsys)
     assert code == 0, stderr
     assert "data pipeline gpu, torch.compile off" in stderr
@@ -105,7 +91,7 @@ def test_pretrain_gpu_pipeline_on_cpu_tensors_end_to_end(tiny_dataset, tmp_path,
     assert load_backbone(out / "final.pt").config.arch == "vit_pico"
 
 
-def test_yaml_curriculum_config_file_and_default_out(tiny_dataset, tmp_path, capsys, monkeypatch):
+def test_yaml_curriculum_config_file_and_default_out(options, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     curriculum = tmp_path / "progressive.yaml"
     curriculum.write_text(
@@ -115,7 +101,7 @@ def test_yaml_curriculum_config_file_and_default_out(tiny_dataset, tmp_path, cap
         "  - {name: full, fraction: 0.33, global_size: 32, local_size: 16, n_local: 2, noise_patching: true}\n"
     )
     config = tmp_path / "recipe.yaml"
-    opts = options(tiny_dataset, "unused", epochs=3)
+    opts = options("unused", epochs=3)
     opts.pop("out")
     config.write_text("".join(f"{k.replace('_', '-')}: {v}\n" for k, v in opts.items()))
     code, _, stderr = run_cli(["--config", str(config), "--curriculum", str(curriculum)], capsys)
@@ -141,8 +127,8 @@ def test_yaml_curriculum_config_file_and_default_out(tiny_dataset, tmp_path, cap
         (["--resume"], "nothing to resume"),
     ],
 )
-def test_bad_input_is_one_line_and_exit_code_2(tiny_dataset, tmp_path, capsys, extra, message):
-    opts = options(tiny_dataset, tmp_path / "bad")
+def test_bad_input_is_one_line_and_exit_code_2(options, tmp_path, capsys, extra, message):
+    opts = options(tmp_path / "bad")
     code, _, stderr = run_cli(as_args(opts) + extra, capsys)
     assert code == 2
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
@@ -150,14 +136,14 @@ def test_bad_input_is_one_line_and_exit_code_2(tiny_dataset, tmp_path, capsys, e
     assert "Traceback" not in stderr
 
 
-def test_sigkill_then_rerun_gives_the_uninterrupted_weights(tiny_dataset, tmp_path):
+def test_sigkill_then_rerun_gives_the_uninterrupted_weights(options, tmp_path):
     from pretrain.config import build_config
     from pretrain.engine import train
 
-    reference = train(build_config("cpu-tiny", **options(tiny_dataset, tmp_path / "reference", drop_path_rate=0.1)))
+    reference = train(build_config("cpu-tiny", **options(tmp_path / "reference", drop_path_rate=0.1)))
 
     out = tmp_path / "killed"
-    opts = options(tiny_dataset, out, drop_path_rate=0.1, save_every_steps=1)
+    opts = options(out, drop_path_rate=0.1, save_every_steps=1)
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",

@@ -9,7 +9,6 @@ from torch.utils.data import Subset
 from fdbench.checkpoint import read_checkpoint
 from fdbench.data import open_dataset
 from fdbench.models import build_backbone
-from pretrain.config import build_config
 from pretrain.costs import StageCost
 from pretrain.run_folder import RunFolder
 from pretrain.run_state import RunState
@@ -47,27 +46,11 @@ def test_run_folder_cleans_stale_temps_and_truncates_metrics(tmp_path):
     assert [r["step"] for r in folder.metrics] == [1, 2]
 
 
-def test_train_with_a_user_backbone_and_dataset(tiny_dataset, tmp_path):
+def test_train_with_a_user_backbone_and_dataset(tiny_dataset, tmp_path, one_epoch_config):
     from pretrain.engine import train
 
     torch.set_num_threads(1)
-    cfg = build_config(
-        "cpu-tiny",
-        arch="vit_pico",
-        patch_size=8,
-        global_size=32,
-        local_size=16,
-        n_local=1,
-        prototypes=32,
-        batch_size=20,
-        epochs=1,
-        curriculum="none",
-        data=str(tiny_dataset),
-        out=str(tmp_path / "run"),
-        workers=0,
-        device="cpu",
-        sets={"head.hidden_dim": 32, "head.bottleneck_dim": 16, "run.knn_train_per_class": 5},
-    )
+    cfg = one_epoch_config(tmp_path / "run")
     torch.manual_seed(5)
     backbone = build_backbone("vit_pico", img_size=32, patch_size=8, drop_path_rate=0.0, layerscale=None)
     initial = {k: v.clone() for k, v in backbone.state_dict().items()}

@@ -136,3 +136,14 @@ def test_concurrent_writers_of_the_same_dataset_both_succeed(tmp_path):
     assert results == [str(out)] * 4
     assert len(list(out.rglob("*.png"))) == 3 * (4 + 2)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
+
+
+def test_an_existing_dataset_is_reused_not_refused(tmp_path):
+    """The stored marker reads back with lists where the spec has tuples: still the same dataset."""
+    root = make_synthetic_dataset(tmp_path / "d", SMALL, workers=1)
+    before = _digest(root)
+    assert make_synthetic_dataset(tmp_path / "d", SMALL, workers=1) == root
+    assert _digest(root) == before
+    other = SyntheticSpec(**{**SMALL.__dict__, "seed": 8})
+    with pytest.raises(FdbenchError, match="different synthetic dataset"):
+        make_synthetic_dataset(tmp_path / "d", other, workers=1)

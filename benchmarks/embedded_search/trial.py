@@ -114,7 +114,8 @@ def main():
     if not args.floors_only:
         cfg.data.root = str(root)
         cfg.run.out = str(WORK / "runs" / args.name)
-        cfg.run.eval_every = 0
+        if not any(item.startswith("run.eval_every=") for item in args.set):
+            cfg.run.eval_every = 0
         cfg.run.threads = threads
         cfg.run.device = "cpu"
         t0 = time.time()

@@ -19,6 +19,7 @@ from fdbench.errors import FdbenchError
 # command name -> (module, attribute). Order is the order shown by --help.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("fdbench.cli.demo", "demo"),
+    "ablation": ("fdbench.cli.ablation", "ablation"),
     "pretrain": ("fdbench.cli.pretrain", "pretrain"),
     "eval-corruptions": ("fdbench.cli.evaluate", "eval_corruptions"),
     "ceiling": ("fdbench.cli.ceiling", "ceiling"),
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-dataset": ("fdbench.cli.dataset", "make_dataset"),
     "export": ("fdbench.cli.export", "export"),
     "bench-train": ("fdbench.cli.bench", "bench_train"),
+    "launch": ("fdbench.cli.launch", "launch"),
 }
 
 

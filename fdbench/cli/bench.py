@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fdbench.cli.common import config_option, echo, out_option
+from fdbench.cli.common import config_option, echo, out_option, sets_option
 from pretrain.config import OPTIONS, parse_assignment, set_option
 
 # the recipe fields bench-train names as flags (help from the field); any other: --set section.field=value
@@ -51,13 +51,7 @@ def recipe_flags(f):
 
 @click.command("bench-train")
 @recipe_flags
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="SECTION.FIELD=VALUE",
-    help="Set any other recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable).",
-)
+@sets_option("Set any other recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable).")
 @click.option("--stages", default="stage1,stage2", show_default=True, help="Comma-separated: stage1, stage2.")
 @click.option("--steps", type=int, default=20, show_default=True, help="Timed steps per measurement.")
 @click.option(
@@ -72,6 +66,12 @@ def recipe_flags(f):
 )
 @click.option("--compile/--no-compile", "compile_", default=None, help="torch.compile the backbones [on for CUDA].")
 @click.option("--reference", is_flag=True, help="Also run the plain eager step + CPU pipeline in the same run.")
+@click.option(
+    "--activation-checkpointing/--no-activation-checkpointing",
+    "activation_checkpointing",
+    default=False,
+    help="Recompute the student blocks in the backward pass (compare peak memory with and without).",
+)
 @click.option("--no-e2e", is_flag=True, help="Model-only (synthetic tensors), skip the end-to-end runs.")
 @click.option(
     "--decode-slack",
@@ -82,7 +82,20 @@ def recipe_flags(f):
 )
 @out_option("bench", help="Folder for bench.csv and bench.json.")
 @config_option
-def bench_train(sets, stages, steps, warmup, pipeline, compile_, reference, no_e2e, decode_slack, out, **recipe):
+def bench_train(
+    sets,
+    stages,
+    steps,
+    warmup,
+    pipeline,
+    compile_,
+    reference,
+    activation_checkpointing,
+    no_e2e,
+    decode_slack,
+    out,
+    **recipe,
+):
     """Measure model-only and end-to-end img/s, TFLOP/s, MFU and peak memory of a training step.
 
     \b
@@ -104,6 +117,7 @@ def bench_train(sets, stages, steps, warmup, pipeline, compile_, reference, no_e
         decode_slack=decode_slack,
         **recipe,
     )
+    cfg.recipe.run.activation_checkpointing = activation_checkpointing
     for text in sets:
         set_option(cfg.recipe, *parse_assignment(text))
     rows = run_bench(cfg, log=echo, on_row=lambda done: write_results(done, Path(out), cfg))

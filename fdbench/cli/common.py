@@ -111,3 +111,8 @@ def absolute_data(spec: str | None) -> str | None:
 def echo(message: str) -> None:
     """Status lines go to stderr so stdout stays clean for tables and paths."""
     click.echo(message, err=True)
+
+
+def sets_option(help: str):
+    """``--set SECTION.FIELD=VALUE`` (repeatable) for the commands that take a pretraining recipe."""
+    return click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE", help=help)

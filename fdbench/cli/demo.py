@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from fdbench.cli.common import device_option, echo, out_option, seed_option
+from fdbench.cli.common import check_range, device_option, echo, out_option, seed_option
 
 
 @click.command("demo")
@@ -15,11 +15,18 @@ from fdbench.cli.common import device_option, echo, out_option, seed_option
     "--epochs",
     type=int,
     default=None,
-    help="Training epochs of each run [default: the preset's: 4 for cpu-tiny, 100 for gpu-small].",
+    help="Training epochs of each run [default: the preset's].",
 )
 @device_option
 @seed_option
-def demo(out: Path, epochs, device, seed):
+@click.option(
+    "--seeds",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Runs per curriculum (seeds SEED..SEED+N-1); N > 1 adds out/seeds/report.md with intervals over seeds.",
+)
+def demo(out: Path, epochs, device, seed, seeds):
     """Train DINOv2 (none) and FastDINOv2 (two-stage), evaluate, analyse, compare.
 
     \b
@@ -31,7 +38,8 @@ def demo(out: Path, epochs, device, seed):
     from analysis.report import headline_table
     from fdbench.demo import DemoConfig, demo as run_demo
 
-    result = run_demo(DemoConfig(out=str(out), epochs=epochs, device=device, seed=seed), announce=echo)
+    check_range("--seeds", seeds, 1)
+    result = run_demo(DemoConfig(out=str(out), epochs=epochs, device=device, seed=seed, seeds=seeds), announce=echo)
     ran = [s for s in result.steps if s.status == "done"]
     echo(
         f"[demo] {len(ran)} step(s) run, {len(result.steps) - len(ran)} skipped; total "

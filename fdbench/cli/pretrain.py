@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import sys
 import typing
 
 import click
 
-from fdbench.cli.common import absolute_data, echo
+from fdbench.cli.common import absolute_data, echo, sets_option
 from pretrain.config import NAMED_OPTIONS, PRESETS, Option, build_config, load_config_file, parse_assignment
 
 
@@ -36,13 +37,7 @@ def recipe_flags(f):
     help="Recipe to start from: auto = cpu-tiny on CPU, gpu-small on CUDA [auto].",
 )
 @recipe_flags
-@click.option(
-    "--set",
-    "sets",
-    multiple=True,
-    metavar="SECTION.FIELD=VALUE",
-    help="Set any recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable; wins over the flags).",
-)
+@sets_option("Set any recipe field, e.g. --set loss.koleo_weight=0.5 (repeatable; wins over the flags).")
 @click.option(
     "--config",
     "config_file",
@@ -76,6 +71,11 @@ def pretrain(preset, sets, config_file, resume, **options):
         f"{cfg.run.epochs} epochs, batch {cfg.run.batch_size}, data {cfg.data.root or 'embedded synthetic'}"
     )
     result = train(cfg, resume=resume, log=echo)
+    if result.preempted:  # SIGTERM/SIGUSR1: last.pt is saved; a batch script requeues on this code
+        from pretrain.preemption import EXIT_REQUEUE
+
+        echo(f"preempted; re-run the same command to continue {result.out} (exit code {EXIT_REQUEUE})")
+        sys.exit(EXIT_REQUEUE)
     if not result.finished:
         echo(f"stopped early; re-run the same command to continue {result.out}")
         return
