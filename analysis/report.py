@@ -37,6 +37,8 @@ PNG + PDF and are embedded in ``report.html`` as base64 PNG):
    accuracy drop vs the corruption's spectral centroid, and the bias summary numbers.
 6. findings: the direction of each run against the reference (cheaper? noise robustness up? clean
    accuracy within ``CLEAN_TOLERANCE_PP``?).
+7. seeds (``seeds.csv``): runs whose recipe differs only in the seed are grouped into one arm, with
+   mean, standard deviation and a 95% t-interval over seeds (:mod:`analysis.report_seeds`).
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ from analysis.report_findings import (
     headline_table,
 )
 from analysis.report_render import Document
+from analysis.report_seeds import seed_groups, seeds_table
 from analysis.report_tables import (
     convergence_tables,
     cost_tables,
@@ -188,6 +191,7 @@ def compare(
     # the statistics first: a run that does not beat its floors makes the point-estimate lines moot
     report.findings = paired_findings(labels, ref, paired) + findings(labels, ref, report.headline, chance_pct(freq))
     t["headline"] = headline_frame(report.headline)
+    t["seeds"] = seeds_table(seed_groups(records), report.headline)
 
     for name, df in t.items():
         path = out / f"{name}.csv"
@@ -292,6 +296,13 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
         doc.table("missing", t["missing"], "Not found, and how to produce it")
     doc.heading("Headline numbers")
     doc.table("headline", t["headline"], "Per run (details in the sections below)")
+    if not t["seeds"].empty:
+        doc.heading("Seeds")
+        doc.text(
+            "Runs whose recipe differs only in the seed form one arm: mean, sample standard deviation and "
+            "a 95% t-interval of the mean over seeds, per quantity (the seed-to-seed spread)."
+        )
+        doc.table("seeds", t["seeds"], "Each arm over its seeds")
     if report.findings:
         doc.heading("Findings")
         doc.items(report.findings)

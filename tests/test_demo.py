@@ -175,5 +175,29 @@ def test_demo_with_two_seeds_reports_intervals_over_seeds(tiny_demo, tmp_path):
     assert clean["ci_lo"] <= clean["difference"] <= clean["ci_hi"]
     assert len(clean["per_seed_differences"].split()) == 2
     assert result.report.reference == "none-s0"
+    # compare grouped the seeds of each curriculum into one arm
+    seeds = pd.read_csv(result.out / "report" / "seeds.csv")
+    clean = seeds[seeds["quantity"] == "clean top-1, linear (%)"].set_index("arm")
+    assert set(clean.index) == {"none", "two-stage"} and set(clean["seeds"]) == {2}
+    assert clean.loc["none", "runs"] == "none-s0 none-s1"
     with pytest.raises(FdbenchError, match="--seeds"):
         demo(dataclasses.replace(seeded, seeds=0))
+
+
+def test_seed_grouping_and_its_interval():
+    """Same recipe but the seed (and run-only options) -> one arm; t-interval from its definition."""
+    import math
+
+    from scipy import stats as sps
+
+    from analysis.report_seeds import mean_interval, recipe_key
+
+    a = {"run": {"seed": 0, "out": "x", "epochs": 2}, "loss": {"koleo_weight": 0.1}}
+    b = {"run": {"seed": 1, "out": "y", "epochs": 2}, "loss": {"koleo_weight": 0.1}}
+    c = {"run": {"seed": 1, "out": "y", "epochs": 3}, "loss": {"koleo_weight": 0.1}}
+    assert recipe_key(a) == recipe_key(b) != recipe_key(c)
+    values = [40.0, 44.0, 45.0]
+    mean, sd, lo, hi = mean_interval(values)
+    sd_ref = math.sqrt(sum((v - 43.0) ** 2 for v in values) / 2)
+    half = sps.t.ppf(0.975, 2) * sd_ref / math.sqrt(3)
+    assert (mean, sd, lo, hi) == pytest.approx((43.0, sd_ref, 43.0 - half, 43.0 + half))
