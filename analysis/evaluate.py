@@ -64,6 +64,9 @@ from analysis.probes import fit_linear_probe, knn_probe
 from fdbench.checkpoint import checkpoint_labels, load_backbone
 from fdbench.data import (
     ImageFolderDataset,
+    check_fingerprint,
+    check_same_classes,
+    dataset_fingerprint,
     dataset_resolution,
     eval_transform,
     load_split_tensor,
@@ -150,6 +153,8 @@ def parse_protocols(spec: str) -> list[str]:
 
 
 def _choose_data(config: EvalConfig, metas: list[dict], announce) -> str:
+    for meta in metas:  # a changed dataset at a checkpoint's training path: a warning (see check_fingerprint)
+        check_fingerprint(meta.get("data"), config.data or (meta.get("data") or {}).get("root"), announce)
     if config.data:
         return resolve_root(config.data)
     recorded = recorded_root(metas[0], announce, "falling back to the embedded dataset") if metas else None
@@ -218,6 +223,7 @@ def evaluate_corruptions(
         corrupt_fn = default_corrupt_fn()
     settings = {
         "data": root,
+        "data_fingerprint": dataset_fingerprint(root),  # another dataset at the same path is not resumed
         "corrupted_root": str(corrupted_root) if corrupted_root else None,
         "seed": config.seed,
         "n_last_blocks": config.n_last_blocks,
@@ -275,7 +281,18 @@ def evaluate_corruptions(
             val_images, val_labels, classes = val_cache[size]
             encoder = PixelEncoder(size).to(device) if ckpt is None else _encoder(ckpt, config.n_last_blocks, device)
             probes = _fit_probes(
-                encoder, label, root, size, resize, classes, protocols, config, out, entry.fingerprint, device, announce
+                encoder,
+                label,
+                root,
+                size,
+                resize,
+                classes,
+                protocols,
+                config,
+                out,
+                f"{entry.fingerprint}|{settings['data_fingerprint']}",  # the cache key: model and data
+                device,
+                announce,
             )
             if "linear" in probes:
                 lin = probes["linear"]
@@ -357,16 +374,12 @@ def _fit_probes(encoder, label, root, size, resize, classes, protocols, config, 
     """Clean train features (cached in OUT/cache, keyed by checkpoint checksum and settings) -> probes."""
     key = hashlib.blake2b(f"{sha}|{root}|{size}|{resize}|{config.n_last_blocks}".encode(), digest_size=6).hexdigest()
     cache = out / "cache" / f"{label}-train-{key}.pt"
-    if cache.exists():
-        stored = torch.load(cache, weights_only=True)
-        feats, labels = stored["feats"], stored["labels"]
+    stored = _read_feature_cache(cache, announce)
+    if stored is not None:
+        feats, labels = stored
     else:
         train = open_dataset(root, "train", eval_transform(size, resize))
-        if list(train.classes) != list(classes):
-            raise FdbenchError(
-                f"train and val of {root} have different classes "
-                f"({len(train.classes)} vs {len(classes)}); they must match"
-            )
+        check_same_classes(list(train.classes), list(classes), root)
         announce(f"{label}: encoding {len(train)} train images at {size} px")
         feats, labels = dataset_features(
             encoder, train, batch_size=config.batch_size, workers=config.workers, desc=f"{label} train features"
@@ -386,6 +399,35 @@ def _fit_probes(encoder, label, root, size, resize, classes, protocols, config, 
             feats, labels, k=config.k, temperature=config.temperature, device=device, num_classes=len(classes)
         )
     return probes
+
+
+def _read_feature_cache(cache: Path, announce) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The cached (features, labels), or None when absent or damaged (a kill or a full disk mid-way
+    through another tool's copy, a hand edit): a damaged cache only costs its recomputation."""
+    if not cache.exists():
+        return None
+    try:
+        stored = torch.load(cache, weights_only=True)
+        if not isinstance(stored, dict) or not {"feats", "labels"} <= set(stored):
+            raise ValueError("no 'feats' and 'labels' tensors")
+        feats, labels = stored["feats"], stored["labels"]
+        ok = (
+            isinstance(feats, torch.Tensor)
+            and isinstance(labels, torch.Tensor)
+            and feats.ndim == 2
+            and labels.ndim == 1
+            and len(feats) == len(labels) > 0
+            and feats.is_floating_point()
+            and not labels.is_floating_point()
+        )
+        if not ok:
+            raise ValueError("the tensors have the wrong shapes or types")
+    except Exception as err:  # noqa: BLE001 - the unpickler raises all sorts on a torn file
+        first = str(err).strip().splitlines()[0].split(". ")[0][:120] if str(err).strip() else type(err).__name__
+        announce(f"warning: the feature cache {cache} is damaged ({first}); recomputing it")
+        cache.unlink(missing_ok=True)
+        return None
+    return feats, labels
 
 
 def _check_corrupted_root(root: Path, names, severities) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.metrics import CLEAN, GROUPS, UNNORMALISED, normalisation_name, summarise
+from analysis.metrics import CLEAN, GROUPS, UNNORMALISED, check_results, normalisation_name, summarise
 from analysis.outcomes import FILENAME as OUTCOMES_FILE
 from analysis.outcomes import Outcomes
 from analysis.stats import differences
@@ -19,7 +19,8 @@ from fdbench.io import atomic_write_csv, atomic_write_json, json_safe, read_json
 
 RESULT_COLUMNS = ["checkpoint", "kind", "protocol", "corruption", "severity", "n", "top1", "top5"]
 # settings that must match for stored results to be reused
-RESUME_KEYS = ("data", "corrupted_root", "seed", "n_last_blocks", "k", "temperature")
+RESUME_KEYS = ("data", "data_fingerprint", "corrupted_root", "seed", "n_last_blocks", "k", "temperature")
+_CHANGED = {"data_fingerprint": "data_fingerprint: the dataset's files changed"}
 
 
 class ResultStore:
@@ -58,11 +59,15 @@ def read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> li
         frame.insert(1, "kind", "pretrained")  # written before floors existed
     if list(frame.columns) != RESULT_COLUMNS:
         raise FdbenchError(f"{results} is not an eval-corruptions results.csv; use another --out or --overwrite")
+    try:
+        check_results(frame, results)
+    except FdbenchError as err:
+        raise FdbenchError(f"{err}; use another --out or --overwrite") from None
     old = previous.get("settings", {})
     changed = [k for k in RESUME_KEYS if k in old and old[k] != settings[k]]
     if changed:
         raise FdbenchError(
-            f"{out} holds results computed with other settings ({', '.join(changed)}); "
+            f"{out} holds results computed with other settings ({', '.join(_CHANGED.get(k, k) for k in changed)}); "
             f"use another --out, or --overwrite to discard them"
         )
     for label, info in previous.get("checkpoints", {}).items():

@@ -114,6 +114,7 @@ class FrequencyConfig:
     seed: int = 0
     out: str = "evals/frequency"
     runs: str = "runs"  # where to look for checkpoints when none are given
+    overwrite: bool = False  # recompute (and replace) results that --out holds with other settings
 
 
 @dataclass
@@ -127,8 +128,57 @@ class FrequencyReport:
 # ---- the runner ----------------------------------------------------------------------------------
 
 
-def _params_match(meta_path: Path, params: dict) -> bool:
-    return (read_json(meta_path) or {}).get("params") == json.loads(json.dumps(params))
+def _settings_diff(meta_path: Path, params: dict, ignore: tuple[str, ...] = ("mtime",)) -> list[str] | None:
+    """How the settings recorded in ``meta_path`` differ from ``params`` (``"key: old -> new"``), the
+    checkpoint's mtime aside (``ignore``); None when nothing readable is recorded (then the work is simply done).
+
+    ``eps`` and ``window`` left at their defaults compare by the value they stood for (recorded in
+    the result's ``info``), so spelling out the default is not a change."""
+    try:
+        saved = read_json(meta_path)
+        before, info = dict(saved["params"]), dict(saved.get("info") or {})
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    now = json.loads(json.dumps(params))
+    defaults = {"eps": fourier.default_eps, "window": fourier.default_window}
+    diffs = []
+    for key in sorted(set(before) | set(now)):
+        old, new = before.get(key), now.get(key)
+        if key in ignore or old == new:
+            continue
+        if key in defaults and "image_size" in info and (old is None or new is None):
+            old = info.get(key, old)
+            new = new if new is not None else defaults[key](int(info["image_size"]))
+            if old == new:
+                continue
+        diffs.append(f"{key}: {old!r} -> {new!r}")
+    return diffs
+
+
+def _read_finished(csv: Path, meta: Path, npz: Path, announce):
+    """A finished analysis' (table, meta, outcomes), or None (with a message) when a file of it is
+    damaged: then it is recomputed, never a traceback."""
+    try:
+        df, saved = pd.read_csv(csv), json.loads(meta.read_text())
+        kept = fstats.load_outcomes(npz)
+        if not isinstance(saved, dict) or not isinstance(saved.get("info"), dict) or df.empty:
+            raise ValueError("incomplete")
+    except (OSError, ValueError, FdbenchError) as err:
+        announce(
+            f"warning: the finished result {csv.parent} is damaged ({str(err).splitlines()[0][:120]}); recomputing"
+        )
+        return None
+    return df, saved, kept
+
+
+def _refuse_changed(meta_path: Path, params: dict, what: str, config: FrequencyConfig) -> None:
+    """Like eval-corruptions: results of other settings are not silently replaced."""
+    diffs = _settings_diff(meta_path, params)
+    if diffs and not config.overwrite:
+        raise FdbenchError(
+            f"{meta_path.parent} holds a {what} computed with other settings ({'; '.join(diffs[:4])}"
+            f"{'; ...' if len(diffs) > 4 else ''}); use another --out, or --overwrite to replace it"
+        )
 
 
 def _validate(config: FrequencyConfig) -> None:
@@ -176,6 +226,11 @@ def run_frequency_analysis(
     else:
         paths = []
     labels = checkpoint_labels(paths)
+    for path, label in zip(paths, labels):  # before any work: refuse rather than replace other settings
+        for analysis in [a for a in ("heatmap", "bandpass") if a in config.analyses]:
+            _refuse_changed(
+                out / label / f"{analysis}.json", _analysis_params(analysis, config, path), analysis, config
+            )
     report = FrequencyReport(out=out, summary=pd.DataFrame())
     heatmaps, bandpasses, rows, infos, outcomes = {}, {}, [], {}, {}
     spectra_source: Path | None = None  # the checkpoint whose data and size the spectra use
@@ -188,9 +243,13 @@ def run_frequency_analysis(
             csv, meta = folder / f"{analysis}.csv", folder / f"{analysis}.json"
             npz = folder / f"{analysis}_outcomes.npz"
             params = _analysis_params(analysis, config, path)
-            if csv.exists() and npz.exists() and _params_match(meta, params):
-                announce(f"{label}: {analysis} already done ({csv}), reusing it")
-                df, saved, kept = pd.read_csv(csv), json.loads(meta.read_text()), fstats.load_outcomes(npz)
+            reused = None
+            if not config.overwrite and csv.exists() and npz.exists() and _settings_diff(meta, params, ignore=()) == []:
+                reused = _read_finished(csv, meta, npz, announce)
+                if reused is not None:
+                    announce(f"{label}: {analysis} already done ({csv}), reusing it")
+            if reused is not None:
+                df, saved, kept = reused
             else:
                 if model is None:
                     model = _load_model(path, config, device, label, announce)
@@ -202,6 +261,9 @@ def run_frequency_analysis(
                 atomic_write_csv(csv, df)
                 atomic_write_json(meta, saved)
                 report.files += [csv, npz]
+                # from here on the files, as a re-run reads them: the summary's digits do not depend on
+                # whether this run computed the numbers (float32 tensors) or reused them (CSV, float64)
+                df, saved, kept = pd.read_csv(csv), json.loads(meta.read_text()), fstats.load_outcomes(npz)
             info.update(saved["info"])
             (heatmaps if analysis == "heatmap" else bandpasses)[label] = df
             outcomes[(analysis, label)] = kept
@@ -361,9 +423,15 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
         "corruptions": list(corruption_names),
     }
     csv, cent_csv, meta = out / "spectra.csv", out / "spectra_centroids.csv", out / "spectra.json"
-    if csv.exists() and cent_csv.exists() and _params_match(meta, params):
-        announce(f"spectra already done ({csv}), reusing them")
-        return pd.read_csv(csv), pd.read_csv(cent_csv)
+    _refuse_changed(meta, params, "corruption spectra", config)
+    if not config.overwrite and csv.exists() and cent_csv.exists() and _settings_diff(meta, params, ignore=()) == []:
+        try:
+            frames = pd.read_csv(csv), pd.read_csv(cent_csv)
+        except (OSError, ValueError) as err:
+            announce(f"warning: {csv} or {cent_csv} is damaged ({str(err).splitlines()[0][:120]}); recomputing")
+        else:
+            announce(f"spectra already done ({csv}), reusing them")
+            return frames
 
     num_classes = len(open_dataset(root, "val").classes)
     x, y, _ = load_split_tensor(
@@ -378,7 +446,7 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
     atomic_write_csv(cent_csv, centroids)
     atomic_write_json(meta, {"params": params})
     report.files += [csv, cent_csv]
-    return spectra, centroids
+    return pd.read_csv(csv), pd.read_csv(cent_csv)  # as a re-run reads them (same digits either way)
 
 
 # ---- figures -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from analysis import fourier
-from analysis.metrics import CLEAN, GROUPS
+from analysis.metrics import CLEAN, GROUPS, check_results
 from fdbench.errors import FdbenchError
 from fdbench.features import to_float01
 from fdbench.io import atomic_torch_save, progress
@@ -298,12 +298,7 @@ def read_results(path: str | Path) -> pd.DataFrame:
         df = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise FdbenchError(f"cannot read {path} as CSV ({str(err).splitlines()[0]})") from None
-    need = {"checkpoint", "protocol", "corruption", "severity", "top1"}
-    if not need <= set(df.columns):
-        raise FdbenchError(
-            f"{path} is not an eval-corruptions results.csv: needs columns "
-            f"{', '.join(sorted(need))}, has {', '.join(map(str, df.columns))}"
-        )
+    check_results(df, path)
     return df
 
 

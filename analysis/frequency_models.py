@@ -15,7 +15,15 @@ from analysis.eval_features import dataset_features
 from analysis.frequency_analyses import Classifier
 from analysis.probes import fit_linear_probe, knn_probe
 from fdbench.checkpoint import checkpoint_labels, load_backbone
-from fdbench.data import dataset_resolution, eval_transform, load_split_tensor, open_dataset, recorded_root
+from fdbench.data import (
+    check_fingerprint,
+    check_same_classes,
+    dataset_resolution,
+    eval_transform,
+    load_split_tensor,
+    open_dataset,
+    recorded_root,
+)
 from fdbench.errors import FdbenchError
 from fdbench.features import FrozenEncoder, eval_image_size
 
@@ -42,6 +50,8 @@ def find_checkpoints(paths: Sequence[str], runs: str | Path = "runs", announce=N
 
 def data_root(config: FrequencyConfig, meta: dict, announce) -> str | None:
     """``--data``, else the checkpoint's recorded training data when it is here, else the embedded set."""
+    recorded = (meta.get("data") or {}).get("root")
+    check_fingerprint(meta.get("data"), config.data or recorded, announce)  # another dataset at that path
     if config.data is not None:
         return config.data
     return recorded_root(meta, announce, "using the embedded dataset")
@@ -85,6 +95,7 @@ def load_model(path: Path, config: FrequencyConfig, device: torch.device, label:
     encoder = FrozenEncoder(loaded.model).to(device)
 
     train = open_dataset(root, "train", eval_transform(size, resize))
+    check_same_classes(list(train.classes), list(open_dataset(root, "val").classes), root)
     feats, labels = dataset_features(encoder, train, batch_size=config.batch_size, desc=f"{label}: train features")
     num_classes = len(train.classes)
     if config.probe == "linear":

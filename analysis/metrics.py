@@ -161,6 +161,45 @@ def alexnet_baseline() -> Baseline:
     return Baseline("AlexNet", ALEXNET_CLEAN_ERROR, mean_errors=dict(ALEXNET_MEAN_ERRORS))
 
 
+RESULT_NEEDS = ("checkpoint", "protocol", "corruption", "severity", "top1")
+# numeric columns of an eval-corruptions results.csv: (name, lowest, highest, whole numbers)
+RESULT_NUMBERS = (("severity", 0, 5, True), ("n", 0, None, True), ("top1", 0.0, 1.0, False), ("top5", 0.0, 1.0, False))
+
+
+def check_results(frame, path: str | Path) -> None:
+    """One-line error naming the file and column when a results.csv holds text (or impossible
+    values) where numbers belong: read as-is it would fail deep inside, or be taken as missing."""
+    import pandas as pd
+
+    missing = [c for c in RESULT_NEEDS if c not in frame.columns]
+    if missing:
+        raise FdbenchError(
+            f"{path} is not an eval-corruptions results.csv: it has no column {', '.join(missing)} "
+            f"(has {', '.join(map(str, frame.columns))})"
+        )
+    for column, low, high, whole in RESULT_NUMBERS:
+        if column not in frame.columns:
+            continue
+        values = pd.to_numeric(frame[column], errors="coerce")
+        bad = values.isna() & frame[column].notna()
+        if column != "top5":  # top-5 is empty where a dataset has fewer than five classes
+            bad |= frame[column].isna()
+        out_of_range = values.notna() & (
+            (values < low) | (values > high if high is not None else False) | ((values % 1 != 0) if whole else False)
+        )
+        bad |= out_of_range
+        if bad.any():
+            row = int(bad.to_numpy().nonzero()[0][0])
+            kind = "whole numbers" if whole else "numbers"
+            span = f" from {low} to {high}" if high is not None else f" of at least {low}"
+            value = frame[column].iloc[row]
+            shown = "an empty value" if pd.isna(value) else repr(value.item() if hasattr(value, "item") else value)
+            raise FdbenchError(
+                f"{path}: column {column!r} must hold {kind}{span}, but line {row + 2} has "
+                f"{shown}; it is damaged or not an eval-corruptions results.csv"
+            )
+
+
 def baseline_from_results(path: str | Path) -> dict[str, Baseline]:
     """Per-protocol baselines from a previous run's results.csv.
 
@@ -177,9 +216,7 @@ def baseline_from_results(path: str | Path) -> dict[str, Baseline]:
         frame = pd.read_csv(file)
     except (ValueError, OSError) as err:
         raise FdbenchError(f"cannot read baseline {file}: {err}") from None
-    need = {"checkpoint", "protocol", "corruption", "severity", "top1"}
-    if not need <= set(frame.columns):
-        raise FdbenchError(f"baseline {file} is not a results.csv (needs columns {', '.join(sorted(need))})")
+    check_results(frame, file)
     frame["checkpoint"] = frame["checkpoint"].astype(str)
     names = list(dict.fromkeys(frame["checkpoint"]))
     if checkpoint is None:

@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 
 import pandas as pd
 
+from analysis.metrics import check_results
 from fdbench.checkpoint import checkpoint_labels
 from fdbench.config import load_yaml
 from fdbench.errors import FdbenchError
@@ -120,6 +121,15 @@ def read_csv(path: Path) -> pd.DataFrame | None:
         return None
 
 
+def read_csv_or_fail(path: Path) -> pd.DataFrame:
+    """The CSV file as a frame; a one-line error naming it when it cannot be read."""
+    try:
+        return pd.read_csv(path)
+    except (OSError, ValueError, pd.errors.EmptyDataError, pd.errors.ParserError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FdbenchError(f"cannot read {path} ({reason}); fix or move it away") from None
+
+
 def labels_for(paths: list[Path]) -> list[str]:
     """The names eval-corruptions and frequency-analysis give these entries (run folder -> its name)."""
     return checkpoint_labels([p / "final.pt" if p.is_dir() else p for p in paths])
@@ -208,6 +218,10 @@ class OutputCache:
         if key not in self.evals:
             results = read_csv(folder / "results.csv")
             need = {"checkpoint", "protocol", "corruption", "severity", "top1"}
+            if results is None and (folder / "results.csv").is_file():
+                results = read_csv_or_fail(folder / "results.csv")  # unreadable: say so, not "missing"
+            if results is not None and not {"checkpoint", "top1"}.isdisjoint(results.columns):
+                check_results(results, folder / "results.csv")  # text where numbers belong: refused
             if results is None or not need <= set(results.columns):
                 self.evals[key] = None
             else:

@@ -14,7 +14,9 @@ uninterrupted one (for the same batch size, backend and device). Every file is w
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -173,6 +175,11 @@ def _check(cfg: WriterConfig) -> list[str]:
         raise FdbenchError(f"JPEG quality must be in 1-100, got {cfg.quality}")
     if cfg.resize and cfg.crop > cfg.resize_to:
         raise FdbenchError(f"crop {cfg.crop} is larger than the resize {cfg.resize_to}")
+    if cfg.workers < 0:
+        raise FdbenchError(f"--workers must be >= 0, got {cfg.workers}")
+    from corruptions.params import resolve_table
+
+    resolve_table(cfg.params, cfg.crop, cfg.crop)  # a bad name up front, not when the first image needs it
     return names
 
 
@@ -203,16 +210,13 @@ def write_corruptions(src: str | Path, out: str | Path, cfg: WriterConfig | None
     nb = (len(files) + cfg.batch_size - 1) // cfg.batch_size
     jobs = [(n, s) for n in names for s in cfg.severities]
     _check_name_clashes(files, cfg.format)
-    rows: list[str] = []
+    rows: list[list] = []
     targets = {}
     for n, s in jobs:
         for i, (path, cls) in enumerate(files):
             rel = Path(n) / str(s) / cls / output_name(path, cfg.format)
             targets[(n, s, i)] = rel
-            rows.append(
-                f"{rel.as_posix()},{n},{s},{batch_seed(cfg.seed, n, s, i // cfg.batch_size)},"
-                f"{_csv_field(path.as_posix())}"
-            )
+            rows.append([rel.as_posix(), n, s, batch_seed(cfg.seed, n, s, i // cfg.batch_size), path.as_posix()])
     # which (batch, corruption, severity) still have work: checked up front so the bar is honest
     todo = {}
     for b in range(nb):
@@ -258,7 +262,12 @@ def write_corruptions(src: str | Path, out: str | Path, cfg: WriterConfig | None
     bar.close()
     seconds = time.perf_counter() - start
     manifest = out / "manifest.csv"
-    atomic_write_text(manifest, "file,corruption,severity,seed,source\n" + "\n".join(rows) + "\n")
+    # the csv module quotes what needs it (a comma or a quote in a class or file name, in either column)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["file", "corruption", "severity", "seed", "source"])
+    writer.writerows(rows)
+    atomic_write_text(manifest, text.getvalue())
     return WriteSummary(
         out=out, images=len(files), written=written, skipped=skipped, seconds=seconds, manifest=manifest
     )
@@ -274,10 +283,6 @@ def _check_name_clashes(files: list[tuple[Path, str]], fmt: str) -> None:
                 f"{seen[key]} and {path} would both be written as {cls}/{output_name(path, fmt)}; rename one of them"
             )
         seen[key] = path
-
-
-def _csv_field(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(ch in text for ch in ',"\n') else text
 
 
 def _same_size_groups(tensors: list[torch.Tensor]) -> list[list[int]]:

@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import math
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
-from fdbench.errors import FdbenchError
+from fdbench.errors import FdbenchError, brief
 from fdbench.io import atomic_open, atomic_torch_save, atomic_write_json
 from fdbench.models import ARCHS, BackboneConfig, MaskableViT, build_backbone
 
@@ -93,10 +94,18 @@ def _existing(path: str | Path) -> Path:
 
 def _torch_load(path: Path, map_location) -> Any:
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # "Detected pickle protocol 4": a multi-line aside before our error
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # noqa: BLE001 - the unpickler raises all sorts (IndexError, KeyError...) on junk
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise FdbenchError(f"cannot read {path} ({first[:160]}); expected {EXPECTED}") from None
+        reason = brief(err)
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+        if not head:
+            reason = "the file is empty"
+        elif head == b"PK\x03\x04" and "pickled Python object" not in reason:  # torch's zip: a torn copy
+            reason = f"truncated or damaged ({reason})"
+        raise FdbenchError(f"cannot read {path}: {reason}; expected {EXPECTED}") from None
 
 
 def load_backbone(path: str | Path, map_location: str | torch.device = "cpu") -> LoadedBackbone:

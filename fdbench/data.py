@@ -177,6 +177,75 @@ def resolve_root(root: str | os.PathLike | None, announce: Callable[[str], None]
     return str(root)
 
 
+def dataset_fingerprint(root: str | os.PathLike | None) -> str | None:
+    """A cheap identity of the dataset at ``root``, stored beside its path in runs and evaluations so
+    that another dataset at the same path is noticed (``None`` where there is nothing to read).
+
+    SHA-256 over the sorted relative paths of the split folders' files (``train/``, ``val/``, ...;
+    for CIFAR/STL the files of its folder) and, for up to :data:`SCAN_LIMIT` files, their sizes:
+    adding, removing, renaming or re-encoding images changes it; reading is one directory walk (a
+    stat per file on small sets), not a read of the images. Hidden files are left out."""
+    import hashlib
+
+    spec = resolve_root(root)
+    kind, _, rest = spec.partition(":")
+    base = Path(rest) if kind in _TV_MARKERS and rest else Path(spec)
+    if not base.is_dir():
+        return None
+    parts = [base / m for m in _TV_MARKERS.values() if (base / m).is_dir()]
+    parts = parts or [base / n for names in SPLIT_ALIASES.values() for n in names if (base / n).is_dir()]
+    files = []
+    for part in parts or [base]:
+        for folder, dirs, names in os.walk(part):
+            dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+            files += [Path(folder, n) for n in names if not n.startswith(".")]
+    files.sort()
+    sized = len(files) <= SCAN_LIMIT
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(path.relative_to(base).as_posix().encode())
+        digest.update(f"\0{path.stat().st_size if sized else ''}\n".encode())
+    return f"{len(files)}:{digest.hexdigest()[:16]}"
+
+
+def check_fingerprint(recorded: dict | None, root: str, announce: Callable[[str], None] | None) -> None:
+    """Warn when the dataset at the path a checkpoint was trained on is not the one it was trained on
+    (evaluating another dataset is legitimate; numbers silently labelled with the old one are not)."""
+    recorded = recorded or {}
+    then = recorded.get("fingerprint")
+    if not then or announce is None or str(recorded.get("root")) != str(root):
+        return
+    now = dataset_fingerprint(root)
+    if now is not None and now != then:
+        announce(
+            f"warning: the dataset at {root} changed since the checkpoint was trained on it "
+            f"(fingerprint {then}, now {now}: images added, removed or replaced); the results are for "
+            f"the data as it is now"
+        )
+
+
+def check_same_classes(train: list[str], val: list[str], root) -> None:
+    """Labels are indices into each split's class list: two lists that differ would score the val
+    images against other classes' names. One line naming the classes that differ."""
+    if list(train) == list(val):
+        return
+    only_train = [c for c in train if c not in set(val)]
+    only_val = [c for c in val if c not in set(train)]
+
+    def some(names: list[str]) -> str:
+        return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+    parts = [
+        f"only in train: {some(only_train)}" if only_train else "",
+        f"only in val: {some(only_val)}" if only_val else "",
+    ]
+    detail = "; ".join(p for p in parts if p) or "the same names in another order"
+    raise FdbenchError(
+        f"the train and val splits of {root} have different classes ({detail}); "
+        f"give both the same class folders (or use --class-list)"
+    )
+
+
 def recorded_root(meta: dict, announce: Callable[[str], None], fallback: str) -> str | None:
     """The dataset root a checkpoint's ``meta`` recorded, when it is here (a folder that exists or a
     torchvision ``kind:DIR`` root); else ``None``, announcing ``fallback`` (what the caller does

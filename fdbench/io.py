@@ -29,6 +29,7 @@ __all__ = [
     "json_safe",
     "file_sha256",
     "progress",
+    "remove_stale_temps",
 ]
 
 
@@ -49,6 +50,30 @@ def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[io.IOBase
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temps(folder: str | os.PathLike, depth: int = 1) -> int:
+    """Remove the ``.*.tmp`` files that writes interrupted by a kill left in ``folder`` and its
+    sub-folders (``depth`` levels); returns how many. Call it only while holding the folder's lock
+    (:func:`fdbench.lock.lock_folder`): then no writer of ours is in flight. A sub-folder with a
+    lock file of its own belongs to another command and is left alone."""
+    folder, removed = Path(folder), 0
+    if not folder.is_dir():
+        return 0
+    levels = [folder]
+    for level in range(depth + 1):
+        below = []
+        for here in levels:
+            if level and (here / ".fdbench.lock").exists():
+                continue
+            for entry in here.iterdir():
+                if entry.is_file() and entry.name.startswith(".") and entry.name.endswith(".tmp"):
+                    entry.unlink(missing_ok=True)
+                    removed += 1
+                elif entry.is_dir() and not entry.is_symlink():
+                    below.append(entry)
+        levels = below
+    return removed
 
 
 def _umask() -> int:

@@ -19,7 +19,7 @@ import click
 from fdbench.errors import FdbenchError
 
 LOCK_NAME = ".fdbench.lock"
-_held: dict[str, list] = {}  # resolved folder -> [fd, depth]
+_held: dict[str, list] = {}  # resolved lock file -> [fd, depth, folders this lock created]
 
 
 class FolderLock:
@@ -42,6 +42,13 @@ class FolderLock:
                 fcntl.flock(entry[0], fcntl.LOCK_UN)
             finally:
                 os.close(entry[0])
+            # a command that failed before writing anything leaves no empty output folder behind
+            # (only folders it created, deepest first; rmdir refuses a folder that holds anything)
+            for folder in entry[2]:
+                try:
+                    os.rmdir(folder)
+                except OSError:
+                    break
 
     def __enter__(self):
         return self
@@ -58,6 +65,7 @@ def lock_folder(folder: str | os.PathLike, command: str, *, name: str = LOCK_NAM
     when the process dies.
     """
     folder = Path(folder)
+    created = [p for p in [folder.absolute(), *folder.absolute().parents] if not p.exists()]  # deepest first
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -70,6 +78,9 @@ def lock_folder(folder: str | os.PathLike, command: str, *, name: str = LOCK_NAM
     while True:
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except FileNotFoundError:  # a holder that had created the folder just removed it, empty
+            folder.mkdir(parents=True, exist_ok=True)
+            continue
         except OSError as err:
             raise FdbenchError(f"cannot write to output folder {folder}: {err.strerror}") from None
         try:
@@ -90,7 +101,7 @@ def lock_folder(folder: str | os.PathLike, command: str, *, name: str = LOCK_NAM
         os.close(fd)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} {command}\n".encode(), 0)
-    _held[key] = [fd, 1]
+    _held[key] = [fd, 1, [str(p) for p in created]]
     return _until_command_ends(FolderLock(key))
 
 

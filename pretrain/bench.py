@@ -187,9 +187,11 @@ def _validate(cfg: BenchConfig) -> None:
     }
     for name, value in sizes.items():
         if value < 1:
-            raise FdbenchError(f"{name} must be >= 1, got {value}")
+            raise FdbenchError(f"--{name} must be >= 1, got {value}")
     if cfg.warmup < 0 or r.crops.n_local < 0:
-        raise FdbenchError("warmup and n-local must be >= 0")
+        raise FdbenchError(f"--warmup and --n-local must be >= 0, got {cfg.warmup} and {r.crops.n_local}")
+    if not (math.isfinite(cfg.decode_slack) and cfg.decode_slack > 0):  # 0 would divide the decode size by 0
+        raise FdbenchError(f"--decode-slack must be a finite positive number, got {cfg.decode_slack}")
     if not 0 < r.curriculum.stage1_scale <= 1:
         raise FdbenchError(f"stage1-scale must be in (0, 1], got {r.curriculum.stage1_scale}")
 

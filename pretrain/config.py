@@ -351,8 +351,9 @@ def default_preset_name(device: str = "auto") -> str:
     return "gpu-small" if resolve_device(device).type == "cuda" else "cpu-tiny"
 
 
-def validate(cfg: PretrainConfig) -> None:
-    """Catch bad values up front with a message naming the option and the valid range."""
+def validate(cfg: PretrainConfig, warn: bool = True) -> None:
+    """Catch bad values up front with a message naming the option and the valid range; ``warn``:
+    also print the warnings of legitimate but probably unmeant settings (``train`` does, once)."""
     from fdbench.models import ARCHS, PATCH_SIZES
 
     checks = [
@@ -435,6 +436,8 @@ def validate(cfg: PretrainConfig) -> None:
         if not ok:
             raise FdbenchError(message)
     # legitimate but probably not meant: say so instead of passing silently
+    if not warn:
+        return
     if cfg.curriculum.name == "none" and cfg.curriculum.stage1_fraction != CurriculumConfig.stage1_fraction:
         print(
             f"warning: --stage1-fraction {cfg.curriculum.stage1_fraction} has no effect with --curriculum none",
@@ -665,5 +668,5 @@ def build_config(
             set_option(cfg, NAMED_OPTIONS[name].key, str(value) if isinstance(value, Path) else value)
     for key, value in sets.items():
         set_option(cfg, key, str(value) if isinstance(value, Path) else value)
-    validate(cfg)
+    validate(cfg, warn=False)  # train() validates again and warns, once
     return cfg

@@ -33,9 +33,9 @@ import torch
 import torch.distributed as dist
 
 from fdbench.lock import lock_folder
-from fdbench.data import open_dataset, resolve_root
+from fdbench.data import dataset_fingerprint, open_dataset, resolve_root
 from fdbench.device import seed_everything
-from fdbench.errors import FdbenchError
+from fdbench.errors import FdbenchError, brief
 from fdbench.io import progress
 from pretrain import costs as costs_mod
 from pretrain.collapse import CollapseWatch, entropy_fraction, rankme
@@ -74,6 +74,9 @@ __all__ = [
 ]
 
 LOSS_TERMS = ("loss", "dino", "koleo", "ibot")  # MetaArch.forward_backward's keys, in this order
+# what resume_from reads from checkpoints/last.pt (a missing one is named, not a KeyError)
+RESUME_ENTRIES = ("config", "student", "teacher", "losses", "optimizer", "rng", "data_position", "step", "knn")
+RESUME_ENTRIES += ("elapsed_s", "run_time_s", "cpu_time_s", "costs", "none_flops_per_image")
 
 
 @dataclass
@@ -307,6 +310,7 @@ class Trainer:
 
         # 1. data and curriculum -> stages of iterations
         self.root = resolve_root(cfg.data.root, announce=log)
+        self.data_fingerprint = dataset_fingerprint(self.root)  # another dataset at this path: see resume_from
         self.train_set = (
             train_set if train_set is not None else open_dataset(self.root, "train", class_list=cfg.data.class_list)
         )
@@ -365,7 +369,12 @@ class Trainer:
             "config": cfg.to_dict(),
             "curriculum": self.curriculum.to_dict(),
             "stages": [dataclasses.asdict(p) for p in self.stages],
-            "data": {"root": str(self.root), "image_size": self.full_size, "class_list": cfg.data.class_list},
+            "data": {
+                "root": str(self.root),
+                "image_size": self.full_size,
+                "class_list": cfg.data.class_list,
+                "fingerprint": self.data_fingerprint,
+            },
             "run_name": cfg.run_name,
             "data_position": {
                 "epoch": state.epoch,
@@ -384,15 +393,28 @@ class Trainer:
         return ckpt
 
     def resume_from(self, ckpt: dict) -> None:
-        check_same_run(ckpt["config"], self.cfg, self.folder.out)
-        self.meta.load_state_dict_parts(ckpt)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.state.load_state_dict(ckpt)
-        if "collapse_watch" in ckpt:  # checkpoints written before the collapse monitor have none
-            self.collapse.load_state_dict(ckpt["collapse_watch"])
+        last, fix = self.folder.last, "rename it to start this run over, or use another --out"
+        missing = [k for k in RESUME_ENTRIES if k not in ckpt]
+        if missing:
+            raise FdbenchError(f"{last} is damaged or incomplete: it has no {', '.join(missing)}; {fix}")
+        try:
+            check_same_run(ckpt["config"], self.cfg, self.folder.out)
+            then, now = (ckpt.get("data") or {}).get("fingerprint"), self.data_fingerprint
+            if then and now and then != now:  # older checkpoints have none: nothing to compare
+                raise FdbenchError(
+                    f"{self.folder.out} was trained on another dataset at {self.root} (fingerprint {then}, "
+                    f"now {now}: images added, removed or replaced); use another --out to start a new run"
+                )
+            self.meta.load_state_dict_parts(ckpt)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.state.load_state_dict(ckpt)
+            if "collapse_watch" in ckpt:  # checkpoints written before the collapse monitor have none
+                self.collapse.load_state_dict(ckpt["collapse_watch"])
+            before = ckpt["data_position"].get("pipeline", "cpu")
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError, IndexError) as err:
+            raise FdbenchError(f"{last} is damaged or incomplete ({brief(err)}); {fix}") from None
         self.saved_rng = ckpt["rng"]  # restored just before the first step (see run())
         self.log(f"resuming {self.folder.out} at step {self.state.step}/{self.total_iters} (epoch {self.state.epoch})")
-        before = ckpt["data_position"].get("pipeline", "cpu")
         if before != self.pipeline:  # `auto` on another kind of device: same distributions, other draws
             self.log(
                 f"note: this run's crops so far came from the {before} pipeline, from here on from the "

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Subset
 
-from fdbench.data import dataset_resolution, eval_transform, open_dataset
+from fdbench.data import check_same_classes, dataset_resolution, eval_transform, open_dataset
 from fdbench.features import FrozenEncoder, eval_image_size, extract_features
 from fdbench.scoring import knn_votes
 from fdbench.scoring import topk_accuracy as scoring_topk
@@ -74,12 +74,11 @@ class KnnMonitor:
         resize = self.size if native else None
         self.k, self.temperature, self.batch_size = k, temperature, batch_size
         transform = eval_transform(self.size, resize)
-        self.train_images, self.train_labels, self.classes = self._load(
-            open_dataset(root, "train", transform, class_list), train_per_class, workers
-        )
-        self.val_images, self.val_labels, _ = self._load(
-            open_dataset(root, "val", transform, class_list), val_per_class, workers
-        )
+        train_set = open_dataset(root, "train", transform, class_list)
+        val_set = open_dataset(root, "val", transform, class_list)
+        check_same_classes(train_set.classes, val_set.classes, root)  # else a meaningless accuracy
+        self.train_images, self.train_labels, self.classes = self._load(train_set, train_per_class, workers)
+        self.val_images, self.val_labels, _ = self._load(val_set, val_per_class, workers)
 
     def _load(self, dataset, per_class, workers):
         subset = Subset(dataset, _first_per_class(dataset.targets, per_class))

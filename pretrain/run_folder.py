@@ -26,6 +26,7 @@ import torch
 
 from fdbench.checkpoint import read_checkpoint, save_checkpoint
 from fdbench.config import save_yaml
+from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json
 
 METRIC_COLUMNS = [
@@ -101,7 +102,15 @@ class RunFolder:
 
     # ---- starting and resuming
     def read_last(self, device: torch.device) -> dict | None:
-        return read_checkpoint(self.last, map_location=device) if self.last.exists() else None
+        if not self.last.exists():
+            return None
+        try:
+            return read_checkpoint(self.last, map_location=device)
+        except FdbenchError as err:  # a torn or foreign last.pt: say what resuming needs, not what eval accepts
+            reason = str(err).split("; expected")[0]
+            raise FdbenchError(
+                f"{reason}; the run cannot resume from it: rename it to start over, or use another --out"
+            ) from None
 
     def start(self, cfg) -> None:
         if self.writer:

@@ -54,8 +54,8 @@ def other_value(key: str, current):
 
 def test_every_field_is_an_option_and_settable_with_set():
     assert (
-        sorted(OPTIONS) == sorted(leaf_fields()) and len(OPTIONS) == 76
-    )  # 71 + fidelity's drop_path_uniform and weight_decay_rule + run.tensorboard, run.strategy, run.activation_checkpointing (issue 19)
+        sorted(OPTIONS) == sorted(leaf_fields()) and len(OPTIONS) == 77
+    )  # 71 + fidelity's drop_path_uniform and weight_decay_rule + run.tensorboard, run.strategy, run.activation_checkpointing (issue 19) + the redesign's crops.blur_sigma
     cfg = preset("cpu-tiny")
     for key in leaf_fields():
         section, name = key.split(".")

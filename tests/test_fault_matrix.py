@@ -25,6 +25,7 @@ from fdbench.cli import main
 P = ["pretrain", "--data", "{data}", "--out", "{tmp}/run", "--device", "cpu", "--batch-size", "4"]
 E = ["eval-corruptions", "{ckpt}", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"]
 F = ["frequency-analysis", "{ckpt}", "--data", "{data}", "--out", "{tmp}/fq", "--device", "cpu"]
+BT = ["bench-train", "--device", "cpu", "--out", "{tmp}/bench", "--arch", "vit_pico", "--patch-size", "8"]
 MC = ["make-corruptions", "{data}/val", "{tmp}/c", "--device", "cpu"]
 MD = [
     "make-dataset",
@@ -110,6 +111,114 @@ def _bad_images(tmp: Path) -> None:
     (tmp / "imgs" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not an image")
     (tmp / "results.csv").write_text("checkpoint,protocol,corruption,severity,top1\nx,knn,gaussian_noise,three,abc\n")
     (tmp / "junk.pt").write_bytes(b"junk")
+
+
+def _pico_checkpoint(path: Path) -> None:
+    """A real (random-init) vit_pico backbone checkpoint at 32 px: loads in milliseconds."""
+    import torch
+
+    from fdbench.checkpoint import save_checkpoint
+    from fdbench.models import BackboneConfig, build_backbone
+
+    torch.manual_seed(0)
+    config = BackboneConfig(arch="vit_pico", patch_size=8, img_size=32)
+    save_checkpoint(
+        {"kind": "backbone", "model": config.to_dict(), "teacher_backbone": build_backbone(config).state_dict()}, path
+    )
+
+
+def _pico(tmp: Path) -> None:
+    _pico_checkpoint(tmp / "b.pt")
+
+
+RESULT_HEADER = "checkpoint,kind,protocol,corruption,severity,n,top1,top5\n"
+
+
+def _results_text(column: str):
+    """A results.csv (eval-corruptions layout) with text in ``column``, in --out, beside, and as --evals."""
+
+    def setup(tmp: Path) -> None:
+        _pico(tmp)
+        row = {"checkpoint": "b", "kind": "pretrained", "protocol": "knn", "corruption": "clean", "severity": "0"}
+        row.update({"n": "4", "top1": "0.5", "top5": "1.0", column: "high"})
+        text = RESULT_HEADER + ",".join(row[c] for c in RESULT_HEADER.strip().split(",")) + "\n"
+        for folder in ("ev", "evdir"):
+            (tmp / folder).mkdir()
+            (tmp / folder / "results.csv").write_text(text)
+        (tmp / "results.csv").write_text(text)
+
+    return setup
+
+
+def _results_garbage(tmp: Path) -> None:
+    _pico(tmp)
+    (tmp / "evdir").mkdir()
+    (tmp / "evdir" / "results.csv").write_bytes(b'checkpoint,top1\n"unterminated\x00\xff,\n')
+
+
+def _training_last(drop: str | None = None, raw: bytes | None = None):
+    """A run folder whose checkpoints/last.pt lacks ``drop`` (else holds the bytes ``raw``)."""
+
+    def setup(tmp: Path) -> None:
+        import io
+
+        import torch
+
+        last = tmp / "run" / "checkpoints" / "last.pt"
+        last.parent.mkdir(parents=True)
+        state = {"format": "fdbench/1", "kind": "training", "model": {}, "teacher_backbone": {}}
+        state.update({k: {} for k in ("config", "student", "teacher", "losses", "optimizer", "data_position")})
+        state.update({"rng": [], "step": 1, "knn": [], "elapsed_s": 0.0, "run_time_s": 0.0, "cpu_time_s": 0.0})
+        state.update({"costs": [], "none_flops_per_image": None})
+        if drop is not None:
+            del state[drop]
+        if raw is not None:
+            last.write_bytes(raw)
+        else:
+            torch.save(state, last)
+        if raw == b"truncated":
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            last.write_bytes(buffer.getvalue()[:300])
+
+    return setup
+
+
+def _class_mismatch(tmp: Path) -> None:
+    """train/ has classes a, b; val/ has a, c: labels would index different names."""
+    from PIL import Image
+
+    for split, classes in (("train", ("a", "b")), ("val", ("a", "c"))):
+        for k, cls in enumerate(classes):
+            (tmp / "mm" / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.new("RGB", (32, 32), (40 * k + 10 * i, 80, 120)).save(tmp / "mm" / split / cls / f"{i}.png")
+    _pico(tmp)
+
+
+def _earlier_heatmap(tmp: Path) -> None:
+    """frequency-analysis --out fq holding b's heat map made with --window 5 (default eps)."""
+    import json
+
+    _pico(tmp)
+    (tmp / "fq" / "b").mkdir(parents=True)
+    ckpt = tmp / "b.pt"
+    params = {"checkpoint": str(ckpt.resolve()), "mtime": ckpt.stat().st_mtime, "data": None, "probe": "linear"}
+    params.update({"seed": 0, "eps": None, "window": 5, "n_images": 32})
+    info = {"image_size": 32, "eps": 4.0, "window": 5}
+    (tmp / "fq" / "b" / "heatmap.json").write_text(json.dumps({"params": params, "info": info}))
+    (tmp / "fq" / "b" / "heatmap.csv").write_text("kx,ky,error_pct\n0,0,50.0\n")
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.system, ("touch PWNED",))
+
+
+def _evil(tmp: Path) -> None:
+    import torch
+
+    torch.save({"format": "fdbench/1", "x": _RunsCode()}, tmp / "evil.pt")
 
 
 CASES: list[tuple[str, list[str], list[str], object]] = [
@@ -415,6 +524,135 @@ CASES: list[tuple[str, list[str], list[str], object]] = [
         ["broken.png"],
         _bad_images,
     ),
+    # ---- bench-train
+    ("bt-decode-slack-0", BT + ["--decode-slack", "0"], ["--decode-slack"], None),
+    ("bt-decode-slack-nan", BT + ["--decode-slack", "nan"], ["--decode-slack"], None),
+    ("bt-decode-slack-neg", BT + ["--decode-slack", "-2"], ["--decode-slack"], None),
+    ("bt-steps-0", BT + ["--steps", "0"], ["--steps"], None),
+    ("bt-warmup-neg", BT + ["--warmup", "-1"], ["--warmup"], None),
+    ("bt-batch-0", BT + ["--batch-size", "0"], ["--batch-size"], None),
+    ("bt-stage", BT + ["--stages", "stage3"], ["stage3"], None),
+    # ---- pretrain: resuming from a damaged checkpoints/last.pt names the file and what is missing
+    ("pt-resume-no-optimizer", P, ["last.pt", "has no optimizer"], _training_last(drop="optimizer")),
+    ("pt-resume-no-config", P + ["--resume"], ["last.pt", "has no config"], _training_last(drop="config")),
+    ("pt-resume-no-rng", P, ["last.pt", "has no rng"], _training_last(drop="rng")),
+    ("pt-resume-truncated", P, ["last.pt", "truncated or damaged", "cannot resume"], _training_last(raw=b"truncated")),
+    ("pt-resume-empty", P, ["last.pt", "empty", "cannot resume"], _training_last(raw=b"")),
+    ("pt-resume-junk", P, ["last.pt", "cannot resume"], _training_last(raw=b"PK\x03\x04 torn zip")),
+    (
+        "pt-knn-class-mismatch",
+        ["pretrain", "--data", "{tmp}/mm", "--out", "{tmp}/run", "--device", "cpu", "--batch-size", "4"]
+        + ["--arch", "vit_pico", "--global-size", "16", "--local-size", "8", "--epochs", "1", "--threads", "1"],
+        ["different classes", "only in train: b", "only in val: c"],
+        _class_mismatch,
+    ),
+    # ---- eval-corruptions: text in results.csv (its own, to resume; a --baseline), class mismatch
+    (
+        "ev-resume-text-top1",
+        ["eval-corruptions", "{tmp}/b.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"],
+        ["ev/results.csv", "column 'top1'", "'high'", "--overwrite"],
+        _results_text("top1"),
+    ),
+    (
+        "ev-resume-text-severity",
+        ["eval-corruptions", "{tmp}/b.pt", "--data", "{data}", "--out", "{tmp}/ev", "--device", "cpu"],
+        ["ev/results.csv", "column 'severity'"],
+        _results_text("severity"),
+    ),
+    (
+        "ev-baseline-text",
+        ["eval-corruptions", "{tmp}/b.pt", "--data", "{data}", "--out", "{tmp}/ev2", "--device", "cpu"]
+        + ["--baseline", "{tmp}/results.csv"],
+        ["results.csv", "column 'top1'"],
+        _results_text("top1"),
+    ),
+    (
+        "ev-class-mismatch",
+        ["eval-corruptions", "{tmp}/b.pt", "--data", "{tmp}/mm", "--out", "{tmp}/ev", "--device", "cpu"]
+        + ["--corruptions", "gaussian_noise", "--severities", "1", "--protocol", "knn"],
+        ["different classes", "only in train: b", "only in val: c"],
+        _class_mismatch,
+    ),
+    # ---- frequency-analysis: --results text, changed settings in --out, class mismatch
+    (
+        "fq-results-text-top1",
+        ["frequency-analysis", "{tmp}/b.pt", "--results", "{tmp}/results.csv", "--out", "{tmp}/fq"],
+        ["results.csv", "column 'top1'", "'high'"],
+        _results_text("top1"),
+    ),
+    (
+        "fq-results-text-n",
+        ["frequency-analysis", "{tmp}/b.pt", "--results", "{tmp}/results.csv", "--out", "{tmp}/fq"],
+        ["results.csv", "column 'n'"],
+        _results_text("n"),
+    ),
+    (
+        "fq-results-severity-word",
+        ["frequency-analysis", "{tmp}/junk.pt", "--results", "{tmp}/results.csv", "--out", "{tmp}/fq"],
+        ["results.csv", "column 'severity'", "'three'"],
+        _bad_images,
+    ),
+    (
+        "fq-changed-window",
+        ["frequency-analysis", "{tmp}/b.pt", "--window", "3", "--out", "{tmp}/fq", "--device", "cpu"],
+        ["fq/b", "other settings", "window: 5 -> 3", "--overwrite"],
+        _earlier_heatmap,
+    ),
+    (
+        "fq-changed-eps",
+        ["frequency-analysis", "{tmp}/b.pt", "--window", "5", "--eps", "2", "--out", "{tmp}/fq", "--device", "cpu"],
+        ["other settings", "eps: 4.0 -> 2.0"],
+        _earlier_heatmap,
+    ),
+    (
+        "fq-changed-n-images",
+        ["frequency-analysis", "{tmp}/b.pt", "--window", "5", "--n-images", "8", "--out", "{tmp}/fq"],
+        ["other settings", "n_images: 32 -> 8"],
+        _earlier_heatmap,
+    ),
+    (
+        "fq-class-mismatch",
+        ["frequency-analysis", "{tmp}/b.pt", "--data", "{tmp}/mm", "--out", "{tmp}/fq", "--device", "cpu"]
+        + ["--analyses", "heatmap", "--n-images", "2", "--window", "2"],
+        ["different classes", "only in val: c"],
+        _class_mismatch,
+    ),
+    # ---- compare: a damaged results.csv is an error, not "missing"
+    (
+        "cmp-results-text-top1",
+        ["compare", "{tmp}/b.pt", "--evals", "{tmp}/evdir", "--out", "{tmp}/rep"],
+        ["evdir/results.csv", "column 'top1'", "'high'"],
+        _results_text("top1"),
+    ),
+    (
+        "cmp-results-text-severity",
+        ["compare", "{tmp}/b.pt", "--evals", "{tmp}/evdir", "--out", "{tmp}/rep"],
+        ["evdir/results.csv", "column 'severity'"],
+        _results_text("severity"),
+    ),
+    (
+        "cmp-results-unreadable",
+        ["compare", "{tmp}/b.pt", "--evals", "{tmp}/evdir", "--out", "{tmp}/rep"],
+        ["evdir/results.csv"],
+        _results_garbage,
+    ),
+    ("cmp-junk-pt", ["compare", "{tmp}/junk.pt", "--out", "{tmp}/rep"], ["junk.pt", "cannot read"], _junk_ckpt),
+    ("cmp-empty-pt", ["compare", "{tmp}/empty.pt", "--out", "{tmp}/rep"], ["empty.pt", "empty"], _junk_ckpt),
+    ("cmp-pickle-code", ["compare", "{tmp}/evil.pt", "--out", "{tmp}/rep"], ["evil.pt", "would run code"], _evil),
+    # ---- make-corruptions and ceiling: options read lazily before (a bad --params only failed when an
+    # image needed it, so a resumed OUT accepted it), a negative learning rate reached AdamW
+    ("mc-params-name", MC + ["--params", "nofile.yaml"], ["unknown params table", "nofile.yaml"], None),
+    ("mc-workers-neg", MC + ["--workers", "-1"], ["--workers"], None),
+    ("ce-lr-neg", ["ceiling", "{tmp}/user", "--lr", "-1", "--out", "{tmp}/ce"], ["--lr"], _user_folder),
+    ("ce-lr-nan", ["ceiling", "{tmp}/user", "--lr", "nan", "--out", "{tmp}/ce"], ["--lr"], _user_folder),
+    ("ce-no-run", ["ceiling", "{tmp}/user", "--out", "{tmp}/ce"], ["user"], _user_folder),
+    # ---- checkpoints: a pickle that would run code is refused in full sentences
+    (
+        "ck-pickle-code",
+        ["export", "{tmp}/evil.pt", "--out", "{tmp}/e.safetensors"],
+        ["evil.pt", "would run code", "refused without running it"],
+        _evil,
+    ),
     # ---- top level
     ("cli-unknown-command", ["train-everything"], ["train-everything"], None),
 ]
@@ -446,6 +684,7 @@ def test_bad_input_is_one_line_exit_2(name, argv, words, setup, tmp_path, matrix
     if setup is not None:
         setup(tmp_path)
     before = _snapshot(tmp_path, matrix_data)
+    folders_before = {p for p in tmp_path.rglob("*") if p.is_dir()}
     args = [a.format(tmp=tmp_path, data=matrix_data) for a in argv]
     with pytest.raises(SystemExit) as info:
         main(args)
@@ -459,6 +698,9 @@ def test_bad_input_is_one_line_exit_2(name, argv, words, setup, tmp_path, matrix
     after = _snapshot(tmp_path, matrix_data)
     assert {k: after.get(k) for k in before} == before, "files that existed before were changed or deleted"
     assert not [p for p in after if p not in before and p.endswith(".tmp")], "a temp file was left behind"
+    empty = [p for p in tmp_path.rglob("*") if p.is_dir() and p not in folders_before and not any(p.iterdir())]
+    assert not empty, f"an empty output folder was left behind: {empty}"
+    assert not (tmp_path / "PWNED").exists(), "a pickle ran code"
 
 
 # ---------------------------------------------------------------- item tests beyond the table
@@ -558,6 +800,244 @@ def test_relative_data_is_stored_absolute(tmp_path, monkeypatch, capsys, matrix_
     assert absolute_data(None) is None
 
 
+def _copy_dataset(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+TINY_RUN = ["--device", "cpu", "--batch-size", "4", "--arch", "vit_pico", "--global-size", "16"]
+TINY_RUN += ["--local-size", "8", "--threads", "1", "--epochs", "2", "--curriculum", "none"]
+
+
+def test_resume_refuses_another_dataset_at_the_same_path_and_damaged_state(tmp_path, capsys, matrix_data):
+    """Item 1 and 3: the fingerprint beside the data path; a last.pt whose parts do not load."""
+    import torch
+
+    from fdbench.data import dataset_fingerprint
+
+    data = _copy_dataset(matrix_data, tmp_path / "data")
+    run = tmp_path / "run"
+    argv = ["pretrain", "--data", data, "--out", run, *TINY_RUN, "--save-every-steps", "1"]
+    assert _run([*argv, "--stop-after-steps", "1"], capsys)[0] == 0
+    saved = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    # the fingerprint, recomputed here from its definition: sorted relative paths and sizes of the split files
+    files = sorted(p for split in ("train", "val") for p in (data / split).rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(data).as_posix().encode() + f"\0{f.stat().st_size}\n".encode())
+    assert saved["data"]["fingerprint"] == f"{len(files)}:{digest.hexdigest()[:16]}" == dataset_fingerprint(data)
+    assert saved["data"]["root"] == str(data)
+
+    # another dataset at the same path (one image replaced by a bigger one): refused, nothing written
+    victim = files[0]
+    original = victim.read_bytes()
+    victim.write_bytes(original + b"\0" * 16)
+    before = _snapshot(run)
+    code, _, err = _run(argv, capsys)
+    assert code == 2 and "Traceback" not in err, err
+    assert "trained on another dataset" in err and str(data) in err and saved["data"]["fingerprint"] in err
+    assert _snapshot(run) == before
+    victim.write_bytes(original)
+
+    # a last.pt with a part that does not load: the file and the part named, exit 2, nothing written
+    broken = dict(saved)
+    broken["losses"] = {"dino": {}, "ibot": {}}
+    torch.save(broken, run / "checkpoints" / "last.pt")
+    before = _snapshot(run)
+    code, _, err = _run(argv, capsys)
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert "last.pt is damaged or incomplete" in lines[0] and "center" in lines[0]
+    assert _snapshot(run) == before
+
+    # the intact checkpoint resumes to the end
+    torch.save(saved, run / "checkpoints" / "last.pt")
+    code, _, err = _run(argv, capsys)
+    assert code == 0 and (run / "final.pt").exists(), err
+
+
+def test_eval_warns_when_the_training_dataset_changed(tmp_path, capsys, matrix_data):
+    """Item 1 (eval side): legitimate to evaluate, but the user is told; an eval resume is refused."""
+    import torch
+
+    data = _copy_dataset(matrix_data, tmp_path / "data")
+    _pico_checkpoint(tmp_path / "b.pt")
+    from fdbench.data import dataset_fingerprint
+
+    state = torch.load(tmp_path / "b.pt", weights_only=True)
+    state["data"] = {"root": str(data), "image_size": 32, "fingerprint": dataset_fingerprint(data)}
+    torch.save(state, tmp_path / "b.pt")
+    argv = ["eval-corruptions", tmp_path / "b.pt", "--out", tmp_path / "ev", "--device", "cpu", "--protocol", "knn"]
+    argv += ["--corruptions", "gaussian_noise", "--severities", "1"]
+    code, _, err = _run(argv, capsys)
+    assert code == 0 and "changed since" not in err, err
+    extra = next((data / "val").rglob("*.png"))
+    shutil.copy(extra, extra.with_name("extra.png"))
+    code, _, err = _run(argv, capsys)  # the same --out: its results are of the other dataset
+    assert code == 2 and "other settings (data_fingerprint: the dataset's files changed)" in err, err
+    code, _, err = _run([*argv[:3], tmp_path / "ev2", *argv[4:]], capsys)
+    assert code == 0 and f"warning: the dataset at {data} changed since the checkpoint was trained on it" in err
+
+
+def test_damaged_feature_cache_is_recomputed_with_a_message(tmp_path, capsys, matrix_data):
+    """Item 4: a torn or foreign cache file costs its recomputation, never a traceback."""
+    import torch
+
+    _pico(tmp_path)
+    argv = ["eval-corruptions", tmp_path / "b.pt", "--data", matrix_data, "--device", "cpu", "--protocol", "knn"]
+    argv += ["--corruptions", "gaussian_noise", "--severities", "1", "--out"]
+    assert _run([*argv, tmp_path / "ev"], capsys)[0] == 0
+    reference = (tmp_path / "ev" / "results.csv").read_text()
+    caches = sorted((tmp_path / "ev" / "cache").glob("b-train-*.pt"))
+    assert len(caches) == 1
+    good = caches[0].read_bytes()
+    for damage in (good[:200], b"", None):
+        shutil.rmtree(tmp_path / "ev2", ignore_errors=True)
+        (tmp_path / "ev2" / "cache").mkdir(parents=True)
+        target = tmp_path / "ev2" / "cache" / caches[0].name
+        if damage is None:
+            torch.save({"feats": torch.zeros(3)}, target)  # readable, but not what the cache holds
+        else:
+            target.write_bytes(damage)
+        code, _, err = _run([*argv, tmp_path / "ev2"], capsys)
+        assert code == 0 and "Traceback" not in err, err
+        assert f"warning: the feature cache {target} is damaged" in err and "recomputing it" in err
+        assert (tmp_path / "ev2" / "results.csv").read_text() == reference
+        assert target.read_bytes() == good  # recomputed to the same tensors
+
+
+def test_frequency_summary_bytes_reuse_refusal_and_damage(tmp_path, capsys, matrix_data):
+    """Items 7, 8 and 4: a re-run that reuses every result writes a byte-identical summary.csv; another
+    --window is refused (files untouched) unless --overwrite; a damaged finished result is recomputed."""
+    _pico(tmp_path)
+    out = tmp_path / "fq"
+    argv = ["frequency-analysis", tmp_path / "b.pt", "--data", matrix_data, "--out", out, "--device", "cpu"]
+    argv += ["--analyses", "heatmap,bandpass", "--n-images", "4", "--bandpass-images", "4", "--radii", "2"]
+    argv += ["--probe", "knn", "--window", "3"]
+    assert _run(argv, capsys)[0] == 0
+    first = (out / "summary.csv").read_bytes()
+    code, _, err = _run(argv, capsys)
+    assert code == 0 and err.count("already done") == 2 and (out / "summary.csv").read_bytes() == first
+    before = _snapshot(out)
+    code, _, err = _run([*argv, "--window", "4"], capsys)
+    assert code == 2 and "window: 3 -> 4" in err and "--overwrite" in err and _snapshot(out) == before
+    (out / "b" / "heatmap_outcomes.npz").write_bytes(b"torn")
+    code, _, err = _run(argv, capsys)
+    assert code == 0 and "Traceback" not in err and "is damaged" in err and "recomputing" in err
+    assert (out / "summary.csv").read_bytes() == first
+    code, _, err = _run([*argv, "--window", "4", "--overwrite"], capsys)
+    assert code == 0 and '"window": 4' in (out / "b" / "heatmap.json").read_text()
+
+
+@pytest.mark.parametrize("command", ["eval-corruptions", "frequency-analysis", "make-corruptions"])
+def test_stale_temps_are_removed_once_the_folder_is_locked(command, tmp_path, capsys, matrix_data):
+    """Item 9: a kill -9 mid-write leaves .*.tmp; the next command on that folder removes them (not
+    those of a sub-folder that another command locks)."""
+    out = tmp_path / "out"
+    (out / "cache").mkdir(parents=True)
+    (out / "other").mkdir()
+    stale = [out / ".results.csv.k1l2.tmp", out / "cache" / ".b-train-x.pt.abc.tmp"]
+    for path in stale:
+        path.write_bytes(b"half")
+    (out / "other" / ".fdbench.lock").write_text("123 pretrain\n")
+    (out / "other" / ".last.pt.inflight.tmp").write_bytes(b"someone else's")
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    argv = {
+        "eval-corruptions": ["eval-corruptions", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
+        "frequency-analysis": ["frequency-analysis", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
+        "make-corruptions": ["make-corruptions", matrix_data / "val", out, "--device", "cpu"]
+        + ["--corruptions", "contrast", "--severities", "1"],
+    }[command]
+    code, _, err = _run(argv, capsys)
+    assert code == (0 if command == "make-corruptions" else 2), err
+    assert not any(p.exists() for p in stale)
+    assert (out / "other" / ".last.pt.inflight.tmp").read_bytes() == b"someone else's"
+
+
+def test_failed_command_leaves_no_empty_output_folder(tmp_path, capsys):
+    """Item 10: the folder (and parents) a locked command created are removed when it wrote nothing."""
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    (tmp_path / "kept").mkdir()
+    for out in (tmp_path / "new" / "deeper" / "ev", tmp_path / "kept" / "ev"):
+        code, _, err = _run(["eval-corruptions", tmp_path / "junk.pt", "--out", out, "--device", "cpu"], capsys)
+        assert code == 2, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.pt", "kept"]
+    assert list((tmp_path / "kept").iterdir()) == []
+
+
+def test_ctrl_c_says_what_is_kept_and_how_to_resume(tmp_path, capsys, monkeypatch, matrix_data):
+    """Item 10: not just "aborted"."""
+    import corruptions.writer as writer
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(writer, "write_corruptions", interrupted)
+    code, _, err = _run(["make-corruptions", matrix_data / "val", tmp_path / "c", "--device", "cpu"], capsys)
+    line = err.strip().splitlines()[-1]
+    assert code == 130 and "Traceback" not in err
+    assert line.startswith("interrupted: make-corruptions") and "every image written so far is kept" in line
+    assert "re-running the same command skips them" in line
+
+
+def test_manifest_quotes_names_with_commas(tmp_path, capsys):
+    """Item 10: a class and a file name with a comma (and a quote) read back through the csv module."""
+    import csv
+
+    from PIL import Image
+
+    (tmp_path / "src" / 'cats, big "ones"').mkdir(parents=True)
+    Image.new("RGB", (32, 32), (10, 20, 30)).save(tmp_path / "src" / 'cats, big "ones"' / "a,b.png")
+    argv = ["make-corruptions", tmp_path / "src", tmp_path / "c", "--device", "cpu", "--corruptions", "contrast"]
+    code, _, err = _run([*argv, "--severities", "1,2"], capsys)
+    assert code == 0, err
+    with open(tmp_path / "c" / "manifest.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["file"] for r in rows] == [f'contrast/{s}/cats, big "ones"/a,b.jpg' for s in (1, 2)]
+    assert all(r["source"].endswith('cats, big "ones"/a,b.png') and r["corruption"] == "contrast" for r in rows)
+    assert all((tmp_path / "c" / r["file"]).is_file() for r in rows)
+
+
+def test_legitimate_but_unmeant_settings_warn_once(monkeypatch, capsys, matrix_data, tmp_path):
+    """Item 11: --curriculum none --stage1-fraction 0.5 and two-stage --epochs 1 train, with one warning."""
+    import pretrain.engine as engine
+
+    def stop(*args, **kwargs):
+        raise engine.FdbenchError("stopped after validation")
+
+    monkeypatch.setattr(engine, "setup_distributed", stop)
+    base = ["pretrain", "--data", matrix_data, "--out", tmp_path / "run", "--device", "cpu"]
+    for extra, words in (
+        (["--curriculum", "none", "--stage1-fraction", "0.5"], "--stage1-fraction 0.5 has no effect"),
+        (["--curriculum", "two-stage", "--epochs", "1"], "never reaches its full-resolution stage"),
+    ):
+        code, _, err = _run([*base, *extra], capsys)
+        assert code == 2 and "stopped after validation" in err
+        assert err.count(words) == 1 and err.count("warning:") == 1, err
+
+
+def test_brief_reasons_are_whole_sentences():
+    """Item 10: torch's weights-only refusal, cut at 160 characters, ended mid-sentence."""
+    import io
+    import pickle
+
+    import torch
+
+    from fdbench.errors import brief
+
+    buffer = io.BytesIO()
+    torch.save({"x": _RunsCode()}, buffer)
+    buffer.seek(0)
+    with pytest.raises(pickle.UnpicklingError) as info:
+        torch.load(buffer, weights_only=True)
+    text = brief(info.value)
+    assert text.endswith("refused without running it") and ("posix.system" in text or "nt.system" in text)
+    assert brief(ValueError("first sentence. second sentence")) == "first sentence"
+    long = ValueError("word " * 60)
+    assert brief(long).endswith(" ...") and len(brief(long)) <= 165
+    assert brief(KeyError("optimizer")) == "damaged or incomplete: no entry 'optimizer'"
+
+
 # ---------------------------------------------------------------- subprocess cases: locks, kill -9, disk
 
 ENV = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
@@ -579,11 +1059,12 @@ def _holder(folder: Path, name: str = ".fdbench.lock") -> subprocess.Popen:
 def test_second_writer_is_refused_and_a_killed_holders_lock_is_reclaimed(command, tmp_path, capsys, matrix_data):
     out = tmp_path / "out"
     (tmp_path / "junk.pt").write_bytes(b"junk")
+    _pico(tmp_path)
     argv = {
         "pretrain": ["pretrain", "--data", matrix_data, "--out", out, "--device", "cpu", "--batch-size", "4"],
         "eval-corruptions": ["eval-corruptions", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
         "frequency-analysis": ["frequency-analysis", tmp_path / "junk.pt", "--out", out, "--device", "cpu"],
-        "compare": ["compare", tmp_path / "junk.pt", "--out", out],
+        "compare": ["compare", tmp_path / "b.pt", "--out", out],  # a real checkpoint: a junk one is refused first
         "make-corruptions": ["make-corruptions", matrix_data / "val", out, "--device", "cpu"],
         "make-dataset": ["make-dataset", "--out", out, *SMALL],
     }[command]

@@ -284,9 +284,12 @@ def test_runner_files_match_figures_and_resume(two_runs, tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(
         report2.summary.reset_index(drop=True), pd.read_csv(out / "summary.csv"), check_dtype=False
     )
-    # a changed parameter reruns that analysis only
-    with pytest.raises(AssertionError, match="loaded again"):
+    # a changed parameter is refused like eval-corruptions refuses it (issue 20), before any work;
+    # with --overwrite that analysis is rerun
+    with pytest.raises(FdbenchError, match=r"other settings \(eps: 4.0 -> 1.0\).*--overwrite"):
         frequency.run_frequency_analysis(_config(two_runs, out, eps=1.0), **_spectra_kw())
+    with pytest.raises(AssertionError, match="loaded again"):
+        frequency.run_frequency_analysis(_config(two_runs, out, eps=1.0, overwrite=True), **_spectra_kw())
 
 
 def test_runner_errors_are_one_line(tmp_path, two_runs):

@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     except FdbenchError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("aborted", err=True)
+    except (click.exceptions.Abort, KeyboardInterrupt):  # Ctrl-C (click turns it into Abort)
+        click.echo(interrupted_message(argv if argv is not None else sys.argv[1:]), err=True)
         sys.exit(130)
     except click.ClickException as err:
         message = err.format_message().replace("\n", " ")
@@ -86,15 +86,37 @@ def main(argv: list[str] | None = None) -> None:
             message += f" (see '{err.ctx.command_path} --help')"
         click.echo(f"error: {message}", err=True)
         sys.exit(err.exit_code if err.exit_code else 2)
-    except KeyboardInterrupt:
-        click.echo("interrupted: finished work is saved; re-run the same command to resume", err=True)
-        sys.exit(130)
     except OSError as err:
         if err.errno not in _DISK_ERRORS:
             raise
         click.echo(f"error: {os_error_message(err)}", err=True)
         sys.exit(2)
     sys.exit(0)
+
+
+# what an interrupted command leaves on disk (every file is written whole: a Ctrl-C or a kill never
+# leaves a torn one) and what re-running the same command does with it
+KEPT = {
+    "pretrain": "the run's last checkpoint (checkpoints/last.pt: saved at every epoch end and every "
+    "--save-every-minutes) and its metrics are kept; re-running the same command continues from it",
+    "eval-corruptions": "every finished (checkpoint, corruption, severity) cell is kept in results.csv; "
+    "re-running the same command computes only the missing ones",
+    "frequency-analysis": "every finished analysis is kept (and the heat map's progress in "
+    "<checkpoint>/heatmap.partial.pt); re-running the same command reuses them",
+    "make-corruptions": "every image written so far is kept; re-running the same command skips them",
+    "make-dataset": "nothing was replaced (the new dataset is swapped in only when complete); "
+    "re-run the same command to make it",
+    "ceiling": "nothing is kept of the unfinished training; re-run the same command",
+    "compare": "the earlier report, if any, is kept; re-run the same command",
+    "demo": "finished steps are kept; re-running the same command resumes the demo",
+}
+
+
+def interrupted_message(argv: list[str]) -> str:
+    command = next((a for a in argv if a in COMMANDS), None)
+    out = next((argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out"), None)
+    kept = KEPT.get(command or "", "finished work is kept; re-run the same command to resume")
+    return f"interrupted: {command or 'fdbench'}{f' on {out}' if out else ''} stopped; {kept}"
 
 
 # file-system conditions a user fixes (free space, permissions), not bugs: one line, exit 2.

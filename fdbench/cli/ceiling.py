@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
-from fdbench.cli.common import device_option, echo, out_option, seed_option
+from fdbench.cli.common import check_finite, device_option, echo, out_option, seed_option
+from fdbench.io import remove_stale_temps
+from fdbench.lock import lock_folder
 
 
 @click.command("ceiling")
@@ -26,6 +28,9 @@ def ceiling(run, steps, batch_size, lr, device, seed, out):
     for name, value in (("--steps", steps), ("--batch-size", batch_size)):
         if value is not None and value < 1:
             raise FdbenchError(f"{name} must be at least 1, got {value}")
+    check_finite("--lr", lr, positive=True)
+    lock_folder(out, "ceiling")  # one writer per --out; released at exit or when killed
+    remove_stale_temps(out)  # of writes a kill -9 interrupted
     path = train_ceiling(
         run, out, CeilingConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device), announce=echo
     )

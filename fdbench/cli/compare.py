@@ -8,6 +8,7 @@ import click
 
 from fdbench.cli.common import config_option, echo, out_option
 from fdbench.errors import FdbenchError
+from fdbench.io import remove_stale_temps
 from fdbench.lock import lock_folder
 
 
@@ -62,7 +63,12 @@ def compare(runs, evals, frequency, reference, title, figures, out):
             raise FdbenchError(f"run not found: {run}")
         if run.is_file() and run.suffix.lower() not in CHECKPOINT_SUFFIXES:
             raise FdbenchError(f"{run} is neither a run folder nor a checkpoint ({', '.join(CHECKPOINT_SUFFIXES)})")
+        if run.is_file():  # the suffix is not enough: a junk .pt would be reported as a run with no data
+            from fdbench.checkpoint import load_backbone
+
+            load_backbone(run)
     lock_folder(out, "compare")  # one writer per --out; released at exit or when killed
+    remove_stale_temps(out, depth=1)  # of writes a kill -9 interrupted: ours to remove now that --out is locked
     report = run_compare(
         list(runs),
         out,

@@ -9,6 +9,7 @@ from PIL import UnidentifiedImageError
 
 from fdbench.cli.common import config_option, device_option, echo, seed_option
 from fdbench.errors import FdbenchError
+from fdbench.io import remove_stale_temps
 from fdbench.lock import lock_folder
 
 
@@ -108,7 +109,7 @@ def make_corruptions(
         backend=backend,
         device=str(dev),
         batch_size=batch_size,
-        workers=max(0, workers),
+        workers=workers,
         resize=not no_resize,
         format=fmt,
         quality=quality,
@@ -122,8 +123,7 @@ def make_corruptions(
         return
     lock_folder(out, "make-corruptions")  # one writer per OUT; released at exit or when killed
     # temp files of writes a kill -9 interrupted: ours to remove only now that OUT is locked
-    for stale in out.rglob(".*.tmp"):
-        stale.unlink(missing_ok=True)
+    remove_stale_temps(out, depth=3)  # OUT/<corruption>/<severity>/<class>/
     summary = write_corruptions(src, out, cfg)
     echo(
         f"{summary.images} source images x {len(cfg.corruptions)} corruptions x {len(cfg.severities)} "

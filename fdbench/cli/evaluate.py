@@ -8,6 +8,7 @@ import click
 
 from fdbench.cli.common import absolute_data, check_range, config_option, device_option, echo, out_option, seed_option
 from fdbench.errors import FdbenchError
+from fdbench.io import remove_stale_temps
 from fdbench.lock import lock_folder
 
 
@@ -106,6 +107,7 @@ def eval_corruptions(
         if not ckpt.exists():
             raise FdbenchError(f"checkpoint not found: {ckpt}")
     lock_folder(out, "eval-corruptions")  # one writer per --out; released at exit or when killed
+    remove_stale_temps(out, depth=1)  # of writes a kill -9 interrupted: ours to remove now that --out is locked
     config = EvalConfig(
         data=absolute_data(data),
         protocol=protocol,

@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import click
 
-from fdbench.cli.common import check_finite, check_range, config_option, device_option, echo, out_option, seed_option
+from fdbench.cli.common import (
+    absolute_data,
+    check_finite,
+    check_range,
+    config_option,
+    device_option,
+    echo,
+    out_option,
+    seed_option,
+)
+from fdbench.io import remove_stale_temps
 from fdbench.lock import lock_folder
 
 
@@ -64,6 +74,9 @@ from fdbench.lock import lock_folder
 @click.option(
     "--runs", default="runs", show_default=True, help="Where to look for runs/*/final.pt when no checkpoint is given."
 )
+@click.option(
+    "--overwrite", is_flag=True, help="Recompute results --out holds with other settings instead of refusing."
+)
 @device_option
 @seed_option
 @out_option("evals/frequency")
@@ -82,6 +95,7 @@ def frequency_analysis(
     severity,
     batch_size,
     runs,
+    overwrite,
     device,
     seed,
     out,
@@ -106,9 +120,10 @@ def frequency_analysis(
         check_range(name, value, 1)
     check_range("--severity", severity, 1, 5)
     lock_folder(out, "frequency-analysis")  # one writer per --out; released at exit or when killed
+    remove_stale_temps(out, depth=1)  # of writes a kill -9 interrupted: ours to remove now that --out is locked
     config = FrequencyConfig(
         checkpoints=list(checkpoints),
-        data=data,
+        data=absolute_data(data),
         analyses=[a.strip() for a in analyses.split(",") if a.strip()],
         eps=eps,
         window=window,
@@ -123,6 +138,7 @@ def frequency_analysis(
         seed=seed,
         out=str(out),
         runs=runs,
+        overwrite=overwrite,
     )
     report = run_frequency_analysis(config, announce=echo)
     if not report.summary.empty:
