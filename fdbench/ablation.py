@@ -170,6 +170,8 @@ def ablation(
         device=config.device,
         seed=0,
         out=str(freq_dir),
+        # this command owns the folder and re-runs the step only when its inputs changed (fingerprint)
+        overwrite=True,
     )
     fp = fingerprint([*finals, evals / "results.csv"], {"frequency": _stable(asdict(freq_config))})
     names = parse_corruptions(config.corruptions)

@@ -330,6 +330,8 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
         device=config.device,
         seed=config.seed,
         out=str(freq_dir),
+        # this command owns the folder and re-runs the step only when its inputs changed (fingerprint)
+        overwrite=True,
     )
     fp = fingerprint([*checkpoints, evals / "results.csv"], {"frequency": _stable(asdict(freq_config))})
     names = parse_corruptions(config.corruptions)  # spectra of the corruptions that were evaluated
