@@ -119,14 +119,31 @@ def convergence_figure(
         for run in runs:
             part = knn[knn["run"] == run].sort_values(column)
             ax.plot(part[column], part["knn_top1_pct"], marker="o", markersize=3, color=colors[run], label=run)
+            if {"knn_top1_lo_pct", "knn_top1_hi_pct"} <= set(part.columns) and part["knn_top1_lo_pct"].notna().any():
+                ax.fill_between(
+                    part[column], part["knn_top1_lo_pct"], part["knn_top1_hi_pct"], color=colors[run], alpha=0.18
+                )
         _mark_switches(ax, switches, column, colors)
         _switch_legend(ax, switches)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("kNN top-1 accuracy (%)")
         ax.set_xlim(left=0)
-        ax.legend(frameon=False, loc="lower right")
+        # the whole accuracy scale: a zoomed axis makes one or two points of noise look like a trend
+        ax.set_ylim(0, 100)
     axes[0, 0].set_title("Online kNN accuracy vs epochs")
     axes[0, 1].set_title("Online kNN accuracy vs wall-clock")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    # below the panels, never over the curves; bands: 95% Wilson interval over the val images
+    fig.legend(
+        handles,
+        names,
+        loc="outside lower center",
+        ncol=max(1, len(names)),
+        frameon=False,
+        fontsize=8,
+        title="shaded: 95% interval over the val images",
+        title_fontsize=7,
+    )
     return fig
 
 

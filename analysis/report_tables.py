@@ -128,23 +128,40 @@ def cost_tables(records: list[RunRecord], reference: str | None) -> tuple[pd.Dat
     return totals, pd.DataFrame(stage_rows)
 
 
+def wilson_interval(p, n, z: float = 1.959964) -> tuple[float | None, float | None]:
+    """95% Wilson score interval of an accuracy ``p`` measured on ``n`` images (None when unknown)."""
+    if p is None or n is None or _isnan(p) or not n:
+        return None, None
+    p, n = float(p), float(n)
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
+
+
 def convergence_tables(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(kNN rows, loss rows, stage switches), epochs as fractions (step / iterations per epoch)."""
     knn_rows, loss_rows, switch_rows = [], [], []
     for r in records:
         iters_per_epoch = _iters_per_epoch(r)
         m = r.metrics
+        # how many val images each online kNN point was measured on (older runs: unknown)
+        n_val = {int(c["step"]): c.get("n_val") for c in ((r.summary or {}).get("knn") or {}).get("curve") or []}
         if m is not None and iters_per_epoch:
 
             def at(row: dict, per_epoch: float = iters_per_epoch) -> dict:
                 return {"run": r.label, "epoch": row["step"] / per_epoch, "step": int(row["step"])}
 
             for row in m[m["row"] == "knn"].to_dict("records"):
+                n = n_val.get(int(row["step"]))
+                lo, hi = wilson_interval(row.get("knn_top1"), n)
                 knn_rows.append(
                     {
                         **at(row),
                         "wall_clock_s": row.get("elapsed_s"),
                         "knn_top1_pct": pct(row.get("knn_top1")),
+                        "knn_top1_lo_pct": pct(lo),
+                        "knn_top1_hi_pct": pct(hi),
+                        "n_val": n,
                         "knn_top5_pct": pct(row.get("knn_top5")),
                     }
                 )
@@ -165,7 +182,17 @@ def convergence_tables(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataF
                         {"run": r.label, "stage": st.get("name"), "epoch": st.get("start_epoch"), "wall_clock_s": wall}
                     )
                 wall += float(st.get("wall_clock_s") or 0.0)
-    cols_knn = ["run", "epoch", "step", "wall_clock_s", "knn_top1_pct", "knn_top5_pct"]
+    cols_knn = [
+        "run",
+        "epoch",
+        "step",
+        "wall_clock_s",
+        "knn_top1_pct",
+        "knn_top1_lo_pct",
+        "knn_top1_hi_pct",
+        "n_val",
+        "knn_top5_pct",
+    ]
     cols_loss = ["run", "epoch", "step", "stage", "wall_clock_s", "loss", "dino", "ibot", "koleo", "lr", "img_per_s"]
     return (
         pd.DataFrame(knn_rows, columns=cols_knn),

@@ -539,7 +539,9 @@ class Trainer:
             with torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext():
                 result = self.monitor.evaluate(backbone)
             self.meta.release_eval_backbone()
-            state.knn.append({"epoch": epoch, "step": state.step, "top1": result.top1, "top5": result.top5})
+            state.knn.append(
+                {"epoch": epoch, "step": state.step, "top1": result.top1, "top5": result.top5, "n_val": result.n_val}
+            )
             self.folder.add_row(
                 {
                     "row": "knn",

@@ -703,3 +703,17 @@ def test_floors_and_paired_differences_lead_the_findings(fixture_runs, tmp_path)
     assert clean["verdict"] == "not distinguishable at this sample size (95% CI covers 0)"
     assert "**two-stage** vs **none** (knn probe, paired over 100 images): clean top-1 -1.0 pp" in text
     assert "floor: pixels" in rep.markdown.read_text()
+
+
+def test_online_knn_interval_is_the_wilson_score_interval():
+    """The interval solves (p_hat - p)^2 = z^2 p (1 - p) / n for p (the Wilson score definition)."""
+    import numpy as np
+
+    from analysis.report_tables import wilson_interval
+
+    z = 1.959964
+    for p_hat, n in ((0.5, 100), (0.37, 500), (0.02, 50)):
+        # (1 + z^2/n) p^2 - (2 p_hat + z^2/n) p + p_hat^2 = 0
+        roots = sorted(np.roots([1 + z * z / n, -(2 * p_hat + z * z / n), p_hat * p_hat]).real)
+        assert wilson_interval(p_hat, n) == pytest.approx(tuple(roots))
+    assert wilson_interval(0.4, None) == (None, None)
