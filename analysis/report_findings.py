@@ -6,7 +6,7 @@ import math
 
 import pandas as pd
 
-CLEAN_TOLERANCE_PP = 2.0  # "clean accuracy about equal": within this many percentage points
+CLEAN_TOLERANCE_PP = 2.0  # a clean-accuracy point estimate "within +-2 pp" of the reference (not a test)
 
 
 def _get(df: pd.DataFrame, run: str, column: str, **where) -> float:
@@ -85,11 +85,16 @@ def findings(labels: list[str], reference: str | None, headline: dict, chance_pc
             db = h[f"{protocol}_blur_top1_pct"] - ref[f"{protocol}_blur_top1_pct"]
             if math.isnan(dc):
                 continue
-            verdict = "about equal" if abs(dc) <= CLEAN_TOLERANCE_PP else ("higher" if dc > 0 else "lower")
+            # never "equal" from a point estimate: only say whether it lies inside the tolerance band
+            verdict = (
+                f"within +-{CLEAN_TOLERANCE_PP:g} pp"
+                if abs(dc) <= CLEAN_TOLERANCE_PP
+                else ("higher" if dc > 0 else "lower")
+            )
             # point estimates only: the statistically worded lines come from analysis.paired
             parts.append(
-                f"{protocol} probe: clean accuracy {dc:+.1f} pp ({verdict} by point estimate, tolerance "
-                f"{CLEAN_TOLERANCE_PP:g} pp; not a test), noise-group accuracy {dn:+.1f} pp "
+                f"{protocol} probe: clean accuracy {dc:+.1f} pp ({verdict} by point estimate; not a test: "
+                f"the intervals are in the paired differences), noise-group accuracy {dn:+.1f} pp "
                 f"({'up' if dn > 0 else 'not up'}), blur-group {db:+.1f} pp, "
                 f"mCE vs {reference} {h[f'{protocol}_mCE_vs_ref_pct']:.1f}%"
             )
