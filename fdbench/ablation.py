@@ -87,7 +87,7 @@ def ablation(
     from analysis.frequency import FrequencyConfig, run_frequency_analysis
     from analysis.metrics import parse_corruptions
     from fdbench.config import load_yaml
-    from fdbench.demo import _settings
+    from fdbench.demo import _settings, heatmap_window
     from fdbench.device import resolve_device
     from pretrain.config import build_config
     from pretrain.engine import check_same_run, train
@@ -163,7 +163,7 @@ def ablation(
         data=config.data,
         n_images=config.heatmap_images,
         bandpass_images=config.bandpass_images,
-        window=window,
+        window=heatmap_window(window, config.window, config.data),
         radii=radii,
         results=str(evals / "results.csv"),
         batch_size=config.eval_batch_size,

@@ -211,6 +211,18 @@ def _settings(config: DemoConfig, cuda: bool) -> tuple[str, int | None, int]:
     return preset, window, radii
 
 
+def heatmap_window(window: int | None, explicit: int | None, data: str | None) -> int | None:
+    """The heat-map window to use: an explicit one as given; the CPU default (33, the central
+    low-frequency window) becomes the full spectrum (None) on images of at most 33 px, where a
+    33 x 33 window would not fit (the embedded dataset is 32 px)."""
+    from fdbench.data import dataset_resolution
+
+    if explicit is not None or window is None:
+        return window
+    native = dataset_resolution(data)
+    return None if native is not None and native <= window else window
+
+
 def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | None = None) -> DemoResult:
     """Train both curricula, evaluate, analyse, compare; skip what is already done (see module doc)."""
     from analysis.ceiling import CeilingConfig, train_ceiling
@@ -323,7 +335,7 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
         data=config.data,
         n_images=config.heatmap_images,
         bandpass_images=config.bandpass_images,
-        window=window,
+        window=heatmap_window(window, config.window, config.data),
         radii=radii,
         results=str(evals / "results.csv"),
         batch_size=config.eval_batch_size,

@@ -201,3 +201,12 @@ def test_seed_grouping_and_its_interval():
     sd_ref = math.sqrt(sum((v - 43.0) ** 2 for v in values) / 2)
     half = sps.t.ppf(0.975, 2) * sd_ref / math.sqrt(3)
     assert (mean, sd, lo, hi) == pytest.approx((43.0, sd_ref, 43.0 - half, 43.0 + half))
+
+
+def test_cpu_heatmap_window_fits_the_embedded_images():
+    """The CPU default window (33) would not fit 32 px images: the full spectrum is used instead."""
+    from fdbench.demo import heatmap_window
+
+    assert heatmap_window(33, None, None) is None  # embedded dataset: 32 px
+    assert heatmap_window(33, 33, None) == 33  # an explicit window is kept (and refused later if too big)
+    assert heatmap_window(None, None, None) is None  # CUDA: the full spectrum anyway
