@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Rectangle
 
 from corruptions import registry
@@ -91,7 +92,13 @@ def save_figure(fig: Figure, stem: str | Path, *, dpi: int = 150) -> list[Path]:
 
 
 def checkpoint_colors(labels: Sequence[str]) -> dict[str, str]:
-    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(labels)}
+    """One colour per checkpoint; beyond the palette, matplotlib's tab20 so no two share a colour."""
+    if len(labels) <= len(PALETTE):
+        return {label: PALETTE[i] for i, label in enumerate(labels)}
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab20"]
+    return {label: matplotlib.colors.to_hex(cmap(i % 20)) for i, label in enumerate(labels)}
 
 
 def nice_max(value: float, step: float = 10.0, cap: float | None = 100.0) -> float:
@@ -230,7 +237,26 @@ def bandpass_figure(
     ax.set_title("Band-pass accuracy: low-pass keeps |k| <= r, high-pass |k| > r")
     # outside the axes: inside, any corner can hold a curve
     note = " (bands: 95% bootstrap CI over images)" if "accuracy_pct_lo" in df.columns else ""
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title="curve" + note, title_fontsize=7)
+    # one legend entry per checkpoint (its colour, from its low-pass line); the styles explained once
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    handles = [lines[f"{label}, low-pass"] for label in labels]
+    names = list(labels)
+    if chance_pct is not None:
+        handles.append(lines["chance"])
+        names.append("chance")
+    handles += [Line2D([], [], linestyle="-", color="0.3"), Line2D([], [], linestyle="--", color="0.3")]
+    names += ["solid: low-pass", "dashed: high-pass"]
+    title = "checkpoint" + note
+    if len(labels) <= 6:
+        ax.legend(
+            handles, names, loc="upper left", bbox_to_anchor=(1.02, 1.0), frameon=False, title=title, title_fontsize=7
+        )
+    else:
+        # many checkpoints (an ablation): a multi-column legend under the axes keeps the plot its size
+        fig.set_size_inches(7.6, 3.8 + 0.22 * math.ceil(len(names) / 4))
+        fig.legend(
+            handles, names, loc="outside lower center", ncol=4, frameon=False, fontsize=7, title=title, title_fontsize=7
+        )
     return fig
 
 
