@@ -234,7 +234,7 @@ class RunConfig:
     )
     threads: int | None = opt(
         None,
-        "CPU intra-op threads [torch's default]; 1 is often faster on a busy shared machine.",
+        "CPU intra-op threads [the cores the DataLoader workers leave, at most torch's default].",
         option=True,
         resume_safe=True,
     )

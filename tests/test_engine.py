@@ -699,3 +699,25 @@ def test_frozen_last_layer_matches_dinov2_order(tmp_path, tiny_cfg):
         assert torch.equal(p, before)  # frozen: unchanged
         # ...but its gradient was kept and entered AdamW's first moment, as in DINOv2
         assert opt.state[p]["exp_avg"].abs().sum() > 0
+
+
+def test_cpu_threads_leave_room_for_the_loader_workers(monkeypatch):
+    """Without --threads a CPU run uses the cores its DataLoader workers leave (at least one)."""
+    import torch
+
+    import pretrain.engine as engine
+    from pretrain.config import preset
+
+    cfg = preset("cpu-tiny")
+    cfg.run.device = "cpu"
+    default = torch.get_num_threads()
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 2)
+    cfg.data.workers = 1
+    assert engine.cpu_threads_beside_workers(cfg) == 1
+    cfg.data.workers = 0
+    assert engine.cpu_threads_beside_workers(cfg) == min(default, 2)
+    monkeypatch.setattr(engine.os, "cpu_count", lambda: 16)
+    cfg.data.workers = 8
+    assert engine.cpu_threads_beside_workers(cfg) == min(default, 8)
+    cfg.data.workers = 30
+    assert engine.cpu_threads_beside_workers(cfg) == 1
