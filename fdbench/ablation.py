@@ -84,10 +84,10 @@ def ablation(
     """Train every arm and seed, evaluate, analyse, judge the findings; skip what is already done."""
     from analysis.ablation import ARMS, label
     from analysis.evaluate import EvalConfig, default_corrupt_fn, evaluate_corruptions
-    from analysis.frequency import FrequencyConfig, run_frequency_analysis
+    from analysis.frequency import run_frequency_analysis
     from analysis.metrics import parse_corruptions
     from fdbench.config import load_yaml
-    from fdbench.demo import _settings, heatmap_window
+    from fdbench.demo import _settings, frequency_config
     from fdbench.device import resolve_device
     from pretrain.config import build_config
     from pretrain.engine import check_same_run, train
@@ -158,21 +158,7 @@ def ablation(
 
     # 3. the frequency analysis of every checkpoint (band-pass curves carry the frequency findings)
     freq_dir = out / "evals" / "frequency"
-    freq_config = FrequencyConfig(
-        checkpoints=[str(p) for p in finals],
-        data=config.data,
-        n_images=config.heatmap_images,
-        bandpass_images=config.bandpass_images,
-        window=heatmap_window(window, config.window, config.data),
-        radii=radii,
-        results=str(evals / "results.csv"),
-        batch_size=config.eval_batch_size,
-        device=config.device,
-        seed=0,
-        out=str(freq_dir),
-        # this command owns the folder and re-runs the step only when its inputs changed (fingerprint)
-        overwrite=True,
-    )
+    freq_config = frequency_config(config, finals, evals, freq_dir, window, radii, seed=0)
     fp = fingerprint([*finals, evals / "results.csv"], {"frequency": _stable(asdict(freq_config))})
     names = parse_corruptions(config.corruptions)
     run_step(

@@ -211,6 +211,28 @@ def _settings(config: DemoConfig, cuda: bool) -> tuple[str, int | None, int]:
     return preset, window, radii
 
 
+def frequency_config(config, checkpoints, evals: Path, out: Path, window, radii, *, seed: int):
+    """The frequency step of the demo and the ablation (``config``: a DemoConfig or AblationConfig):
+    every checkpoint, joined with the evaluation's results, into a folder the command owns."""
+    from analysis.frequency import FrequencyConfig
+
+    return FrequencyConfig(
+        checkpoints=[str(p) for p in checkpoints],
+        data=config.data,
+        n_images=config.heatmap_images,
+        bandpass_images=config.bandpass_images,
+        window=heatmap_window(window, config.window, config.data),
+        radii=radii,
+        results=str(evals / "results.csv"),
+        batch_size=config.eval_batch_size,
+        device=config.device,
+        seed=seed,
+        out=str(out),
+        # the command re-runs the step only when its inputs changed (its fingerprint), so it may replace
+        overwrite=True,
+    )
+
+
 def heatmap_window(window: int | None, explicit: int | None, data: str | None) -> int | None:
     """The heat-map window to use: an explicit one as given; the CPU default (33, the central
     low-frequency window) becomes the full spectrum (None) on images of at most 33 px, where a
@@ -227,7 +249,7 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
     """Train both curricula, evaluate, analyse, compare; skip what is already done (see module doc)."""
     from analysis.ceiling import CeilingConfig, train_ceiling
     from analysis.evaluate import EvalConfig, default_corrupt_fn, evaluate_corruptions
-    from analysis.frequency import FrequencyConfig, run_frequency_analysis
+    from analysis.frequency import run_frequency_analysis
     from analysis.metrics import parse_corruptions
     from analysis.report import compare
     from fdbench.device import resolve_device
@@ -330,21 +352,7 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
 
     # 4. frequency analysis of both checkpoints, joined with the evaluation results
     freq_dir = out / "evals" / "frequency"
-    freq_config = FrequencyConfig(
-        checkpoints=[str(p) for p in checkpoints],
-        data=config.data,
-        n_images=config.heatmap_images,
-        bandpass_images=config.bandpass_images,
-        window=heatmap_window(window, config.window, config.data),
-        radii=radii,
-        results=str(evals / "results.csv"),
-        batch_size=config.eval_batch_size,
-        device=config.device,
-        seed=config.seed,
-        out=str(freq_dir),
-        # this command owns the folder and re-runs the step only when its inputs changed (fingerprint)
-        overwrite=True,
-    )
+    freq_config = frequency_config(config, checkpoints, evals, freq_dir, window, radii, seed=config.seed)
     fp = fingerprint([*checkpoints, evals / "results.csv"], {"frequency": _stable(asdict(freq_config))})
     names = parse_corruptions(config.corruptions)  # spectra of the corruptions that were evaluated
     run_step(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY_RUN
 import torch
 
 from fdbench.checkpoint import load_backbone, read_checkpoint
@@ -46,21 +47,7 @@ dist.destroy_process_group()
 """
 
 # 2 epochs x 4 iterations of a global batch of 20 (10 per rank); stage 2 (32 px) starts at epoch 1
-OPTS = dict(
-    arch="vit_pico",
-    patch_size=8,
-    global_size=32,
-    local_size=16,
-    n_local=2,
-    prototypes=64,
-    batch_size=20,
-    epochs=2,
-    workers=0,
-    device="cpu",
-    eval_every=0,
-    log_every=1,
-    drop_path_rate=0.1,
-)
+OPTS = {**TINY_RUN, "epochs": 2, "eval_every": 0, "log_every": 1, "drop_path_rate": 0.1}
 
 
 def _torchrun(tmp_path, root, runs: list) -> Path:

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RUN
 import torch
 
 from fdbench.checkpoint import read_checkpoint
@@ -18,22 +19,7 @@ from pretrain.preemption import EXIT_REQUEUE
 REPO = Path(__file__).resolve().parents[1]
 
 # 2 epochs x 4 iterations (80 images, batch 20): stage 1 (16 px) is epoch 0, stage 2 (32 px) epoch 1
-OPTS = dict(
-    arch="vit_pico",
-    patch_size=8,
-    global_size=32,
-    local_size=16,
-    n_local=2,
-    prototypes=64,
-    batch_size=20,
-    epochs=2,
-    workers=0,
-    log_every=1,
-    eval_every=0,
-    device="cpu",
-    threads=1,
-    drop_path_rate=0.1,
-)
+OPTS = {**TINY_RUN, "epochs": 2, "log_every": 1, "eval_every": 0, "threads": 1, "drop_path_rate": 0.1}
 
 
 def _flags(root, out) -> list[str]:

@@ -7,26 +7,12 @@ import sys
 
 import pandas as pd
 import pytest
+from conftest import TINY_RUN
 import torch
 
 from fdbench.errors import FdbenchError
 
-OPTS = dict(
-    arch="vit_pico",
-    patch_size=8,
-    global_size=32,
-    local_size=16,
-    n_local=2,
-    prototypes=64,
-    batch_size=20,
-    epochs=2,
-    workers=0,
-    log_every=1,
-    eval_every=1,
-    device="cpu",
-    threads=1,
-    tensorboard=True,
-)
+OPTS = {**TINY_RUN, "epochs": 2, "log_every": 1, "eval_every": 1, "threads": 1, "tensorboard": True}
 
 
 def _cfg(root, out, **kw):
