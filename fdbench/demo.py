@@ -60,7 +60,7 @@ class DemoConfig:
     severities: str = "1-5"
     protocol: str = "both"
     eval_batch_size: int = 256
-    heatmap_images: int = 32
+    heatmap_images: int = 400  # the ring curve's 95% interval about +-3 points (32 images: +-9.7)
     bandpass_images: int = 256
     window: int | None = None  # None: 33 on CPU, the full spectrum on CUDA
     radii: int | None = None  # None: 8 on CPU, 16 on CUDA

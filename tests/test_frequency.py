@@ -158,7 +158,16 @@ def two_runs(tmp_path_factory, tiny_dataset):
 
 
 def _config(runs, out, **kw):
-    base = dict(runs=str(runs), out=str(out), n_images=4, bandpass_images=16, radii=2, window=8, batch_size=128)
+    base = dict(
+        runs=str(runs),
+        out=str(out),
+        n_images=4,
+        spectra_images=3,
+        bandpass_images=16,
+        radii=2,
+        window=8,
+        batch_size=128,
+    )
     base.update(kw)
     return frequency.FrequencyConfig(**base)
 
@@ -204,6 +213,9 @@ def test_runner_files_match_figures_and_resume(two_runs, tmp_path, monkeypatch):
         _config(two_runs, out, results=str(results)), announce=messages.append, **_spectra_kw()
     )
     assert any("found under" in m for m in messages)
+    # the heat map and the spectra draw their own numbers of images
+    assert json.loads((out / "spectra.json").read_text())["params"]["n_images"] == 3
+    assert set(report.summary["heatmap_images"]) == {4}
     for name in (
         "none/heatmap",
         "two-stage/heatmap",

@@ -25,7 +25,7 @@ from analysis.probes import fit_linear_probe, knn_probe
 from fdbench.checkpoint import load_backbone
 from fdbench.data import load_split_tensor
 from fdbench.features import FrozenEncoder, extract_features
-from fdbench.models import build_backbone
+from fdbench.models import ARCHS, build_backbone
 from fdbench.synthetic import Nuisances, SyntheticSpec, make_synthetic_dataset
 from pretrain.config import preset
 from pretrain.engine import train
@@ -66,7 +66,10 @@ def main():
     ap.add_argument("--set", action="append", default=[])
     ap.add_argument("--curriculum", default="none")
     ap.add_argument("--floors-only", action="store_true")
+    ap.add_argument("--dims", help="WIDTH,DEPTH,HEADS: register and use an architecture 'vit_custom'")
     args = ap.parse_args()
+    if args.dims:
+        ARCHS["vit_custom"] = tuple(int(v) for v in args.dims.split(","))
     threads = int(os.environ.get("TRIAL_THREADS", "2"))  # 1 beats 2 on a machine shared with other jobs
     torch.set_num_threads(threads)
 
@@ -85,11 +88,13 @@ def main():
 
     cfg = preset("cpu-tiny")
     cfg.curriculum.name = args.curriculum
+    if args.dims:
+        cfg.model.arch = "vit_custom"
     for item in args.set:
         k, v = item.split("=", 1)
         set_path(cfg, k, json.loads(v))
     # the floors depend on the data and the architecture only: computed once per pair
-    cache = root / f"floors-{cfg.model.arch}-p{cfg.model.patch_size}.json"
+    cache = root / f"floors-{cfg.model.arch}{args.dims or ''}-p{cfg.model.patch_size}.json"
     if cache.exists():
         pixel, rnd = json.loads(cache.read_text())
     else:
