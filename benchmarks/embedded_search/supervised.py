@@ -74,9 +74,20 @@ def main():
     with torch.no_grad():
         pred = torch.cat([head(model((to_float01(v) - mean) / std)[0]).argmax(1) for v in vx.split(256)])
     acc = float((pred == vy).float().mean())
-    row = dict(name=args.name, arch=args.arch, width=model.embed_dim, depth=args.depth or "", patch=args.patch,
-               layerscale=args.layerscale, lr=args.lr, steps=args.steps, batch=args.batch,
-               train_s=round(train_s, 1), s_per_step=round(train_s / args.steps, 3), val_top1=acc)
+    row = dict(
+        name=args.name,
+        arch=args.arch,
+        width=model.embed_dim,
+        depth=args.depth or "",
+        patch=args.patch,
+        layerscale=args.layerscale,
+        lr=args.lr,
+        steps=args.steps,
+        batch=args.batch,
+        train_s=round(train_s, 1),
+        s_per_step=round(train_s / args.steps, 3),
+        val_top1=acc,
+    )
     print(row, flush=True)
     path = HERE / "supervised.csv"
     new = not path.exists()
