@@ -4,7 +4,8 @@ A pickle names functions to call while it loads (``GLOBAL`` + ``REDUCE``): ``pic
 stranger's file can call ``os.system``. :func:`load_plain_pickle` uses an unpickler whose
 ``find_class`` admits only the few numpy callables that rebuild arrays, dtypes and numpy scalars
 (``numpy.core.multiarray._reconstruct`` / ``numpy._core.multiarray._reconstruct``, ``numpy.ndarray``,
-``numpy.dtype``, ``numpy.core.multiarray.scalar`` / ``numpy._core.multiarray.scalar``); lists,
+``numpy.dtype``, ``numpy.(_)core.numeric._frombuffer`` (protocol 5), ``numpy.core.multiarray.scalar`` / ``numpy._core.multiarray.scalar``, and
+``_codecs.encode`` restricted to the str -> latin-1 bytes call protocol 2 uses for buffers, and ``bytes``); lists,
 tuples, dicts, sets, numbers, strings and bytes need no global at all. Any other global is refused
 before it is called, with a one-line :class:`~fdbench.errors.FdbenchError`.
 
@@ -26,11 +27,27 @@ from fdbench.errors import FdbenchError
 # the name the file gives: numpy 2 writes "numpy._core.multiarray", numpy 1 "numpy.core.multiarray"
 _RECONSTRUCT = np.zeros(1).__reduce__()[0]
 _SCALAR = np.float64(0).__reduce__()[0]
+_FROMBUFFER = np.zeros(1).__reduce_ex__(5)[0]  # protocol 5's out-of-band-capable array rebuild
+
+
+def _latin1_bytes(text, encoding="utf-8", errors="strict"):
+    """Protocol 2 writes a ``bytes`` object (a numpy buffer) as ``_codecs.encode(str, "latin1")``:
+    admitted for exactly that, string to bytes, nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1") or errors != "strict":
+        raise _Refused("_codecs.encode with arguments other than (str, 'latin1')")
+    return text.encode("latin1")
+
+
 ALLOWED = {
+    ("_codecs", "encode"): _latin1_bytes,
+    ("builtins", "bytes"): bytes,  # protocol 2's empty bytes (``__builtin__`` under Python 2 names)
+    ("__builtin__", "bytes"): bytes,
     ("numpy.core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy._core.multiarray", "_reconstruct"): _RECONSTRUCT,
     ("numpy.core.multiarray", "scalar"): _SCALAR,
     ("numpy._core.multiarray", "scalar"): _SCALAR,
+    ("numpy.core.numeric", "_frombuffer"): _FROMBUFFER,
+    ("numpy._core.numeric", "_frombuffer"): _FROMBUFFER,
     ("numpy", "ndarray"): np.ndarray,
     ("numpy", "dtype"): np.dtype,
 }
