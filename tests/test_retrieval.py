@@ -265,3 +265,23 @@ def test_cli_refuses_a_ground_truth_pickle_that_would_run_code(tmp_path, capsys)
     (data / "gnd_roxford5k.pkl").write_bytes(pickle.dumps({"imlist": ["img_002"], "qimlist": ["img_000"], "gnd": []}))
     code, _, err = _cli(["eval-retrieval", str(ckpt), "--data", str(data), "--out", str(tmp_path / "o")], capsys)
     assert code == 2 and "one entry per query" in err
+
+
+def test_compare_shows_the_retrieval_table_with_floors_and_lists_it_missing_otherwise(tmp_path, capsys):
+    from analysis.report import compare
+    from fdbench.synthetic_retrieval import RetrievalSpec, make_retrieval_dataset
+
+    data = make_retrieval_dataset(tmp_path / "set", RetrievalSpec(queries=4, confusers=2, plain=3))
+    a, b = _checkpoint(tmp_path / "a.pt"), _checkpoint(tmp_path / "b.pt", seed=1)
+    argv = ["eval-retrieval", str(a), "--data", str(data), "--out", str(tmp_path / "evals" / "retrieval")]
+    assert _cli(argv + ["--device", "cpu"], capsys)[0] == 0
+    report = compare([a, b], tmp_path / "report", figures=False)
+    table = pd.read_csv(tmp_path / "report" / "retrieval.csv")
+    assert list(table["run"]) == ["a", "pixels", "random-init"] and "clean mAP H %" in table.columns
+    stored = pd.read_csv(tmp_path / "evals" / "retrieval" / "results.csv").set_index("checkpoint")
+    assert table.set_index("run").loc["a", "clean mAP M %"] == pytest.approx(
+        100 * stored.loc["a", "map_medium"], abs=0.01
+    )
+    missing = report.missing[report.missing["piece"] == "eval-retrieval"]
+    assert list(missing["run"]) == ["b"] and missing["how_to_get_it"].str.contains("fdbench eval-retrieval").all()
+    assert "Instance retrieval" in report.markdown.read_text()
