@@ -176,7 +176,8 @@ def compare(
     t = report.tables
     t["runs"] = runs_table(records, ref)
     t["missing"] = missing_table(records, eval_found, freq, evals, frequency)
-    t["retrieval"], retrieval_missing = retrieval_tables(records, evals)  # eval-retrieval, with its floors
+    # eval-retrieval, with its floors and paired differences
+    t["retrieval"], t["retrieval_differences"], retrieval_missing = retrieval_tables(records, evals, ref)
     if retrieval_missing:
         t["missing"] = pd.concat([t["missing"], pd.DataFrame(retrieval_missing)], ignore_index=True)
     t["cost"], t["cost_stages"] = cost_tables(records, ref)
@@ -385,6 +386,12 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
             "token, next to its floors (raw pixels, random init); corrupted: mean over the corrupted-query cells."
         )
         doc.table("retrieval", t["retrieval"], "Per run, with the floors")
+        if not t["retrieval_differences"].empty:
+            doc.table(
+                "retrieval_differences",
+                t["retrieval_differences"],
+                "Clean mAP differences with paired bootstrap 95% intervals over the queries",
+            )
     doc.heading("Frequency bias")
     absent = missing_runs(set(freq))
     if absent:

@@ -285,3 +285,20 @@ def test_compare_shows_the_retrieval_table_with_floors_and_lists_it_missing_othe
     missing = report.missing[report.missing["piece"] == "eval-retrieval"]
     assert list(missing["run"]) == ["b"] and missing["how_to_get_it"].str.contains("fdbench eval-retrieval").all()
     assert "Instance retrieval" in report.markdown.read_text()
+    diffs = pd.read_csv(tmp_path / "report" / "retrieval_differences.csv")
+    assert set(diffs["minus"]) == {"pixels", "random-init"} and set(diffs["setting"]) == {"easy", "medium", "hard"}
+    # a is the random-init architecture with the same seed as the floor: identical APs, a zero interval
+    same = diffs[diffs["minus"] == "random-init"]
+    assert (same["clean mAP difference (pts)"] == 0).all() and (same["CI low"] == 0).all()
+
+
+def test_map_difference_interval_is_a_paired_bootstrap_over_queries():
+    from analysis.report_retrieval import map_difference
+
+    a = np.array([0.1, 0.2, 0.3, 0.4, np.nan])
+    d, lo, hi = map_difference(a, a + 0.25)  # the same shift for every query: no spread at all
+    assert d == pytest.approx(0.25) and lo == pytest.approx(0.25) and hi == pytest.approx(0.25)
+    rng = np.random.default_rng(0)
+    b = rng.uniform(0, 1, 200)
+    d, lo, hi = map_difference(b, b + rng.normal(0, 0.1, 200))
+    assert lo < d < hi and lo < 0.02 and hi > -0.02
