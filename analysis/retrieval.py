@@ -28,7 +28,7 @@ from fdbench.checkpoint import checkpoint_labels, load_backbone
 from fdbench.device import resolve_device
 from fdbench.errors import FdbenchError
 from fdbench.features import FrozenEncoder, eval_image_size
-from fdbench.io import file_sha256, progress
+from fdbench.io import file_sha256, progress, read_json
 from fdbench.retrieval_data import load_images, open_retrieval_set
 
 __all__ = ["RetrievalConfig", "RetrievalReport", "evaluate_retrieval", "format_table"]
@@ -120,7 +120,10 @@ def evaluate_retrieval(
 
     cells = [(CLEAN, 0)] + [(c, s) for c in names for s in severities]
     images: dict[tuple, tuple] = {}  # (size, patch) -> (database, queries) uint8 tensors
-    info: dict[str, dict] = {}
+    # entries of earlier calls keep their description in summary.json beside their stored rows
+    info: dict[str, dict] = (
+        {} if config.overwrite else dict((read_json(out / "summary.json") or {}).get("checkpoints", {}))
+    )
     computed = skipped = 0
     bar = progress(total=len(entries) * len(cells), desc="eval-retrieval", unit="cell")
     try:

@@ -16,7 +16,7 @@ from fdbench.lock import lock_folder
 @click.argument("checkpoints", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option(
     "--data",
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(path_type=Path),
     default=None,
     help="Folder with jpg/ and gnd_roxford5k.pkl or gnd_rparis6k.pkl (revisited Oxford/Paris), or a set "
     "written by `make-dataset synthetic-retrieval` [default: the embedded retrieval set].",
