@@ -245,6 +245,7 @@ def test_cli_on_the_embedded_set_scores_an_identical_database_perfectly(tmp_path
     "make_args, message",
     [
         (lambda d, c: [str(c), "--data", str(d / "nowhere")], "retrieval data folder not found"),
+        (lambda d, c: [str(c), "--data", str(d / "gnd_roxford5k.pkl")], "retrieval data folder not found"),
         (lambda d, c: [str(d / "missing.pt"), "--data", str(d)], "checkpoint not found"),
         (lambda d, c: [str(c), "--data", str(d), "--corruptions", "fog2"], "unknown corruption"),
         (lambda d, c: [str(c), "--data", str(d), "--image-size", "8"], "--image-size must be at least 32"),
@@ -302,3 +303,28 @@ def test_map_difference_interval_is_a_paired_bootstrap_over_queries():
     b = rng.uniform(0, 1, 200)
     d, lo, hi = map_difference(b, b + rng.normal(0, 0.1, 200))
     assert lo < d < hi and lo < 0.02 and hi > -0.02
+
+
+def test_multiscale_descriptor_is_dino_s_mean_of_three_scales_then_normalised():
+    from analysis.retrieval_features import backbone_descriptors
+    from fdbench.features import FrozenEncoder
+
+    torch.manual_seed(0)
+    encoder = FrozenEncoder(build_backbone("vit_pico", img_size=32, patch_size=8), n_last_blocks=1, avgpool=False)
+    images = [
+        torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8),
+        torch.randint(0, 256, (3, 64, 48), dtype=torch.uint8),
+    ]
+    got = backbone_descriptors(encoder, images, patch=8, multiscale=True)
+    for img, desc in zip(images, got):
+        x = img[None].float() / 255
+        h, w = img.shape[1:]
+        # scale 1, 1/sqrt2 and 1/2 with each side rounded to whole 8 px patches
+        sizes = [(h, w)] + [(round(h * s / 8) * 8, round(w * s / 8) * 8) for s in (2**-0.5, 0.5)]
+        cls = [
+            encoder(x if hw == (h, w) else torch.nn.functional.interpolate(x, size=hw, mode="bilinear")) for hw in sizes
+        ]
+        mean = torch.stack(cls).mean(0)[0]
+        assert torch.allclose(desc, mean / mean.norm(), atol=1e-5)
+    single = backbone_descriptors(encoder, images, patch=8, multiscale=False)
+    assert torch.allclose(single.norm(dim=1), torch.ones(2)) and not torch.allclose(single, got)
