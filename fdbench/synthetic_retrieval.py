@@ -1,10 +1,12 @@
 """The embedded instance-retrieval set: the same *instances* seen again under other views.
 
 An *instance* is one specific object: a class shape of the embedded dataset (:mod:`fdbench.synthetic`)
-with a smaller second shape (its "part") attached at a fixed place on it, and fixed grey levels of
-body, part and background. Instances share shapes on purpose: each shape is the body of several
-instances (three queried, three only in the database), which differ in their part, where it sits
-and their greys, so recognising the shape class alone does not retrieve the instance.
+with a smaller second shape (its "part") attached at a fixed place on it, and a fixed polarity (body
+brighter or darker than the background, part brighter or darker than the body). The grey levels
+themselves are redrawn in every view (:func:`view_greys`), so the instance is its structure, not a
+grey-level signature. Instances share shapes on purpose: each shape is the body of several
+instances (three queried, three only in the database), which differ in their part and where it
+sits, so recognising the shape class alone does not retrieve the instance.
 
 Views of an instance (rendered with the embedded dataset's shape masks, clutter blobs, blur and
 texture noise) differ in crop (position, scale), rotation, illumination (gain and a gradient) and
@@ -120,6 +122,21 @@ def make_instance(rng: np.random.Generator, shape: int) -> Instance:
     )
 
 
+def view_greys(inst: Instance, rng: np.random.Generator) -> tuple[float, float, float]:
+    """(body, part, background) greys of one view: drawn afresh (illumination and exposure change
+    them), keeping only the instance's polarity (body vs background, part vs body), so raw grey
+    levels are no instance cue; the instance is its structure."""
+    while True:
+        body, part, background = rng.uniform(0, 1, size=3)
+        contrast = abs(body - background) > 0.3 and abs(part - background) > 0.2 and abs(part - body) > 0.2
+        if (
+            contrast
+            and (body > background) == (inst.body > inst.background)
+            and (part > body) == (inst.part_grey > inst.body)
+        ):
+            return float(body), float(part), float(background)
+
+
 def render_view(inst: Instance, view: View, rng: np.random.Generator, size: int):
     """One uint8 HxWx3 view and the square box [x1, y1, x2, y2] (pixels) around the object."""
     ss = 2  # supersampled like the embedded dataset: anti-aliased edges
@@ -130,6 +147,7 @@ def render_view(inst: Instance, view: View, rng: np.random.Generator, size: int)
     def down(m):
         return m.astype(np.float32).reshape(size, ss, size, ss).mean(axis=(1, 3))
 
+    body_grey, part_grey, background = view_greys(inst, rng)
     scale = rng.uniform(*view.scale)
     angle = np.deg2rad(rng.uniform(*view.rotation) * rng.choice([-1, 1]))
     direction, dist = rng.uniform(0, 2 * np.pi), rng.uniform(*view.shift)
@@ -141,12 +159,12 @@ def render_view(inst: Instance, view: View, rng: np.random.Generator, size: int)
     part = down(_shape_mask(CLASS_NAMES[inst.part], (u - pu) / PART_SCALE, (v - pv) / PART_SCALE))
     obj = np.maximum(body, part)
 
-    img = np.full((size, size), inst.background, np.float32)
+    img = np.full((size, size), background, np.float32)
     for _ in range(rng.integers(view.blobs[0], view.blobs[1] + 1)):  # clutter behind the object
         bx, by = rng.uniform(-0.9, 0.9, size=2)
         blob = down(np.hypot(x - bx, y - by) < rng.uniform(0.07, 0.14))
         img = img * (1 - blob) + blob * rng.uniform(0, 1)
-    img = img * (1 - obj) + body * (1 - part) * inst.body + part * inst.part_grey
+    img = img * (1 - obj) + body * (1 - part) * body_grey + part * part_grey
     if view.occluder:  # a bar across the object, of any grey
         theta, offset = rng.uniform(0, np.pi), rng.uniform(-0.3, 0.3) * scale
         across = np.cos(theta) * (x - cx) + np.sin(theta) * (y - cy) - offset
