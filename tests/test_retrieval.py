@@ -328,3 +328,17 @@ def test_multiscale_descriptor_is_dino_s_mean_of_three_scales_then_normalised():
         assert torch.allclose(desc, mean / mean.norm(), atol=1e-5)
     single = backbone_descriptors(encoder, images, patch=8, multiscale=False)
     assert torch.allclose(single.norm(dim=1), torch.ones(2)) and not torch.allclose(single, got)
+
+
+def test_an_exported_safetensors_backbone_scores_as_its_checkpoint(tmp_path):
+    from analysis.retrieval import RetrievalConfig, evaluate_retrieval
+    from fdbench.checkpoint import export_backbone
+
+    data = _fake_roxford(tmp_path / "roxford5k")
+    ckpt = _checkpoint(tmp_path / "pt" / "model.pt", seed=3)
+    weights, _ = export_backbone(ckpt, tmp_path / "st" / "model.safetensors")
+    config = RetrievalConfig(data=str(data), image_size=48, device="cpu", floors=False)
+    report = evaluate_retrieval([ckpt, weights], tmp_path / "out", config)
+    rows = report.results.set_index("checkpoint")
+    assert rows.loc["model", "map_medium"] == pytest.approx(rows.loc["model-2", "map_medium"])
+    assert rows.loc["model", "map_hard"] == pytest.approx(rows.loc["model-2", "map_hard"])
