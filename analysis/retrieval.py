@@ -50,6 +50,7 @@ class RetrievalConfig:
     seed: int = 0
     overwrite: bool = False
     floors: bool = True
+    workers: int = 0  # image-decoding processes
 
 
 @dataclass
@@ -147,8 +148,8 @@ def evaluate_retrieval(
                 continue
             if (size, patch) not in images:
                 images[(size, patch)] = (
-                    load_images(rs.database, size, patch, desc="loading database"),
-                    load_images(rs.queries, size, patch, rs.bboxes, desc="loading queries"),
+                    load_images(rs.database, size, patch, desc="loading database", workers=config.workers),
+                    load_images(rs.queries, size, patch, rs.bboxes, desc="loading queries", workers=config.workers),
                 )
             database, queries = images[(size, patch)]
             describe = _describer(entry, size, patch, config, device)

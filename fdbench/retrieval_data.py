@@ -181,6 +181,20 @@ def load_image(path: Path, size: int, patch: int, box=None) -> torch.Tensor:
     return v2.functional.resize(x, [h, w], interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
 
 
-def load_images(paths, size: int, patch: int, boxes=None, desc: str = "") -> list[torch.Tensor]:
-    boxes = boxes or [None] * len(paths)
-    return [load_image(p, size, patch, b) for p, b in progress(list(zip(paths, boxes)), desc=desc, unit="img")]
+class _Images(torch.utils.data.Dataset):
+    def __init__(self, paths, size: int, patch: int, boxes):
+        self.paths, self.size, self.patch, self.boxes = list(paths), size, patch, boxes or [None] * len(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return load_image(self.paths[i], self.size, self.patch, self.boxes[i])
+
+
+def load_images(paths, size: int, patch: int, boxes=None, desc: str = "", workers: int = 0) -> list[torch.Tensor]:
+    """:func:`load_image` of every path (with its box), in order; ``workers`` decoding processes."""
+    loader = torch.utils.data.DataLoader(
+        _Images(paths, size, patch, boxes), batch_size=16, num_workers=workers, collate_fn=list
+    )
+    return [img for batch in progress(loader, desc=desc, unit="batch") for img in batch]

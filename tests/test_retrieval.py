@@ -200,7 +200,7 @@ def test_cli_on_a_fake_roxford5k_folder_with_corrupted_queries_and_resume(tmp_pa
         "--image-size",
         "48",
     ]
-    code, stdout, _ = _cli(argv + ["--corruptions", "gaussian_noise", "--severities", "5"], capsys)
+    code, stdout, _ = _cli(argv + ["--corruptions", "gaussian_noise", "--severities", "5", "--workers", "1"], capsys)
     assert code == 0 and "clean mAP E %" in stdout
     results = pd.read_csv(out / "results.csv")
     assert set(results["checkpoint"]) == {"a", "pixels", "random-init"}

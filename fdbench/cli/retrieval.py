@@ -42,6 +42,7 @@ from fdbench.lock import lock_folder
 )
 @click.option("--severities", default="1-5", show_default=True, help="Severities, e.g. 1-5, 3 or 1,3,5.")
 @click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--workers", type=int, default=0, show_default=True, help="Image-decoding worker processes.")
 @click.option("--overwrite", is_flag=True, help="Discard results already in --out instead of resuming.")
 @click.option(
     "--floors/--no-floors",
@@ -62,6 +63,7 @@ def eval_retrieval(
     corruptions,
     severities,
     batch_size,
+    workers,
     overwrite,
     floors,
     device,
@@ -77,6 +79,7 @@ def eval_retrieval(
     from analysis.retrieval import RetrievalConfig, evaluate_retrieval, format_table
 
     check_range("--batch-size", batch_size, 1)
+    check_range("--workers", workers, 0)
     if image_size is not None:
         check_range("--image-size", image_size, 32)
     for ckpt in checkpoints:
@@ -98,6 +101,7 @@ def eval_retrieval(
         seed=seed,
         overwrite=overwrite,
         floors=floors,
+        workers=workers,
     )
     report = evaluate_retrieval(list(checkpoints), out, config, announce=echo)
     echo(f"{report.computed_cells} cell(s) computed, {report.skipped_cells} reused")
