@@ -72,6 +72,7 @@ from analysis.report_findings import (
     headline_table,
 )
 from analysis.report_render import Document
+from analysis.report_retrieval import retrieval_tables
 from analysis.report_seeds import seed_groups, seeds_table
 from analysis.report_tables import (
     convergence_tables,
@@ -175,6 +176,10 @@ def compare(
     t = report.tables
     t["runs"] = runs_table(records, ref)
     t["missing"] = missing_table(records, eval_found, freq, evals, frequency)
+    # eval-retrieval, with its floors and paired differences
+    t["retrieval"], t["retrieval_differences"], retrieval_missing = retrieval_tables(records, evals, ref)
+    if retrieval_missing:
+        t["missing"] = pd.concat([t["missing"], pd.DataFrame(retrieval_missing)], ignore_index=True)
     t["cost"], t["cost_stages"] = cost_tables(records, ref)
     t["convergence_knn"], t["convergence_loss"], t["convergence_switches"] = convergence_tables(records)
     t["robustness"], t["robustness_per_corruption"], t["robustness_severity"] = robustness_tables(
@@ -372,6 +377,21 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
         doc.table("robustness_per_corruption", t["robustness_per_corruption"], "Per corruption")
         doc.table("robustness_severity", t["robustness_severity"], "Per group and severity")
 
+    doc.heading("Instance retrieval")
+    if t["retrieval"].empty:
+        doc.items(["no eval-retrieval results found (missing; see Missing pieces)"], "missing")
+    else:
+        doc.text(
+            "eval-retrieval: mAP of the revisited Oxford/Paris protocol (Easy, Medium, Hard) from the class "
+            "token, next to its floors (raw pixels, random init); corrupted: mean over the corrupted-query cells."
+        )
+        doc.table("retrieval", t["retrieval"], "Per run, with the floors")
+        if not t["retrieval_differences"].empty:
+            doc.table(
+                "retrieval_differences",
+                t["retrieval_differences"],
+                "Clean mAP differences with paired bootstrap 95% intervals over the queries",
+            )
     doc.heading("Frequency bias")
     absent = missing_runs(set(freq))
     if absent:

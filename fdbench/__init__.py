@@ -24,6 +24,9 @@ _HOMES = {
     "extract_features": "features",
     "open_dataset": "data",
     "resolve_device": "device",
+    "load_plain_pickle": "safe_pickle",
+    "make_retrieval_dataset": "synthetic_retrieval",
+    "open_retrieval_set": "retrieval_data",
     "knn_votes": "scoring",
     "topk_accuracy": "scoring",
 }

@@ -8,6 +8,8 @@ Steps (each one's outputs live under ``out``)::
     eval-corruptions   out/evals/corruptions/   all 19 corruptions x 5 severities, linear + kNN probes,
                                             with the pixels / random-init floors and the ceiling
     frequency          out/evals/frequency/     heat maps, band-pass curves, corruption spectra
+    eval-retrieval     out/evals/retrieval/     instance retrieval (mAP E/M/H) on the embedded retrieval
+                                            set, clean + 4 corruptions at severity 3 on the queries, floors
     report             out/report/          fdbench compare (report.html, report.md, CSVs, figures)
 
 Preset: ``cpu-tiny`` (ViT-nano/8, 64 px, 4 epochs) on a CPU, ``gpu-small`` (ViT-S/8, 100 epochs) when
@@ -40,7 +42,7 @@ from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_json
 
 CURRICULA = ("none", "two-stage")
-STEPS = ("train-none", "train-two-stage", "ceiling", "eval-corruptions", "frequency", "report")
+STEPS = ("train-none", "train-two-stage", "ceiling", "eval-corruptions", "frequency", "eval-retrieval", "report")
 STATE_FILE = "demo.json"
 
 
@@ -65,6 +67,8 @@ class DemoConfig:
     window: int | None = None  # None: 33 on CPU, the full spectrum on CUDA
     radii: int | None = None  # None: 8 on CPU, 16 on CUDA
     figures: bool = True  # False: the report's tables and text only (fast)
+    retrieval_corruptions: str = "gaussian_noise,defocus_blur,fog,jpeg_compression"  # on the queries
+    retrieval_severities: str = "3"
 
 
 @dataclass
@@ -365,13 +369,17 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
         records,
     )
 
+    # 4b. instance retrieval on the embedded retrieval set (seconds; the database stays clean)
+    retrieval_dir = out / "evals" / "retrieval"
+    retrieval_step(config, checkpoints, retrieval_dir, log, announce, records)
+
     # 5. the comparison report (cheap: always rebuilt when any input changed)
     report_dir = out / "report"
     run_dirs = [out / name for name in finals]
     inputs = (
         [d / "summary.json" for d in run_dirs]
         + [d / "metrics.csv" for d in run_dirs]
-        + [evals / "results.csv", freq_dir / "summary.csv"]
+        + [evals / "results.csv", freq_dir / "summary.csv", retrieval_dir / "results.csv"]
     )
     fp = fingerprint(inputs, {"report": 1, "figures": config.figures})
     holder: dict = {}
@@ -423,6 +431,25 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
         )
     log.note(preset=preset, device=str(device), total_seconds=round(sum(r.seconds for r in records), 2))
     return DemoResult(out, records, holder["report"], str(device), preset)
+
+
+def retrieval_step(config: DemoConfig, checkpoints, out: Path, log, announce, records) -> None:
+    """eval-retrieval of the demo's checkpoints (and the floors) on the embedded retrieval set."""
+    from analysis.retrieval import RetrievalConfig, evaluate_retrieval
+
+    rconfig = RetrievalConfig(
+        corruptions=config.retrieval_corruptions,
+        severities=config.retrieval_severities,
+        device=config.device,
+        seed=config.seed,
+    )
+    fp = fingerprint(list(checkpoints), {"retrieval": _stable(asdict(rconfig))})
+
+    def run():
+        report = evaluate_retrieval(checkpoints, out, rconfig, announce=announce)
+        announce(f"[demo] eval-retrieval: {report.computed_cells} cell(s) computed, {report.skipped_cells} reused")
+
+    run_step(log, "eval-retrieval", fp, [out / "results.csv", out / "summary.json"], run, announce, records)
 
 
 def run_name(curriculum: str, seed: int, seeds: int) -> str:

@@ -99,6 +99,9 @@ def test_demo_runs_every_step_and_writes_the_report(tiny_demo):
     assert len(results) == 5 * 2 * 5
     assert (out / "ceiling" / "ceiling.json").is_file()
     assert (out / "evals" / "frequency" / "summary.csv").is_file()
+    retrieval = pd.read_csv(out / "evals" / "retrieval" / "results.csv")  # clean + 4 corruptions at severity 3
+    assert len(retrieval) == 4 * 5 and set(retrieval["checkpoint"]) == {"none", "two-stage", "pixels", "random-init"}
+    assert set(result.report.tables["retrieval"]["run"]) == {"none", "two-stage", "pixels", "random-init"}
     assert result.report_html == out / "report" / "report.html" and result.report_html.is_file()
     head = result.report.headline
     assert set(head) == {"none", "two-stage"} and result.report.reference == "none"

@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablation": ("fdbench.cli.ablation", "ablation"),
     "pretrain": ("fdbench.cli.pretrain", "pretrain"),
     "eval-corruptions": ("fdbench.cli.evaluate", "eval_corruptions"),
+    "eval-retrieval": ("fdbench.cli.retrieval", "eval_retrieval"),
     "ceiling": ("fdbench.cli.ceiling", "ceiling"),
     "frequency-analysis": ("fdbench.cli.frequency", "frequency_analysis"),
     "compare": ("fdbench.cli.compare", "compare"),
@@ -100,6 +101,8 @@ KEPT = {
     "pretrain": "the run's last checkpoint (checkpoints/last.pt: saved at every epoch end and every "
     "--save-every-minutes) and its metrics are kept; re-running the same command continues from it",
     "eval-corruptions": "every finished (checkpoint, corruption, severity) cell is kept in results.csv; "
+    "re-running the same command computes only the missing ones",
+    "eval-retrieval": "every finished (checkpoint, corruption, severity) cell is kept in results.csv; "
     "re-running the same command computes only the missing ones",
     "frequency-analysis": "every finished analysis is kept (and the heat map's progress in "
     "<checkpoint>/heatmap.partial.pt); re-running the same command reuses them",

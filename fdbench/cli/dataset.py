@@ -11,7 +11,7 @@ from fdbench.lock import lock_folder
 
 
 @click.command("make-dataset")
-@click.argument("kind", type=click.Choice(["synthetic"]), default="synthetic")
+@click.argument("kind", type=click.Choice(["synthetic", "synthetic-retrieval"]), default="synthetic")
 @click.option("--classes", type=int, default=10, show_default=True, help="Number of classes (2-12).")
 @click.option("--train-per-class", type=int, default=300, show_default=True)
 @click.option("--val-per-class", type=int, default=50, show_default=True)
@@ -28,7 +28,11 @@ from fdbench.lock import lock_folder
 @seed_option
 @config_option
 def make_dataset(kind, classes, train_per_class, val_per_class, size, out, overwrite, seed):
-    """Write the embedded synthetic dataset as an ImageFolder (train/ and val/)."""
+    """Write the embedded synthetic dataset as an ImageFolder (train/ and val/), or with KIND
+    synthetic-retrieval the embedded instance-retrieval set (images/ + gnd_synthetic-retrieval.json;
+    only --size, --seed, --out and --overwrite apply)."""
+    if kind == "synthetic-retrieval":
+        return _retrieval(size, seed, out, overwrite)
     from fdbench.synthetic import SyntheticSpec, cache_dir, make_synthetic_dataset
 
     spec = SyntheticSpec(
@@ -42,4 +46,18 @@ def make_dataset(kind, classes, train_per_class, val_per_class, size, out, overw
     n = classes * (train_per_class + val_per_class)
     verb = "kept the existing" if existed and not overwrite else "wrote"
     echo(f"{verb} synthetic dataset: {classes} classes, {n} images of {size} px")
+    click.echo(str(path))
+
+
+def _retrieval(size, seed, out, overwrite):
+    from fdbench.synthetic import cache_dir
+    from fdbench.synthetic_retrieval import GND_FILE, RetrievalSpec, make_retrieval_dataset
+
+    spec = RetrievalSpec(size=size, seed=seed)
+    out = out or cache_dir() / spec.folder_name()
+    existed = (out / GND_FILE).exists()
+    with lock_folder(out.parent, "make-dataset", name=f".{out.name}.fdbench.lock"):
+        path = make_retrieval_dataset(out, spec, overwrite=overwrite)
+    verb = "kept the existing" if existed and not overwrite else "wrote"
+    echo(f"{verb} retrieval set: {spec.queries} queries of {size} px")
     click.echo(str(path))
