@@ -41,6 +41,7 @@ import torch
 
 from fdbench.device import resolve_device
 from fdbench.errors import FdbenchError
+from pretrain.batch import CropBatch
 from pretrain.config import PretrainConfig, RunConfig, set_option
 from pretrain.pipeline import PIPELINES, StageFeed, resolve_pipeline
 
@@ -226,7 +227,7 @@ class TrainStep:
 
             accelerate_meta_arch(self.meta, compile=self.compile)
 
-    def __call__(self, batch: dict) -> torch.Tensor:
+    def __call__(self, batch: CropBatch) -> torch.Tensor:
         from pretrain.engine import train_step
 
         return train_step(
@@ -242,7 +243,7 @@ class TrainStep:
         )["loss"]
 
 
-def synthetic_batch(cfg: BenchConfig, stage: StagePlan, device: torch.device, seed: int = 0) -> dict:
+def synthetic_batch(cfg: BenchConfig, stage: StagePlan, device: torch.device, seed: int = 0) -> CropBatch:
     """Random crops already on the device, with real iBOT masks: the model-only input."""
     from pretrain.masking import make_masks, masked_token_indices
 
@@ -251,14 +252,14 @@ def synthetic_batch(cfg: BenchConfig, stage: StagePlan, device: torch.device, se
     grid = s // cfg.recipe.model.patch_size
     masks = make_masks(2 * b, (grid, grid), 0.5, (0.1, 0.5), g)
     indices, weights = masked_token_indices(masks)  # on the CPU, as the collates do
-    return {
-        "global": torch.randn(2 * b, 3, s, s, generator=g).to(device),
-        "local": torch.randn(stage.n_local * b, 3, l, l, generator=g).to(device) if stage.n_local else None,
-        "masks": masks.to(device),
-        "mask_indices": indices.to(device),
-        "mask_weights": weights.to(device),
-        "labels": torch.zeros(b, dtype=torch.long, device=device),
-    }
+    return CropBatch(
+        global_crops=torch.randn(2 * b, 3, s, s, generator=g).to(device),
+        local_crops=torch.randn(stage.n_local * b, 3, l, l, generator=g).to(device) if stage.n_local else None,
+        masks=masks.to(device),
+        labels=torch.zeros(b, dtype=torch.long, device=device),
+        mask_indices=indices.to(device),
+        mask_weights=weights.to(device),
+    )
 
 
 def _sync(device: torch.device) -> None:

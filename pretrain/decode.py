@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from fdbench.data import open_dataset, to_rgb
 from fdbench.errors import FdbenchError
+from pretrain.batch import DecodedBatch
 from pretrain.masking import make_masks
 
 
@@ -109,7 +110,8 @@ class DecodeDataset(Dataset):
 class DecodeCollate:
     """Pads a list of ``(uint8 [3,h,w], label)`` to one ``uint8 [B,3,H,W]`` batch; optionally makes iBOT masks.
 
-    Returns ``{"images", "sizes" (long [B,2] = h, w), "labels", "masks" (bool [2B, g*g] or absent)}``.
+    Returns a :class:`~pretrain.batch.DecodedBatch` (``sizes`` long [B,2] = h, w; ``masks`` bool
+    [2B, g*g] or None).
     Masks are made here, in the workers, because the block-wise mask sampler (``pretrain.masking``) is
     a Python loop that would otherwise sit on the training loop's critical path. ``mask_grid=None`` leaves them to the
     augmenter. Picklable, so it works with worker processes.
@@ -128,13 +130,13 @@ class DecodeCollate:
         batch = torch.zeros(len(samples), 3, max(heights), max(widths), dtype=torch.uint8)
         for i, (img, _) in enumerate(samples):
             batch[i, :, : img.shape[1], : img.shape[2]] = img
-        out = {
-            "images": batch,
-            "sizes": torch.tensor(list(zip(heights, widths)), dtype=torch.long),
-            "labels": torch.tensor([int(label) for _, label in samples], dtype=torch.long),
-        }
+        out = DecodedBatch(
+            images=batch,
+            sizes=torch.tensor(list(zip(heights, widths)), dtype=torch.long),
+            labels=torch.tensor([int(label) for _, label in samples], dtype=torch.long),
+        )
         if self.mask_grid:
-            out["masks"] = make_masks(
+            out.masks = make_masks(
                 2 * len(samples),
                 grid=(self.mask_grid, self.mask_grid),
                 mask_probability=self.mask_probability,

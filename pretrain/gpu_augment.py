@@ -41,6 +41,7 @@ import torch.nn.functional as F
 
 from fdbench.errors import FdbenchError
 from fdbench.features import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.batch import CropBatch, DecodedBatch
 from pretrain.masking import make_masks, masked_token_indices
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
@@ -322,34 +323,37 @@ class GpuMultiCrop:
         )
 
     def __call__(
-        self, batch: dict, generator: torch.Generator | None = None, mask_generator: torch.Generator | None = None
-    ) -> dict:
-        """A decoded batch (``images``, ``sizes``, ``labels``, optional ``masks``) -> a training batch.
+        self,
+        batch: DecodedBatch,
+        generator: torch.Generator | None = None,
+        mask_generator: torch.Generator | None = None,
+    ) -> CropBatch:
+        """A :class:`~pretrain.batch.DecodedBatch` (optional ``masks``) -> a training :class:`~pretrain.batch.CropBatch`.
 
         ``images`` may still be on the CPU (pinned): it is moved to ``generator``'s device, or the
         images' own device when no generator is given. Masks made by the decode workers are used as is,
         with their ``mask_indices``/``mask_weights`` when the batch has them; otherwise these are
         computed here from the masks, before the masks leave the CPU (no host sync in the step).
         """
-        images, sizes = batch["images"], batch["sizes"]
+        images, sizes = batch.images, batch.sizes
         device = generator.device if generator is not None else images.device
         images = images.to(device, non_blocking=True)
         sizes = sizes.to(device, non_blocking=True)
         params = self.sample_params(sizes, generator)
         global_crops, local_crops = self.apply(images, sizes, params, generator)
-        masks, indices, weights = batch.get("masks"), batch.get("mask_indices"), batch.get("mask_weights")
+        masks, indices, weights = batch.masks, batch.mask_indices, batch.mask_weights
         if masks is None:
             masks, indices = self.masks(2 * images.shape[0], mask_generator), None
         if indices is None:
             indices, weights = masked_token_indices(masks)
-        return {
-            "global": global_crops,
-            "local": local_crops,
-            "masks": masks.to(device, non_blocking=True),
-            "mask_indices": indices.to(device, non_blocking=True),
-            "mask_weights": weights.to(device, non_blocking=True),
-            "labels": batch["labels"].to(device, non_blocking=True),
-        }
+        return CropBatch(
+            global_crops,
+            local_crops,
+            masks.to(device, non_blocking=True),
+            batch.labels.to(device, non_blocking=True),
+            indices.to(device, non_blocking=True),
+            weights.to(device, non_blocking=True),
+        )
 
 
 # ---------------------------------------------------------------------- building blocks

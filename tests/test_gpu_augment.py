@@ -19,6 +19,7 @@ from scipy.stats import ks_2samp
 
 from fdbench.errors import FdbenchError
 from pretrain import gpu_augment as ga
+from pretrain.batch import DecodedBatch
 from pretrain.gpu_augment import AugParams, GpuMultiCrop
 
 MEAN = torch.tensor(ga.IMAGENET_MEAN).view(3, 1, 1)
@@ -208,15 +209,15 @@ def test_crop_major_order_and_batch_dict():
         global_size=16, local_size=8, n_local=3, patch_size=8, jitter_p=0, gray_p=0, blur_probs=(0, 0, 0), solarize_p=0
     )
     out = aug(
-        {"images": images, "sizes": sizes, "labels": torch.arange(4), "masks": torch.zeros(8, 4, dtype=torch.bool)},
+        DecodedBatch(images=images, sizes=sizes, labels=torch.arange(4), masks=torch.zeros(8, 4, dtype=torch.bool)),
         torch.Generator().manual_seed(0),
     )
-    assert out["global"].shape == (8, 3, 16, 16) and out["local"].shape == (12, 3, 8, 8)
-    assert out["masks"].shape == (8, 4) and out["labels"].tolist() == [0, 1, 2, 3]
-    assert out["mask_indices"].numel() == 0 and out["mask_weights"].numel() == 0  # nothing masked
+    assert out.global_crops.shape == (8, 3, 16, 16) and out.local_crops.shape == (12, 3, 8, 8)
+    assert out.masks.shape == (8, 4) and out.labels.tolist() == [0, 1, 2, 3]
+    assert out.mask_indices.numel() == 0 and out.mask_weights.numel() == 0  # nothing masked
     expected = (colours.float() / 255 - MEAN.view(1, 3)) / STD.view(1, 3)
-    for name, n in (("global", 8), ("local", 12)):
-        means = out[name].mean(dim=(2, 3))
+    for name, n in (("global_crops", 8), ("local_crops", 12)):
+        means = getattr(out, name).mean(dim=(2, 3))
         torch.testing.assert_close(means, expected[torch.arange(n) % 4], atol=1e-4, rtol=0)
 
 
@@ -224,15 +225,15 @@ def test_masks_from_a_make_masks_when_the_batch_has_none():
     images, sizes = smooth_images([(40, 40)] * 4)
     aug = GpuMultiCrop(global_size=32, local_size=16, n_local=0, patch_size=8)
     out = aug(
-        {"images": images, "sizes": sizes, "labels": torch.zeros(4, dtype=torch.long)},
+        DecodedBatch(images=images, sizes=sizes, labels=torch.zeros(4, dtype=torch.long)),
         torch.Generator().manual_seed(0),
         mask_generator=torch.Generator().manual_seed(0),
     )
-    assert out["local"] is None
-    assert out["masks"].shape == (8, 16) and out["masks"].dtype == torch.bool
-    assert (out["masks"].sum(1) > 0).sum() == 4  # mask_probability 0.5 of 8 global crops
-    assert torch.equal(out["mask_indices"], out["masks"].flatten().nonzero().flatten())
-    assert out["mask_weights"].shape == out["mask_indices"].shape
+    assert out.local_crops is None
+    assert out.masks.shape == (8, 16) and out.masks.dtype == torch.bool
+    assert (out.masks.sum(1) > 0).sum() == 4  # mask_probability 0.5 of 8 global crops
+    assert torch.equal(out.mask_indices, out.masks.flatten().nonzero().flatten())
+    assert out.mask_weights.shape == out.mask_indices.shape
 
 
 def test_noise_patch_semantics():
@@ -483,17 +484,17 @@ def test_decode_uses_jpeg_draft_and_pads_batches(tmp_path):
 
     loader = decode_loader(str(tmp_path), batch_size=4, decode_side=120, workers=0, mask_grid=2)
     batch = next(iter(loader))
-    assert batch["images"].dtype == torch.uint8 and batch["images"].shape[:2] == (4, 3)
-    h, w = batch["sizes"].max(0).values.tolist()
-    assert batch["images"].shape[2:] == (h, w) and batch["masks"].shape == (8, 4)
-    for img, (hh, ww) in zip(batch["images"], batch["sizes"].tolist()):
+    assert batch.images.dtype == torch.uint8 and batch.images.shape[:2] == (4, 3)
+    h, w = batch.sizes.max(0).values.tolist()
+    assert batch.images.shape[2:] == (h, w) and batch.masks.shape == (8, 4)
+    for img, (hh, ww) in zip(batch.images, batch.sizes.tolist()):
         assert min(hh, ww) >= 120 and img[:, hh:, :].sum() == 0 and img[:, :, ww:].sum() == 0
 
     ds = DecodeDataset([(torch.zeros(3, 2, 2), 0)], None)  # a dataset with a transform already applied
     with pytest.raises(FdbenchError, match="without a transform"):
         ds[0]
     out = DecodeCollate()([(torch.ones(3, 2, 3, dtype=torch.uint8), 1), (torch.ones(3, 4, 1, dtype=torch.uint8), 0)])
-    assert out["images"].shape == (2, 3, 4, 3) and "masks" not in out
+    assert out.images.shape == (2, 3, 4, 3) and out.masks is None
     with pytest.raises(FdbenchError, match="fewer than one batch"):
         decode_loader(str(tmp_path), batch_size=100, decode_side=None, workers=0)
 
