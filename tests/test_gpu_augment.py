@@ -467,7 +467,10 @@ def test_inverted_blur_probabilities():
 
 # ---------------------------------------------------------------------- decode-only loader
 def test_decode_uses_jpeg_draft_and_pads_batches(tmp_path):
-    from pretrain.decode import DecodeCollate, DecodeDataset, decode_file, decode_loader, needed_side
+    from torch.utils.data import DataLoader
+
+    from fdbench.data import open_dataset
+    from pretrain.decode import DecodeCollate, DecodeDataset, decode_file, needed_side
 
     for cls in ("a", "b"):
         (tmp_path / "train" / cls).mkdir(parents=True)
@@ -482,8 +485,8 @@ def test_decode_uses_jpeg_draft_and_pads_batches(tmp_path):
     assert needed_side(224, 96, 0.32, 0.05, 8) == math.ceil(96 / math.sqrt(0.05))
     assert needed_side(224, 96, 0.32, 0.05, 0) == math.ceil(224 / math.sqrt(0.32))
 
-    loader = decode_loader(str(tmp_path), batch_size=4, decode_side=120, workers=0, mask_grid=2)
-    batch = next(iter(loader))
+    dataset = DecodeDataset(open_dataset(tmp_path, "train"), 120)
+    batch = next(iter(DataLoader(dataset, batch_size=4, shuffle=True, collate_fn=DecodeCollate(mask_grid=2))))
     assert batch.images.dtype == torch.uint8 and batch.images.shape[:2] == (4, 3)
     h, w = batch.sizes.max(0).values.tolist()
     assert batch.images.shape[2:] == (h, w) and batch.masks.shape == (8, 4)
@@ -495,8 +498,6 @@ def test_decode_uses_jpeg_draft_and_pads_batches(tmp_path):
         ds[0]
     out = DecodeCollate()([(torch.ones(3, 2, 3, dtype=torch.uint8), 1), (torch.ones(3, 4, 1, dtype=torch.uint8), 0)])
     assert out.images.shape == (2, 3, 4, 3) and out.masks is None
-    with pytest.raises(FdbenchError, match="fewer than one batch"):
-        decode_loader(str(tmp_path), batch_size=100, decode_side=None, workers=0)
 
 
 @pytest.mark.cuda
