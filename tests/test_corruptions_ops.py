@@ -14,6 +14,7 @@ from PIL import Image
 
 from corruptions import _filters as flt
 from corruptions import _spatter as spt
+from corruptions import _weather as weather
 from corruptions import corrupt
 from corruptions import torch_backend as tb
 from corruptions._rng import Rng
@@ -155,7 +156,7 @@ def test_canny_distance_and_equalize_match_opencv():
 
 
 def test_plasma_fractal_range_and_jpeg_is_exact():
-    m = tb.plasma_fractal(3, 64, 2.0, Rng(0, "cpu"), "cpu")
+    m = weather.plasma_fractal(3, 64, 2.0, Rng(0, "cpu"), "cpu")
     assert m.shape == (3, 64, 64) and m.amin(dim=(1, 2)).eq(0).all() and m.amax(dim=(1, 2)).eq(1).all()
     x = (_rand((2, 3, 48, 48), 5) * 255).to(torch.uint8)
     ours = corrupt(x, "jpeg_compression", 5, params="imagenet")

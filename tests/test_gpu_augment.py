@@ -19,6 +19,7 @@ from scipy.stats import ks_2samp
 
 from fdbench.errors import FdbenchError
 from pretrain import gpu_augment as ga
+from pretrain import gpu_ops
 from pretrain.batch import DecodedBatch
 from pretrain.gpu_augment import AugParams, GpuMultiCrop
 
@@ -52,10 +53,10 @@ def test_resampling_matches_pil_crop_and_resize():
         if flip:
             ref = ref.transpose(Image.FLIP_LEFT_RIGHT)
         ref = np.asarray(ref).astype(np.float32) / 255
-        wx = ga._resample_matrix(
+        wx = gpu_ops.resample_matrix(
             torch.tensor([left]), torch.tensor([w]), 80, size, torch.tensor([flip]), torch.float32
         )[0]
-        wy = ga._resample_matrix(torch.tensor([top]), torch.tensor([h]), 60, size, None, torch.float32)[0]
+        wy = gpu_ops.resample_matrix(torch.tensor([top]), torch.tensor([h]), 60, size, None, torch.float32)[0]
         out = (wy @ (x @ wx.T).clamp(0, 1)).clamp(0, 1).permute(1, 2, 0).numpy()
         # PIL rounds to 8 bits between its two passes: at most ~1 grey level apart
         assert np.abs(out - ref).max() <= 1.5 / 255
@@ -66,7 +67,7 @@ def test_hue_matches_torchvision():
     x = torch.rand(5, 3, 9, 11, generator=torch.Generator().manual_seed(1))
     x[0, :, :2] = 0.5  # grey pixels: hue undefined, must stay grey
     shifts = torch.tensor([0.0, 0.1, -0.1, 0.05, -0.073])
-    out = ga.adjust_hue(x, shifts)
+    out = gpu_ops.adjust_hue(x, shifts)
     for i, s in enumerate(shifts.tolist()):
         torch.testing.assert_close(out[i], TF.adjust_hue(x[i], s), atol=2e-6, rtol=0)
 
@@ -75,7 +76,7 @@ def test_blur_matches_torchvision():
     x = torch.rand(3, 3, 20, 20, generator=torch.Generator().manual_seed(2))
     sigma = torch.tensor([0.1, 1.3, 2.0])
     apply = torch.tensor([True, True, False])
-    out = ga.gaussian_blur(x, apply, sigma)
+    out = gpu_ops.gaussian_blur(x, apply, sigma)
     for i in range(3):
         ref = TF.gaussian_blur(x[i], [9, 9], [sigma[i].item()] * 2) if apply[i] else x[i]
         torch.testing.assert_close(out[i], ref, atol=1e-6, rtol=0)
@@ -85,7 +86,7 @@ def test_rrc_fallback_is_torchvisions_central_crop():
     # scale far above what fits: every try fails, torchvision's central crop (ratio clamped) remains
     h, w = torch.tensor([30, 100, 40]), torch.tensor([100, 30, 40])
     scale = torch.tensor([[50.0, 60.0]] * 3)
-    top, left, ch, cw = ga._sample_rrc_boxes(h, w, scale, lambda *s: torch.rand(*s))
+    top, left, ch, cw = gpu_ops.sample_rrc_boxes(h, w, scale, lambda *s: torch.rand(*s))
     for i in range(3):
         ref = T.RandomResizedCrop.get_params(torch.zeros(1, int(h[i]), int(w[i])), [50.0, 60.0], [3 / 4, 4 / 3])
         assert (int(top[i]), int(left[i]), int(ch[i]), int(cw[i])) == ref
@@ -149,7 +150,7 @@ def test_color_jitter_skipped_crops_are_untouched_bit_for_bit():
     order = torch.argsort(torch.rand(6, 4, generator=g), dim=1)
     factors = torch.rand(6, 4, generator=g) + 0.5
     apply = torch.tensor([True, False, True, False, False, True])
-    out = ga.color_jitter(x, apply, order, factors)
+    out = gpu_ops.color_jitter(x, apply, order, factors)
     assert torch.equal(out[~apply], x[~apply])
     assert not torch.allclose(out[apply], x[apply])
 
@@ -161,7 +162,7 @@ def test_color_jitter_equals_torchvision_ops_in_each_crops_order():
     order = torch.stack([torch.randperm(4, generator=g) for _ in range(n)])
     factors = torch.cat([0.6 + 0.8 * torch.rand(n, 3, generator=g), 0.2 * torch.rand(n, 1, generator=g) - 0.1], 1)
     apply = torch.rand(n, generator=g) < 0.8
-    out = ga.color_jitter(x, apply, order, factors)
+    out = gpu_ops.color_jitter(x, apply, order, factors)
     ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
     for r in range(n):
         ref = x[r]
