@@ -15,13 +15,7 @@ uninterrupted run exactly (on CPU). Under ``torchrun`` every rank runs this same
 writes the files. SIGTERM or SIGUSR1 (a cluster's preemption warning) stops the run after the current
 step with ``last.pt`` saved (``pretrain.preemption``); ``fdbench pretrain`` then exits with code 75.
 
-Speed: the crops come from ``--data-pipeline`` (``pretrain.pipeline``: ``gpu`` = workers only decode
-and the device augments the batch, the default on CUDA; ``cpu`` = workers augment), the DINO/iBOT
-cross-entropies are the memory-light chunked ones and, with ``--compile`` (default on CUDA), the
-backbones are compiled in place (``pretrain.fast_step``). The step reads nothing back to the host:
-losses stay on the device and are read on logging steps only (``train_step``, ``NonFiniteWatch``),
-and the iBOT masked tokens are gathered at indices the collate computed on the CPU (``pretrain.meta_arch``),
-so on CUDA the host queues step after step without waiting for the device.
+Speed: see :mod:`pretrain.step` (the step never waits for the device).
 """
 
 from __future__ import annotations
@@ -197,6 +191,7 @@ class Trainer(CheckpointParts, RunReporting):
         self.watch = NonFiniteWatch(dist_ctx.device)
         self.collapse = CollapseWatch()
         self.monitor = None
+        self.preempt = PreemptionWatch()  # train() installs a watching one around run()
 
     # ---- the run ----------------------------------------------------------------------------------
 

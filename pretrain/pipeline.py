@@ -43,7 +43,7 @@ def resolve_pipeline(name: str | None, device: torch.device | str) -> str:
 
 
 def make_augment(cfg, stage):
-    """The CPU pipeline's per-image multi-crop for a stage (:class:`pretrain.engine.StagePlan`)."""
+    """The CPU pipeline's per-image multi-crop for a stage (:class:`pretrain.stages.StagePlan`)."""
     noise = GaussianNoisePatch(max_sigma=stage.noise_max_sigma) if stage.noise_patching else None
     return MultiCropAugmentation(
         global_size=stage.global_size,
@@ -80,7 +80,7 @@ class StageFeed:
     """Training batches of one stage in the engine's data order, ready for ``MetaArch.forward_backward``.
 
     ``cfg`` is the run's :class:`pretrain.config.PretrainConfig` (batch size, seed, patch, masks,
-    blur), ``stage`` a :class:`pretrain.engine.StagePlan`, ``train_set`` a dataset of PIL images.
+    blur), ``stage`` a :class:`pretrain.stages.StagePlan`, ``train_set`` a dataset of PIL images.
     ``decode_slack > 1`` decodes smaller than the smallest crop needs (faster, a little softer).
     """
 

@@ -1,6 +1,15 @@
 """One DINOv2 iteration (:func:`train_step`) and what it needs: the optimiser (:func:`build_optimizer`)
 and the on-device watch for non-finite losses (:class:`NonFiniteWatch`). ``fdbench bench-train``
-times this same step; the loop in :mod:`pretrain.engine` calls it once per batch."""
+times this same step; the loop in :mod:`pretrain.engine` calls it once per batch.
+
+Speed: the crops come from ``--data-pipeline`` (``pretrain.pipeline``: ``gpu`` = workers only decode
+and the device augments the batch, the default on CUDA; ``cpu`` = workers augment), the DINO/iBOT
+cross-entropies are the memory-light chunked ones and, with ``--compile`` (default on CUDA), the
+backbones are compiled in place (``pretrain.fast_step``). The step reads nothing back to the host:
+losses stay on the device and are read on logging steps only (``train_step``, ``NonFiniteWatch``),
+and the iBOT masked tokens are gathered at indices the collate computed on the CPU (``pretrain.meta_arch``),
+so on CUDA the host queues step after step without waiting for the device.
+"""
 
 from __future__ import annotations
 
