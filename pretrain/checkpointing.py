@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import torch.distributed as dist
+
 from fdbench.errors import FdbenchError, brief
 from pretrain.config import RESUME_SAFE_KEYS, PretrainConfig
 from pretrain.distributed import gather_rng
@@ -124,12 +126,17 @@ class CheckpointParts:
         if self.sharding:  # gathering the shards is a collective too
             parts = self.meta.state_dict_parts()
             optimizer_state = None if final else full_optimizer_state(self.optimizer)
-        if not self.dist.main:
-            return
-        ckpt = self.checkpoint(final, parts, optimizer_state)
-        ckpt["rng"] = rngs
-        keep, epoch = self.cfg.run.keep_every_epochs, self.state.epoch
-        keep_as = epoch if (not final and keep and self.state.step_in_epoch == 0 and epoch % keep == 0) else None
-        self.folder.save_checkpoint(ckpt, final=final, keep_as_epoch=keep_as)
-        self.folder.write_metrics()
-        self.folder.write_summary(self.summary(finished=final))
+        if self.dist.main:
+            ckpt = self.checkpoint(final, parts, optimizer_state)
+            ckpt["rng"] = rngs
+            keep, epoch = self.cfg.run.keep_every_epochs, self.state.epoch
+            keep_as = epoch if (not final and keep and self.state.step_in_epoch == 0 and epoch % keep == 0) else None
+            self.folder.save_checkpoint(ckpt, final=final, keep_as_epoch=keep_as)
+            self.folder.write_metrics()
+            self.folder.write_summary(self.summary(finished=final))
+        if self.dist.world_size > 1:
+            # every rank returns once rank 0's files are on disk. Without this, a rank that stopped
+            # (stop_after_steps, a signal) and started the next run in the same process group could
+            # read the previous last.pt while rank 0 was still writing the new one, resume one step
+            # earlier than rank 0 and meet its collectives out of order (gloo: "collective mismatch")
+            dist.barrier()
