@@ -99,7 +99,6 @@ __all__ = [
 ]
 
 PROTOCOLS = ("linear", "knn")
-KINDS = ("pretrained", "floor", "ceiling")
 
 
 @dataclass
