@@ -159,7 +159,7 @@ def decoded_batch(batch: int, side: int, seed: int = 0):
 
 
 def one_step_counts(arch: str, stage: str, batch: int, target_batch: int, prototypes: int, seed: int = 0) -> Counter:
-    from pretrain import fast_step
+    from pretrain.losses import DEFAULT_CHUNK_ROWS
     from pretrain.bench import BenchConfig, TrainStep, bench_stages
     from pretrain.masking import make_masks, masked_token_indices
     from pretrain.pipeline import decode_side, make_gpu_augment
@@ -185,13 +185,13 @@ def one_step_counts(arch: str, stage: str, batch: int, target_batch: int, protot
     groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in step.optimizer.param_groups]
     step.optimizer = torch.optim.AdamW(groups, lr=0.0, fused=True)
     # the chunked cross-entropy loops as often as it would at target_batch
-    chunk = max(1, round(fast_step.DEFAULT_CHUNK_ROWS * batch / target_batch))
+    chunk = max(1, round(DEFAULT_CHUNK_ROWS * batch / target_batch))
     for loss in (step.meta.dino_loss, step.meta.ibot_loss):
         loss.chunk_rows = chunk
 
     augment = make_gpu_augment(step.pcfg, plan)
     raw = decoded_batch(batch, decode_side(plan), seed)
-    grid = global_size // cfg.patch_size
+    grid = global_size // cfg.recipe.model.patch_size
     # the masks of 2 images tiled: the iBOT rows grow exactly with the batch, so do the chunks' rows
     masks = make_masks(4, (grid, grid), 0.5, (0.1, 0.5), torch.Generator().manual_seed(seed + 1)).repeat(batch // 2, 1)
     indices, weights = masked_token_indices(masks)
