@@ -1,7 +1,7 @@
 """The evaluation's inputs and features: corrupted images made in fixed chunks of ``CHUNK`` images,
 each chunk with its own seed derived from (seed, corruption, severity, index of its first image), so
 the corrupted images do not depend on the batch size, the checkpoint or the order of evaluation; and
-the frozen features of image tensors and datasets."""
+the frozen features of image tensors and datasets, and of one evaluation cell (:func:`cell_features`)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from typing import Callable
 import torch
 from torch.utils.data import DataLoader
 
+from analysis.metrics import CLEAN
+from fdbench.data import ImageFolderDataset, eval_transform
 from fdbench.errors import FdbenchError
+from fdbench.features import extract_features
 from fdbench.io import progress
 
 CHUNK = 32  # images per corruption seed; batches are whole numbers of chunks
@@ -93,3 +96,19 @@ def dataset_features(encoder, dataset, *, batch_size: int = 256, workers: int = 
     if not feats:
         raise FdbenchError(f"no images to encode ({desc or 'dataset'})")
     return torch.cat(feats), torch.cat(labels)
+
+
+def cell_features(
+    encoder, val_images, val_labels, corruption, severity, corrupt_fn, corrupted_root, classes, size, config
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features, labels) of one cell's val images; the labels are the val labels except for a
+    ``--corrupted-root`` folder, which carries its own."""
+    if corruption == CLEAN:
+        return extract_features(encoder, val_images, batch_size=config.batch_size), val_labels
+    if corrupted_root is not None:
+        # stored corrupted images are already cropped: only resize to the evaluation size
+        ds = ImageFolderDataset(corrupted_root / corruption / str(severity), eval_transform(size, size), classes)
+        return dataset_features(encoder, ds, batch_size=config.batch_size, workers=config.workers)
+    return corrupted_features(
+        encoder, val_images, corruption, severity, corrupt_fn, batch_size=config.batch_size, seed=config.seed
+    ), val_labels

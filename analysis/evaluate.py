@@ -13,8 +13,9 @@ backend) in fixed chunks of ``CHUNK`` images, each chunk with its own seed deriv
 on the batch size, the checkpoint or the order of evaluation: every checkpoint of every call sees
 identical inputs (on a given device type). Alternatively ``corrupted_root`` reads an
 ImageNet-C-style folder ``<root>/<corruption>/<severity>/<class>/<image>``. The chunked corruption
-and the feature extraction are in :mod:`analysis.eval_features`, the stored rows and the files
-written from them in :mod:`analysis.evaluate_outputs`; this module runs the evaluation.
+and the feature extraction are in :mod:`analysis.eval_features`, the probes fitted on cached clean
+train features in :mod:`analysis.eval_probes`, the stored rows and the files written from them in
+:mod:`analysis.evaluate_outputs`; this module runs the evaluation.
 
 Outputs in ``out`` (rewritten atomically after every cell, so an interrupted run resumes where it
 stopped: finished (checkpoint, protocol, corruption, severity) rows are never recomputed):
@@ -24,7 +25,6 @@ stopped: finished (checkpoint, protocol, corruption, severity) rows are never re
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -36,6 +36,7 @@ from analysis.eval_features import (
     chunk_seed,
     corrupt_images,
     corrupted_features,
+    cell_features,
     dataset_features,
     default_corrupt_fn,
 )
@@ -48,6 +49,7 @@ from analysis.evaluate_outputs import (
     write_differences,
     write_outputs,
 )
+from analysis.eval_probes import fit_probes
 from analysis.floors import PixelEncoder, floors
 from analysis.metrics import (
     CLEAN,
@@ -60,15 +62,11 @@ from analysis.metrics import (
 )
 from analysis.outcomes import FILENAME as OUTCOMES_FILE
 from analysis.outcomes import Outcomes
-from analysis.probes import fit_linear_probe, knn_probe
 from fdbench.checkpoint import checkpoint_labels, load_backbone
 from fdbench.data import (
-    ImageFolderDataset,
     check_fingerprint,
-    check_same_classes,
     dataset_fingerprint,
     dataset_resolution,
-    eval_transform,
     load_split_tensor,
     open_dataset,
     recorded_root,
@@ -76,9 +74,8 @@ from fdbench.data import (
 )
 from fdbench.device import resolve_device
 from fdbench.errors import FdbenchError
-from fdbench.features import FrozenEncoder, eval_image_size, extract_features
+from fdbench.features import FrozenEncoder, eval_image_size
 from fdbench.io import (
-    atomic_torch_save,
     file_sha256,
     progress,
 )
@@ -102,7 +99,6 @@ __all__ = [
 ]
 
 PROTOCOLS = ("linear", "knn")
-KINDS = ("pretrained", "floor", "ceiling")
 
 
 @dataclass
@@ -280,7 +276,7 @@ def evaluate_corruptions(
                 )
             val_images, val_labels, classes = val_cache[size]
             encoder = PixelEncoder(size).to(device) if ckpt is None else _encoder(ckpt, config.n_last_blocks, device)
-            probes = _fit_probes(
+            probes = fit_probes(
                 encoder,
                 label,
                 root,
@@ -303,7 +299,7 @@ def evaluate_corruptions(
                 }
             for corruption, severity in todo:
                 bar.set_postfix_str(f"{label} {corruption} {severity}" if severity else f"{label} clean")
-                feats, cell_labels = _cell_features(
+                feats, cell_labels = cell_features(
                     encoder,
                     val_images,
                     val_labels,
@@ -370,66 +366,6 @@ def _encoder(ckpt, n_last_blocks: int, device: torch.device):
     return FrozenEncoder(ckpt.model, n_last_blocks=n_last_blocks).to(device)
 
 
-def _fit_probes(encoder, label, root, size, resize, classes, protocols, config, out, sha, device, announce):
-    """Clean train features (cached in OUT/cache, keyed by checkpoint checksum and settings) -> probes."""
-    key = hashlib.blake2b(f"{sha}|{root}|{size}|{resize}|{config.n_last_blocks}".encode(), digest_size=6).hexdigest()
-    cache = out / "cache" / f"{label}-train-{key}.pt"
-    stored = _read_feature_cache(cache, announce)
-    if stored is not None:
-        feats, labels = stored
-    else:
-        train = open_dataset(root, "train", eval_transform(size, resize))
-        check_same_classes(list(train.classes), list(classes), root)
-        announce(f"{label}: encoding {len(train)} train images at {size} px")
-        feats, labels = dataset_features(
-            encoder, train, batch_size=config.batch_size, workers=config.workers, desc=f"{label} train features"
-        )
-        atomic_torch_save({"feats": feats, "labels": labels}, cache)
-    probes = {}
-    if "linear" in protocols:
-        lin = probes["linear"] = fit_linear_probe(
-            feats, labels, seed=config.seed, device=device, num_classes=len(classes)
-        )
-        announce(
-            f"{label}: linear probe lr {lin.lr:g}, weight decay {lin.weight_decay:g}"
-            + (f" (held-out train accuracy {lin.val_accuracy:.3f})" if lin.val_accuracy is not None else "")
-        )
-    if "knn" in protocols:
-        probes["knn"] = knn_probe(
-            feats, labels, k=config.k, temperature=config.temperature, device=device, num_classes=len(classes)
-        )
-    return probes
-
-
-def _read_feature_cache(cache: Path, announce) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """The cached (features, labels), or None when absent or damaged (a kill or a full disk mid-way
-    through another tool's copy, a hand edit): a damaged cache only costs its recomputation."""
-    if not cache.exists():
-        return None
-    try:
-        stored = torch.load(cache, weights_only=True)
-        if not isinstance(stored, dict) or not {"feats", "labels"} <= set(stored):
-            raise ValueError("no 'feats' and 'labels' tensors")
-        feats, labels = stored["feats"], stored["labels"]
-        ok = (
-            isinstance(feats, torch.Tensor)
-            and isinstance(labels, torch.Tensor)
-            and feats.ndim == 2
-            and labels.ndim == 1
-            and len(feats) == len(labels) > 0
-            and feats.is_floating_point()
-            and not labels.is_floating_point()
-        )
-        if not ok:
-            raise ValueError("the tensors have the wrong shapes or types")
-    except Exception as err:  # noqa: BLE001 - the unpickler raises all sorts on a torn file
-        first = str(err).strip().splitlines()[0].split(". ")[0][:120] if str(err).strip() else type(err).__name__
-        announce(f"warning: the feature cache {cache} is damaged ({first}); recomputing it")
-        cache.unlink(missing_ok=True)
-        return None
-    return feats, labels
-
-
 def _check_corrupted_root(root: Path, names, severities) -> None:
     if not root.is_dir():
         raise FdbenchError(f"--corrupted-root folder not found: {root}")
@@ -439,19 +375,3 @@ def _check_corrupted_root(root: Path, names, severities) -> None:
             f"{len(missing)} corruption folder(s) missing under {root} (expected "
             f"<root>/<corruption>/<severity>/<class>/<image>), e.g. {', '.join(missing[:3])}"
         )
-
-
-def _cell_features(
-    encoder, val_images, val_labels, corruption, severity, corrupt_fn, corrupted_root, classes, size, config
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(features, labels) of one cell's val images; the labels are the val labels except for a
-    ``--corrupted-root`` folder, which carries its own."""
-    if corruption == CLEAN:
-        return extract_features(encoder, val_images, batch_size=config.batch_size), val_labels
-    if corrupted_root is not None:
-        # stored corrupted images are already cropped: only resize to the evaluation size
-        ds = ImageFolderDataset(corrupted_root / corruption / str(severity), eval_transform(size, size), classes)
-        return dataset_features(encoder, ds, batch_size=config.batch_size, workers=config.workers)
-    return corrupted_features(
-        encoder, val_images, corruption, severity, corrupt_fn, batch_size=config.batch_size, seed=config.seed
-    ), val_labels

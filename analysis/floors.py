@@ -28,7 +28,6 @@ from fdbench.models import build_backbone
 
 MAX_PIXEL_DIMS = 4096
 PIXELS, RANDOM_INIT = "pixels", "random-init"
-FLOOR_LABELS = (PIXELS, RANDOM_INIT)
 
 
 def pixel_factor(size: int, max_dims: int = MAX_PIXEL_DIMS) -> int:

@@ -43,14 +43,11 @@ __all__ = [
     "window_frequencies",
     "canonical",
     "half_plane",
-    "fourier_basis",
     "fourier_bases",
     "random_signs",
     "fourier_perturb",
     "radius_grid",
     "band_pass",
-    "low_pass",
-    "high_pass",
     "power_spectrum",
     "radial_power_spectrum",
     "spectral_centroid",
@@ -135,11 +132,6 @@ def fourier_bases(size: int, freqs: torch.Tensor, *, device=None, dtype=torch.fl
     return basis.to(dtype)
 
 
-def fourier_basis(size: int, ky: int, kx: int, **kwargs) -> torch.Tensor:
-    """One unit-L2 real basis image ``U(ky, kx)`` of shape ``[N, N]``."""
-    return fourier_bases(size, torch.tensor([[ky, kx]]), **kwargs)[0]
-
-
 def random_signs(shape, generator: torch.Generator | None = None) -> torch.Tensor:
     """Independent +/-1 values (float32) of the given shape."""
     return torch.randint(0, 2, tuple(shape), generator=generator).float().mul_(2).sub_(1)
@@ -180,14 +172,6 @@ def band_pass(images: torch.Tensor, radius: float, kind: str) -> torch.Tensor:
         keep = ~keep
     spectrum = torch.fft.fft2(images.to(torch.float32))
     return torch.fft.ifft2(spectrum * keep).real.to(images.dtype if images.is_floating_point() else torch.float32)
-
-
-def low_pass(images: torch.Tensor, radius: float) -> torch.Tensor:
-    return band_pass(images, radius, "low")
-
-
-def high_pass(images: torch.Tensor, radius: float) -> torch.Tensor:
-    return band_pass(images, radius, "high")
 
 
 def power_spectrum(images: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
-import numpy as np
 import pandas as pd
 
 from analysis import fourier
@@ -46,7 +45,6 @@ from analysis import frequency_stats as fstats
 from analysis.frequency_analyses import (
     bandpass_accuracy,
     bandpass_auc,
-    cell_outcomes,
     comparison_frame,
     comparison_pair,
     corruption_spectra,
@@ -60,6 +58,7 @@ from analysis.frequency_analyses import (
     wrong_mask,
 )
 from analysis.frequency_figures import draw_figures
+from analysis.frequency_resume import read_finished, refuse_changed, settings_diff
 from analysis.frequency_models import Model, checkpoint_labels, eval_setup, find_checkpoints, stratified
 from analysis.frequency_models import load_model as _load_model  # a module global: tests stub it
 from analysis.evaluate import default_corrupt_fn
@@ -67,7 +66,7 @@ from fdbench.checkpoint import load_backbone
 from fdbench.data import dataset_resolution, load_split_tensor, open_dataset
 from fdbench.device import resolve_device, seed_everything
 from fdbench.errors import FdbenchError
-from fdbench.io import atomic_write_csv, atomic_write_json, read_json
+from fdbench.io import atomic_write_csv, atomic_write_json
 
 __all__ = [  # the analyses are re-exported: ``frequency.fourier_heatmap`` etc. stay the public names
     "ANALYSES",
@@ -131,59 +130,6 @@ class FrequencyReport:
 # ---- the runner ----------------------------------------------------------------------------------
 
 
-def _settings_diff(meta_path: Path, params: dict, ignore: tuple[str, ...] = ("mtime",)) -> list[str] | None:
-    """How the settings recorded in ``meta_path`` differ from ``params`` (``"key: old -> new"``), the
-    checkpoint's mtime aside (``ignore``); None when nothing readable is recorded (then the work is simply done).
-
-    ``eps`` and ``window`` left at their defaults compare by the value they stood for (recorded in
-    the result's ``info``), so spelling out the default is not a change."""
-    try:
-        saved = read_json(meta_path)
-        before, info = dict(saved["params"]), dict(saved.get("info") or {})
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None
-    now = json.loads(json.dumps(params))
-    defaults = {"eps": fourier.default_eps, "window": fourier.default_window}
-    diffs = []
-    for key in sorted(set(before) | set(now)):
-        old, new = before.get(key), now.get(key)
-        if key in ignore or old == new:
-            continue
-        if key in defaults and "image_size" in info and (old is None or new is None):
-            old = info.get(key, old)
-            new = new if new is not None else defaults[key](int(info["image_size"]))
-            if old == new:
-                continue
-        diffs.append(f"{key}: {old!r} -> {new!r}")
-    return diffs
-
-
-def _read_finished(csv: Path, meta: Path, npz: Path, announce):
-    """A finished analysis' (table, meta, outcomes), or None (with a message) when a file of it is
-    damaged: then it is recomputed, never a traceback."""
-    try:
-        df, saved = pd.read_csv(csv), json.loads(meta.read_text())
-        kept = fstats.load_outcomes(npz)
-        if not isinstance(saved, dict) or not isinstance(saved.get("info"), dict) or df.empty:
-            raise ValueError("incomplete")
-    except (OSError, ValueError, FdbenchError) as err:
-        announce(
-            f"warning: the finished result {csv.parent} is damaged ({str(err).splitlines()[0][:120]}); recomputing"
-        )
-        return None
-    return df, saved, kept
-
-
-def _refuse_changed(meta_path: Path, params: dict, what: str, config: FrequencyConfig) -> None:
-    """Like eval-corruptions: results of other settings are not silently replaced."""
-    diffs = _settings_diff(meta_path, params)
-    if diffs and not config.overwrite:
-        raise FdbenchError(
-            f"{meta_path.parent} holds a {what} computed with other settings ({'; '.join(diffs[:4])}"
-            f"{'; ...' if len(diffs) > 4 else ''}); use another --out, or --overwrite to replace it"
-        )
-
-
 def _validate(config: FrequencyConfig) -> None:
     bad = [a for a in config.analyses if a not in ANALYSES]
     if bad or not config.analyses:
@@ -231,8 +177,8 @@ def run_frequency_analysis(
     labels = checkpoint_labels(paths)
     for path, label in zip(paths, labels):  # before any work: refuse rather than replace other settings
         for analysis in [a for a in ("heatmap", "bandpass") if a in config.analyses]:
-            _refuse_changed(
-                out / label / f"{analysis}.json", _analysis_params(analysis, config, path), analysis, config
+            refuse_changed(
+                out / label / f"{analysis}.json", _analysis_params(analysis, config, path), analysis, config.overwrite
             )
     report = FrequencyReport(out=out, summary=pd.DataFrame())
     heatmaps, bandpasses, rows, infos, outcomes = {}, {}, [], {}, {}
@@ -247,8 +193,8 @@ def run_frequency_analysis(
             npz = folder / f"{analysis}_outcomes.npz"
             params = _analysis_params(analysis, config, path)
             reused = None
-            if not config.overwrite and csv.exists() and npz.exists() and _settings_diff(meta, params, ignore=()) == []:
-                reused = _read_finished(csv, meta, npz, announce)
+            if not config.overwrite and csv.exists() and npz.exists() and settings_diff(meta, params, ignore=()) == []:
+                reused = read_finished(csv, meta, npz, announce)
                 if reused is not None:
                     announce(f"{label}: {analysis} already done ({csv}), reusing it")
             if reused is not None:
@@ -284,7 +230,7 @@ def run_frequency_analysis(
         info = dict(infos[label])
         if label in heatmaps:
             info.update(heatmap_summary(heatmaps[label], info["heatmap_clean_error_pct"], info["image_size"]))
-            info.update(_heatmap_intervals(heatmaps[label], outcomes[("heatmap", label)], info, config.seed))
+            info.update(fstats.heatmap_intervals(heatmaps[label], outcomes[("heatmap", label)], info, config.seed))
         if label in bandpasses:
             bp = bandpasses[label]
             info.update(
@@ -294,7 +240,7 @@ def run_frequency_analysis(
                     "highpass_auc_pct": bandpass_auc(bp, "high"),
                 }
             )
-            lo_hi, bandpasses[label] = _bandpass_intervals(bp, outcomes[("bandpass", label)], config.seed)
+            lo_hi, bandpasses[label] = fstats.bandpass_intervals(bp, outcomes[("bandpass", label)], config.seed)
             info.update(lo_hi)
         if results is not None:
             info.update(group_accuracy(results, [label]))
@@ -373,38 +319,6 @@ def _run_one(
     return df, {"params": params, "info": info}, kept
 
 
-def _heatmap_intervals(df: pd.DataFrame, kept: dict, info: dict, seed: int) -> dict[str, float]:
-    """``<number>_lo`` / ``<number>_hi``: 95% bootstrap intervals (over images) of the heat-map numbers."""
-    cells = cell_outcomes(df, kept)
-    weights = fstats.bootstrap_weights(cells.shape[1], seed=seed)
-    samples = fstats.heatmap_summary_samples(
-        cells, df["radius"].to_numpy(float), kept["clean_wrong"], int(df["kx"].nunique()), info["image_size"], weights
-    )
-    out = {}
-    for name, values in samples.items():
-        lo, hi = fstats.interval(values)
-        out.update({f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
-    return out
-
-
-def _bandpass_intervals(df: pd.DataFrame, kept: dict, seed: int) -> tuple[dict[str, float], pd.DataFrame]:
-    """Bootstrap intervals of crossing radius and AUCs, and the curve with ``accuracy_pct_lo/_hi``."""
-    wrong = kept["wrong"]
-    weights = fstats.bootstrap_weights(wrong.shape[1], seed=seed)
-    df = df.reset_index(drop=True).copy()
-    low = df.index[df["filter"] == "low"][np.argsort(df.loc[df["filter"] == "low", "radius_frac"].to_numpy())]
-    high = df.index[df["filter"] == "high"][np.argsort(df.loc[df["filter"] == "high", "radius_frac"].to_numpy())]
-    samples = fstats.bandpass_samples(df.loc[low, "radius_frac"].to_numpy(float), wrong[low], wrong[high], weights)
-    for rows, key in ((low, "low"), (high, "high")):
-        lo, hi = fstats.interval(samples[key])
-        df.loc[rows, "accuracy_pct_lo"], df.loc[rows, "accuracy_pct_hi"] = lo, hi
-    out = {}
-    for name in ("crossing_frac", "lowpass_auc_pct", "highpass_auc_pct"):
-        lo, hi = fstats.interval(samples[name])
-        out.update({f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
-    return out, df
-
-
 def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names, report):
     """Corruption spectra on the analysis images (one dataset per run; reused when unchanged)."""
     if corrupt_fn is None or corruption_names is None:
@@ -426,8 +340,8 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
         "corruptions": list(corruption_names),
     }
     csv, cent_csv, meta = out / "spectra.csv", out / "spectra_centroids.csv", out / "spectra.json"
-    _refuse_changed(meta, params, "corruption spectra", config)
-    if not config.overwrite and csv.exists() and cent_csv.exists() and _settings_diff(meta, params, ignore=()) == []:
+    refuse_changed(meta, params, "corruption spectra", config.overwrite)
+    if not config.overwrite and csv.exists() and cent_csv.exists() and settings_diff(meta, params, ignore=()) == []:
         try:
             frames = pd.read_csv(csv), pd.read_csv(cent_csv)
         except (OSError, ValueError) as err:
@@ -455,6 +369,3 @@ def _spectra(config, out, source, device, announce, corrupt_fn, corruption_names
     atomic_write_json(meta, {"params": params})
     report.files += [csv, cent_csv]
     return pd.read_csv(csv), pd.read_csv(cent_csv)  # as a re-run reads them (same digits either way)
-
-
-# ---- figures -------------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.frequency_analyses import cell_outcomes
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_open
 
@@ -261,3 +262,35 @@ def bandpass_samples(
         "lowpass_auc_pct": np.array([auc_of(fracs, low[:, b]) for b in range(low.shape[1])]),
         "highpass_auc_pct": np.array([auc_of(fracs, high[:, b]) for b in range(low.shape[1])]),
     }
+
+
+def heatmap_intervals(df: pd.DataFrame, kept: dict, info: dict, seed: int) -> dict[str, float]:
+    """``<number>_lo`` / ``<number>_hi``: 95% bootstrap intervals (over images) of the heat-map numbers."""
+    cells = cell_outcomes(df, kept)
+    weights = bootstrap_weights(cells.shape[1], seed=seed)
+    samples = heatmap_summary_samples(
+        cells, df["radius"].to_numpy(float), kept["clean_wrong"], int(df["kx"].nunique()), info["image_size"], weights
+    )
+    out = {}
+    for name, values in samples.items():
+        lo, hi = interval(values)
+        out.update({f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
+    return out
+
+
+def bandpass_intervals(df: pd.DataFrame, kept: dict, seed: int) -> tuple[dict[str, float], pd.DataFrame]:
+    """Bootstrap intervals of crossing radius and AUCs, and the curve with ``accuracy_pct_lo/_hi``."""
+    wrong = kept["wrong"]
+    weights = bootstrap_weights(wrong.shape[1], seed=seed)
+    df = df.reset_index(drop=True).copy()
+    low = df.index[df["filter"] == "low"][np.argsort(df.loc[df["filter"] == "low", "radius_frac"].to_numpy())]
+    high = df.index[df["filter"] == "high"][np.argsort(df.loc[df["filter"] == "high", "radius_frac"].to_numpy())]
+    samples = bandpass_samples(df.loc[low, "radius_frac"].to_numpy(float), wrong[low], wrong[high], weights)
+    for rows, key in ((low, "low"), (high, "high")):
+        lo, hi = interval(samples[key])
+        df.loc[rows, "accuracy_pct_lo"], df.loc[rows, "accuracy_pct_hi"] = lo, hi
+    out = {}
+    for name in ("crossing_frac", "lowpass_auc_pct", "highpass_auc_pct"):
+        lo, hi = interval(samples[name])
+        out.update({f"{name}_lo": float(lo), f"{name}_hi": float(hi)})
+    return out, df

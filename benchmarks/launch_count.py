@@ -27,6 +27,8 @@ import math
 import sys
 from collections import Counter
 
+import dataclasses
+
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
@@ -145,17 +147,19 @@ def _foreach_clipping():
         torch.nn.utils.clip_grad_norm_ = original
 
 
-def decoded_batch(batch: int, side: int, seed: int = 0) -> dict:
+def decoded_batch(batch: int, side: int, seed: int = 0):
     """A padded uint8 batch as the decode workers give it: half landscape, half portrait (4:3)."""
     g = torch.Generator().manual_seed(seed)
     long = math.ceil(side * 4 / 3)
     sizes = torch.tensor([(side, long) if i % 2 else (long, side) for i in range(batch)])
     images = torch.randint(0, 256, (batch, 3, long, long), dtype=torch.uint8, generator=g)
-    return {"images": images, "sizes": sizes, "labels": torch.zeros(batch, dtype=torch.long)}
+    from pretrain.batch import DecodedBatch
+
+    return DecodedBatch(images=images, sizes=sizes, labels=torch.zeros(batch, dtype=torch.long))
 
 
 def one_step_counts(arch: str, stage: str, batch: int, target_batch: int, prototypes: int, seed: int = 0) -> Counter:
-    from pretrain import fast_step
+    from pretrain.losses import DEFAULT_CHUNK_ROWS
     from pretrain.bench import BenchConfig, TrainStep, bench_stages
     from pretrain.masking import make_masks, masked_token_indices
     from pretrain.pipeline import decode_side, make_gpu_augment
@@ -181,23 +185,23 @@ def one_step_counts(arch: str, stage: str, batch: int, target_batch: int, protot
     groups = [{k: v for k, v in g.items() if k not in ("fused", "foreach")} for g in step.optimizer.param_groups]
     step.optimizer = torch.optim.AdamW(groups, lr=0.0, fused=True)
     # the chunked cross-entropy loops as often as it would at target_batch
-    chunk = max(1, round(fast_step.DEFAULT_CHUNK_ROWS * batch / target_batch))
+    chunk = max(1, round(DEFAULT_CHUNK_ROWS * batch / target_batch))
     for loss in (step.meta.dino_loss, step.meta.ibot_loss):
         loss.chunk_rows = chunk
 
     augment = make_gpu_augment(step.pcfg, plan)
     raw = decoded_batch(batch, decode_side(plan), seed)
-    grid = global_size // cfg.patch_size
+    grid = global_size // cfg.recipe.model.patch_size
     # the masks of 2 images tiled: the iBOT rows grow exactly with the batch, so do the chunks' rows
     masks = make_masks(4, (grid, grid), 0.5, (0.1, 0.5), torch.Generator().manual_seed(seed + 1)).repeat(batch // 2, 1)
     indices, weights = masked_token_indices(masks)
-    raw.update(masks=masks, mask_indices=indices, mask_weights=weights)
+    raw = dataclasses.replace(raw, masks=masks, mask_indices=indices, mask_weights=weights)
     generator = torch.Generator().manual_seed(seed)
     meta, opt = step.meta, step.optimizer
 
     def run(profiled: bool):
         with record_function("augment"):
-            train_batch = augment(dict(raw), generator)
+            train_batch = augment(dataclasses.replace(raw), generator)
         apply_schedules(opt, step.LR, step.WD, False)
         opt.zero_grad(set_to_none=True)
         with record_function("forward_backward"):
@@ -216,7 +220,7 @@ def one_step_counts(arch: str, stage: str, batch: int, target_batch: int, protot
         train_batch = run(True)
     regions.remove()
     counts = count_ops(prof)
-    counts["ibot_rows"] = int(train_batch["mask_indices"].numel())
+    counts["ibot_rows"] = int(train_batch.mask_indices.numel())
     counts["chunk_rows"] = chunk
     return counts
 

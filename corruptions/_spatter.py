@@ -1,5 +1,5 @@
 """Batched versions of the OpenCV steps in ImageNet-C's water spatter: Canny edges, OpenCV's truncated
-5x5 chamfer distance transform (and an exact Euclidean one), histogram equalisation, and the saturating 8-bit filter.
+5x5 chamfer distance transform, histogram equalisation, and the saturating 8-bit filter.
 
 All functions take [N, 1, H, W] float tensors holding integer values 0-255 (8-bit images stored as
 floats so one code path runs on CPU and CUDA).
@@ -114,31 +114,6 @@ def _dilate3(m: torch.Tensor) -> torch.Tensor:
     v = p[..., :-2, :] | p[..., 1:-1, :] | p[..., 2:, :]
     p = F.pad(v, (1, 1, 0, 0))
     return p[..., :, :-2] | p[..., :, 1:-1] | p[..., :, 2:]
-
-
-def distance_to_edges(edges: torch.Tensor, limit: int) -> torch.Tensor:
-    """Euclidean distance from each pixel to the nearest edge pixel, truncated at ``limit``.
-
-    Exact within the limit: two 1-D lower envelopes over a +-limit window,
-    g(y, x) = min_k k^2 + [edge at (y + k, x) ? 0 : inf], d^2(y, x) = min_k k^2 + g(y, x + k).
-    (OpenCV's DIST_L2 with a 5x5 mask approximates the same distance to within about 2%.)
-    """
-    big = float(4 * limit * limit + 1)
-    e = torch.where(edges, 0.0, big).float()
-    h, w = e.shape[-2:]
-    ep = F.pad(e, (0, 0, limit, limit), value=big)
-    g = ep[..., limit : limit + h, :].clone()
-    for k in range(1, limit + 1):  # one shifted minimum per offset: cheap on any device
-        g = torch.minimum(
-            g, torch.minimum(ep[..., limit - k : limit - k + h, :], ep[..., limit + k : limit + k + h, :]) + k * k
-        )
-    gp = F.pad(g, (limit, limit, 0, 0), value=big)
-    d2 = g.clone()
-    for k in range(1, limit + 1):
-        d2 = torch.minimum(
-            d2, torch.minimum(gp[..., limit - k : limit - k + w], gp[..., limit + k : limit + k + w]) + k * k
-        )
-    return d2.sqrt().clamp_max(float(limit))
 
 
 # OpenCV's 5x5 DIST_L2 mask: axial 1, diagonal 1.4, knight's move 2.1969 (float32 sums, as OpenCV)

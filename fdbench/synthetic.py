@@ -110,10 +110,6 @@ def _shape_mask(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     raise ValueError(name)
 
 
-def _luminance(rgb: np.ndarray) -> float:
-    return float(rgb @ np.array([0.299, 0.587, 0.114]))
-
-
 @dataclass(frozen=True)
 class Nuisances:
     """The per-image factors that vary independently of the class (see the module docstring)."""

@@ -38,7 +38,7 @@ _HOMES = {
     "KnnMonitor": "monitor",
     "train": "engine",
     "Trainer": "engine",
-    "train_step": "engine",
+    "train_step": "step",
 }
 __all__ = sorted(_HOMES)
 

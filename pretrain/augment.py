@@ -26,6 +26,7 @@ from torchvision.transforms import functional as TF
 
 from fdbench.errors import FdbenchError
 from fdbench.features import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.batch import CropBatch
 from pretrain.masking import make_masks, masked_token_indices
 
 __all__ = ["GaussianNoisePatch", "RandomGaussianBlur", "MultiCropAugmentation", "collate_multicrop"]
@@ -230,11 +231,11 @@ def collate_multicrop(
     mask_probability: float = 0.5,
     mask_ratio_range: tuple[float, float] = (0.1, 0.5),
     generator: torch.Generator | None = None,
-) -> dict[str, Any]:
+) -> CropBatch:
     """Stack ``(crops, label)`` samples crop-major and draw the iBOT masks for the global crops.
 
-    Returns ``global [G*B,3,S,S]`` (rows ``c*B:(c+1)*B`` = crop ``c`` of every image),
-    ``local [L*B,3,s,s]`` or ``None`` without local crops, ``masks bool [G*B, (S/p)^2]`` (see
+    Returns a :class:`~pretrain.batch.CropBatch`: ``global_crops [G*B,3,S,S]`` (rows ``c*B:(c+1)*B`` =
+    crop ``c`` of every image), ``local_crops [L*B,3,s,s]`` or ``None`` without local crops, ``masks bool [G*B, (S/p)^2]`` (see
     :func:`pretrain.masking.make_masks`), ``mask_indices long [M]`` and ``mask_weights float [M]``
     (the masked tokens' flat indices and iBOT weights, :func:`pretrain.masking.masked_token_indices`,
     computed here on the CPU so the training step needs no host sync to gather them) and ``labels [B]``.
@@ -255,11 +256,4 @@ def collate_multicrop(
     )
     mask_indices, mask_weights = masked_token_indices(masks)
     labels = torch.as_tensor([int(label) for _, label in samples], dtype=torch.long)
-    return {
-        "global": global_crops,
-        "local": local_crops,
-        "masks": masks,
-        "mask_indices": mask_indices,
-        "mask_weights": mask_weights,
-        "labels": labels,
-    }
+    return CropBatch(global_crops, local_crops, masks, labels, mask_indices, mask_weights)

@@ -163,25 +163,6 @@ class Curriculum:
                 bounds[i] = min(bounds[i], bounds[i + 1] - 1)
         return [(bounds[i], bounds[i + 1]) for i in range(n)]
 
-    def stage_index_at(self, epoch: int, total_epochs: int) -> int:
-        """Index of the stage that trains ``epoch`` (0-based) of a ``total_epochs`` run.
-
-        Stages without epochs are never returned; epochs past the end belong to the last stage
-        that has any.
-        """
-        return stage_index(self.stage_epochs(total_epochs), epoch)
-
-    def describe(self, total_epochs: int) -> list[str]:
-        """One human-readable line per stage, e.g. ``low-res: epochs 0-2 (3), 112/48 px, noise off``."""
-        lines = []
-        for stage, (start, end) in zip(self.stages, self.stage_epochs(total_epochs)):
-            span = f"epochs {start}-{end - 1} ({end - start})" if end > start else "no epochs"
-            noise = f"noise patching sigma<={stage.noise_max_sigma:g}" if stage.noise_patching else "noise off"
-            lines.append(
-                f"{stage.name}: {span}, {stage.global_size}/{stage.local_size} px, {stage.n_local} local crops, {noise}"
-            )
-        return lines
-
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "stages": [s.to_dict() for s in self.stages]}
 

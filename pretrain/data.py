@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from pretrain.augment import collate_multicrop
+from pretrain.batch import CropBatch, DecodedBatch
 from pretrain.decode import DecodeCollate
 from pretrain.masking import make_masks, masked_token_indices
 
@@ -129,7 +130,7 @@ class MultiCropCollate:
         self.mask_probability = mask_probability
         self.mask_ratio_range = tuple(mask_ratio_range)
 
-    def __call__(self, samples: list[tuple[Any, int, int]]) -> dict:
+    def __call__(self, samples: list[tuple[Any, int, int]]) -> CropBatch:
         generator = torch.Generator().manual_seed(samples[0][2])
         return collate_multicrop(
             [(crops, label) for crops, label, _ in samples],
@@ -169,15 +170,15 @@ class DecodeBatchCollate:
         self.mask_probability = mask_probability
         self.mask_ratio_range = tuple(mask_ratio_range)
 
-    def __call__(self, samples: list[tuple[torch.Tensor, int, int]]) -> dict:
+    def __call__(self, samples: list[tuple[torch.Tensor, int, int]]) -> DecodedBatch:
         batch = DecodeCollate(mask_grid=None)([(image, label) for image, label, _ in samples])
         mask_seed = samples[0][2]
         generator = torch.Generator().manual_seed(mask_seed)
-        batch["masks"] = make_masks(
+        batch.masks = make_masks(
             2 * len(samples), (self.mask_grid, self.mask_grid), self.mask_probability, self.mask_ratio_range, generator
         )
-        batch["mask_indices"], batch["mask_weights"] = masked_token_indices(batch["masks"])
-        batch["aug_seed"] = derive_seed(mask_seed, 0xA06)
+        batch.mask_indices, batch.mask_weights = masked_token_indices(batch.masks)
+        batch.aug_seed = derive_seed(mask_seed, 0xA06)
         return batch
 
 

@@ -20,10 +20,11 @@ import os
 import numpy as np
 import torch
 from PIL import Image, ImageFile
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
-from fdbench.data import open_dataset, to_rgb
+from fdbench.data import to_rgb
 from fdbench.errors import FdbenchError
+from pretrain.batch import DecodedBatch
 from pretrain.masking import make_masks
 
 
@@ -109,7 +110,8 @@ class DecodeDataset(Dataset):
 class DecodeCollate:
     """Pads a list of ``(uint8 [3,h,w], label)`` to one ``uint8 [B,3,H,W]`` batch; optionally makes iBOT masks.
 
-    Returns ``{"images", "sizes" (long [B,2] = h, w), "labels", "masks" (bool [2B, g*g] or absent)}``.
+    Returns a :class:`~pretrain.batch.DecodedBatch` (``sizes`` long [B,2] = h, w; ``masks`` bool
+    [2B, g*g] or None).
     Masks are made here, in the workers, because the block-wise mask sampler (``pretrain.masking``) is
     a Python loop that would otherwise sit on the training loop's critical path. ``mask_grid=None`` leaves them to the
     augmenter. Picklable, so it works with worker processes.
@@ -128,66 +130,16 @@ class DecodeCollate:
         batch = torch.zeros(len(samples), 3, max(heights), max(widths), dtype=torch.uint8)
         for i, (img, _) in enumerate(samples):
             batch[i, :, : img.shape[1], : img.shape[2]] = img
-        out = {
-            "images": batch,
-            "sizes": torch.tensor(list(zip(heights, widths)), dtype=torch.long),
-            "labels": torch.tensor([int(label) for _, label in samples], dtype=torch.long),
-        }
+        out = DecodedBatch(
+            images=batch,
+            sizes=torch.tensor(list(zip(heights, widths)), dtype=torch.long),
+            labels=torch.tensor([int(label) for _, label in samples], dtype=torch.long),
+        )
         if self.mask_grid:
-            out["masks"] = make_masks(
+            out.masks = make_masks(
                 2 * len(samples),
                 grid=(self.mask_grid, self.mask_grid),
                 mask_probability=self.mask_probability,
                 ratio_range=self.mask_ratio_range,
             )
         return out
-
-
-def decode_loader(
-    root,
-    *,
-    batch_size: int,
-    decode_side: int | None,
-    split: str = "train",
-    class_list=None,
-    workers: int = 4,
-    mask_grid: int | None = None,
-    mask_probability: float = 0.5,
-    mask_ratio_range=(0.1, 0.5),
-    shuffle: bool = True,
-    drop_last: bool = True,
-    seed: int = 0,
-    pin_memory: bool | None = None,
-    persistent_workers: bool = False,
-    prefetch_factor: int | None = 4,
-    dataset: Dataset | None = None,
-) -> DataLoader:
-    """A DataLoader of decoded, padded uint8 batches (see :class:`DecodeCollate`) over ``open_dataset``.
-
-    Build one per curriculum stage: ``decode_side`` and ``mask_grid`` depend on the stage's crop sizes.
-    ``dataset`` reuses an already opened dataset (skips re-scanning the folder).
-    """
-    if batch_size < 1:
-        raise FdbenchError(f"batch size must be >= 1, got {batch_size}")
-    base = dataset if dataset is not None else open_dataset(root, split, None, class_list)
-    ds = DecodeDataset(base, decode_side)
-    if drop_last and len(ds) < batch_size:
-        raise FdbenchError(
-            f"the dataset has {len(ds)} images, fewer than one batch of {batch_size}: lower --batch-size"
-        )
-    generator = torch.Generator().manual_seed(seed)
-    pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    kwargs = {}
-    if workers > 0:
-        kwargs.update(persistent_workers=persistent_workers, prefetch_factor=prefetch_factor)
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        shuffle=shuffle,
-        drop_last=drop_last,
-        num_workers=workers,
-        collate_fn=DecodeCollate(mask_grid, mask_probability, mask_ratio_range),
-        pin_memory=pin,
-        generator=generator,
-        **kwargs,
-    )

@@ -5,7 +5,7 @@
 - :func:`accelerate_meta_arch`: compiles a :class:`pretrain.meta_arch.MetaArch`'s backbones in place.
 
 The rest of the fast step lives where it is used: the chunked cross-entropy inside the DINO/iBOT
-losses (:func:`pretrain.losses.soft_cross_entropy`), fused AdamW in ``pretrain.engine.build_optimizer``,
+losses (:func:`pretrain.losses.soft_cross_entropy`), fused AdamW in ``pretrain.step.build_optimizer``,
 the ``_foreach`` EMA in ``MetaArch.update_teacher``, losses read back on logging steps only in the
 engine's loop, and the iBOT gathers on host-computed indices in ``pretrain.meta_arch``.
 """

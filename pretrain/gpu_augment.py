@@ -1,10 +1,11 @@
 """Batched on-device DINOv2 multi-crop: every augmentation of a whole batch in a few tensor ops.
 
 CPU workers only decode images into uint8 tensors (:mod:`pretrain.decode`); this module turns a padded
-uint8 batch ``images [B,3,H,W]`` + true sizes ``sizes [B,2] (h, w)`` into the same batch dict as
-:func:`pretrain.augment.collate_multicrop`: ``global [2B,3,S,S]``, ``local [L*B,3,s,s]`` (crop-major:
-rows ``[c*B:(c+1)*B]`` are crop ``c``), ``masks [2B,(S/p)^2]`` and ``labels [B]``. It runs on any device,
-so the same code is tested on CPU tensors.
+uint8 batch (:class:`pretrain.batch.DecodedBatch`: ``images [B,3,H,W]`` + true sizes ``sizes [B,2]
+(h, w)``) into the same :class:`pretrain.batch.CropBatch` as :func:`pretrain.augment.collate_multicrop`:
+``global_crops [2B,3,S,S]``, ``local_crops [L*B,3,s,s]`` (crop-major: rows ``[c*B:(c+1)*B]`` are crop
+``c``), ``masks [2B,(S/p)^2]`` and ``labels [B]``. It runs on any device, so the same code is tested on
+CPU tensors. The per-crop image operations live in :mod:`pretrain.gpu_ops`.
 
 Semantics follow DINOv2's CPU pipeline (torchvision transforms on PIL images), per crop:
 
@@ -33,24 +34,18 @@ No step reads a value back to the host, so a batch queues without synchronising.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 
 import torch
-import torch.nn.functional as F
 
 from fdbench.errors import FdbenchError
 from fdbench.features import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.batch import CropBatch, DecodedBatch
+from pretrain.gpu_ops import color_jitter, gaussian_blur, gray_of, resample_matrix, sample_rrc_boxes
 from pretrain.masking import make_masks, masked_token_indices
 
-GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale
-RATIO_RANGE = (3.0 / 4.0, 4.0 / 3.0)
-RRC_ATTEMPTS = 10
-BLUR_KERNEL = 9
 BLUR_SIGMA = (0.1, 2.0)
 SOLARIZE_THRESHOLD = 128.0 / 255.0
-# op codes of the colour-jitter order (torchvision's fn_idx numbering)
-BRIGHTNESS, CONTRAST, SATURATION, HUE, IDENTITY = 0, 1, 2, 3, -1
 
 
 @dataclass
@@ -201,7 +196,7 @@ class GpuMultiCrop:
             ],
             dim=1,
         ).float()
-        top, left, height, width = _sample_rrc_boxes(h_rep, w_rep, scale, rand)
+        top, left, height, width = sample_rrc_boxes(h_rep, w_rep, scale, rand)
         flip = rand(n) < self.flip_p
 
         jitter_apply = rand(n) < self.jitter_p
@@ -274,7 +269,7 @@ class GpuMultiCrop:
             part = part.permute(0, 3, 2, 1, 4).reshape(n_img, count, canvas_h, 3 * size)
             offset += count * size
             rows = slice(first * n_img, (first + count) * n_img)
-            wy = _resample_matrix(params.top[rows], params.height[rows], canvas_h, size, None, rdtype)
+            wy = resample_matrix(params.top[rows], params.height[rows], canvas_h, size, None, rdtype)
             wy = wy.reshape(count, n_img, size, canvas_h).transpose(0, 1)  # [B, count, S, H]
             crops = torch.matmul(wy, part).clamp_(0, 1)  # [B, count, S, 3S]
             crops = crops.reshape(n_img, count, size, 3, size).permute(1, 0, 3, 2, 4)
@@ -289,12 +284,12 @@ class GpuMultiCrop:
         """Horizontal resampling weights of crops ``first..first+count-1`` as ``[B, count*size, W]``
         (image-major: crop ``first``'s ``size`` rows, then the next crop's)."""
         rows = slice(first * n_img, (first + count) * n_img)
-        w = _resample_matrix(params.left[rows], params.width[rows], canvas_w, size, params.flip[rows], rdtype)
+        w = resample_matrix(params.left[rows], params.width[rows], canvas_w, size, params.flip[rows], rdtype)
         return w.reshape(count, n_img, size, canvas_w).transpose(0, 1).reshape(n_img, count * size, canvas_w)
 
     def _photometric(self, x: torch.Tensor, p: AugParams, rows: slice) -> torch.Tensor:
         x = color_jitter(x, p.jitter_apply[rows], p.jitter_order[rows], p.jitter_factors[rows])
-        x = torch.where(p.gray[rows].view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
+        x = torch.where(p.gray[rows].view(-1, 1, 1, 1), gray_of(x).expand_as(x), x)
         x = gaussian_blur(x, p.blur_apply[rows], p.blur_sigma[rows])
         x = torch.where(p.solarize[rows].view(-1, 1, 1, 1) & (x >= SOLARIZE_THRESHOLD), 1.0 - x, x)
         mean, std = self._mean_std(x.device, x.dtype)
@@ -322,109 +317,37 @@ class GpuMultiCrop:
         )
 
     def __call__(
-        self, batch: dict, generator: torch.Generator | None = None, mask_generator: torch.Generator | None = None
-    ) -> dict:
-        """A decoded batch (``images``, ``sizes``, ``labels``, optional ``masks``) -> a training batch.
+        self,
+        batch: DecodedBatch,
+        generator: torch.Generator | None = None,
+        mask_generator: torch.Generator | None = None,
+    ) -> CropBatch:
+        """A :class:`~pretrain.batch.DecodedBatch` (optional ``masks``) -> a training :class:`~pretrain.batch.CropBatch`.
 
         ``images`` may still be on the CPU (pinned): it is moved to ``generator``'s device, or the
         images' own device when no generator is given. Masks made by the decode workers are used as is,
         with their ``mask_indices``/``mask_weights`` when the batch has them; otherwise these are
         computed here from the masks, before the masks leave the CPU (no host sync in the step).
         """
-        images, sizes = batch["images"], batch["sizes"]
+        images, sizes = batch.images, batch.sizes
         device = generator.device if generator is not None else images.device
         images = images.to(device, non_blocking=True)
         sizes = sizes.to(device, non_blocking=True)
         params = self.sample_params(sizes, generator)
         global_crops, local_crops = self.apply(images, sizes, params, generator)
-        masks, indices, weights = batch.get("masks"), batch.get("mask_indices"), batch.get("mask_weights")
+        masks, indices, weights = batch.masks, batch.mask_indices, batch.mask_weights
         if masks is None:
             masks, indices = self.masks(2 * images.shape[0], mask_generator), None
         if indices is None:
             indices, weights = masked_token_indices(masks)
-        return {
-            "global": global_crops,
-            "local": local_crops,
-            "masks": masks.to(device, non_blocking=True),
-            "mask_indices": indices.to(device, non_blocking=True),
-            "mask_weights": weights.to(device, non_blocking=True),
-            "labels": batch["labels"].to(device, non_blocking=True),
-        }
-
-
-# ---------------------------------------------------------------------- building blocks
-def _sample_rrc_boxes(h: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, rand):
-    """torchvision ``RandomResizedCrop.get_params`` for many crops at once.
-
-    Ten tries per crop, all drawn up front: ``target = h*w*U(scale)``, ``ratio = exp(U(log 3/4, log 4/3))``,
-    ``cw = round(sqrt(target*ratio))``, ``ch = round(sqrt(target/ratio))``; the first try with
-    ``0 < cw <= w`` and ``0 < ch <= h`` wins, its top/left uniform over the valid positions; with
-    no valid try, the central crop with the ratio clamped to the range.
-    """
-    n = h.shape[0]
-    area = (h * w).float().unsqueeze(1)
-    lo, hi = scale[:, 0:1], scale[:, 1:2]
-    target = area * (lo + (hi - lo) * rand(n, RRC_ATTEMPTS))
-    log_lo, log_hi = math.log(RATIO_RANGE[0]), math.log(RATIO_RANGE[1])
-    ratio = torch.exp(log_lo + (log_hi - log_lo) * rand(n, RRC_ATTEMPTS))
-    cw = torch.round(torch.sqrt(target * ratio)).long()
-    ch = torch.round(torch.sqrt(target / ratio)).long()
-    valid = (cw > 0) & (cw <= w.unsqueeze(1)) & (ch > 0) & (ch <= h.unsqueeze(1))
-    first = torch.argmax(valid.int(), dim=1, keepdim=True)  # index of the first valid try (0 if none)
-    found = valid.any(dim=1)
-    cw = cw.gather(1, first).squeeze(1)
-    ch = ch.gather(1, first).squeeze(1)
-    top = (rand(n) * (h - ch + 1).clamp_min(1)).long().clamp_max((h - ch).clamp_min(0))
-    left = (rand(n) * (w - cw + 1).clamp_min(1)).long().clamp_max((w - cw).clamp_min(0))
-    # central fallback
-    in_ratio = w.float() / h.float()
-    fb_w = torch.where(in_ratio > RATIO_RANGE[1], torch.round(h * RATIO_RANGE[1]).long(), w)
-    fb_h = torch.where(in_ratio < RATIO_RANGE[0], torch.round(w / RATIO_RANGE[0]).long(), h)
-    ch = torch.where(found, ch, fb_h)
-    cw = torch.where(found, cw, fb_w)
-    top = torch.where(found, top, torch.div(h - fb_h, 2, rounding_mode="floor"))
-    left = torch.where(found, left, torch.div(w - fb_w, 2, rounding_mode="floor"))
-    return top, left, ch, cw
-
-
-def _bicubic(x: torch.Tensor, a: float = -0.5) -> torch.Tensor:
-    """PIL's bicubic kernel (Keys, a = -0.5)."""
-    x = x.abs()
-    inner = ((a + 2.0) * x - (a + 3.0)) * x * x + 1.0
-    outer = (((x - 5.0) * x + 8.0) * x - 4.0) * a
-    return torch.where(x < 1.0, inner, torch.where(x < 2.0, outer, torch.zeros_like(x)))
-
-
-def _resample_matrix(
-    start: torch.Tensor,
-    length: torch.Tensor,
-    in_size: int,
-    out_size: int,
-    flip: torch.Tensor | None,
-    dtype: torch.dtype,
-) -> torch.Tensor:
-    """Weights ``[N, out_size, in_size]`` resampling the span ``[start, start+length)`` to ``out_size``.
-
-    PIL's antialiased resampling of a cropped image along one axis: ``scale = length / out``,
-    ``fs = max(scale, 1)``, output ``o`` centred at ``c = (o + 0.5) * scale`` (crop coordinates) takes
-    input ``x`` in ``[max(floor(c - 2 fs + 0.5), 0), min(floor(c + 2 fs + 0.5), length))`` with weight
-    ``k((x - c + 0.5) / fs)``, normalised to sum 1. ``flip`` mirrors the output order.
-    """
-    start = start.view(-1, 1, 1).float()
-    length = length.view(-1, 1, 1).float()
-    o = torch.arange(out_size, device=start.device, dtype=torch.float32).view(1, -1, 1)
-    if flip is not None:
-        o = torch.where(flip.view(-1, 1, 1), out_size - 1 - o, o)
-    scale = length / out_size
-    fs = scale.clamp_min(1.0)
-    support = 2.0 * fs
-    centre = (o + 0.5) * scale
-    x = torch.arange(in_size, device=start.device, dtype=torch.float32).view(1, 1, -1) - start
-    lo = torch.floor(centre - support + 0.5).clamp_min(0.0)
-    hi = torch.minimum(torch.floor(centre + support + 0.5), length)
-    weight = _bicubic((x - centre + 0.5) / fs) * ((x >= lo) & (x < hi))
-    weight = weight / weight.sum(dim=2, keepdim=True)
-    return weight.to(dtype)
+        return CropBatch(
+            global_crops,
+            local_crops,
+            masks.to(device, non_blocking=True),
+            batch.labels.to(device, non_blocking=True),
+            indices.to(device, non_blocking=True),
+            weights.to(device, non_blocking=True),
+        )
 
 
 def _noise_patch(x: torch.Tensor, p: AugParams, generator: torch.Generator | None) -> torch.Tensor:
@@ -438,83 +361,3 @@ def _noise_patch(x: torch.Tensor, p: AugParams, generator: torch.Generator | Non
     noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=torch.float32)
     noise = noise * (p.noise_sigma.view(n_img, 1, 1, 1) * inside)
     return (x.float() + noise).clamp_(0, 1).to(x.dtype)
-
-
-def _gray(x: torch.Tensor) -> torch.Tensor:
-    r, g, b = x.unbind(dim=1)
-    return (GRAY_WEIGHTS[0] * r + GRAY_WEIGHTS[1] * g + GRAY_WEIGHTS[2] * b).unsqueeze(1)
-
-
-def _blend_pass(x: torch.Tensor, op: torch.Tensor, factor_table: torch.Tensor) -> torch.Tensor:
-    """One brightness/contrast/saturation op per crop (or none), as one blend ``f*x + (1-f)*ref``.
-
-    brightness: ref = 0; contrast: ref = mean of the grayscale image; saturation: ref = grayscale.
-    ``factor_table [N,4]`` holds the (brightness, contrast, saturation) factors and a 1 for crops with
-    another op (``op`` = IDENTITY): ``lerp(ref, x, 1)`` is exactly ``x``. Written in few ops (each a
-    kernel launch on a GPU, and this pass runs six times per crop kind).
-    """
-    gray = _gray(x)
-    is_c, is_s = (op == CONTRAST).view(-1, 1, 1, 1), (op == SATURATION).view(-1, 1, 1, 1)
-    f = factor_table.gather(1, torch.where(op < 0, 3, op).unsqueeze(1)).view(-1, 1, 1, 1)
-    ref = torch.where(is_s, gray, torch.where(is_c, gray.mean(dim=(1, 2, 3), keepdim=True), 0.0))
-    return torch.lerp(ref, x, f).clamp_(0, 1)
-
-
-def adjust_hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """Per-image hue rotation in HSV: ``H <- (H + shift) mod 1`` (torchvision ``adjust_hue``).
-
-    RGB -> HSV as in ``colorsys``; back with ``c_n = V - V*S*clamp(min(k, 4-k), 0, 1)``,
-    ``k = (n + 6H) mod 6`` and ``n = 5, 3, 1`` for R, G, B.
-    """
-    r, g, b = x.unbind(dim=1)
-    maxc = x.amax(dim=1)
-    minc = x.amin(dim=1)
-    chroma = maxc - minc
-    flat = chroma == 0
-    safe = torch.where(flat, torch.ones_like(chroma), chroma)
-    sat = torch.where(maxc > 0, chroma / torch.where(maxc > 0, maxc, torch.ones_like(maxc)), torch.zeros_like(maxc))
-    rc, gc, bc = (maxc - r) / safe, (maxc - g) / safe, (maxc - b) / safe
-    hue = torch.where(maxc == r, bc - gc, torch.where(maxc == g, 2.0 + rc - bc, 4.0 + gc - rc))
-    hue = torch.where(flat, torch.zeros_like(hue), hue)
-    hue = torch.remainder(hue / 6.0 + shift.view(-1, 1, 1), 1.0)
-    n = (5.0 - 2.0 * torch.arange(3, device=x.device, dtype=x.dtype)).view(1, 3, 1, 1)  # 5, 3, 1
-    k = torch.remainder(n + 6.0 * hue.unsqueeze(1), 6.0)
-    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-    return maxc.unsqueeze(1) - (maxc * sat).unsqueeze(1) * ramp
-
-
-def color_jitter(x: torch.Tensor, apply: torch.Tensor, order: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
-    """torchvision ``ColorJitter`` per crop with its own op order and factors (``apply`` False = skip).
-
-    The hue op is the only non-blend op and each crop has it exactly once, so the batch runs as:
-    the blend ops ordered before hue (3 passes), hue once, then the blend ops after it (3 passes),
-    instead of evaluating all four ops in all four slots.
-    """
-    hue_pos = torch.argmax((order == HUE).int(), dim=1)  # [N]
-    none = torch.full_like(order[:, 0], IDENTITY)
-    table = torch.cat([factors[:, :3], torch.ones_like(factors[:, :1])], dim=1)  # identity -> factor 1
-    for j in range(3):  # ops before hue
-        op = torch.where(apply & (j < hue_pos), order[:, j], none)
-        x = _blend_pass(x, op, table)
-    hued = adjust_hue(x, factors[:, 3])
-    x = torch.where(apply.view(-1, 1, 1, 1), hued, x)
-    for j in range(3):  # ops after hue
-        pos = hue_pos + 1 + j
-        op = order.gather(1, pos.clamp_max(3).view(-1, 1)).squeeze(1)
-        op = torch.where(apply & (pos <= 3), op, none)
-        x = _blend_pass(x, op, table)
-    return x
-
-
-def gaussian_blur(x: torch.Tensor, apply: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-    """torchvision ``GaussianBlur(9, sigma)`` per crop: separable, reflect padding; ``apply`` False = skip."""
-    n, c, h, w = x.shape
-    half = (BLUR_KERNEL - 1) / 2
-    t = torch.linspace(-half, half, BLUR_KERNEL, device=x.device, dtype=x.dtype).view(1, -1)
-    kernel = torch.exp(-0.5 * (t / sigma.view(-1, 1).to(x.dtype)) ** 2)
-    kernel = (kernel / kernel.sum(dim=1, keepdim=True)).repeat_interleave(c, dim=0)  # [N*C, 9]
-    pad = BLUR_KERNEL // 2
-    y = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
-    y = F.conv2d(y, kernel.view(n * c, 1, BLUR_KERNEL, 1), groups=n * c)
-    y = F.conv2d(y, kernel.view(n * c, 1, 1, BLUR_KERNEL), groups=n * c)
-    return torch.where(apply.view(-1, 1, 1, 1), y.view(n, c, h, w), x)

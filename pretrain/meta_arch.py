@@ -17,7 +17,7 @@ its parameter group (``pretrain.schedules.apply_schedules``), so its gradients s
 clipped norm.
 
 No host-device sync: the masked patch tokens are gathered with ``index_select`` on flat indices the
-collate computed on the CPU (``batch["mask_indices"]``, with the iBOT weights ``batch["mask_weights"]``;
+collate computed on the CPU (``batch.mask_indices``, with the iBOT weights ``batch.mask_weights``;
 :func:`pretrain.masking.masked_token_indices`), so every shape in the step is known to the host without
 asking the device (boolean indexing or ``nonzero`` on the device would make the host wait for it).
 """
@@ -34,6 +34,7 @@ from fdbench.device import autocast
 from fdbench.models import build_backbone
 from pretrain.config import PretrainConfig
 from pretrain.heads import DINOHead
+from pretrain.batch import CropBatch
 from pretrain.losses import DINOLoss, KoLeoLoss, iBOTPatchLoss
 from pretrain.masking import masked_token_indices
 
@@ -250,25 +251,26 @@ class MetaArch(nn.Module):
         # decided from the config only, so every DDP rank takes the same branch (centring all-reduces)
         return masks is not None and self.cfg.loss.ibot_weight > 0 and self.cfg.loss.mask_probability > 0
 
-    def forward_backward(self, batch: dict, teacher_temp: float) -> dict[str, torch.Tensor]:
+    def forward_backward(self, batch: CropBatch, teacher_temp: float) -> dict[str, torch.Tensor]:
         """Losses of one batch, and their gradients accumulated into the student.
 
-        ``batch`` is ``pretrain.augment.collate_multicrop``'s dict. Returns the detached loss terms
+        ``batch`` is a :class:`~pretrain.batch.CropBatch` (``pretrain.augment.collate_multicrop``'s, or
+        ``pretrain.gpu_augment.GpuMultiCrop``'s). Returns the detached loss terms
         ``loss`` (the total), ``dino``, ``koleo``, ``ibot`` (unweighted) as 0-d tensors.
 
-        Nothing here waits for the device: the masked tokens are gathered at ``batch["mask_indices"]``
-        and weighted by ``batch["mask_weights"]``, computed on the CPU by the collate. A batch without
+        Nothing here waits for the device: the masked tokens are gathered at ``batch.mask_indices``
+        and weighted by ``batch.mask_weights``, computed on the CPU by the collate. A batch without
         them (hand-made) gets them from its masks here, which on a GPU costs a sync.
         """
         lc = self.cfg.loss
-        global_crops = batch["global"].to(self.device, non_blocking=True)
-        local_crops = batch["local"].to(self.device, non_blocking=True) if batch.get("local") is not None else None
+        global_crops = batch.global_crops.to(self.device, non_blocking=True)
+        local_crops = batch.local_crops.to(self.device, non_blocking=True) if batch.local_crops is not None else None
         masks = mask_indices = mask_weights = None
-        if self._ibot_on(batch.get("masks")):
-            mask_indices, mask_weights = batch.get("mask_indices"), batch.get("mask_weights")
+        if self._ibot_on(batch.masks):
+            mask_indices, mask_weights = batch.mask_indices, batch.mask_weights
             if mask_indices is None:
-                mask_indices, mask_weights = masked_token_indices(batch["masks"])
-            masks = batch["masks"].to(self.device, non_blocking=True)
+                mask_indices, mask_weights = masked_token_indices(batch.masks)
+            masks = batch.masks.to(self.device, non_blocking=True)
             mask_indices = mask_indices.to(self.device, non_blocking=True)
             mask_weights = mask_weights.to(self.device, non_blocking=True)
         n_global = 2

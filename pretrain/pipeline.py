@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader
 
 from fdbench.errors import FdbenchError
 from pretrain.augment import GaussianNoisePatch, MultiCropAugmentation
+from pretrain.batch import CropBatch, DecodedBatch
 from pretrain.data import AugmentedDataset, DecodeBatchCollate, DecodedDataset, MultiCropCollate, make_loader
 from pretrain.decode import DecodeDataset, needed_side
 from pretrain.gpu_augment import GpuMultiCrop
@@ -42,7 +43,7 @@ def resolve_pipeline(name: str | None, device: torch.device | str) -> str:
 
 
 def make_augment(cfg, stage):
-    """The CPU pipeline's per-image multi-crop for a stage (:class:`pretrain.engine.StagePlan`)."""
+    """The CPU pipeline's per-image multi-crop for a stage (:class:`pretrain.stages.StagePlan`)."""
     noise = GaussianNoisePatch(max_sigma=stage.noise_max_sigma) if stage.noise_patching else None
     return MultiCropAugmentation(
         global_size=stage.global_size,
@@ -79,7 +80,7 @@ class StageFeed:
     """Training batches of one stage in the engine's data order, ready for ``MetaArch.forward_backward``.
 
     ``cfg`` is the run's :class:`pretrain.config.PretrainConfig` (batch size, seed, patch, masks,
-    blur), ``stage`` a :class:`pretrain.engine.StagePlan`, ``train_set`` a dataset of PIL images.
+    blur), ``stage`` a :class:`pretrain.stages.StagePlan`, ``train_set`` a dataset of PIL images.
     ``decode_slack > 1`` decodes smaller than the smallest crop needs (faster, a little softer).
     """
 
@@ -127,15 +128,15 @@ class StageFeed:
             pin_memory=self.device.type == "cuda",
         )
 
-    def prepare(self, batch: dict) -> dict:
+    def prepare(self, batch: CropBatch | DecodedBatch) -> CropBatch:
         """A loader batch -> a training batch. The gpu pipeline makes its crops here, on the device,
         from a generator reseeded per batch, so the crops depend on the step only (not on the history
         of the generator): that is what lets a resumed run match an uninterrupted one."""
         if self.pipeline == "cpu":
             return batch  # forward_backward moves it to the device
-        self.generator.manual_seed(batch["aug_seed"])
+        self.generator.manual_seed(batch.aug_seed)
         return self.augment(batch, self.generator)
 
-    def batches(self, epoch: int, start_step: int = 0) -> Iterator[dict]:
+    def batches(self, epoch: int, start_step: int = 0) -> Iterator[CropBatch]:
         for batch in self.loader(epoch, start_step):
             yield self.prepare(batch)

@@ -32,8 +32,6 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-STRATEGIES = ("ddp", "fsdp")
-
 
 def _dtensor_type():
     from torch.distributed.tensor import DTensor

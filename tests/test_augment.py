@@ -200,17 +200,17 @@ def test_collate_is_crop_major_with_masks():
         }
         samples.append((crops, i + 7))
     batch = collate_multicrop(samples, patch_size=16, mask_probability=0.5, generator=torch.Generator().manual_seed(0))
-    assert batch["global"].shape == (2 * b, 3, 32, 32) and batch["local"].shape == (n_local * b, 3, 16, 16)
-    assert batch["global"][:, 0, 0, 0].tolist() == [0, 1, 2, 10, 11, 12]  # rows c*B:(c+1)*B = crop c
-    assert batch["local"][:, 0, 0, 0].tolist() == [100, 101, 102, 110, 111, 112]
-    assert batch["masks"].shape == (6, 4) and batch["masks"].dtype == torch.bool  # (32 / 16)^2 patches
+    assert batch.global_crops.shape == (2 * b, 3, 32, 32) and batch.local_crops.shape == (n_local * b, 3, 16, 16)
+    assert batch.global_crops[:, 0, 0, 0].tolist() == [0, 1, 2, 10, 11, 12]  # rows c*B:(c+1)*B = crop c
+    assert batch.local_crops[:, 0, 0, 0].tolist() == [100, 101, 102, 110, 111, 112]
+    assert batch.masks.shape == (6, 4) and batch.masks.dtype == torch.bool  # (32 / 16)^2 patches
     # the iBOT gather, computed here on the CPU: flat indices of the masked tokens and their weights
-    per_image = batch["masks"].sum(1).clamp(min=1).float()
-    assert torch.equal(batch["mask_indices"], batch["masks"].flatten().nonzero().flatten())
-    assert torch.equal(batch["mask_weights"], (1 / per_image).repeat_interleave(4)[batch["mask_indices"]])
-    assert batch["labels"].tolist() == [7, 8, 9]
+    per_image = batch.masks.sum(1).clamp(min=1).float()
+    assert torch.equal(batch.mask_indices, batch.masks.flatten().nonzero().flatten())
+    assert torch.equal(batch.mask_weights, (1 / per_image).repeat_interleave(4)[batch.mask_indices])
+    assert batch.labels.tolist() == [7, 8, 9]
     no_local = [({"global_crops": c["global_crops"], "local_crops": []}, y) for c, y in samples]
-    assert collate_multicrop(no_local, patch_size=16)["local"] is None
+    assert collate_multicrop(no_local, patch_size=16).local_crops is None
     with pytest.raises(FdbenchError, match="multiple of the patch size"):
         collate_multicrop(samples, patch_size=14)
 
@@ -219,8 +219,8 @@ def test_augment_then_collate_end_to_end():
     torch.manual_seed(6)
     aug = MultiCropAugmentation(32, 16, n_local=2, noise_patch=GaussianNoisePatch())
     batch = collate_multicrop([(aug(_image(seed=s)), s) for s in range(4)], patch_size=8)
-    assert batch["global"].shape == (8, 3, 32, 32) and batch["masks"].shape == (8, 16)
-    assert int((batch["masks"].sum(1) > 0).sum()) == 4  # half the global crops
+    assert batch.global_crops.shape == (8, 3, 32, 32) and batch.masks.shape == (8, 16)
+    assert int((batch.masks.sum(1) > 0).sum()) == 4  # half the global crops
 
 
 def test_blur_sigma_range_reaches_both_pipelines():

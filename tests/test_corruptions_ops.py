@@ -14,6 +14,7 @@ from PIL import Image
 
 from corruptions import _filters as flt
 from corruptions import _spatter as spt
+from corruptions import _weather as weather
 from corruptions import corrupt
 from corruptions import torch_backend as tb
 from corruptions._rng import Rng
@@ -148,16 +149,14 @@ def test_canny_distance_and_equalize_match_opencv():
     edges = spt.canny(l8, 50, 150)[0, 0].numpy()
     assert ref_edges.sum() > 20
     assert (edges != ref_edges).mean() < 0.002
-    dist = spt.distance_to_edges(torch.from_numpy(ref_edges)[None, None], 20)[0, 0].numpy()
     exact = np.minimum(ndi.distance_transform_edt(~ref_edges), 20)
-    assert np.abs(dist - exact).max() < 1e-4
     levels = torch.from_numpy(np.floor(exact)).float()[None, None]
     eq = spt.equalize_hist(levels)[0, 0].numpy()
     assert np.abs(eq - cv2.equalizeHist(np.floor(exact).astype(np.uint8))).max() <= 1
 
 
 def test_plasma_fractal_range_and_jpeg_is_exact():
-    m = tb.plasma_fractal(3, 64, 2.0, Rng(0, "cpu"), "cpu")
+    m = weather.plasma_fractal(3, 64, 2.0, Rng(0, "cpu"), "cpu")
     assert m.shape == (3, 64, 64) and m.amin(dim=(1, 2)).eq(0).all() and m.amax(dim=(1, 2)).eq(1).all()
     x = (_rand((2, 3, 48, 48), 5) * 255).to(torch.uint8)
     ours = corrupt(x, "jpeg_compression", 5, params="imagenet")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from fdbench.errors import FdbenchError
-from pretrain.curriculum import Curriculum, Stage, build_curriculum, load_curriculum_yaml, round_to_patch
+from pretrain.curriculum import Curriculum, Stage, build_curriculum, load_curriculum_yaml, round_to_patch, stage_index
 
 
 def _expected_two_stage(epochs: int, fraction: float = 0.75) -> list[tuple[int, int]]:
@@ -40,12 +40,12 @@ def test_every_stage_gets_an_epoch_when_possible():
     assert three.stage_epochs(0) == [(0, 0), (0, 0), (0, 0)]
 
 
-def test_stage_index_at():
+def test_stage_index():
     c = build_curriculum("two-stage")
-    assert [c.stage_index_at(e, 10) for e in range(10)] == [0] * 8 + [1] * 2
-    assert c.stage_index_at(12, 10) == 1  # past the end: the last stage
-    assert c.stage_index_at(0, 1) == 0  # 1 epoch: stage 2 is empty, never returned
-    assert c.stage_index_at(5, 1) == 0
+    assert [stage_index(c.stage_epochs(10), e) for e in range(10)] == [0] * 8 + [1] * 2
+    assert stage_index(c.stage_epochs(10), 12) == 1  # past the end: the last stage
+    assert stage_index(c.stage_epochs(1), 0) == 0  # 1 epoch: stage 2 is empty, never returned
+    assert stage_index(c.stage_epochs(1), 5) == 0
 
 
 def test_crop_sizes_and_noise_per_stage():
@@ -152,7 +152,9 @@ def test_bad_names_and_options():
         build_curriculum("none").stage_epochs(-1)
 
 
-def test_describe_lines():
-    lines = build_curriculum("two-stage").describe(10)
-    assert lines[0].startswith("low-res: epochs 0-7 (8), 112/48 px") and "noise off" in lines[0]
-    assert lines[1].startswith("full-res: epochs 8-9 (2), 224/96 px") and "noise patching" in lines[1]
+def test_two_stage_epochs_sizes_and_noise():
+    c = build_curriculum("two-stage")
+    low, full = c.stages
+    assert c.stage_epochs(10) == [(0, 8), (8, 10)]
+    assert (low.name, low.global_size, low.local_size, low.noise_patching) == ("low-res", 112, 48, False)
+    assert (full.name, full.global_size, full.local_size, full.noise_patching) == ("full-res", 224, 96, True)

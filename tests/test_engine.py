@@ -151,19 +151,20 @@ def _small_meta(tmp_path, tiny_cfg, **kw):
 
 def _batch(b=4, n_local=2, generator_seed=0, precomputed=False):
     """A hand-made batch; ``precomputed`` adds the mask indices and weights as the collates do."""
+    from pretrain.batch import CropBatch
     from pretrain.masking import make_masks, masked_token_indices
 
     g = torch.Generator().manual_seed(generator_seed)
     masks = make_masks(2 * b, (2, 2), 0.5, (0.1, 0.5), generator=g)
     masks[0, 0] = True  # at least one masked token whatever the draw
-    batch = {
-        "global": torch.randn(2 * b, 3, 16, 16, generator=g),
-        "local": torch.randn(n_local * b, 3, 8, 8, generator=g),
-        "masks": masks,
-        "labels": torch.zeros(b, dtype=torch.long),
-    }
+    batch = CropBatch(
+        global_crops=torch.randn(2 * b, 3, 16, 16, generator=g),
+        local_crops=torch.randn(n_local * b, 3, 8, 8, generator=g),
+        masks=masks,
+        labels=torch.zeros(b, dtype=torch.long),
+    )
     if precomputed:
-        batch["mask_indices"], batch["mask_weights"] = masked_token_indices(masks)
+        batch.mask_indices, batch.mask_weights = masked_token_indices(masks)
     return batch
 
 
@@ -178,7 +179,7 @@ def test_forward_backward_matches_an_independent_computation(tmp_path, tiny_cfg,
     indices in the step, or indices derived from the masks) weighted per image; teacher gets no gradients."""
     cfg, meta = _small_meta(tmp_path, tiny_cfg)
     batch, temp, b, n_local = _batch(precomputed=precomputed), 0.05, 4, 2
-    g, loc, masks = batch["global"], batch["local"], batch["masks"]
+    g, loc, masks = batch.global_crops, batch.local_crops, batch.masks
     with torch.no_grad():
         t_cls, t_patch = meta.teacher.backbone(g)
         t_probs = F.softmax(meta.teacher.dino_head(t_cls) / temp, dim=-1)  # centre is 0 at start
@@ -228,14 +229,14 @@ def test_forward_backward_ibot_on_indices_equals_boolean_masks(tmp_path, tiny_cf
 
     cfg, meta = _small_meta(tmp_path, tiny_cfg, centering=centering)
     batch, temp = _batch(precomputed=True), 0.05
-    masks = batch["masks"]
+    masks = batch.masks
     masks[1] = False  # an image with zero masked tokens (indices recomputed below)
     from pretrain.masking import masked_token_indices
 
-    batch["mask_indices"], batch["mask_weights"] = masked_token_indices(masks)
+    batch.mask_indices, batch.mask_weights = masked_token_indices(masks)
     with torch.no_grad():
-        _, t_patch = meta.teacher.backbone(batch["global"])
-        _, s_patch = meta.student.backbone(batch["global"], masks=masks)
+        _, t_patch = meta.teacher.backbone(batch.global_crops)
+        _, s_patch = meta.student.backbone(batch.global_crops, masks=masks)
         t_logits = meta.teacher.dino_head(t_patch.flatten(0, 1)[masks.flatten()])
         if centering == "sinkhorn_knopp":
             t_probs = sinkhorn_knopp(t_logits, temp, n_samples=int(masks.sum()))
@@ -246,9 +247,9 @@ def test_forward_backward_ibot_on_indices_equals_boolean_masks(tmp_path, tiny_cf
     assert losses["ibot"] == pytest.approx(float(ref), rel=1e-5)
 
     none = _batch(generator_seed=1, precomputed=True)
-    none["masks"][:] = False
-    none["mask_indices"], none["mask_weights"] = masked_token_indices(none["masks"])
-    assert none["mask_indices"].numel() == 0
+    none.masks[:] = False
+    none.mask_indices, none.mask_weights = masked_token_indices(none.masks)
+    assert none.mask_indices.numel() == 0
     centre = meta.ibot_loss.center.clone()
     meta.student.zero_grad(set_to_none=True)
     losses = meta.forward_backward(none, temp)
@@ -516,17 +517,17 @@ def test_gpu_feed_follows_each_stage_and_is_fixed_by_the_step(tiny_dataset, tmp_
 
     feed, b = feeds[1], cfg.run.batch_size
     first, second = list(feed.batches(epoch=3))[:2]
-    assert first["global"].shape == (2 * b, 3, 32, 32) and first["local"].shape == (2 * b, 3, 16, 16)
-    assert first["masks"].shape == (2 * b, 16) and first["masks"].any() and first["labels"].shape == (b,)
+    assert first.global_crops.shape == (2 * b, 3, 32, 32) and first.local_crops.shape == (2 * b, 3, 16, 16)
+    assert first.masks.shape == (2 * b, 16) and first.masks.any() and first.labels.shape == (b,)
     # a loader started at step 1 (a resumed run) gives the very same crops and masks as step 1 of
     # a full epoch, and the global RNG plays no part
     torch.manual_seed(123)
     again = next(iter(feed.batches(epoch=3, start_step=1)))
-    for key in ("global", "local", "masks", "mask_indices", "mask_weights", "labels"):
-        assert torch.equal(again[key], second[key]), key
+    for key in ("global_crops", "local_crops", "masks", "mask_indices", "mask_weights", "labels"):
+        assert torch.equal(getattr(again, key), getattr(second, key)), key
     # the workers computed the iBOT gather of their masks (DecodeBatchCollate), on the CPU
-    assert torch.equal(first["mask_indices"], first["masks"].flatten().nonzero().flatten())
-    assert not torch.equal(first["global"], second["global"])
+    assert torch.equal(first.mask_indices, first.masks.flatten().nonzero().flatten())
+    assert not torch.equal(first.global_crops, second.global_crops)
 
 
 def test_gpu_pipeline_resumed_run_equals_uninterrupted_across_the_stage_switch(tiny_cfg, tmp_path):
@@ -604,11 +605,11 @@ def test_cuda_train_steps_never_wait_for_the_device(tiny_cfg, tmp_path, centerin
     meta = accelerate_meta_arch(MetaArch(cfg, "cuda"), compile=False)  # the engine's chunked losses
     optimizer = build_optimizer(meta, cfg)
     batches = [_batch(generator_seed=s, precomputed=True) for s in range(5)]
-    batches[3]["masks"][:] = False  # a batch without any masked token
+    batches[3].masks[:] = False  # a batch without any masked token
     from pretrain.masking import masked_token_indices
 
-    batches[3]["mask_indices"], batches[3]["mask_weights"] = masked_token_indices(batches[3]["masks"])
-    batches = [{k: v.pin_memory() if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in batches]
+    batches[3].mask_indices, batches[3].mask_weights = masked_token_indices(batches[3].masks)
+    batches = [b.pin_memory() for b in batches]
     watch = NonFiniteWatch(torch.device("cuda"))
 
     def step(i, batch, freeze):
@@ -703,6 +704,8 @@ def test_frozen_last_layer_matches_dinov2_order(tmp_path, tiny_cfg):
 
 def test_cpu_threads_leave_room_for_the_loader_workers(monkeypatch):
     """Without --threads a CPU run uses the cores its DataLoader workers leave (at least one)."""
+    import os
+
     import torch
 
     import pretrain.engine as engine
@@ -711,12 +714,12 @@ def test_cpu_threads_leave_room_for_the_loader_workers(monkeypatch):
     cfg = preset("cpu-tiny")
     cfg.run.device = "cpu"
     default = torch.get_num_threads()
-    monkeypatch.setattr(engine.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
     cfg.data.workers = 1
     assert engine.cpu_threads_beside_workers(cfg) == 1
     cfg.data.workers = 0
     assert engine.cpu_threads_beside_workers(cfg) == min(default, 2)
-    monkeypatch.setattr(engine.os, "cpu_count", lambda: 16)
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
     cfg.data.workers = 8
     assert engine.cpu_threads_beside_workers(cfg) == min(default, 8)
     cfg.data.workers = 30

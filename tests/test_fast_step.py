@@ -129,6 +129,7 @@ def test_maybe_compile_keeps_names_and_outputs():
 
 def test_accelerated_meta_arch_gives_the_same_loss_and_gradients():
     from pretrain.config import CropConfig, HeadConfig, ModelConfig, PretrainConfig
+    from pretrain.batch import CropBatch
     from pretrain.masking import make_masks
     from pretrain.meta_arch import MetaArch
 
@@ -142,12 +143,12 @@ def test_accelerated_meta_arch_gives_the_same_loss_and_gradients():
     fast = copy.deepcopy(plain)
     accelerate_meta_arch(fast, compile=True, compile_kwargs={"backend": "eager"})
     g = torch.Generator().manual_seed(5)
-    batch = {
-        "global": torch.randn(8, 3, 16, 16, generator=g),
-        "local": torch.randn(8, 3, 8, 8, generator=g),
-        "masks": make_masks(8, (2, 2), 0.5, (0.1, 0.5), g),
-        "labels": torch.zeros(4, dtype=torch.long),
-    }
+    batch = CropBatch(
+        global_crops=torch.randn(8, 3, 16, 16, generator=g),
+        local_crops=torch.randn(8, 3, 8, 8, generator=g),
+        masks=make_masks(8, (2, 2), 0.5, (0.1, 0.5), g),
+        labels=torch.zeros(4, dtype=torch.long),
+    )
     a = plain.forward_backward(batch, 0.05)
     b = fast.forward_backward(batch, 0.05)
     for key in ("loss", "dino", "ibot", "koleo"):

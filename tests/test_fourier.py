@@ -10,11 +10,16 @@ from analysis import fourier
 from fdbench.errors import FdbenchError
 
 
+def basis(size: int, ky: int, kx: int, **kwargs) -> torch.Tensor:
+    """The unit-L2 basis image ``U(ky, kx)`` [N, N]: one row of ``fourier_bases``."""
+    return fourier.fourier_bases(size, torch.tensor([[ky, kx]]), **kwargs)[0]
+
+
 @pytest.mark.parametrize("size", [8, 9, 16])
 def test_basis_unit_norm_real_and_two_spikes(size):
     for ky in range(-(size // 2), (size + 1) // 2):
         for kx in range(-(size // 2), (size + 1) // 2):
-            u = fourier.fourier_basis(size, ky, kx, dtype=torch.float64)
+            u = basis(size, ky, kx, dtype=torch.float64)
             assert u.dtype == torch.float64 and not u.is_complex()
             assert abs(float(u.norm()) - 1.0) < 1e-12
             spec = np.abs(np.fft.fft2(u.numpy())) ** 2
@@ -32,7 +37,7 @@ def test_basis_matches_cosine_formula():
     y, x = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
     ref = np.cos(2 * np.pi * (ky * y + kx * x) / size)
     ref /= np.linalg.norm(ref)
-    assert np.allclose(fourier.fourier_basis(size, ky, kx, dtype=torch.float64).numpy(), ref, atol=1e-12)
+    assert np.allclose(basis(size, ky, kx, dtype=torch.float64).numpy(), ref, atol=1e-12)
 
 
 def test_perturbation_norm_equals_eps_before_clamp():
@@ -92,7 +97,7 @@ def test_low_plus_high_pass_is_identity_and_filters_are_ideal():
     gen = torch.Generator().manual_seed(3)
     images = torch.rand(2, 3, 16, 16, generator=gen)
     for r in (0, 1.5, 4, 8, 20):
-        low, high = fourier.low_pass(images, r), fourier.high_pass(images, r)
+        low, high = fourier.band_pass(images, r, "low"), fourier.band_pass(images, r, "high")
         assert torch.allclose(low + high, images, atol=1e-5)
         spec_low = np.fft.fft2(low.numpy())
         k = np.fft.fftfreq(16, 1 / 16)
@@ -100,7 +105,7 @@ def test_low_plus_high_pass_is_identity_and_filters_are_ideal():
         assert np.abs(spec_low[..., outside]).max(initial=0.0) < 1e-4
     # radius 0 low-pass keeps the per-channel mean only
     assert torch.allclose(
-        fourier.low_pass(images, 0), images.mean(dim=(2, 3), keepdim=True).expand_as(images), atol=1e-6
+        fourier.band_pass(images, 0, "low"), images.mean(dim=(2, 3), keepdim=True).expand_as(images), atol=1e-6
     )
     with pytest.raises(FdbenchError):
         fourier.band_pass(images, 2, "mid")
@@ -108,7 +113,7 @@ def test_low_plus_high_pass_is_identity_and_filters_are_ideal():
 
 def test_radial_power_spectrum_parseval_and_single_frequency():
     size = 16
-    u = fourier.fourier_basis(size, 3, 4)[None, None]  # |k| = 5
+    u = basis(size, 3, 4)[None, None]  # |k| = 5
     radius, mean_power, total = fourier.radial_power_spectrum(u)
     assert total.sum() == pytest.approx(1.0, rel=1e-5)  # unit norm -> unit energy
     assert int(total.argmax()) == 5 and total[5] == pytest.approx(1.0, rel=1e-5)

@@ -120,7 +120,7 @@ def test_heatmap_summary_against_direct_sums():
 
 def test_corruption_spectra_place_a_single_frequency_corruption():
     images = torch.full((2, 3, N, N), 0.5)
-    basis = fourier.fourier_basis(N, 0, 5)
+    basis = fourier.fourier_bases(N, torch.tensor([[0, 5]]))[0]
 
     def add_wave(x, name, severity, generator=None):
         return x + 0.01 * severity * basis

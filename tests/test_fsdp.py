@@ -19,18 +19,13 @@ from fdbench.checkpoint import load_backbone, read_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 
-# FSDP2 over gloo on CPU is flaky here: about 1 run in 4 on the loaded 2-core machine, rank 0 aborts
-# with gloo's "op.preamble.length <= op.nbytes. 14784 vs 4 ... collective mismatch" (an FSDP
-# all-gather on one rank meets a scalar all-reduce on the other). Until the ordering is found and
-# fixed, the two 2-process FSDP tests are opt-in (FDBENCH_FSDP_TESTS=1), like the inductor tests.
-FSDP_MULTIPROCESS = pytest.mark.skipif(
-    os.environ.get("FDBENCH_FSDP_TESTS") != "1",
-    reason="2-process FSDP2 over gloo is flaky (collective mismatch); set FDBENCH_FSDP_TESTS=1 to run",
-)
-
-# Each rank runs the listed trainings one after the other in one process group (one start-up)
+# Each rank runs the listed trainings one after the other in one process group (one start-up).
+# ``slow_stop_save`` seconds: rank 0 writes the checkpoint before a stop_after_steps stop that much
+# later, as on a loaded machine. Every rank must still start the next run from that checkpoint:
+# a rank that read the previous last.pt would resume a step behind and meet the other rank's
+# collectives out of order (gloo's "14784 vs 4 ... collective mismatch", once 1 run in 4 here).
 RANK_SCRIPT = """
-import json, sys
+import json, sys, time
 import torch
 import torch.distributed as dist
 import pretrain.engine as engine
@@ -39,6 +34,14 @@ from pretrain.config import build_config
 torch.set_num_threads(1)
 dist.init_process_group("gloo")
 opts = json.loads(sys.argv[1])
+slow_stop_save = float(sys.argv[3])
+real_save = engine.Trainer.save
+def save(self, final=False):
+    stop = self.cfg.run.stop_after_steps
+    if dist.get_rank() == 0 and stop and self.steps_this_process >= stop:
+        time.sleep(slow_stop_save)
+    return real_save(self, final)
+engine.Trainer.save = save
 for name, extra in json.loads(sys.argv[2]):
     cfg = build_config("cpu-tiny", **{**opts, **extra, "out": f"{opts['out']}/{name}"})
     cfg.run.knn_train_per_class = 10
@@ -50,7 +53,7 @@ dist.destroy_process_group()
 OPTS = {**TINY_RUN, "epochs": 2, "eval_every": 0, "log_every": 1, "drop_path_rate": 0.1}
 
 
-def _torchrun(tmp_path, root, runs: list) -> Path:
+def _torchrun(tmp_path, root, runs: list, slow_stop_save: float = 0.0) -> Path:
     out = tmp_path / "runs"
     script = tmp_path / "rank_script.py"
     script.write_text(RANK_SCRIPT)
@@ -58,7 +61,7 @@ def _torchrun(tmp_path, root, runs: list) -> Path:
     opts = json.dumps({**OPTS, "data": str(root), "out": str(out)})
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script), opts]
-        + [json.dumps(runs)],
+        + [json.dumps(runs), str(slow_stop_save)],
         env=env,
         capture_output=True,
         text=True,
@@ -73,7 +76,6 @@ def _max_diff(a: dict, b: dict, key: str) -> float:
     return max((a[key][n].float() - b[key][n].float()).abs().max().item() for n in a[key])
 
 
-@FSDP_MULTIPROCESS
 @pytest.mark.slow
 def test_fsdp_with_activation_checkpointing_trains_like_ddp(tiny_dataset, tmp_path):
     out = _torchrun(
@@ -106,7 +108,6 @@ def test_fsdp_with_activation_checkpointing_trains_like_ddp(tiny_dataset, tmp_pa
         assert s["exp_avg"].shape == last_ddp["optimizer"]["state"][i]["exp_avg"].shape
 
 
-@FSDP_MULTIPROCESS
 @pytest.mark.slow
 def test_fsdp_resumes_exactly_and_across_strategies(tiny_dataset, tmp_path):
     stop = {"save_every_steps": 1, "stop_after_steps": 5}  # mid epoch 1, after the switch
@@ -120,6 +121,7 @@ def test_fsdp_resumes_exactly_and_across_strategies(tiny_dataset, tmp_path):
             ["switched", {"strategy": "ddp", "save_every_steps": 1, "stop_after_steps": 3}],
             ["switched", {"strategy": "fsdp"}],
         ],
+        slow_stop_save=2.0,
     )
     whole, resumed, switched = (read_checkpoint(out / n / "final.pt") for n in ("whole", "resumed", "switched"))
     for key in ("student", "teacher"):

@@ -19,6 +19,8 @@ from scipy.stats import ks_2samp
 
 from fdbench.errors import FdbenchError
 from pretrain import gpu_augment as ga
+from pretrain import gpu_ops
+from pretrain.batch import DecodedBatch
 from pretrain.gpu_augment import AugParams, GpuMultiCrop
 
 MEAN = torch.tensor(ga.IMAGENET_MEAN).view(3, 1, 1)
@@ -51,10 +53,10 @@ def test_resampling_matches_pil_crop_and_resize():
         if flip:
             ref = ref.transpose(Image.FLIP_LEFT_RIGHT)
         ref = np.asarray(ref).astype(np.float32) / 255
-        wx = ga._resample_matrix(
+        wx = gpu_ops.resample_matrix(
             torch.tensor([left]), torch.tensor([w]), 80, size, torch.tensor([flip]), torch.float32
         )[0]
-        wy = ga._resample_matrix(torch.tensor([top]), torch.tensor([h]), 60, size, None, torch.float32)[0]
+        wy = gpu_ops.resample_matrix(torch.tensor([top]), torch.tensor([h]), 60, size, None, torch.float32)[0]
         out = (wy @ (x @ wx.T).clamp(0, 1)).clamp(0, 1).permute(1, 2, 0).numpy()
         # PIL rounds to 8 bits between its two passes: at most ~1 grey level apart
         assert np.abs(out - ref).max() <= 1.5 / 255
@@ -65,7 +67,7 @@ def test_hue_matches_torchvision():
     x = torch.rand(5, 3, 9, 11, generator=torch.Generator().manual_seed(1))
     x[0, :, :2] = 0.5  # grey pixels: hue undefined, must stay grey
     shifts = torch.tensor([0.0, 0.1, -0.1, 0.05, -0.073])
-    out = ga.adjust_hue(x, shifts)
+    out = gpu_ops.adjust_hue(x, shifts)
     for i, s in enumerate(shifts.tolist()):
         torch.testing.assert_close(out[i], TF.adjust_hue(x[i], s), atol=2e-6, rtol=0)
 
@@ -74,7 +76,7 @@ def test_blur_matches_torchvision():
     x = torch.rand(3, 3, 20, 20, generator=torch.Generator().manual_seed(2))
     sigma = torch.tensor([0.1, 1.3, 2.0])
     apply = torch.tensor([True, True, False])
-    out = ga.gaussian_blur(x, apply, sigma)
+    out = gpu_ops.gaussian_blur(x, apply, sigma)
     for i in range(3):
         ref = TF.gaussian_blur(x[i], [9, 9], [sigma[i].item()] * 2) if apply[i] else x[i]
         torch.testing.assert_close(out[i], ref, atol=1e-6, rtol=0)
@@ -84,7 +86,7 @@ def test_rrc_fallback_is_torchvisions_central_crop():
     # scale far above what fits: every try fails, torchvision's central crop (ratio clamped) remains
     h, w = torch.tensor([30, 100, 40]), torch.tensor([100, 30, 40])
     scale = torch.tensor([[50.0, 60.0]] * 3)
-    top, left, ch, cw = ga._sample_rrc_boxes(h, w, scale, lambda *s: torch.rand(*s))
+    top, left, ch, cw = gpu_ops.sample_rrc_boxes(h, w, scale, lambda *s: torch.rand(*s))
     for i in range(3):
         ref = T.RandomResizedCrop.get_params(torch.zeros(1, int(h[i]), int(w[i])), [50.0, 60.0], [3 / 4, 4 / 3])
         assert (int(top[i]), int(left[i]), int(ch[i]), int(cw[i])) == ref
@@ -148,7 +150,7 @@ def test_color_jitter_skipped_crops_are_untouched_bit_for_bit():
     order = torch.argsort(torch.rand(6, 4, generator=g), dim=1)
     factors = torch.rand(6, 4, generator=g) + 0.5
     apply = torch.tensor([True, False, True, False, False, True])
-    out = ga.color_jitter(x, apply, order, factors)
+    out = gpu_ops.color_jitter(x, apply, order, factors)
     assert torch.equal(out[~apply], x[~apply])
     assert not torch.allclose(out[apply], x[apply])
 
@@ -160,7 +162,7 @@ def test_color_jitter_equals_torchvision_ops_in_each_crops_order():
     order = torch.stack([torch.randperm(4, generator=g) for _ in range(n)])
     factors = torch.cat([0.6 + 0.8 * torch.rand(n, 3, generator=g), 0.2 * torch.rand(n, 1, generator=g) - 0.1], 1)
     apply = torch.rand(n, generator=g) < 0.8
-    out = ga.color_jitter(x, apply, order, factors)
+    out = gpu_ops.color_jitter(x, apply, order, factors)
     ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
     for r in range(n):
         ref = x[r]
@@ -208,15 +210,15 @@ def test_crop_major_order_and_batch_dict():
         global_size=16, local_size=8, n_local=3, patch_size=8, jitter_p=0, gray_p=0, blur_probs=(0, 0, 0), solarize_p=0
     )
     out = aug(
-        {"images": images, "sizes": sizes, "labels": torch.arange(4), "masks": torch.zeros(8, 4, dtype=torch.bool)},
+        DecodedBatch(images=images, sizes=sizes, labels=torch.arange(4), masks=torch.zeros(8, 4, dtype=torch.bool)),
         torch.Generator().manual_seed(0),
     )
-    assert out["global"].shape == (8, 3, 16, 16) and out["local"].shape == (12, 3, 8, 8)
-    assert out["masks"].shape == (8, 4) and out["labels"].tolist() == [0, 1, 2, 3]
-    assert out["mask_indices"].numel() == 0 and out["mask_weights"].numel() == 0  # nothing masked
+    assert out.global_crops.shape == (8, 3, 16, 16) and out.local_crops.shape == (12, 3, 8, 8)
+    assert out.masks.shape == (8, 4) and out.labels.tolist() == [0, 1, 2, 3]
+    assert out.mask_indices.numel() == 0 and out.mask_weights.numel() == 0  # nothing masked
     expected = (colours.float() / 255 - MEAN.view(1, 3)) / STD.view(1, 3)
-    for name, n in (("global", 8), ("local", 12)):
-        means = out[name].mean(dim=(2, 3))
+    for name, n in (("global_crops", 8), ("local_crops", 12)):
+        means = getattr(out, name).mean(dim=(2, 3))
         torch.testing.assert_close(means, expected[torch.arange(n) % 4], atol=1e-4, rtol=0)
 
 
@@ -224,15 +226,15 @@ def test_masks_from_a_make_masks_when_the_batch_has_none():
     images, sizes = smooth_images([(40, 40)] * 4)
     aug = GpuMultiCrop(global_size=32, local_size=16, n_local=0, patch_size=8)
     out = aug(
-        {"images": images, "sizes": sizes, "labels": torch.zeros(4, dtype=torch.long)},
+        DecodedBatch(images=images, sizes=sizes, labels=torch.zeros(4, dtype=torch.long)),
         torch.Generator().manual_seed(0),
         mask_generator=torch.Generator().manual_seed(0),
     )
-    assert out["local"] is None
-    assert out["masks"].shape == (8, 16) and out["masks"].dtype == torch.bool
-    assert (out["masks"].sum(1) > 0).sum() == 4  # mask_probability 0.5 of 8 global crops
-    assert torch.equal(out["mask_indices"], out["masks"].flatten().nonzero().flatten())
-    assert out["mask_weights"].shape == out["mask_indices"].shape
+    assert out.local_crops is None
+    assert out.masks.shape == (8, 16) and out.masks.dtype == torch.bool
+    assert (out.masks.sum(1) > 0).sum() == 4  # mask_probability 0.5 of 8 global crops
+    assert torch.equal(out.mask_indices, out.masks.flatten().nonzero().flatten())
+    assert out.mask_weights.shape == out.mask_indices.shape
 
 
 def test_noise_patch_semantics():
@@ -466,7 +468,10 @@ def test_inverted_blur_probabilities():
 
 # ---------------------------------------------------------------------- decode-only loader
 def test_decode_uses_jpeg_draft_and_pads_batches(tmp_path):
-    from pretrain.decode import DecodeCollate, DecodeDataset, decode_file, decode_loader, needed_side
+    from torch.utils.data import DataLoader
+
+    from fdbench.data import open_dataset
+    from pretrain.decode import DecodeCollate, DecodeDataset, decode_file, needed_side
 
     for cls in ("a", "b"):
         (tmp_path / "train" / cls).mkdir(parents=True)
@@ -481,21 +486,19 @@ def test_decode_uses_jpeg_draft_and_pads_batches(tmp_path):
     assert needed_side(224, 96, 0.32, 0.05, 8) == math.ceil(96 / math.sqrt(0.05))
     assert needed_side(224, 96, 0.32, 0.05, 0) == math.ceil(224 / math.sqrt(0.32))
 
-    loader = decode_loader(str(tmp_path), batch_size=4, decode_side=120, workers=0, mask_grid=2)
-    batch = next(iter(loader))
-    assert batch["images"].dtype == torch.uint8 and batch["images"].shape[:2] == (4, 3)
-    h, w = batch["sizes"].max(0).values.tolist()
-    assert batch["images"].shape[2:] == (h, w) and batch["masks"].shape == (8, 4)
-    for img, (hh, ww) in zip(batch["images"], batch["sizes"].tolist()):
+    dataset = DecodeDataset(open_dataset(tmp_path, "train"), 120)
+    batch = next(iter(DataLoader(dataset, batch_size=4, shuffle=True, collate_fn=DecodeCollate(mask_grid=2))))
+    assert batch.images.dtype == torch.uint8 and batch.images.shape[:2] == (4, 3)
+    h, w = batch.sizes.max(0).values.tolist()
+    assert batch.images.shape[2:] == (h, w) and batch.masks.shape == (8, 4)
+    for img, (hh, ww) in zip(batch.images, batch.sizes.tolist()):
         assert min(hh, ww) >= 120 and img[:, hh:, :].sum() == 0 and img[:, :, ww:].sum() == 0
 
     ds = DecodeDataset([(torch.zeros(3, 2, 2), 0)], None)  # a dataset with a transform already applied
     with pytest.raises(FdbenchError, match="without a transform"):
         ds[0]
     out = DecodeCollate()([(torch.ones(3, 2, 3, dtype=torch.uint8), 1), (torch.ones(3, 4, 1, dtype=torch.uint8), 0)])
-    assert out["images"].shape == (2, 3, 4, 3) and "masks" not in out
-    with pytest.raises(FdbenchError, match="fewer than one batch"):
-        decode_loader(str(tmp_path), batch_size=100, decode_side=None, workers=0)
+    assert out.images.shape == (2, 3, 4, 3) and out.masks is None
 
 
 @pytest.mark.cuda

@@ -30,7 +30,7 @@ BENCH_FLAGS = (
 
 
 def recipe_flags(f):
-    from pretrain.bench import RECIPE_SHORTHANDS, bench_recipe
+    from pretrain.bench_config import RECIPE_SHORTHANDS, bench_recipe
 
     recipe = bench_recipe()
     for name in reversed(BENCH_FLAGS):
