@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablation": ("fdbench.cli.ablation", "ablation"),
     "pretrain": ("fdbench.cli.pretrain", "pretrain"),
     "eval-corruptions": ("fdbench.cli.evaluate", "eval_corruptions"),
+    "eval-segmentation": ("fdbench.cli.segmentation", "eval_segmentation"),
     "ceiling": ("fdbench.cli.ceiling", "ceiling"),
     "frequency-analysis": ("fdbench.cli.frequency", "frequency_analysis"),
     "compare": ("fdbench.cli.compare", "compare"),
