@@ -83,6 +83,7 @@ from analysis.report_tables import (
     runs_table,
 )
 from fdbench.errors import FdbenchError
+from analysis.report_segmentation import add_segmentation_section, segmentation_missing, segmentation_table
 from fdbench.io import atomic_write_csv, atomic_write_json, atomic_write_text, json_safe
 
 __all__ = [
@@ -124,6 +125,7 @@ def compare(
     *,
     evals: Sequence[str | Path] = (),
     frequency: Sequence[str | Path] = (),
+    segmentation: Sequence[str | Path] = (),
     reference: str | None = None,
     title: str | None = None,
     figures: bool = True,
@@ -139,7 +141,7 @@ def compare(
     announce = announce or (lambda message: None)
     if not runs:
         raise FdbenchError("no runs given: pass run folders written by `fdbench pretrain` (e.g. runs/*)")
-    for p in [*evals, *frequency]:
+    for p in [*evals, *frequency, *segmentation]:
         if not Path(p).exists():
             raise FdbenchError(f"folder not found: {p}")
     paths = expand_runs(runs, announce)
@@ -175,6 +177,11 @@ def compare(
     t = report.tables
     t["runs"] = runs_table(records, ref)
     t["missing"] = missing_table(records, eval_found, freq, evals, frequency)
+    t["segmentation"] = segmentation_table(records, segmentation)
+    seg_missing = segmentation_missing(records, t["segmentation"])
+    if not seg_missing.empty:
+        parts = [t["missing"], seg_missing] if not t["missing"].empty else [seg_missing]
+        t["missing"] = pd.concat(parts, ignore_index=True)
     t["cost"], t["cost_stages"] = cost_tables(records, ref)
     t["convergence_knn"], t["convergence_loss"], t["convergence_switches"] = convergence_tables(records)
     t["robustness"], t["robustness_per_corruption"], t["robustness_severity"] = robustness_tables(
@@ -371,6 +378,8 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
         )
         doc.table("robustness_per_corruption", t["robustness_per_corruption"], "Per corruption")
         doc.table("robustness_severity", t["robustness_severity"], "Per group and severity")
+
+    add_segmentation_section(doc, t["segmentation"], [r.label for r in records])
 
     doc.heading("Frequency bias")
     absent = missing_runs(set(freq))

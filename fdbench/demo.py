@@ -8,6 +8,7 @@ Steps (each one's outputs live under ``out``)::
     eval-corruptions   out/evals/corruptions/   all 19 corruptions x 5 severities, linear + kNN probes,
                                             with the pixels / random-init floors and the ceiling
     frequency          out/evals/frequency/     heat maps, band-pass curves, corruption spectra
+    segmentation       out/evals/segmentation/  linear segmentation probe (mIoU), clean + a few corruptions
     report             out/report/          fdbench compare (report.html, report.md, CSVs, figures)
 
 Preset: ``cpu-tiny`` (ViT-nano/8, 64 px, 4 epochs) on a CPU, ``gpu-small`` (ViT-S/8, 100 epochs) when
@@ -40,7 +41,7 @@ from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_json
 
 CURRICULA = ("none", "two-stage")
-STEPS = ("train-none", "train-two-stage", "ceiling", "eval-corruptions", "frequency", "report")
+STEPS = ("train-none", "train-two-stage", "ceiling", "eval-corruptions", "frequency", "segmentation", "report")
 STATE_FILE = "demo.json"
 
 
@@ -64,6 +65,7 @@ class DemoConfig:
     bandpass_images: int = 256
     window: int | None = None  # None: 33 on CPU, the full spectrum on CUDA
     radii: int | None = None  # None: 8 on CPU, 16 on CUDA
+    segmentation_corruptions: str = "gaussian_noise,defocus_blur,contrast"  # eval-segmentation, at severity 3
     figures: bool = True  # False: the report's tables and text only (fast)
 
 
@@ -365,13 +367,18 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
         records,
     )
 
-    # 5. the comparison report (cheap: always rebuilt when any input changed)
+    # 5. the linear segmentation probe on the embedded data's masks (another --data has none)
+    seg_dir = out / "evals" / "segmentation"
+    if config.data is None or (Path(config.data) / "dataset.json").is_file():
+        _segmentation_step(config, checkpoints, seg_dir, log, announce, records)
+
+    # 6. the comparison report (cheap: always rebuilt when any input changed)
     report_dir = out / "report"
     run_dirs = [out / name for name in finals]
     inputs = (
         [d / "summary.json" for d in run_dirs]
         + [d / "metrics.csv" for d in run_dirs]
-        + [evals / "results.csv", freq_dir / "summary.csv"]
+        + [evals / "results.csv", freq_dir / "summary.csv", seg_dir / "summary.csv"]
     )
     fp = fingerprint(inputs, {"report": 1, "figures": config.figures})
     holder: dict = {}
@@ -382,6 +389,7 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
             report_dir,
             evals=[evals],
             frequency=[freq_dir],
+            segmentation=[seg_dir] if seg_dir.is_dir() else [],
             title=f"fdbench demo: FastDINOv2 (two-stage) vs DINOv2 (none), preset {preset}",
             figures=config.figures,
             announce=announce,
@@ -392,7 +400,7 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
     ):
         holder["report"] = _stored_report(report_dir)
 
-    # 6. with several seeds: both curricula compared over seeds and images (the ablation's statistics)
+    # 7. with several seeds: both curricula compared over seeds and images (the ablation's statistics)
     if config.seeds > 1:
         from analysis.ablation_report import write_report
 
@@ -423,6 +431,29 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
         )
     log.note(preset=preset, device=str(device), total_seconds=round(sum(r.seconds for r in records), 2))
     return DemoResult(out, records, holder["report"], str(device), preset)
+
+
+def _segmentation_step(config: DemoConfig, checkpoints, seg_dir: Path, log, announce, records) -> None:
+    """eval-segmentation of the demo's checkpoints and the random-init floor: clean and a few
+    corruptions at severity 3 (about a minute on 2 CPU cores)."""
+    from analysis.segmentation import SegConfig, evaluate_segmentation
+
+    seg_config = SegConfig(
+        data=config.data,
+        corruptions=config.segmentation_corruptions,
+        severities="3",
+        device=config.device,
+        seed=config.seed,
+    )
+    fp = fingerprint(checkpoints, {"segmentation": _stable(asdict(seg_config))})
+
+    def segment():
+        report = evaluate_segmentation(checkpoints, seg_dir, seg_config, announce=announce)
+        announce(f"[demo] eval-segmentation: {report.computed_cells} cell(s) computed, {report.skipped_cells} reused")
+
+    run_step(
+        log, "segmentation", fp, [seg_dir / "summary.csv", seg_dir / "differences.csv"], segment, announce, records
+    )
 
 
 def run_name(curriculum: str, seed: int, seeds: int) -> str:
