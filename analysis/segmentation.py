@@ -48,7 +48,7 @@ from analysis.segmentation_outputs import (
 )
 from analysis.segmentation_probe import HeadConfig, LinearSegHead, PatchMapEncoder, image_counts, predict, train_head
 from fdbench.checkpoint import checkpoint_labels, load_backbone
-from fdbench.data import dataset_fingerprint, resolve_root
+from fdbench.data import dataset_fingerprint, recorded_root, resolve_root
 from fdbench.device import resolve_device
 from fdbench.errors import FdbenchError
 from fdbench.features import eval_image_size, extract_features
@@ -151,7 +151,7 @@ def evaluate_segmentation(
         label = RANDOM_INIT if RANDOM_INIT not in labels else f"floor-{RANDOM_INIT}"
         entries.append(_Entry(label, "floor", floor.loaded, floor.fingerprint))
 
-    root = Path(resolve_root(config.data, announce=announce))
+    root = Path(config.data or _recorded_synthetic(loaded[0].meta, announce) or resolve_root(None, announce=announce))
     kind = detect_dataset(root) if config.dataset == "auto" else config.dataset
     train_source, val_source = open_segmentation(root, kind, "train"), open_segmentation(root, kind, "val")
     classes = val_source.classes
@@ -170,8 +170,8 @@ def evaluate_segmentation(
     }
     if config.overwrite:
         _clear(out)
-    else:
-        read_settings(out, settings)
+    else:  # the checksums of checkpoints evaluated earlier stay on record (their cells stay on disk)
+        settings["checkpoints"] = {**read_settings(out, settings), **settings["checkpoints"]}
     corrupt_fn = corrupt_fn or (default_corrupt_fn() if len(cells) > 1 else None)
 
     info: dict[str, dict] = {}
@@ -225,6 +225,16 @@ def evaluate_segmentation(
     return SegReport(out, files.pop("results_frame"), files.pop("summary_frame"), differences, computed, skipped, files)
 
 
+def _recorded_synthetic(meta: dict, announce) -> str | None:
+    """The synthetic dataset the checkpoint was trained on, when it is here (it has masks to segment);
+    other training data (an ImageFolder of classes) has no labels to segment, so it is not used."""
+    recorded = recorded_root(meta, announce, "falling back to the embedded dataset")
+    if recorded and (Path(recorded) / "dataset.json").is_file():
+        announce(f"no --data given: using the synthetic dataset the checkpoint was trained on: {recorded}")
+        return recorded
+    return None
+
+
 def _native_size(root: Path) -> int:
     from fdbench.data import dataset_resolution
 
@@ -241,9 +251,8 @@ def _clear(out: Path) -> None:
 
 def _head(entry, encoder, source, size, num_classes, config, out, settings, device, bar, announce) -> LinearSegHead:
     """The head trained on this encoder's train patch maps (cached in OUT/cache by model and settings)."""
-    key = hashlib.blake2b(
-        f"{entry.fingerprint}|{settings['data_fingerprint']}|{size}|{settings}".encode(), digest_size=6
-    ).hexdigest()
+    shared = {k: v for k, v in settings.items() if k != "checkpoints"}  # another checkpoint: same head
+    key = hashlib.blake2b(f"{entry.fingerprint}|{size}|{shared}".encode(), digest_size=6).hexdigest()
     cache = out / "cache" / f"{entry.label}-head-{key}.pt"
     channels = encoder.backbone.embed_dim * config.n_last_blocks
     head = LinearSegHead(channels, num_classes)

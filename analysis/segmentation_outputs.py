@@ -57,11 +57,12 @@ def read_cell(path: Path, announce=None) -> dict[str, np.ndarray] | None:
         return None
 
 
-def read_settings(out: Path, settings: dict) -> None:
-    """Refuse to resume in ``out`` when its finished cells were computed with other settings."""
+def read_settings(out: Path, settings: dict) -> dict:
+    """Refuse to resume in ``out`` when its finished cells were computed with other settings; the
+    checksums of the checkpoints evaluated there before."""
     previous = Path(out) / SETTINGS
     if not previous.exists():
-        return
+        return {}
     try:
         old = json.loads(previous.read_text())
     except (OSError, ValueError) as err:
@@ -78,6 +79,7 @@ def read_settings(out: Path, settings: dict) -> None:
                 f"{out} holds results of another file named {label!r} (checksum differs); "
                 f"use another --out, or --overwrite to discard them"
             )
+    return dict(old.get("checkpoints") or {})
 
 
 def _rows(out: Path, info: dict, cells, classes, geometric):

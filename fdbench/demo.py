@@ -448,7 +448,11 @@ def _segmentation_step(config: DemoConfig, checkpoints, seg_dir: Path, log, anno
     fp = fingerprint(checkpoints, {"segmentation": _stable(asdict(seg_config))})
 
     def segment():
-        report = evaluate_segmentation(checkpoints, seg_dir, seg_config, announce=announce)
+        from analysis.eval_features import default_corrupt_fn
+
+        # the second checkpoint and the floor ask for the first one's corrupted chunks: from memory
+        shared = SharedCorruptions(default_corrupt_fn(), reuses=len(checkpoints))
+        report = evaluate_segmentation(checkpoints, seg_dir, seg_config, corrupt_fn=shared, announce=announce)
         announce(f"[demo] eval-segmentation: {report.computed_cells} cell(s) computed, {report.skipped_cells} reused")
 
     run_step(

@@ -229,13 +229,21 @@ def _render_split_class(args) -> None:
         file = f"{name}_{i:05d}.png"
         if what == "images":
             _save_png(img, folder / file)
-        elif not np.array_equal(np.asarray(Image.open(folder / file).convert("RGB")), img):
+        elif not np.array_equal(_read_png(folder / file), img):
             raise FdbenchError(
                 f"{folder / file} is not the image this dataset's settings render (written by another "
                 f"fdbench version?), so its mask cannot be made: rewrite the dataset with `fdbench "
                 f"make-dataset --overwrite`"
             )
         _save_png(mask, masks / file)
+
+
+def _read_png(path: Path) -> np.ndarray | None:
+    try:
+        with Image.open(path) as stored:
+            return np.asarray(stored.convert("RGB"))
+    except OSError:
+        return None  # missing or unreadable: not the rendered image either
 
 
 def _save_png(array: np.ndarray, path: Path) -> None:

@@ -185,6 +185,16 @@ def test_cli_runs_resumes_and_refuses_other_settings(pico, tiny_dataset, tmp_pat
     assert len(per_class) == 4 * 5  # background + 4 shapes per cell
     code, _, err = _cli(argv, capsys)
     assert code == 0 and "0 cell(s) computed, 4 reused" in err
+    from analysis.report import compare
+
+    report = compare([pico], tmp_path / "report", segmentation=[tmp_path / "ev"], figures=False)
+    table = report.tables["segmentation"]
+    row = table.iloc[0]
+    assert list(table["run"]) == ["pico"] and row["corrupted_cells"] == 1 and row["floor_clean_miou"] >= 0
+    assert row["minus_floor_ci"].startswith("[") and "eval-segmentation" not in set(report.missing["piece"])
+    assert "Semantic segmentation" in (tmp_path / "report" / "report.md").read_text()
+    elsewhere = compare([pico], tmp_path / "report2", figures=False)  # nothing beside it: a missing piece
+    assert "fdbench eval-segmentation" in " ".join(elsewhere.missing["how_to_get_it"])
     code, _, err = _cli([*argv, "--n-last-blocks", "2"], capsys)
     assert code == 2 and err.splitlines()[-1].startswith("error: ") and "other settings (n_last_blocks)" in err
 
