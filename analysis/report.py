@@ -84,6 +84,7 @@ from analysis.report_tables import (
     runs_table,
 )
 from fdbench.errors import FdbenchError
+from analysis.report_segmentation import add_segmentation_section, segmentation_missing, segmentation_table
 from fdbench.io import atomic_write_csv, atomic_write_json, atomic_write_text, json_safe
 
 __all__ = [
@@ -125,6 +126,7 @@ def compare(
     *,
     evals: Sequence[str | Path] = (),
     frequency: Sequence[str | Path] = (),
+    segmentation: Sequence[str | Path] = (),
     reference: str | None = None,
     title: str | None = None,
     figures: bool = True,
@@ -140,7 +142,7 @@ def compare(
     announce = announce or (lambda message: None)
     if not runs:
         raise FdbenchError("no runs given: pass run folders written by `fdbench pretrain` (e.g. runs/*)")
-    for p in [*evals, *frequency]:
+    for p in [*evals, *frequency, *segmentation]:
         if not Path(p).exists():
             raise FdbenchError(f"folder not found: {p}")
     paths = expand_runs(runs, announce)
@@ -180,6 +182,11 @@ def compare(
     t["retrieval"], t["retrieval_differences"], retrieval_missing = retrieval_tables(records, evals, ref)
     if retrieval_missing:
         t["missing"] = pd.concat([t["missing"], pd.DataFrame(retrieval_missing)], ignore_index=True)
+    t["segmentation"] = segmentation_table(records, segmentation)
+    seg_missing = segmentation_missing(records, t["segmentation"])
+    if not seg_missing.empty:
+        parts = [t["missing"], seg_missing] if not t["missing"].empty else [seg_missing]
+        t["missing"] = pd.concat(parts, ignore_index=True)
     t["cost"], t["cost_stages"] = cost_tables(records, ref)
     t["convergence_knn"], t["convergence_loss"], t["convergence_switches"] = convergence_tables(records)
     t["robustness"], t["robustness_per_corruption"], t["robustness_severity"] = robustness_tables(
@@ -392,6 +399,8 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
                 t["retrieval_differences"],
                 "Clean mAP differences with paired bootstrap 95% intervals over the queries",
             )
+    add_segmentation_section(doc, t["segmentation"], [r.label for r in records])
+
     doc.heading("Frequency bias")
     absent = missing_runs(set(freq))
     if absent:

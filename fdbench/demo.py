@@ -10,6 +10,7 @@ Steps (each one's outputs live under ``out``)::
     frequency          out/evals/frequency/     heat maps, band-pass curves, corruption spectra
     eval-retrieval     out/evals/retrieval/     instance retrieval (mAP E/M/H) on the embedded retrieval
                                             set, clean + 4 corruptions at severity 3 on the queries, floors
+    segmentation       out/evals/segmentation/  linear segmentation probe (mIoU), clean + a few corruptions
     report             out/report/          fdbench compare (report.html, report.md, CSVs, figures)
 
 Preset: ``cpu-tiny`` (ViT-nano/8, 64 px, 4 epochs) on a CPU, ``gpu-small`` (ViT-S/8, 100 epochs) when
@@ -42,7 +43,16 @@ from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_json
 
 CURRICULA = ("none", "two-stage")
-STEPS = ("train-none", "train-two-stage", "ceiling", "eval-corruptions", "frequency", "eval-retrieval", "report")
+STEPS = (
+    "train-none",
+    "train-two-stage",
+    "ceiling",
+    "eval-corruptions",
+    "frequency",
+    "eval-retrieval",
+    "segmentation",
+    "report",
+)
 STATE_FILE = "demo.json"
 
 
@@ -66,6 +76,7 @@ class DemoConfig:
     bandpass_images: int = 256
     window: int | None = None  # None: 33 on CPU, the full spectrum on CUDA
     radii: int | None = None  # None: 8 on CPU, 16 on CUDA
+    segmentation_corruptions: str = "gaussian_noise,defocus_blur,contrast"  # eval-segmentation, at severity 3
     figures: bool = True  # False: the report's tables and text only (fast)
     retrieval_corruptions: str = "gaussian_noise,defocus_blur,fog,jpeg_compression"  # on the queries
     retrieval_severities: str = "3"
@@ -373,13 +384,18 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
     retrieval_dir = out / "evals" / "retrieval"
     retrieval_step(config, checkpoints, retrieval_dir, log, announce, records)
 
-    # 5. the comparison report (cheap: always rebuilt when any input changed)
+    # 5. the linear segmentation probe on the embedded data's masks (another --data has none)
+    seg_dir = out / "evals" / "segmentation"
+    if config.data is None or (Path(config.data) / "dataset.json").is_file():
+        _segmentation_step(config, checkpoints, seg_dir, log, announce, records)
+
+    # 6. the comparison report (cheap: always rebuilt when any input changed)
     report_dir = out / "report"
     run_dirs = [out / name for name in finals]
     inputs = (
         [d / "summary.json" for d in run_dirs]
         + [d / "metrics.csv" for d in run_dirs]
-        + [evals / "results.csv", freq_dir / "summary.csv", retrieval_dir / "results.csv"]
+        + [evals / "results.csv", freq_dir / "summary.csv", retrieval_dir / "results.csv", seg_dir / "summary.csv"]
     )
     fp = fingerprint(inputs, {"report": 1, "figures": config.figures})
     holder: dict = {}
@@ -390,6 +406,7 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
             report_dir,
             evals=[evals],
             frequency=[freq_dir],
+            segmentation=[seg_dir] if seg_dir.is_dir() else [],
             title=f"fdbench demo: FastDINOv2 (two-stage) vs DINOv2 (none), preset {preset}",
             figures=config.figures,
             announce=announce,
@@ -400,7 +417,7 @@ def demo(config: DemoConfig = DemoConfig(), announce: Callable[[str], None] | No
     ):
         holder["report"] = _stored_report(report_dir)
 
-    # 6. with several seeds: both curricula compared over seeds and images (the ablation's statistics)
+    # 7. with several seeds: both curricula compared over seeds and images (the ablation's statistics)
     if config.seeds > 1:
         from analysis.ablation_report import write_report
 
@@ -450,6 +467,33 @@ def retrieval_step(config: DemoConfig, checkpoints, out: Path, log, announce, re
         announce(f"[demo] eval-retrieval: {report.computed_cells} cell(s) computed, {report.skipped_cells} reused")
 
     run_step(log, "eval-retrieval", fp, [out / "results.csv", out / "summary.json"], run, announce, records)
+
+
+def _segmentation_step(config: DemoConfig, checkpoints, seg_dir: Path, log, announce, records) -> None:
+    """eval-segmentation of the demo's checkpoints and the random-init floor: clean and a few
+    corruptions at severity 3 (about a minute on 2 CPU cores)."""
+    from analysis.segmentation import SegConfig, evaluate_segmentation
+
+    seg_config = SegConfig(
+        data=config.data,
+        corruptions=config.segmentation_corruptions,
+        severities="3",
+        device=config.device,
+        seed=config.seed,
+    )
+    fp = fingerprint(checkpoints, {"segmentation": _stable(asdict(seg_config))})
+
+    def segment():
+        from analysis.eval_features import default_corrupt_fn
+
+        # the second checkpoint and the floor ask for the first one's corrupted chunks: from memory
+        shared = SharedCorruptions(default_corrupt_fn(), reuses=len(checkpoints))
+        report = evaluate_segmentation(checkpoints, seg_dir, seg_config, corrupt_fn=shared, announce=announce)
+        announce(f"[demo] eval-segmentation: {report.computed_cells} cell(s) computed, {report.skipped_cells} reused")
+
+    run_step(
+        log, "segmentation", fp, [seg_dir / "summary.csv", seg_dir / "differences.csv"], segment, announce, records
+    )
 
 
 def run_name(curriculum: str, seed: int, seeds: int) -> str:

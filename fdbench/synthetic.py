@@ -130,9 +130,15 @@ NUISANCES = Nuisances()
 
 
 def render_image(
-    class_index: int, rng: np.random.Generator, size: int, nuisances: Nuisances | None = None
-) -> np.ndarray:
-    """One uint8 HxWx3 image of class ``class_index``."""
+    class_index: int,
+    rng: np.random.Generator,
+    size: int,
+    nuisances: Nuisances | None = None,
+    *,
+    with_mask: bool = False,
+):
+    """One uint8 HxWx3 image of class ``class_index``; ``with_mask``: ``(image, mask)`` with the
+    segmentation label map of :func:`shape_label_map` (the image's bytes are the same either way)."""
     nz = nuisances or NUISANCES
     ss = 2  # supersampling: edges are anti-aliased, so class structure sits in low frequencies
     n = size * ss
@@ -174,7 +180,15 @@ def render_image(
         # 0.35 cycles/px at sigma 1.2), so the top band holds the class-free texture only
         img = gaussian_filter(img, nz.edge_blur, mode="nearest")
     img = np.repeat(img[..., None], 3, axis=2) + _texture(rng, size, nz)
-    return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    img = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return (img, shape_label_map(mask, class_index)) if with_mask else img
+
+
+def shape_label_map(coverage: np.ndarray, class_index: int) -> np.ndarray:
+    """The segmentation labels of one image: ``class_index + 1`` where the class shape covers at
+    least half of the pixel (its anti-aliased coverage, before the blur), 0 (background) elsewhere.
+    Clutter blobs are drawn behind the shape and count as background."""
+    return np.where(coverage >= 0.5, class_index + 1, 0).astype(np.uint8)
 
 
 def _texture(rng: np.random.Generator, size: int, nz: Nuisances) -> np.ndarray:
@@ -198,16 +212,39 @@ def _texture(rng: np.random.Generator, size: int, nz: Nuisances) -> np.ndarray:
     return amp * pattern * rng.uniform(0.5, 1.0, size=3)
 
 
+MASKS = "masks"  # masks/<split>/<class>/<image>.png: the segmentation labels (shape_label_map)
+
+
 def _render_split_class(args) -> None:
-    root, split, split_id, class_index, count, spec = args
-    folder = Path(root) / split / CLASS_NAMES[class_index]
-    folder.mkdir(parents=True, exist_ok=True)
+    root, mask_root, split, split_id, class_index, count, spec, what = args
+    name = CLASS_NAMES[class_index]
+    folder, masks = Path(root) / split / name, Path(mask_root) / MASKS / split / name
     for i in range(count):
         rng = np.random.default_rng([spec.seed, split_id, class_index, i, VERSION])
-        img = render_image(class_index, rng, spec.size, spec.nuisances)
-        Image.fromarray(img).save(
-            folder / f"{CLASS_NAMES[class_index]}_{i:05d}.png", format="PNG", optimize=False, compress_level=6
-        )
+        img, mask = render_image(class_index, rng, spec.size, spec.nuisances, with_mask=True)
+        file = f"{name}_{i:05d}.png"
+        if what == "images":
+            _save_png(img, folder / file)
+        elif not np.array_equal(_read_png(folder / file), img):
+            raise FdbenchError(
+                f"{folder / file} is not the image this dataset's settings render (written by another "
+                f"fdbench version?), so its mask cannot be made: rewrite the dataset with `fdbench "
+                f"make-dataset --overwrite`"
+            )
+        _save_png(mask, masks / file)
+
+
+def _read_png(path: Path) -> np.ndarray | None:
+    try:
+        with Image.open(path) as stored:
+            return np.asarray(stored.convert("RGB"))
+    except OSError:
+        return None  # missing or unreadable: not the rendered image either
+
+
+def _save_png(array: np.ndarray, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path, format="PNG", optimize=False, compress_level=6)
 
 
 def make_synthetic_dataset(
@@ -232,6 +269,7 @@ def make_synthetic_dataset(
                 f"{out} already holds a different synthetic dataset ({_describe(existing)}); "
                 f"add --overwrite to replace it, or choose another --out"
             )
+        ensure_masks(out, workers=workers)  # a folder written before the masks existed gets them
         return out
     if existing is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         # never delete what fdbench did not write, --overwrite or not
@@ -242,18 +280,7 @@ def make_synthetic_dataset(
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
-        jobs = [
-            (tmp, split, sid, c, n, spec)
-            for sid, (split, n) in enumerate((("train", spec.train_per_class), ("val", spec.val_per_class)))
-            for c in range(spec.classes)
-        ]
-        workers = workers or min(len(jobs), os.cpu_count() or 1)
-        if workers > 1:
-            with ProcessPoolExecutor(workers) as pool:
-                list(pool.map(_render_split_class, jobs))
-        else:
-            for job in jobs:
-                _render_split_class(job)
+        _render_all(tmp, tmp, spec, "images", workers)
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; a dataset should read like mkdir's
         atomic_write_json(tmp / MARKER, _marker(spec))
         if existing is not None or (out.is_dir() and not any(out.iterdir())):
@@ -264,6 +291,56 @@ def make_synthetic_dataset(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _render_all(root: Path, mask_root: Path, spec: SyntheticSpec, what: str, workers: int | None) -> None:
+    """Render every image of ``spec``; ``what`` "images": write the images into ``root`` and the
+    masks into ``mask_root/masks``; "masks": the masks only, checking that each image already in
+    ``root`` is the one rendered."""
+    jobs = [
+        (root, mask_root, split, sid, c, n, spec, what)
+        for sid, (split, n) in enumerate((("train", spec.train_per_class), ("val", spec.val_per_class)))
+        for c in range(spec.classes)
+    ]
+    workers = workers or min(len(jobs), os.cpu_count() or 1)
+    if workers > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            list(pool.map(_render_split_class, jobs))
+    else:
+        for job in jobs:
+            _render_split_class(job)
+    labels = ["background", *CLASS_NAMES[: spec.classes]]  # label value = index; nothing is void
+    atomic_write_json(Path(mask_root) / MASKS / MARKER, {"name": "fdbench-synthetic-masks", "labels": labels})
+
+
+def ensure_masks(root: str | Path, *, workers: int | None = None, announce=None) -> Path:
+    """The segmentation masks of the synthetic dataset at ``root`` (``root/masks``), written first
+    when absent: datasets written before the masks existed get them added beside the untouched
+    images (rendered again from the settings in ``dataset.json`` and checked against the images on
+    disk), so an old folder needs no new version. Written into a temporary folder and renamed."""
+    root = Path(root)
+    marker = _existing_dataset(root)
+    if marker is None:
+        raise FdbenchError(f"{root} is not an fdbench synthetic dataset (no {MARKER} marker)")
+    masks = root / MASKS
+    if (masks / MARKER).exists():
+        return masks
+    if announce:
+        announce(f"adding segmentation masks to the synthetic dataset at {root} (once)")
+    nuisances = marker.get("nuisances")
+    spec = SyntheticSpec(
+        **{k: marker[k] for k in ("classes", "train_per_class", "val_per_class", "size", "seed")},
+        nuisances=Nuisances(**{k: tuple(v) if isinstance(v, list) else v for k, v in nuisances.items()})
+        if nuisances
+        else None,
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{MASKS}.", suffix=".tmp", dir=root))
+    try:
+        _render_all(root, tmp, spec, "masks", workers)
+        _move_into_place(tmp / MASKS, masks)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return masks
 
 
 MARKER = "dataset.json"

@@ -49,7 +49,7 @@ def test_make_dataset_with_yaml_config_command_line_wins(tmp_path, capsys):
     cfg.write_text("classes: 3\ntrain-per-class: 2\nval_per_class: 1\nsize: 48\n")
     code, out, _ = run(["make-dataset", "--config", str(cfg), "--size", "32", "--out", str(tmp_path / "d")], capsys)
     assert code == 0 and out.strip() == str(tmp_path / "d")
-    pngs = sorted((tmp_path / "d").rglob("*.png"))
+    pngs = sorted(p for split in ("train", "val") for p in (tmp_path / "d" / split).rglob("*.png"))
     assert len(pngs) == 3 * 3
     from PIL import Image
 

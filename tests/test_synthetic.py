@@ -23,7 +23,7 @@ def test_same_seed_same_bytes(tmp_path):
     a = make_synthetic_dataset(tmp_path / "a", SMALL, workers=1)
     b = make_synthetic_dataset(tmp_path / "b", SMALL, workers=2)
     assert _digest(a) == _digest(b)
-    assert len([p for p in a.rglob("*.png")]) == 3 * (4 + 2)
+    assert len([p for p in a.rglob("*.png")]) == 2 * 3 * (4 + 2)  # the images and their masks
 
 
 def test_other_seed_other_images(tmp_path):
@@ -134,7 +134,7 @@ def test_concurrent_writers_of_the_same_dataset_both_succeed(tmp_path):
     with ProcessPoolExecutor(2) as pool:
         results = list(pool.map(_write_small, [str(out)] * 4))
     assert results == [str(out)] * 4
-    assert len(list(out.rglob("*.png"))) == 3 * (4 + 2)
+    assert len(list(out.rglob("*.png"))) == 2 * 3 * (4 + 2)  # the images and their masks
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders left
 
 

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("fdbench.cli.pretrain", "pretrain"),
     "eval-corruptions": ("fdbench.cli.evaluate", "eval_corruptions"),
     "eval-retrieval": ("fdbench.cli.retrieval", "eval_retrieval"),
+    "eval-segmentation": ("fdbench.cli.segmentation", "eval_segmentation"),
     "ceiling": ("fdbench.cli.ceiling", "ceiling"),
     "frequency-analysis": ("fdbench.cli.frequency", "frequency_analysis"),
     "compare": ("fdbench.cli.compare", "compare"),

@@ -34,6 +34,14 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
     "way, .../evals/frequency].",
 )
 @click.option(
+    "--segmentation",
+    "segmentation",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    help="An eval-segmentation output folder to search first (repeatable) [default: found the same "
+    "way, .../evals/segmentation].",
+)
+@click.option(
     "--reference",
     default=None,
     help="Run the ratios and CE are relative to [default: the run trained with --curriculum none].",
@@ -47,7 +55,7 @@ CHECKPOINT_SUFFIXES = (".pt", ".pth", ".safetensors")
 )
 @out_option("reports/compare")
 @config_option
-def compare(runs, evals, frequency, reference, title, figures, out):
+def compare(runs, evals, frequency, segmentation, reference, title, figures, out):
     """Compare runs: cost, convergence, robustness and frequency bias in one report.
 
     \b
@@ -74,6 +82,7 @@ def compare(runs, evals, frequency, reference, title, figures, out):
         out,
         evals=list(evals),
         frequency=list(frequency),
+        segmentation=list(segmentation),
         reference=reference,
         title=title,
         figures=figures,
