@@ -13,6 +13,7 @@ import pandas as pd
 from analysis.metrics import CLEAN, GROUPS, UNNORMALISED, check_results, normalisation_name, summarise
 from analysis.outcomes import FILENAME as OUTCOMES_FILE
 from analysis.outcomes import Outcomes
+from analysis.resume_checks import refuse_other_results
 from analysis.stats import differences
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json, json_safe, read_json
@@ -63,19 +64,15 @@ def read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> li
         check_results(frame, results)
     except FdbenchError as err:
         raise FdbenchError(f"{err}; use another --out or --overwrite") from None
-    old = previous.get("settings", {})
-    changed = [k for k in RESUME_KEYS if k in old and old[k] != settings[k]]
-    if changed:
-        raise FdbenchError(
-            f"{out} holds results computed with other settings ({', '.join(_CHANGED.get(k, k) for k in changed)}); "
-            f"use another --out, or --overwrite to discard them"
-        )
-    for label, info in previous.get("checkpoints", {}).items():
-        if label in fingerprints and info.get("sha256") not in (None, fingerprints[label]):
-            raise FdbenchError(
-                f"{out} holds results of another file named {label!r} (checksum differs); "
-                f"use another --out, or --overwrite to discard them"
-            )
+    refuse_other_results(
+        out,
+        previous.get("settings", {}),
+        settings,
+        RESUME_KEYS,
+        {label: info.get("sha256") for label, info in previous.get("checkpoints", {}).items()},
+        fingerprints,
+        reasons=_CHANGED,
+    )
     frame["checkpoint"] = frame["checkpoint"].astype(str)
     return frame.to_dict("records")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.metrics import CLEAN
+from analysis.resume_checks import refuse_other_results
 from analysis.retrieval_metrics import KS, SETTINGS
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json, json_safe
@@ -82,19 +83,14 @@ def read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> Re
         ) from None
     if list(frame.columns) != RESULT_COLUMNS or list(queries.columns) != QUERY_COLUMNS:
         raise FdbenchError(f"{results} is not an eval-retrieval results.csv; use another --out or --overwrite")
-    old = previous.get("settings", {})
-    changed = [k for k in RESUME_KEYS if k in old and old[k] != settings[k]]
-    if changed:
-        raise FdbenchError(
-            f"{out} holds results computed with other settings ({', '.join(changed)}); "
-            f"use another --out, or --overwrite to discard them"
-        )
-    for label, info in previous.get("checkpoints", {}).items():
-        if label in fingerprints and info.get("sha256") not in (None, fingerprints[label]):
-            raise FdbenchError(
-                f"{out} holds results of another file named {label!r} (checksum differs); "
-                f"use another --out, or --overwrite to discard them"
-            )
+    refuse_other_results(
+        out,
+        previous.get("settings", {}),
+        settings,
+        RESUME_KEYS,
+        {label: info.get("sha256") for label, info in previous.get("checkpoints", {}).items()},
+        fingerprints,
+    )
     for f in (frame, queries):
         f["checkpoint"] = f["checkpoint"].astype(str)
     return RetrievalStore(frame.to_dict("records"), queries.to_dict("records"))

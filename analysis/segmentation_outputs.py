@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.metrics import CLEAN
+from analysis.resume_checks import refuse_other_results
 from analysis.segmentation_probe import scores
 from analysis.stats import LEVEL, RESAMPLES, resample_weights, verdict
 from fdbench.errors import FdbenchError
@@ -67,18 +68,16 @@ def read_settings(out: Path, settings: dict) -> dict:
         old = json.loads(previous.read_text())
     except (OSError, ValueError) as err:
         raise FdbenchError(f"cannot resume from {out}: {previous} is unreadable ({err}); use --overwrite") from None
-    changed = [k for k in settings if k != "checkpoints" and k in old and old[k] != json_safe(settings[k])]
-    if changed:
-        raise FdbenchError(
-            f"{out} holds segmentation results computed with other settings ({', '.join(changed)}); "
-            f"use another --out, or --overwrite to discard them"
-        )
-    for label, sha in (old.get("checkpoints") or {}).items():
-        if label in settings["checkpoints"] and sha != settings["checkpoints"][label]:
-            raise FdbenchError(
-                f"{out} holds results of another file named {label!r} (checksum differs); "
-                f"use another --out, or --overwrite to discard them"
-            )
+    keys = [k for k in settings if k != "checkpoints"]
+    refuse_other_results(
+        out,
+        old,
+        {k: json_safe(settings[k]) for k in keys},
+        keys,
+        old.get("checkpoints") or {},
+        settings["checkpoints"],
+        what="segmentation results",
+    )
     return dict(old.get("checkpoints") or {})
 
 

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -80,6 +81,56 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def folder_written_atomically(out: str | os.PathLike, *, replace: bool, marker: str) -> Iterator[Path]:
+    """A temporary sibling of ``out`` to fill; when the block ends without an error it becomes ``out``
+    in one rename (readers never see a half-written folder; a kill leaves only the ``.tmp`` sibling).
+
+    ``replace``: ``out`` holds an old folder of ours (or nothing but an empty folder), swapped out only
+    once the new one is complete. Otherwise a folder that another process completed first at ``out``
+    (it holds ``marker``) is kept and ours dropped: both wrote the same deterministic content."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; ours should read like mkdir's
+        if replace:
+            swap_folder_into_place(tmp, out)
+        else:
+            move_folder_into_place(tmp, out, marker)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def swap_folder_into_place(tmp: Path, out: Path) -> None:
+    """Replace the old folder only once the new one is complete: rename old aside, new in, drop old.
+
+    A kill between the two renames leaves the complete old folder under ``.<name>.*.old`` beside
+    ``out`` (never nothing)."""
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+    os.rmdir(old)
+    os.rename(out, old)
+    try:
+        os.rename(tmp, out)
+    except BaseException:
+        os.rename(old, out)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def move_folder_into_place(tmp: Path, out: Path, marker: str) -> None:
+    """Rename ``tmp`` to ``out``; when another process finished the same folder first (two commands
+    started at once on a fresh cache), keep its byte-identical copy and drop ours."""
+    try:
+        os.replace(tmp, out)
+    except OSError:
+        if not (out / marker).exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

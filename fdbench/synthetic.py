@@ -43,7 +43,7 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from fdbench.errors import FdbenchError
-from fdbench.io import atomic_write_json
+from fdbench.io import atomic_write_json, folder_written_atomically, move_folder_into_place
 
 CLASS_NAMES = (
     "disk",
@@ -277,19 +277,10 @@ def make_synthetic_dataset(
             f"{out} exists and is not an fdbench synthetic dataset (no dataset.json marker); "
             f"refusing to write into or delete it: choose another --out"
         )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    replace = existing is not None or (out.is_dir() and not any(out.iterdir()))
+    with folder_written_atomically(out, replace=replace, marker=MARKER) as tmp:
         _render_all(tmp, tmp, spec, "images", workers)
-        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; a dataset should read like mkdir's
         atomic_write_json(tmp / MARKER, _marker(spec))
-        if existing is not None or (out.is_dir() and not any(out.iterdir())):
-            _swap_into_place(tmp, out)
-        else:
-            _move_into_place(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -337,7 +328,7 @@ def ensure_masks(root: str | Path, *, workers: int | None = None, announce=None)
     tmp = Path(tempfile.mkdtemp(prefix=f".{MASKS}.", suffix=".tmp", dir=root))
     try:
         _render_all(root, tmp, spec, "masks", workers)
-        _move_into_place(tmp / MASKS, masks)
+        move_folder_into_place(tmp / MASKS, masks, MARKER)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return masks
@@ -369,39 +360,6 @@ def _existing_dataset(out: Path) -> dict | None:
     except (OSError, ValueError):
         return None
     return marker if isinstance(marker, dict) and marker.get("name") == "fdbench-synthetic" else None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Replace the old dataset only once the new one is complete: rename old aside, new in, drop old.
-
-    A kill between the two renames leaves the complete old dataset under ``.<name>.*.old`` beside
-    ``out`` (never nothing)."""
-    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
-    os.rmdir(old)
-    os.rename(out, old)
-    try:
-        os.rename(tmp, out)
-    except BaseException:
-        os.rename(old, out)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _move_into_place(tmp: Path, out: Path) -> None:
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        # another process (two commands started at once on a fresh cache) finished the same
-        # deterministic dataset first: its copy is byte-identical, so keep it and drop ours
-        if not (out / "dataset.json").exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cache_dir() -> Path:

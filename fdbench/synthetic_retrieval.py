@@ -30,9 +30,6 @@ Same spec, same bytes: every image has its own RNG seeded from (seed, role, inst
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -41,12 +38,11 @@ from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from fdbench.errors import FdbenchError
-from fdbench.io import atomic_write_json
+from fdbench.io import atomic_write_json, folder_written_atomically
 from fdbench.synthetic import (
     CLASS_NAMES,
     NUISANCES,
     _shape_mask,
-    _swap_into_place,
     _texture,
     cache_dir,
     render_image,
@@ -245,36 +241,17 @@ def make_retrieval_dataset(out: str | Path, spec: RetrievalSpec = RetrievalSpec(
         return out
     if existing is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FdbenchError(f"{out} exists and is not an fdbench retrieval set (no {GND_FILE}); choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
+    replace = existing is not None or (out.is_dir() and not any(out.iterdir()))
+    with folder_written_atomically(out, replace=replace, marker=GND_FILE) as tmp:
         db, queries, gnd = build(spec)
         (tmp / "images").mkdir()
         imlist = [f"db_{i:05d}" for i in range(len(db))]
         qimlist = [f"query_{i:05d}" for i in range(len(queries))]
         for name, img in zip(imlist + qimlist, db + queries):
             Image.fromarray(img).save(tmp / "images" / f"{name}.png", format="PNG", optimize=False, compress_level=6)
-        tmp.chmod(0o755)
         payload = {**_marker(spec), "image_size": spec.size, "dir_images": "images", "ext": ".png"}
         atomic_write_json(tmp / GND_FILE, {**payload, "imlist": imlist, "qimlist": qimlist, "gnd": gnd})
-        if existing is not None or (out.is_dir() and not any(out.iterdir())):
-            _swap_into_place(tmp, out)
-        else:
-            _move(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
-
-
-def _move(tmp: Path, out: Path) -> None:
-    try:
-        os.replace(tmp, out)
-    except OSError:
-        # another process wrote the same deterministic set first: its copy is byte-identical
-        if not (out / GND_FILE).exists():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _existing(out: Path) -> dict | None:

@@ -78,3 +78,41 @@ def one_epoch_config(tiny_run_config):
         return tiny_run_config(out, **{**small, "sets": sets, **overrides})
 
     return config
+
+
+def official_dinov2_state(dim=384, depth=12, heads=6, patch=14, grid=37, registers=0, chunks=0):
+    """A state dict with the key names and shapes of DINOv2's DinoVisionTransformer (hub layout)."""
+    g = torch.Generator().manual_seed(1)
+    r = lambda *s: torch.randn(*s, generator=g) * 0.02
+    sd = {
+        "cls_token": r(1, 1, dim),
+        "pos_embed": r(1, grid * grid + 1, dim),
+        "mask_token": r(1, dim),
+        "patch_embed.proj.weight": r(dim, 3, patch, patch),
+        "patch_embed.proj.bias": r(dim),
+        "norm.weight": 1 + r(dim),
+        "norm.bias": r(dim),
+    }
+    if registers:
+        sd["register_tokens"] = r(1, registers, dim)
+    for i in range(depth):
+        p = f"blocks.{i // (depth // chunks)}.{i}." if chunks else f"blocks.{i}."
+        sd.update(
+            {
+                p + "norm1.weight": 1 + r(dim),
+                p + "norm1.bias": r(dim),
+                p + "attn.qkv.weight": r(3 * dim, dim),
+                p + "attn.qkv.bias": r(3 * dim),
+                p + "attn.proj.weight": r(dim, dim),
+                p + "attn.proj.bias": r(dim),
+                p + "ls1.gamma": r(dim),
+                p + "norm2.weight": 1 + r(dim),
+                p + "norm2.bias": r(dim),
+                p + "mlp.fc1.weight": r(4 * dim, dim),
+                p + "mlp.fc1.bias": r(4 * dim),
+                p + "mlp.fc2.weight": r(dim, 4 * dim),
+                p + "mlp.fc2.bias": r(dim),
+                p + "ls2.gamma": r(dim),
+            }
+        )
+    return sd

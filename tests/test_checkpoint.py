@@ -9,6 +9,7 @@ from PIL import Image
 from fdbench.checkpoint import export_backbone, load_backbone, read_checkpoint, save_checkpoint
 from fdbench.errors import FdbenchError
 from fdbench.models import build_backbone
+from conftest import official_dinov2_state
 
 
 def _backbone_ckpt(path, kind="backbone", **extra):
@@ -69,44 +70,6 @@ def test_safetensors_export_roundtrip(tmp_path):
     loaded = load_backbone(weights)
     assert loaded.source == "safetensors"
     _same_outputs(model, loaded.model)
-
-
-def _official_dinov2_state(dim=384, depth=12, heads=6, patch=14, grid=37, registers=0, chunks=0):
-    """A state dict with the key names and shapes of DINOv2's DinoVisionTransformer (hub layout)."""
-    g = torch.Generator().manual_seed(1)
-    r = lambda *s: torch.randn(*s, generator=g) * 0.02
-    sd = {
-        "cls_token": r(1, 1, dim),
-        "pos_embed": r(1, grid * grid + 1, dim),
-        "mask_token": r(1, dim),
-        "patch_embed.proj.weight": r(dim, 3, patch, patch),
-        "patch_embed.proj.bias": r(dim),
-        "norm.weight": 1 + r(dim),
-        "norm.bias": r(dim),
-    }
-    if registers:
-        sd["register_tokens"] = r(1, registers, dim)
-    for i in range(depth):
-        p = f"blocks.{i // (depth // chunks)}.{i}." if chunks else f"blocks.{i}."
-        sd.update(
-            {
-                p + "norm1.weight": 1 + r(dim),
-                p + "norm1.bias": r(dim),
-                p + "attn.qkv.weight": r(3 * dim, dim),
-                p + "attn.qkv.bias": r(3 * dim),
-                p + "attn.proj.weight": r(dim, dim),
-                p + "attn.proj.bias": r(dim),
-                p + "ls1.gamma": r(dim),
-                p + "norm2.weight": 1 + r(dim),
-                p + "norm2.bias": r(dim),
-                p + "mlp.fc1.weight": r(4 * dim, dim),
-                p + "mlp.fc1.bias": r(4 * dim),
-                p + "mlp.fc2.weight": r(dim, 4 * dim),
-                p + "mlp.fc2.bias": r(dim),
-                p + "ls2.gamma": r(dim),
-            }
-        )
-    return sd
 
 
 def _reference_tokens(sd, x, dim, depth, heads, patch, registers=0, pos_embed=None):
@@ -192,7 +155,7 @@ def _official_table(pos_embed, grid, registers):
 @pytest.mark.parametrize("registers", [0, 4])
 def test_official_dinov2_follows_its_own_position_interpolation(tmp_path, registers):
     # the released models store a 37x37 table (518 px); evaluate at 224, 112 and a non-square 98 x 154
-    sd = _official_dinov2_state(grid=37, registers=registers)
+    sd = official_dinov2_state(grid=37, registers=registers)
     # a smooth table, like the trained ones: the two rules then differ by percents, not by noise
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 37), torch.linspace(-1, 1, 37), indexing="ij")
     freqs = torch.randn(384, 2, generator=torch.Generator().manual_seed(3)) * 3
@@ -228,7 +191,7 @@ def test_official_dinov2_follows_its_own_position_interpolation(tmp_path, regist
 @pytest.mark.parametrize("registers,chunks", [(0, 0), (4, 4)])
 def test_official_dinov2_backbone(tmp_path, registers, chunks):
     # ViT-S/14 layout at a small native grid (4x4 = 56 px) so the reference forward is cheap
-    sd = _official_dinov2_state(grid=4, registers=registers, chunks=chunks)
+    sd = official_dinov2_state(grid=4, registers=registers, chunks=chunks)
     torch.save(sd, tmp_path / "dinov2_vits14_pretrain.pth")
     loaded = load_backbone(tmp_path / "dinov2_vits14_pretrain.pth")
     cfg = loaded.config

@@ -244,8 +244,8 @@ def test_cli_on_the_embedded_set_scores_an_identical_database_perfectly(tmp_path
 @pytest.mark.parametrize(
     "make_args, message",
     [
-        (lambda d, c: [str(c), "--data", str(d / "nowhere")], "retrieval data folder not found"),
-        (lambda d, c: [str(c), "--data", str(d / "gnd_roxford5k.pkl")], "retrieval data folder not found"),
+        (lambda d, c: [str(c), "--data", str(d / "nowhere")], "data folder not found"),
+        (lambda d, c: [str(c), "--data", str(d / "gnd_roxford5k.pkl")], "data folder not found"),
         (lambda d, c: [str(d / "missing.pt"), "--data", str(d)], "checkpoint not found"),
         (lambda d, c: [str(c), "--data", str(d), "--corruptions", "fog2"], "unknown corruption"),
         (lambda d, c: [str(c), "--data", str(d), "--image-size", "8"], "--image-size must be at least 32"),
@@ -342,3 +342,17 @@ def test_an_exported_safetensors_backbone_scores_as_its_checkpoint(tmp_path):
     rows = report.results.set_index("checkpoint")
     assert rows.loc["model", "map_medium"] == pytest.approx(rows.loc["model-2", "map_medium"])
     assert rows.loc["model", "map_hard"] == pytest.approx(rows.loc["model-2", "map_hard"])
+
+
+def test_an_official_dinov2_pth_is_evaluated_like_any_checkpoint(tmp_path, capsys):
+    # the hub layout of ViT-S/14 at a 4x4 native grid (56 px): loaded by load_backbone's DINOv2 path
+    from conftest import official_dinov2_state
+
+    torch.save(official_dinov2_state(grid=4), tmp_path / "dinov2_vits14_pretrain.pth")
+    data, out = _fake_roxford(tmp_path / "roxford5k"), tmp_path / "out"
+    argv = ["eval-retrieval", str(tmp_path / "dinov2_vits14_pretrain.pth"), "--data", str(data)]
+    code, _, err = _cli([*argv, "--out", str(out), "--device", "cpu", "--image-size", "56"], capsys)
+    assert code == 0, err
+    rows = pd.read_csv(out / "results.csv").set_index("checkpoint")
+    assert {"dinov2_vits14_pretrain", "pixels", "random-init"} <= set(rows.index)
+    assert 0 <= rows.loc["dinov2_vits14_pretrain", "map_medium"] <= 1

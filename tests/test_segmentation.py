@@ -212,3 +212,18 @@ def test_cli_bad_input_is_one_line_exit_2(pico, tmp_path, capsys):
         code, _, err = _cli([*argv, "--out", tmp_path / "ev"], capsys)
         error = [line for line in err.splitlines() if line.startswith("error: ")]
         assert code == 2 and len(error) == 1 and message in error[0] and "Traceback" not in err, (argv, err)
+
+
+def test_an_official_dinov2_pth_gets_a_segmentation_probe(tiny_dataset, tmp_path, capsys):
+    # hub layout of ViT-S/14 (native 56 px); at --size 56 its patch maps are 4x4, labels 56x56
+    from conftest import official_dinov2_state
+
+    pth = tmp_path / "dinov2_vits14_pretrain.pth"
+    torch.save(official_dinov2_state(grid=4), pth)
+    argv = ["eval-segmentation", pth, "--data", tiny_dataset, "--out", tmp_path / "ev", "--device", "cpu"]
+    code, _, err = _cli([*argv, "--corruptions", "none", "--epochs", "1", "--size", "56", "--no-floors"], capsys)
+    assert code == 0, err
+    import pandas as pd
+
+    results = pd.read_csv(tmp_path / "ev" / "results.csv")
+    assert list(results["checkpoint"]) == ["dinov2_vits14_pretrain"] and results["miou"].between(0, 100).all()

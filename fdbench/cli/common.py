@@ -116,3 +116,31 @@ def echo(message: str) -> None:
 def sets_option(help: str):
     """``--set SECTION.FIELD=VALUE`` (repeatable) for the commands that take a pretraining recipe."""
     return click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE", help=help)
+
+
+def severities_option(f):
+    return click.option("--severities", default="1-5", show_default=True, help="Severities, e.g. 1-5, 3 or 1,3,5.")(f)
+
+
+def workers_option(f):
+    return click.option("--workers", type=int, default=0, show_default=True, help="Image-decoding worker processes.")(f)
+
+
+def overwrite_option(f):
+    return click.option("--overwrite", is_flag=True, help="Discard results already in --out instead of resuming.")(f)
+
+
+def open_eval_folder(command: str, checkpoints, out: Path, *, data: Path | None = None, depth: int = 1) -> None:
+    """What every evaluation does before its first cell: one-line errors for missing inputs, then the
+    lock on ``out`` (one writer per folder; released at exit or when killed) and the removal of the
+    temporary files a kill -9 left there (ours to remove once ``out`` is locked)."""
+    from fdbench.io import remove_stale_temps
+    from fdbench.lock import lock_folder
+
+    for ckpt in checkpoints:
+        if not Path(ckpt).exists():
+            raise FdbenchError(f"checkpoint not found: {ckpt}")
+    if data is not None and not Path(data).is_dir():
+        raise FdbenchError(f"data folder not found: {data}")
+    lock_folder(out, command)
+    remove_stale_temps(out, depth=depth)

@@ -6,10 +6,19 @@ from pathlib import Path
 
 import click
 
-from fdbench.cli.common import absolute_data, check_range, config_option, device_option, echo, out_option, seed_option
-from fdbench.errors import FdbenchError
-from fdbench.io import remove_stale_temps
-from fdbench.lock import lock_folder
+from fdbench.cli.common import (
+    absolute_data,
+    check_range,
+    config_option,
+    device_option,
+    echo,
+    open_eval_folder,
+    out_option,
+    overwrite_option,
+    seed_option,
+    severities_option,
+    workers_option,
+)
 
 
 @click.command("eval-corruptions")
@@ -33,7 +42,7 @@ from fdbench.lock import lock_folder
     show_default=True,
     help="common (15), extra (4), all (19), noise|blur|weather|digital, or comma-separated names.",
 )
-@click.option("--severities", default="1-5", show_default=True, help="Severities, e.g. 1-5, 3 or 1,3,5.")
+@severities_option
 @click.option(
     "--corrupted-root",
     type=click.Path(path_type=Path),
@@ -56,8 +65,8 @@ from fdbench.lock import lock_folder
     show_default=True,
     help="Features: class tokens of the last N blocks + patch-token mean (DINOv2 linear eval: 1 or 4).",
 )
-@click.option("--workers", type=int, default=0, show_default=True, help="Image-decoding worker processes.")
-@click.option("--overwrite", is_flag=True, help="Discard results already in --out instead of resuming.")
+@workers_option
+@overwrite_option
 @click.option(
     "--floors/--no-floors",
     default=True,
@@ -103,11 +112,7 @@ def eval_corruptions(
     check_range("--batch-size", batch_size, 1)
     check_range("--n-last-blocks", n_last_blocks, 1)
     check_range("--workers", workers, 0)
-    for ckpt in checkpoints:
-        if not ckpt.exists():
-            raise FdbenchError(f"checkpoint not found: {ckpt}")
-    lock_folder(out, "eval-corruptions")  # one writer per --out; released at exit or when killed
-    remove_stale_temps(out, depth=1)  # of writes a kill -9 interrupted: ours to remove now that --out is locked
+    open_eval_folder("eval-corruptions", checkpoints, out)
     config = EvalConfig(
         data=absolute_data(data),
         protocol=protocol,

@@ -6,10 +6,18 @@ from pathlib import Path
 
 import click
 
-from fdbench.cli.common import check_range, config_option, device_option, echo, out_option, seed_option
-from fdbench.errors import FdbenchError
-from fdbench.io import remove_stale_temps
-from fdbench.lock import lock_folder
+from fdbench.cli.common import (
+    check_range,
+    config_option,
+    device_option,
+    echo,
+    open_eval_folder,
+    out_option,
+    overwrite_option,
+    seed_option,
+    severities_option,
+    workers_option,
+)
 
 
 @click.command("eval-retrieval")
@@ -40,10 +48,10 @@ from fdbench.lock import lock_folder
     help="Also corrupt the queries (the database stays clean): common (15), extra (4), all (19), "
     "noise|blur|weather|digital, or comma-separated names [default: clean only].",
 )
-@click.option("--severities", default="1-5", show_default=True, help="Severities, e.g. 1-5, 3 or 1,3,5.")
+@severities_option
 @click.option("--batch-size", type=int, default=64, show_default=True)
-@click.option("--workers", type=int, default=0, show_default=True, help="Image-decoding worker processes.")
-@click.option("--overwrite", is_flag=True, help="Discard results already in --out instead of resuming.")
+@workers_option
+@overwrite_option
 @click.option(
     "--floors/--no-floors",
     default=True,
@@ -82,13 +90,7 @@ def eval_retrieval(
     check_range("--workers", workers, 0)
     if image_size is not None:
         check_range("--image-size", image_size, 32)
-    for ckpt in checkpoints:
-        if not ckpt.exists():
-            raise FdbenchError(f"checkpoint not found: {ckpt}")
-    if data is not None and not data.is_dir():
-        raise FdbenchError(f"retrieval data folder not found: {data}")
-    lock_folder(out, "eval-retrieval")  # one writer per --out
-    remove_stale_temps(out, depth=1)
+    open_eval_folder("eval-retrieval", checkpoints, out, data=data)
     config = RetrievalConfig(
         data=str(data.resolve()) if data else None,
         dataset=dataset,

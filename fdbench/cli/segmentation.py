@@ -6,10 +6,19 @@ from pathlib import Path
 
 import click
 
-from fdbench.cli.common import check_range, config_option, device_option, echo, out_option, seed_option
+from fdbench.cli.common import (
+    check_range,
+    config_option,
+    device_option,
+    echo,
+    open_eval_folder,
+    out_option,
+    overwrite_option,
+    seed_option,
+    severities_option,
+    workers_option,
+)
 from fdbench.errors import FdbenchError
-from fdbench.io import remove_stale_temps
-from fdbench.lock import lock_folder
 
 
 @click.command("eval-segmentation")
@@ -41,7 +50,7 @@ from fdbench.lock import lock_folder
     show_default=True,
     help="none (clean only), common (15), extra (4), all (19), noise|blur|weather|digital, or names.",
 )
-@click.option("--severities", default="1-5", show_default=True, help="Severities, e.g. 1-5, 3 or 1,3,5.")
+@severities_option
 @click.option(
     "--include-geometric",
     is_flag=True,
@@ -61,14 +70,14 @@ from fdbench.lock import lock_folder
     "--max-cache-gb", type=float, default=8.0, show_default=True, help="Memory allowed for the train patch maps."
 )
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per encoder batch.")
-@click.option("--workers", type=int, default=0, show_default=True, help="Image-decoding worker processes.")
+@workers_option
 @click.option(
     "--floors/--no-floors",
     default=True,
     show_default=True,
     help="Also evaluate the first checkpoint's architecture at random initialisation.",
 )
-@click.option("--overwrite", is_flag=True, help="Discard results already in --out instead of resuming.")
+@overwrite_option
 @device_option
 @seed_option
 @out_option("evals/segmentation")
@@ -115,13 +124,7 @@ def eval_segmentation(
             check_range(option, value, 1)
     if not max_cache_gb > 0:
         raise FdbenchError(f"--max-cache-gb must be positive, got {max_cache_gb:g}")
-    for ckpt in checkpoints:
-        if not ckpt.exists():
-            raise FdbenchError(f"checkpoint not found: {ckpt}")
-    if data is not None and not data.is_dir():
-        raise FdbenchError(f"data folder not found: {data}")
-    lock_folder(out, "eval-segmentation")  # one writer per --out; released at exit or when killed
-    remove_stale_temps(out, depth=2)
+    open_eval_folder("eval-segmentation", checkpoints, out, data=data, depth=2)
     config = SegConfig(
         data=str(data.resolve()) if data else None,
         dataset=dataset,
