@@ -74,15 +74,8 @@ from analysis.report_findings import (
 from analysis.report_render import Document
 from analysis.report_retrieval import retrieval_tables
 from analysis.report_seeds import seed_groups, seeds_table
-from analysis.report_tables import (
-    convergence_tables,
-    cost_tables,
-    frequency_extras,
-    frequency_table,
-    missing_table,
-    robustness_tables,
-    runs_table,
-)
+from analysis.report_frequency_tables import frequency_extras, frequency_table
+from analysis.report_tables import convergence_tables, cost_tables, missing_table, robustness_tables, runs_table
 from fdbench.errors import FdbenchError
 from analysis.report_segmentation import add_segmentation_section, segmentation_missing, segmentation_table
 from fdbench.io import atomic_write_csv, atomic_write_json, atomic_write_text, json_safe
