@@ -36,7 +36,7 @@ def _cpu_tiny() -> PretrainConfig:
     # linear 35.4%, 0.004 gave 50.6% / 42.8% (benchmarks/embedded_search/results.csv, rows d0, e5).
     # The teacher centre's momentum is 0.99 (DINOv2: 0.9): at 0.9 the centre follows each batch of 64
     # within ~10 steps and the teacher's entropy swung between 0.4 and 0.9 ln K all run long; at 0.99
-    # the targets stay sharp and kNN rose from 53.6% to 60.3% (seed 0), 64.2% with two-stage (rows
+    # it stays below 0.03 ln K until the last ~90 steps (mechanism not established) and kNN rose from 53.6% to 60.3% (seed 0), 64.2% with two-stage (rows
     # i0, i9, j4; 0.995: 60.1%, 0.998: 57.2%; KoLeo 0.5, 1,024 prototypes, a 3-epoch last-layer
     # freeze, teacher momentum 0.99, no iBOT, 12 epochs: none better).
     # The trials behind these values are in benchmarks/embedded_search/.
