@@ -13,7 +13,7 @@ import pandas as pd
 from analysis.metrics import CLEAN, GROUPS, UNNORMALISED, check_results, normalisation_name, summarise
 from analysis.outcomes import FILENAME as OUTCOMES_FILE
 from analysis.outcomes import Outcomes
-from analysis.resume_checks import refuse_other_results
+from analysis.resume_checks import refuse_other_summary
 from analysis.stats import differences
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json, json_safe, read_json
@@ -64,15 +64,7 @@ def read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> li
         check_results(frame, results)
     except FdbenchError as err:
         raise FdbenchError(f"{err}; use another --out or --overwrite") from None
-    refuse_other_results(
-        out,
-        previous.get("settings", {}),
-        settings,
-        RESUME_KEYS,
-        {label: info.get("sha256") for label, info in previous.get("checkpoints", {}).items()},
-        fingerprints,
-        reasons=_CHANGED,
-    )
+    refuse_other_summary(out, previous, settings, RESUME_KEYS, fingerprints, reasons=_CHANGED)
     frame["checkpoint"] = frame["checkpoint"].astype(str)
     return frame.to_dict("records")
 

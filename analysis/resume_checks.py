@@ -35,3 +35,10 @@ def refuse_other_results(
                 f"{out} holds results of another file named {label!r} (checksum differs); "
                 f"use another --out, or --overwrite to discard them"
             )
+
+
+def refuse_other_summary(out: Path, summary: Mapping, settings: Mapping, keys: Iterable[str], checksums, **kw) -> None:
+    """:func:`refuse_other_results` against a ``summary.json`` of the shape eval-corruptions and
+    eval-retrieval write (``settings`` and ``checkpoints: {label: {"sha256": ...}}``)."""
+    old_checksums = {label: info.get("sha256") for label, info in summary.get("checkpoints", {}).items()}
+    refuse_other_results(out, summary.get("settings", {}), settings, keys, old_checksums, checksums, **kw)

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.metrics import CLEAN
-from analysis.resume_checks import refuse_other_results
+from analysis.resume_checks import refuse_other_summary
 from analysis.retrieval_metrics import KS, SETTINGS
 from fdbench.errors import FdbenchError
 from fdbench.io import atomic_write_csv, atomic_write_json, json_safe
@@ -83,14 +83,7 @@ def read_previous(out: Path, settings: dict, fingerprints: dict[str, str]) -> Re
         ) from None
     if list(frame.columns) != RESULT_COLUMNS or list(queries.columns) != QUERY_COLUMNS:
         raise FdbenchError(f"{results} is not an eval-retrieval results.csv; use another --out or --overwrite")
-    refuse_other_results(
-        out,
-        previous.get("settings", {}),
-        settings,
-        RESUME_KEYS,
-        {label: info.get("sha256") for label, info in previous.get("checkpoints", {}).items()},
-        fingerprints,
-    )
+    refuse_other_summary(out, previous, settings, RESUME_KEYS, fingerprints)
     for f in (frame, queries):
         f["checkpoint"] = f["checkpoint"].astype(str)
     return RetrievalStore(frame.to_dict("records"), queries.to_dict("records"))

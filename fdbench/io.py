@@ -88,10 +88,11 @@ def folder_written_atomically(out: str | os.PathLike, *, replace: bool, marker: 
     """A temporary sibling of ``out`` to fill; when the block ends without an error it becomes ``out``
     in one rename (readers never see a half-written folder; a kill leaves only the ``.tmp`` sibling).
 
-    ``replace``: ``out`` holds an old folder of ours (or nothing but an empty folder), swapped out only
-    once the new one is complete. Otherwise a folder that another process completed first at ``out``
+    ``replace``: ``out`` holds an old folder of ours, swapped out only once the new one is complete (an
+    empty folder at ``out`` is swapped out too). Otherwise a folder that another process completed first at ``out``
     (it holds ``marker``) is kept and ours dropped: both wrote the same deterministic content."""
     out = Path(out)
+    replace = replace or (out.is_dir() and not any(out.iterdir()))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:

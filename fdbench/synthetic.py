@@ -284,8 +284,7 @@ def make_synthetic_dataset(
             f"{out} exists and is not an fdbench synthetic dataset (no dataset.json marker); "
             f"refusing to write into or delete it: choose another --out"
         )
-    replace = existing is not None or (out.is_dir() and not any(out.iterdir()))
-    with folder_written_atomically(out, replace=replace, marker=MARKER) as tmp:
+    with folder_written_atomically(out, replace=existing is not None, marker=MARKER) as tmp:
         _render_all(tmp, tmp, spec, "images", workers)
         atomic_write_json(tmp / MARKER, _marker(spec))
     return out

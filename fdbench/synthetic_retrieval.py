@@ -241,8 +241,7 @@ def make_retrieval_dataset(out: str | Path, spec: RetrievalSpec = RetrievalSpec(
         return out
     if existing is None and out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FdbenchError(f"{out} exists and is not an fdbench retrieval set (no {GND_FILE}); choose another --out")
-    replace = existing is not None or (out.is_dir() and not any(out.iterdir()))
-    with folder_written_atomically(out, replace=replace, marker=GND_FILE) as tmp:
+    with folder_written_atomically(out, replace=existing is not None, marker=GND_FILE) as tmp:
         db, queries, gnd = build(spec)
         (tmp / "images").mkdir()
         imlist = [f"db_{i:05d}" for i in range(len(db))]
