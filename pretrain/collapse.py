@@ -7,6 +7,11 @@
 - ``teacher_rank``: RankMe (Garrido et al., 2023), the effective rank of the teacher's class-token
   embeddings of the batch: ``exp(-sum_k p_k log p_k)`` with ``p_k = s_k / sum(s) + eps`` over the
   singular values ``s``. Near 1 every image maps to the same direction.
+- ``teacher_prototypes``: how many distinct prototypes are the teacher's top choice across the batch,
+  and ``teacher_batch_entropy``, the entropy of the batch's mean target as a fraction of ``ln K``.
+  Sharp per-image targets (low ``teacher_entropy``) are healthy only if the batch spreads over many
+  prototypes; sharp targets that all pick one prototype are the other collapse, which per-image
+  entropy alone cannot tell apart from a confident teacher.
 
 :class:`CollapseWatch` turns them into warnings when a signal stays past its limit for
 ``patience`` logging steps in a row; the engine logs each warning once and lists them in the run's
@@ -26,6 +31,17 @@ def entropy_fraction(probs: torch.Tensor) -> float:
     p = probs.detach().float()
     entropy = -torch.special.xlogy(p, p).sum(dim=-1)
     return float(entropy.mean() / math.log(p.shape[-1]))
+
+
+def prototypes_used(probs: torch.Tensor) -> int:
+    """How many distinct prototypes are some row's most probable one, for ``probs`` [N, K]."""
+    return int(torch.unique(probs.detach().argmax(dim=-1)).numel())
+
+
+def batch_entropy_fraction(probs: torch.Tensor) -> float:
+    """``H(mean over rows of p) / ln K``: near 0 when the whole batch targets one prototype."""
+    mean = probs.detach().float().mean(dim=0, keepdim=True)
+    return entropy_fraction(mean)
 
 
 def rankme(embeddings: torch.Tensor, eps: float = 1e-7) -> float:

@@ -18,7 +18,7 @@ import torch.distributed as dist
 
 from fdbench.errors import FdbenchError
 from pretrain import costs as costs_mod
-from pretrain.collapse import entropy_fraction, rankme
+from pretrain.collapse import batch_entropy_fraction, entropy_fraction, prototypes_used, rankme
 from pretrain.run_folder import gflops
 from pretrain.stages import StagePlan, stage_at
 from pretrain.step import LOSS_TERMS
@@ -160,6 +160,8 @@ class RunReporting:
             collapse = {
                 "teacher_entropy": round(entropy_fraction(probs), 5),
                 "teacher_rank": round(rankme(embeddings), 3),
+                "teacher_prototypes": prototypes_used(probs),
+                "teacher_batch_entropy": round(batch_entropy_fraction(probs), 5),
             }
             for warning in self.collapse.observe(
                 state.step, collapse["teacher_entropy"], collapse["teacher_rank"], *embeddings.shape

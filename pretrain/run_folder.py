@@ -55,6 +55,8 @@ METRIC_COLUMNS = [
     "knn_top5",
     "teacher_entropy",
     "teacher_rank",
+    "teacher_prototypes",
+    "teacher_batch_entropy",
     "elapsed_s",
     "run_time_s",
 ]

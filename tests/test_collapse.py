@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.collapse import CollapseWatch, entropy_fraction, rankme
+from pretrain.collapse import CollapseWatch, batch_entropy_fraction, entropy_fraction, prototypes_used, rankme
 
 
 def test_entropy_fraction_hand_computed():
@@ -20,6 +20,20 @@ def test_entropy_fraction_hand_computed():
     assert entropy_fraction(one_hot) == pytest.approx(0.0, abs=1e-7)
     half = torch.tensor([[0.5, 0.5, 0.0, 0.0]])  # H = ln 2 = half of ln 4
     assert entropy_fraction(half) == pytest.approx(0.5, abs=1e-6)
+
+
+def test_batch_signals_tell_a_sharp_collapse_from_a_confident_teacher():
+    k = 8
+    # Every row one-hot: per-image entropy 0 in both cases; only the batch signals differ.
+    collapsed = torch.eye(k)[[3, 3, 3, 3]]
+    spread = torch.eye(k)[[0, 1, 2, 3]]
+    assert entropy_fraction(collapsed) == entropy_fraction(spread) == pytest.approx(0.0, abs=1e-7)
+    assert prototypes_used(collapsed) == 1 and prototypes_used(spread) == 4
+    assert batch_entropy_fraction(collapsed) == pytest.approx(0.0, abs=1e-7)
+    # The mean of four distinct one-hots is uniform over 4 of 8 prototypes: ln 4 / ln 8 = 2/3.
+    assert batch_entropy_fraction(spread) == pytest.approx(math.log(4) / math.log(8), abs=1e-6)
+    uniform = torch.full((5, k), 1 / k)
+    assert batch_entropy_fraction(uniform) == pytest.approx(1.0, abs=1e-6)
 
 
 def test_rankme_equals_an_independent_computation():
@@ -83,6 +97,7 @@ def test_run_writes_the_signals_and_the_warnings(one_epoch_config, tmp_path):
     result = train(cfg)
     rows = pd.read_csv(result.metrics).query("row == 'train'")
     assert len(rows) == 4 and rows["teacher_entropy"].between(0, 1).all()
+    assert rows["teacher_batch_entropy"].between(0, 1).all() and (rows["teacher_prototypes"] >= 1).all()
     assert rows["teacher_rank"].between(1, 40).all()  # at most min(2 crops x 20 images, width)
     summary = json.loads(result.summary_path.read_text())
     assert isinstance(summary["warnings"], list)
