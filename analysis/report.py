@@ -26,7 +26,8 @@ PNG + PDF and are embedded in ``report.html`` as base64 PNG):
    with ``--curriculum none``), and the run's own ``flops_ratio_vs_none_schedule`` (its schedule
    counted with full-resolution crops throughout, from ``summary.json``).
 3. convergence (``convergence_knn.csv``, ``convergence_loss.csv``, ``convergence_switches.csv``):
-   kNN top-1 vs epochs and vs training wall-clock, loss curves, stage switches marked.
+   kNN top-1 vs epochs and vs training wall-clock, loss curves, the teacher's collapse signals
+   (``convergence_teacher``: target entropy, prototypes per batch), stage switches marked.
 4. robustness (``robustness.csv``, ``robustness_per_corruption.csv``, ``robustness_severity.csv``):
    clean accuracy, the unnormalised mean corruption error, and (``analysis.metrics``)
    ``CE_c = sum_s E_run(s,c) / sum_s E_ref(s,c)``, ``mCE`` = mean over the common corruptions,
@@ -251,6 +252,11 @@ def _draw(folder: Path, t: dict[str, pd.DataFrame], labels: list[str], freq: dic
         )
     if not t["convergence_loss"].empty:
         emit("convergence_loss", report_figures.loss_figure(t["convergence_loss"], t["convergence_switches"], labels))
+        if t["convergence_loss"][[c for c, _, _ in report_figures.TEACHER_SIGNALS]].notna().any().any():
+            emit(
+                "convergence_teacher",
+                report_figures.teacher_figure(t["convergence_loss"], t["convergence_switches"], labels),
+            )
     per = t["robustness_per_corruption"]
     if not per.empty:
         protocols = [p for p in ("linear", "knn") if p in set(per["protocol"])]
@@ -345,6 +351,12 @@ def _document(report: CompareReport, records, t, eval_sources, freq, title: str)
         "convergence_knn",
     )
     doc.figure(f.get("convergence_loss"), "Training losses vs epochs; dotted lines: stage switch", "convergence_loss")
+    doc.figure(
+        f.get("convergence_teacher"),
+        "The teacher's targets vs epochs: near 1 ln K they are uniform (the DINO term teaches nothing); "
+        "near 0 with one prototype per batch, every image gets the same target (collapse)",
+        "convergence_teacher",
+    )
     if not t["convergence_switches"].empty:
         doc.table("convergence_switches", t["convergence_switches"], "Stage switches (epoch, training second)")
     if not t["convergence_knn"].empty:

@@ -172,6 +172,43 @@ def loss_figure(
     return fig
 
 
+TEACHER_SIGNALS = (
+    ("teacher_entropy", "per-image target entropy", "entropy (fraction of ln K)"),
+    ("teacher_batch_entropy", "entropy of the batch's mean target", "entropy (fraction of ln K)"),
+    ("teacher_prototypes", "distinct top prototypes per batch", "prototypes (count, log scale)"),
+)
+
+
+def teacher_figure(
+    losses: pd.DataFrame, switches: pd.DataFrame | None = None, order: Sequence[str] | None = None
+) -> Figure:
+    """The teacher's collapse signals against epochs, one panel per signal present.
+
+    Near-uniform targets (entropy near 1) teach nothing; sharp targets that all pick one prototype
+    (per-image entropy near 0 *and* one prototype per batch) are the other collapse.
+    """
+    signals = [s for s in TEACHER_SIGNALS if s[0] in losses.columns and losses[s[0]].notna().any()]
+    fig, axes = new_figure(1, max(1, len(signals)), width=3.3, height=3.0)
+    runs = _labels(losses, order)
+    colors = checkpoint_colors(order or runs)
+    for ax, (column, title, ylabel) in zip(axes[0], signals):
+        for run in runs:
+            part = losses[losses["run"] == run].sort_values("epoch").dropna(subset=[column])
+            ax.plot(part["epoch"], part[column], color=colors[run], linewidth=1.0, label=run)
+        _mark_switches(ax, switches, "epoch", colors)
+        if column == "teacher_prototypes":
+            ax.set_yscale("log")
+        else:
+            ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+    if signals:
+        _switch_legend(axes[0, 0], switches)
+        axes[0, 0].legend(frameon=False)
+    return fig
+
+
 def corruption_bars_figure(
     per_corruption: pd.DataFrame, clean: pd.DataFrame, protocols: Sequence[str], order: Sequence[str] | None = None
 ) -> Figure:

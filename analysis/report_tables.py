@@ -136,6 +136,22 @@ def wilson_interval(p, n, z: float = 1.959964) -> tuple[float | None, float | No
     return centre - half, centre + half
 
 
+# the training rows' columns kept in convergence_loss.csv: losses, lr, speed and the teacher's
+# collapse signals (pretrain.collapse; absent from runs older than the signal: left blank)
+LOSS_ROW_COLUMNS = (
+    "loss",
+    "dino",
+    "ibot",
+    "koleo",
+    "lr",
+    "img_per_s",
+    "teacher_entropy",
+    "teacher_batch_entropy",
+    "teacher_prototypes",
+    "teacher_rank",
+)
+
+
 def convergence_tables(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """(kNN rows, loss rows, stage switches), epochs as fractions (step / iterations per epoch)."""
     knn_rows, loss_rows, switch_rows = [], [], []
@@ -169,7 +185,7 @@ def convergence_tables(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataF
                         **at(row),
                         "stage": row.get("stage_name"),
                         "wall_clock_s": row.get("elapsed_s"),
-                        **{k: row.get(k) for k in ("loss", "dino", "ibot", "koleo", "lr", "img_per_s")},
+                        **{k: row.get(k) for k in LOSS_ROW_COLUMNS},
                     }
                 )
         if r.summary and r.summary.get("stages"):
@@ -191,7 +207,7 @@ def convergence_tables(records: list[RunRecord]) -> tuple[pd.DataFrame, pd.DataF
         "n_val",
         "knn_top5_pct",
     ]
-    cols_loss = ["run", "epoch", "step", "stage", "wall_clock_s", "loss", "dino", "ibot", "koleo", "lr", "img_per_s"]
+    cols_loss = ["run", "epoch", "step", "stage", "wall_clock_s", *LOSS_ROW_COLUMNS]
     return (
         pd.DataFrame(knn_rows, columns=cols_knn),
         pd.DataFrame(loss_rows, columns=cols_loss),

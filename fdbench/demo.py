@@ -13,7 +13,7 @@ Steps (each one's outputs live under ``out``)::
     segmentation       out/evals/segmentation/  linear segmentation probe (mIoU), clean + a few corruptions
     report             out/report/          fdbench compare (report.html, report.md, CSVs, figures)
 
-Preset: ``cpu-tiny`` (ViT-nano/8, 64 px, 4 epochs) on a CPU, ``gpu-small`` (ViT-S/8, 100 epochs) when
+Preset: ``cpu-tiny`` (ViT-nano/8, 32 px, 8 epochs) on a CPU, ``gpu-small`` (ViT-S/8, 100 epochs) when
 the device is CUDA. On a CPU the frequency analysis uses a centred 33 x 33 heat-map window (up to half
 the Nyquist frequency) and 8 band-pass radii to fit the time budget; on CUDA the full spectrum and
 16 radii.

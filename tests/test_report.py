@@ -179,6 +179,9 @@ def write_run(root: Path, name: str, curriculum: str, stages: list[dict], knn: l
                 "dino": 3.0,
                 "ibot": 1.5,
                 "koleo": 0.5,
+                "teacher_entropy": step / 40,
+                "teacher_batch_entropy": 0.5,
+                "teacher_prototypes": step,
                 "elapsed_s": elapsed,
             }
         )
@@ -358,6 +361,7 @@ def test_every_section_csv_and_figure_exists(report):
         "cost",
         "convergence_knn",
         "convergence_loss",
+        "convergence_teacher",
         "robustness_per_corruption",
         "robustness_severity",
         "frequency_heatmap_none_vs_two-stage",
@@ -420,7 +424,9 @@ def test_convergence_tables_and_stage_switch(report):
     assert "none" not in set(switches["run"])  # one stage: no switch
     loss = csv(report, "convergence_loss")
     assert len(loss[loss["run"] == "none"]) == 40
-    assert loss[(loss["run"] == "none") & (loss["step"] == 20)]["loss"].iloc[0] == pytest.approx(4.0)
+    at20 = loss[(loss["run"] == "none") & (loss["step"] == 20)].iloc[0]
+    assert at20["loss"] == pytest.approx(4.0)
+    assert (at20["teacher_entropy"], at20["teacher_prototypes"]) == (pytest.approx(0.5), 20)
 
 
 def test_robustness_tables_hold_the_fixture_numbers(report):
