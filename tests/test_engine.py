@@ -71,7 +71,7 @@ def test_schedules_continuous_and_restarted(tiny_cfg, tmp_path):
     from pretrain.engine import build_schedules, plan_stages, resolve_curriculum
 
     cfg = tiny_cfg(tmp_path, epochs=8, warmup_epochs=2)
-    cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp = 0.04, 0.07  # DINOv2's warm-up (cpu-tiny keeps 0.04)
+    cfg.loss.warmup_teacher_temp, cfg.loss.teacher_temp = 0.04, 0.07  # DINOv2's warm-up
     iters_per_epoch = 4
     stages = plan_stages(cfg, resolve_curriculum(cfg))
     assert [(p.start_epoch, p.end_epoch) for p in stages] == [(0, 6), (6, 8)]
